@@ -1,0 +1,103 @@
+"""The hub's SQL store: one SQLAlchemy ``Base`` and engine factory, Alembic migrations.
+
+Each subsystem keeps its tables in its own module (``esbhub.bus.store``, ``esbhub.mdm.store``,
+…) on this ``Base`` and its migrations on its own Alembic branch (``bus``, ``mdm``,
+``routes``, ``adapters``), so subsystems evolve without editing one shared revision chain.
+``upgrade(url)`` brings a database to all heads; ``serve`` calls it for the embedded default.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    """An engine with sane defaults: WAL + busy timeout on SQLite, pre-ping and timeouts elsewhere."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
+        event.listen(eng, "connect", _sqlite_pragmas)
+        return eng
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args = {"connect_timeout": 10}
+    elif url.startswith("mysql"):
+        connect_args = {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60}
+    return create_engine(url, pool_pre_ping=True, pool_timeout=10, connect_args=connect_args, **kw)
+
+
+def engine_for(url: str) -> Engine:
+    """One shared engine per URL in this process."""
+    with _lock:
+        eng = _engines.get(url)
+        if eng is None:
+            eng = _engines[url] = make_engine(url)
+        return eng
+
+
+def session_factory(url: str) -> sessionmaker:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+def import_models() -> None:
+    """Import every module that defines tables, so ``Base.metadata`` is complete."""
+    import importlib
+
+    for mod in ("esbhub.bus.store", "esbhub.auth.store", "esbhub.mdm.store", "esbhub.routes.store", "esbhub.adapters.store"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest revision of every branch."""
+    from alembic import command
+
+    cfg = alembic_config(url)
+    with engine_for(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "heads")
