@@ -1,0 +1,328 @@
+"""MDM tables (SQLAlchemy 2, on ``esbhub.db.Base``; Alembic branch ``mdm``).
+
+Nothing is ever deleted, so merge and unmerge lose nothing:
+
+* ``mdm_source_version`` — every version of every source record (raw ``party.v1`` JSON,
+  standardized JSON, envelope id, received_at). Append-only.
+* ``mdm_xref`` — the current version of each source key ``(system, id)`` and the golden id
+  it belongs to, plus a few indexed columns (core name, USCC, billing account) for
+  search, hierarchy and the 360 view.
+* ``mdm_key_index`` — extra look-up keys of the current version (phones, e-mails, names).
+* ``mdm_golden`` — the current state of each golden record (active / retired with a
+  ``merged_into`` pointer / inactive), attributes with lineage, its founder source key.
+* ``mdm_golden_history`` — every version of every golden record with ``valid_from`` /
+  ``valid_to`` (as-of queries) and its member keys; ``version`` is the per-golden sequence
+  number carried by ``party.golden.*`` events.
+* ``mdm_link`` — scored pairs with per-field evidence (engine) — superseded links are kept
+  inactive, never deleted.
+* ``mdm_constraint`` — steward decisions as pair constraints (``must`` / ``cannot``).
+* ``mdm_task`` — the steward review queue; ``mdm_audit`` — who did what, when, why.
+* ``mdm_override`` — manual attribute overrides by a steward.
+* ``mdm_hierarchy`` — head office ↔ branch, group ↔ member, billing parent edges.
+* ``mdm_golden_link`` — accounts, services, bills, payments, alarms that routes attach to a
+  golden id or a source key (shown in the 360 view).
+* ``mdm_inbox`` — processed envelope ids with the events they produced (idempotent redelivery).
+* ``mdm_sequence`` — named counters (golden id sequence, change counter).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from esbhub.db import Base
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Ts = DateTime(timezone=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every timestamp here is UTC."""
+    if ts is None:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def source_key(system: str, source_id: str) -> str:
+    """The one string form of a source key: ``system:id`` (the system never contains ':')."""
+    return f"{system}:{source_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    system, _, sid = key.partition(":")
+    return system, sid
+
+
+def pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a <= b else (b, a)
+
+
+class SourceVersion(Base):
+    __tablename__ = "mdm_source_version"
+    __table_args__ = (sa.UniqueConstraint("source_system", "source_id", "version", name="uq_mdm_source_version_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_system: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    envelope_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    std: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    source_updated_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Xref(Base):
+    __tablename__ = "mdm_xref"
+
+    source_system: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    golden_id: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[int] = mapped_column(BigId, index=True)  # id of the first SourceVersion: arrival order
+    content_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="organization")
+    name: Mapped[str] = mapped_column(String(500))
+    core_name: Mapped[str] = mapped_column(String(500), index=True)
+    name_norm: Mapped[str] = mapped_column(String(500), index=True)
+    uscc: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    billing_account: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    parent_billing_account: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    std: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    source_updated_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+    linked_at: Mapped[datetime] = mapped_column(Ts)
+
+    @property
+    def key(self) -> str:
+        return source_key(self.source_system, self.source_id)
+
+
+class KeyIndex(Base):
+    __tablename__ = "mdm_key_index"
+    __table_args__ = (sa.Index("ix_mdm_key_index_kind_value", "kind", "value"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # phone | email | name
+    value: Mapped[str] = mapped_column(String(300), primary_key=True)
+    source_system: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Golden(Base):
+    __tablename__ = "mdm_golden"
+
+    golden_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq_no: Mapped[int] = mapped_column(BigId, unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # active | retired | inactive
+    merged_into: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), default="organization")
+    founder: Mapped[str] = mapped_column(String(140), unique=True)  # source key that founded the id
+    name: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    core_name: Mapped[str | None] = mapped_column(String(500), index=True, nullable=True)
+    uscc: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    tier: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    members: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    updated_at: Mapped[datetime] = mapped_column(Ts)
+
+
+class GoldenHistory(Base):
+    __tablename__ = "mdm_golden_history"
+    __table_args__ = (sa.UniqueConstraint("golden_id", "version", name="uq_mdm_golden_history_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    golden_id: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    change: Mapped[str] = mapped_column(String(16))  # created | updated | merged | unmerged
+    status: Mapped[str] = mapped_column(String(16))
+    merged_into: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    members: Mapped[list[str]] = mapped_column(JSON)
+    valid_from: Mapped[datetime] = mapped_column(Ts)
+    valid_to: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(64), nullable=True)  # envelope id / task id / operation
+
+
+class Link(Base):
+    __tablename__ = "mdm_link"
+    __table_args__ = (
+        sa.Index("ix_mdm_link_a_active", "a_key", "active"),
+        sa.Index("ix_mdm_link_b_active", "b_key", "active"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    a_key: Mapped[str] = mapped_column(String(140))
+    b_key: Mapped[str] = mapped_column(String(140))
+    weight: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(16))  # match | review
+    hard: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(100), default="engine")
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+
+
+class Constraint(Base):
+    __tablename__ = "mdm_constraint"
+    __table_args__ = (sa.Index("ix_mdm_constraint_pair", "a_key", "b_key", "active"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    a_key: Mapped[str] = mapped_column(String(140), index=True)
+    b_key: Mapped[str] = mapped_column(String(140), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # must | cannot
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    task_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+
+
+class Task(Base):
+    __tablename__ = "mdm_task"
+    __table_args__ = (sa.Index("ix_mdm_task_pair", "a_key", "b_key", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    a_key: Mapped[str] = mapped_column(String(140))
+    b_key: Mapped[str] = mapped_column(String(140))
+    golden_a: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    golden_b: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    weight: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open | decided | obsolete
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    decided_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(16), nullable=True)  # same | not_same
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Audit(Base):
+    __tablename__ = "mdm_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(Ts, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Override(Base):
+    __tablename__ = "mdm_override"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    golden_id: Mapped[str] = mapped_column(String(32), index=True)
+    attribute: Mapped[str] = mapped_column(String(64))
+    value: Mapped[Any] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(Ts)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Hierarchy(Base):
+    __tablename__ = "mdm_hierarchy"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    parent_golden: Mapped[str] = mapped_column(String(32), index=True)
+    child_golden: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # branch | group_member | billing_parent | parent
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    ended_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
+
+
+class GoldenLink(Base):
+    """Something a route attaches to a customer: by golden id, or by source key (resolved via xref)."""
+
+    __tablename__ = "mdm_golden_link"
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "ref", name="uq_mdm_golden_link_kind_ref"),
+        sa.Index("ix_mdm_golden_link_source", "source_system", "source_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    golden_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    source_system: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))  # account | service | bill | payment | alarm | …
+    ref: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(Ts)
+
+
+class Inbox(Base):
+    __tablename__ = "mdm_inbox"
+
+    envelope_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(Ts)
+    outcome: Mapped[str] = mapped_column(String(32))
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class Sequence(Base):
+    __tablename__ = "mdm_sequence"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigId)
+
+
+def next_value(s: Session, name: str, n: int = 1) -> int:
+    """Reserve ``n`` values of counter ``name``; returns the first. Row-locked on PostgreSQL."""
+    row = s.execute(sa.select(Sequence).where(Sequence.name == name).with_for_update()).scalar_one_or_none()
+    if row is None:
+        row = Sequence(name=name, value=0)
+        s.add(row)
+        s.flush()
+    first = row.value + 1
+    row.value = row.value + n
+    return first
+
+
+def current_value(s: Session, name: str) -> int:
+    v = s.execute(sa.select(Sequence.value).where(Sequence.name == name)).scalar_one_or_none()
+    return int(v or 0)
+
+
+def golden_id_for(seq_no: int) -> str:
+    return f"G{seq_no:010d}"
+
+
+ALL_TABLES = [
+    SourceVersion.__tablename__,
+    Xref.__tablename__,
+    KeyIndex.__tablename__,
+    Golden.__tablename__,
+    GoldenHistory.__tablename__,
+    Link.__tablename__,
+    Constraint.__tablename__,
+    Task.__tablename__,
+    Audit.__tablename__,
+    Override.__tablename__,
+    Hierarchy.__tablename__,
+    GoldenLink.__tablename__,
+    Inbox.__tablename__,
+    Sequence.__tablename__,
+]
