@@ -1,12 +1,46 @@
-"""Standardization of ``party.v1`` records for matching (stub: being filled in)."""
+"""Standardization of ``party.v1`` records for matching.
+
+``standardize(party) -> StdParty``: one frozen, normalized view of a source record with
+everything the matcher, the cannot-link rules and the hierarchy builder need.
+
+* Text: Unicode NFKC (full-width → half-width), traditional → simplified (OpenCC ``t2s``),
+  punctuation and spaces removed, brackets unified (:func:`names.fold`).
+* Enterprise names: place prefix or bracketed place, legal form (有限责任公司 ≡ 有限公司;
+  股份有限公司 and 集团 kept as attributes), branch suffix (分公司, 分行, 支行, 营业部, 办事处, …).
+  ``name_norm`` is the *canonical* recomposition ``{place full name}{core}{集团}{legal form}{branch}``
+  so that 华信科技(深圳)有限责任公司 and 深圳市华信科技有限公司 are equal; ``head_office_name_norm``
+  is the same without the branch part and equals the head office's ``name_norm``.
+* Codes: USCC (GB 32100) and the embedded organization code (GB 11714) checked by
+  :mod:`codes`; a failed check adds a flag, it never rejects the record.
+* Phones: E.164 through ``phonenumbers`` (region CN; a local number without area code gets the
+  area code of the record's city when known); 400/800 and 95xxx service numbers are *generic*.
+* Addresses: province / city / district with GB/T 2260 codes from a compact shipped table
+  (see :mod:`divisions` for its coverage) and consistency with the USCC's division code.
+* Persons: family / given name, resident ID check (GB 11643), birth date (from the ID or
+  ``attributes.extra['birth_date']``).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field
 
+from esbhub.mdm.standardize import codes
+from esbhub.mdm.standardize.divisions import Division, table
+from esbhub.mdm.standardize.names import (
+    fold,
+    fold_spaced,
+    parse_address,
+    parse_org_name,
+    pinyin_key,
+    split_person_name,
+)
 from esbhub.schemas.party import Party
+
+__all__ = ["StdParty", "standardize", "fold", "parse_org_name", "parse_address", "pinyin_key"]
 
 
 class StdParty(BaseModel):
@@ -38,6 +72,7 @@ class StdParty(BaseModel):
     phones_generic: list[str] = Field(default_factory=list, description="Generic numbers (400/800, shared) in E.164.")
     emails: list[str] = Field(default_factory=list, description="E-mail addresses, lower case.")
     address: str | None = Field(default=None, description="Normalized text of the main address.")
+    street: str | None = Field(default=None, description="Main address without province / city / district.")
     province: str | None = Field(default=None, description="Province (short name, e.g. '广东').")
     city: str | None = Field(default=None, description="Prefecture-level city (short name, e.g. '深圳').")
     district: str | None = Field(default=None, description="District / county as written in the address.")
@@ -57,6 +92,190 @@ class StdParty(BaseModel):
     flags: list[str] = Field(default_factory=list, description="Quality flags, e.g. 'uscc_check_failed'.")
 
 
+_PUBLIC_MAIL = {"QQ.COM", "163.COM", "126.COM", "SINA.COM", "GMAIL.COM", "HOTMAIL.COM", "OUTLOOK.COM",
+                "FOXMAIL.COM", "YAHOO.COM", "SOHU.COM", "139.COM", "189.CN", "ALIYUN.COM", "YEAH.NET"}
+
+
+def _phone(raw: str, kind: str, city: Division | None) -> tuple[str | None, bool]:
+    """(E.164 or None, generic?) for one number."""
+    digits = re.sub(r"[^\d+]", "", raw)
+    if digits.startswith("0086"):
+        digits = "+86" + digits[4:]
+    if not digits.startswith("+") and len(digits) in (7, 8) and not digits.startswith(("400", "800", "95", "96")):
+        if city is not None and city.area_code:
+            digits = city.area_code + digits
+    if re.fullmatch(r"9[56]\d{3,6}", digits):
+        return "+86" + digits, True
+    try:
+        num = phonenumbers.parse(digits, "CN")
+    except phonenumbers.NumberParseException:
+        return None, False
+    if not phonenumbers.is_possible_number(num):
+        return None, False
+    e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    nat = str(num.national_number)
+    generic = kind == "service" or (num.country_code == 86 and len(nat) == 10 and nat[:3] in ("400", "800"))
+    return e164, generic
+
+
+def _birth_date(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    d = re.sub(r"\D", "", raw)
+    return d or None
+
+
 def standardize(party: Party) -> StdParty:
-    """Standardize one source record for matching."""
-    raise NotImplementedError
+    """Standardize one source record for matching (pure function of the record)."""
+    flags: list[str] = []
+    t = table()
+    is_org = party.kind == "organization"
+    # ---- codes
+    uscc = codes.clean_code(party.uscc)
+    uscc_ok: bool | None = None
+    uscc_division: str | None = None
+    if uscc:
+        uscc_ok = codes.uscc_valid(uscc)
+        if not uscc_ok:
+            flags.append("uscc_check_failed")
+        if not codes.uscc_org_code_valid(uscc):
+            flags.append("uscc_org_code_check_failed")
+        if len(uscc) == 18 and uscc[2:8].isdigit():
+            uscc_division = uscc[2:8]
+    org = codes.clean_code(party.org_code)
+    org_ok: bool | None = None
+    if org:
+        org_ok = codes.org_code_valid(org)
+        if not org_ok:
+            flags.append("org_code_check_failed")
+        if uscc and len(uscc) == 18 and uscc[8:17] != org:
+            flags.append("org_code_differs_from_uscc")
+    elif uscc and len(uscc) == 18:
+        org = uscc[8:17]
+        org_ok = codes.org_code_valid(org)
+    # ---- address
+    addr_text = party.addresses[0] if party.addresses else None
+    pa = None
+    if addr_text is not None:
+        pa = parse_address(addr_text.text, addr_text.province or party.province, addr_text.city or party.city)
+    # ---- names
+    family = given = None
+    legal = None
+    is_group = is_js = False
+    branch_name = head = None
+    name_place: Division | None = None
+    if is_org:
+        on = parse_org_name(party.name)
+        name_norm, core = on.canonical, on.core
+        legal, is_group, is_js = on.legal_form, on.is_group, on.is_joint_stock
+        branch_name, head, name_place = on.branch_name, on.head_canonical, on.place
+        flags += on.flags
+    else:
+        extra = party.attributes.extra
+        given_x = extra.get("given_name")
+        family_x = extra.get("surname") or extra.get("family_name")
+        if given_x is not None or family_x is not None:
+            given = fold_spaced(str(given_x)) if given_x else None
+            family = fold_spaced(str(family_x)) if family_x else None
+        else:
+            family, given = split_person_name(party.name)
+        name_norm = fold_spaced(party.name) if not re.search(r"[\u4e00-\u9fff]", party.name) else fold(party.name)
+        core = name_norm
+    # ---- place: address first, then name, then the record's own province/city fields
+    prov = pa.province if pa else None
+    city = pa.city if pa else None
+    if city is None and name_place is not None and name_place.level != "province":
+        city = t.city_of(name_place.code)
+    if prov is None and name_place is not None:
+        prov = t.province_of(name_place.code)
+    if city is None and party.city:
+        c = parse_address(party.city).city
+        city = c
+    if prov is None and city is not None:
+        prov = t.province_of(city.code)
+    if prov is None and party.province:
+        prov = parse_address(party.province).province
+    division = (pa.division_code if pa else None) or (city.code if city else None) or (prov.code if prov else None)
+    consistent: bool | None = None
+    if uscc_division and division and uscc_ok:
+        if uscc_division[:2] != division[:2]:
+            consistent = False
+        elif uscc_division[2:4] != "00" and division[2:4] != "00" and uscc_division[:2] not in ("11", "12", "31", "50"):
+            consistent = uscc_division[:4] == division[:4]
+        else:
+            consistent = True
+        if consistent is False:
+            flags.append("address_division_mismatch")
+    # ---- phones, e-mails
+    phones: list[str] = []
+    generic: list[str] = []
+    for ph in party.phones:
+        e164, gen = _phone(ph.number, ph.kind, city)
+        if e164 is None:
+            flags.append("phone_unparsed")
+            continue
+        target = generic if gen else phones
+        if e164 not in target:
+            target.append(e164)
+    emails = sorted({str(e).strip().lower() for e in party.emails})
+    # ---- persons
+    id_number = codes.clean_code(party.id_number)
+    id_ok: bool | None = None
+    birth = _birth_date(str(party.attributes.extra.get("birth_date") or party.attributes.extra.get("date_of_birth") or "")
+                        or None)
+    if id_number and len(id_number) == 18:
+        id_ok = codes.id_number_valid(id_number)
+        if not id_ok:
+            flags.append("id_number_check_failed")
+        elif birth is None:
+            birth = id_number[6:14]
+    postcode = addr_text.postcode if addr_text is not None else None
+    address = pa.text if pa else None
+    street = pa.street if pa else None
+    if not is_org and addr_text is not None and not re.search(r"[\u4e00-\u9fff]", addr_text.text):
+        address = street = fold_spaced(addr_text.text)
+    province_txt = prov.short if prov else (fold_spaced(party.province) if party.province else None)
+    city_txt = city.short if city else (fold_spaced(party.city) if party.city else None)
+    if not is_org and addr_text is not None and addr_text.city and city is None:
+        city_txt = fold_spaced(addr_text.city)
+    if not is_org and addr_text is not None and addr_text.province and prov is None:
+        province_txt = fold_spaced(addr_text.province)
+    return StdParty(
+        source_system=party.source_system,
+        source_id=party.source_id,
+        kind=party.kind,
+        name_raw=party.name,
+        name_norm=name_norm,
+        core_name=core,
+        legal_form=legal,
+        is_group=is_group,
+        is_joint_stock=is_js,
+        place=name_place.short if name_place else None,
+        branch=branch_name is not None,
+        branch_name=branch_name,
+        head_office_name_norm=head,
+        uscc=uscc,
+        uscc_valid=uscc_ok,
+        org_code=org,
+        org_code_valid=org_ok,
+        uscc_division=uscc_division,
+        phones=phones,
+        phones_generic=generic,
+        emails=emails,
+        address=address,
+        street=street,
+        province=province_txt,
+        city=city_txt,
+        district=pa.district if pa else None,
+        division_code=division,
+        address_division_consistent=consistent,
+        pinyin_key=pinyin_key(core if is_org else (family or "") + (given or "")),
+        parent_source_id=party.parent_source_id,
+        given_name=given,
+        family_name=family,
+        birth_date=birth,
+        id_number=id_number,
+        id_number_valid=id_ok,
+        postcode=postcode,
+        flags=flags,
+    )

@@ -1,0 +1,97 @@
+"""Administrative divisions (GB/T 2260) for address parsing — a compact, shipped table.
+
+Coverage, honestly: all 34 province-level divisions; about 200 prefecture-level cities (all
+provincial capitals and the larger cities, with their telephone area codes); about 60 urban
+districts of the biggest cities (Beijing, Shanghai, Tianjin, Chongqing, Guangzhou, Shenzhen,
+Hangzhou, Nanjing, Suzhou, Chengdu, Wuhan, Xi'an, Jinan, Qingdao). Smaller cities and most
+districts/counties are *not* in the table: for them the parser keeps the district as written and
+the division code falls back to the city or province level (or None). The table is package data
+(``divisions.csv``); nothing is downloaded at run time. Codes are the 2020-era GB/T 2260 codes.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class Division:
+    code: str
+    name: str  # full name, e.g. 深圳市
+    short: str  # short name, e.g. 深圳
+    area_code: str | None
+
+    @property
+    def level(self) -> str:
+        if self.code.endswith("0000"):
+            return "province"
+        if self.code.endswith("00"):
+            return "city"
+        return "district"
+
+    @property
+    def province_code(self) -> str:
+        return self.code[:2] + "0000"
+
+    @property
+    def city_code(self) -> str:
+        return self.code[:4] + "00"
+
+
+@dataclass(frozen=True)
+class DivisionTable:
+    by_code: dict[str, Division]
+    provinces: list[tuple[str, Division]]  # (written form, division), longest first
+    cities: list[tuple[str, Division]]
+    districts: dict[str, list[tuple[str, Division]]]  # city code -> forms
+    area_codes: dict[str, Division]  # area code -> city
+
+    def province_of(self, code: str) -> Division | None:
+        return self.by_code.get(code[:2] + "0000")
+
+    def city_of(self, code: str) -> Division | None:
+        d = self.by_code.get(code[:4] + "00")
+        if d is None and code[:2] in ("11", "12", "31", "50"):
+            d = self.by_code.get(code[:2] + "0100")
+        return d
+
+
+_MUNICIPALITIES = {"11", "12", "31", "50"}
+
+
+@lru_cache(maxsize=1)
+def table() -> DivisionTable:
+    text = resources.files(__package__).joinpath("divisions.csv").read_text(encoding="utf-8")
+    by_code: dict[str, Division] = {}
+    provinces: list[tuple[str, Division]] = []
+    cities: list[tuple[str, Division]] = []
+    districts: dict[str, list[tuple[str, Division]]] = {}
+    area_codes: dict[str, Division] = {}
+    for row in csv.DictReader(text.splitlines()):
+        d = Division(row["code"], row["name"], row["short"], row["area_code"] or None)
+        by_code[d.code] = d
+        forms = {d.name, d.short}
+        if d.level == "province":
+            provinces += [(f, d) for f in forms]
+        elif d.level == "city":
+            cities += [(f, d) for f in forms]
+            if d.area_code and (d.area_code not in area_codes or d.code[2:4] == "01"):
+                area_codes.setdefault(d.area_code, d)
+        else:
+            city = d.code[:4] + "00" if d.code[:2] not in _MUNICIPALITIES else d.code[:2] + "0100"
+            districts.setdefault(city, []).extend((f, d) for f in forms)
+    provinces.sort(key=lambda t: -len(t[0]))
+    cities.sort(key=lambda t: -len(t[0]))
+    for forms in districts.values():
+        forms.sort(key=lambda t: -len(t[0]))
+    return DivisionTable(by_code, provinces, cities, districts, area_codes)
+
+
+def city_by_short(short: str) -> Division | None:
+    for form, d in table().cities:
+        if form == short:
+            return d
+    return None

@@ -1,0 +1,326 @@
+"""Text folding, Chinese enterprise name parsing, address parsing, person names, pinyin keys."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import opencc
+from pypinyin import Style, lazy_pinyin
+
+from esbhub.mdm.standardize.divisions import Division, table
+
+_BRACKETS = str.maketrans({"【": "(", "】": ")", "[": "(", "]": ")", "〔": "(", "〕": ")", "{": "(", "}": ")",
+                           "〈": "(", "〉": ")", "《": "(", "》": ")", "（": "(", "）": ")"})
+_PUNCT = re.compile(r"[\s\u3000\.,;:!?'\"`~@#$%^&*+=|\\/<>\-_·・、，。；：！？“”‘’…—]+")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> opencc.OpenCC:
+    return opencc.OpenCC("t2s")
+
+
+def fold(text: str, *, keep_brackets: bool = True) -> str:
+    """NFKC (full-width → half-width), traditional → simplified, punctuation and spaces removed,
+    brackets unified to ASCII ``()``, Latin letters upper case. Idempotent."""
+    s = unicodedata.normalize("NFKC", text)
+    if _CJK.search(s) or any("\u3400" <= c <= "\u9fff" for c in s):
+        s = _t2s().convert(s)
+    s = s.translate(_BRACKETS)
+    s = _PUNCT.sub("", s).upper()
+    if not keep_brackets:
+        s = s.replace("(", "").replace(")", "")
+    return s
+
+
+def fold_spaced(text: str) -> str:
+    """Like :func:`fold` but keeps single spaces between words (for Latin-script names)."""
+    s = unicodedata.normalize("NFKC", text)
+    s = _t2s().convert(s) if _CJK.search(s) else s
+    s = re.sub(r"[^\w\s]", " ", s.translate(_BRACKETS))
+    return " ".join(s.upper().split())
+
+
+# ---------------------------------------------------------------- enterprise names
+
+LEGAL_FORMS: list[tuple[str, str]] = [  # written form → canonical, longest first
+    ("股份有限公司", "股份有限公司"),
+    ("有限责任公司", "有限公司"),
+    ("股份公司", "股份有限公司"),
+    ("有限公司", "有限公司"),
+    ("个人独资企业", "个人独资企业"),
+    ("合伙企业", "合伙企业"),
+    ("有限合伙", "合伙企业"),
+    ("普通合伙", "合伙企业"),
+    ("集团公司", "公司"),
+    ("公司", "公司"),
+]
+BRANCH_SUFFIXES = ("分公司", "分行", "支行", "营业部", "办事处", "分理处", "分店", "分部", "代表处")
+_HEAD_TERMINATORS = ("股份有限公司", "有限责任公司", "有限公司", "股份公司", "公司", "分行", "银行", "集团", "厂")
+
+
+@dataclass
+class OrgName:
+    canonical: str
+    core: str
+    legal_form: str | None = None
+    is_group: bool = False
+    is_joint_stock: bool = False
+    place: Division | None = None
+    branch_name: str | None = None
+    head_canonical: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+def _match_place_prefix(s: str, min_rest_full: int = 2, min_rest_short: int = 3) -> tuple[Division, int] | None:
+    t = table()
+    for forms in (t.provinces, t.cities):
+        for form, d in forms:
+            if s.startswith(form):
+                rest = len(s) - len(form)
+                full = form == d.name
+                if rest >= (min_rest_full if full else min_rest_short):
+                    return d, len(form)
+    return None
+
+
+def place_of(text: str) -> Division | None:
+    """The division named exactly by ``text`` (full or short form, province, city or known district)."""
+    t = table()
+    for forms in (t.cities, t.provinces):
+        for form, d in forms:
+            if form == text:
+                return d
+    for forms in t.districts.values():
+        for form, d in forms:
+            if form == text:
+                return d
+    return None
+
+
+def _more_specific(a: Division | None, b: Division | None) -> Division | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    rank = {"province": 0, "city": 1, "district": 2}
+    return b if rank[b.level] > rank[a.level] else a
+
+
+def _normalize_branch(label: str) -> str:
+    return re.sub(r"(省|市|区|县)(?=.)", "", label)
+
+
+def _split_branch(s: str) -> tuple[str, str | None]:
+    for suffix in BRANCH_SUFFIXES:
+        if not s.endswith(suffix) or len(s) <= len(suffix):
+            continue
+        body = s[: -len(suffix)]
+        best = -1
+        for term in _HEAD_TERMINATORS:
+            i = body.rfind(term)
+            if i >= 0:
+                best = max(best, i + len(term))
+        if best > 0:
+            return s[:best], _normalize_branch(s[best:])
+        # no legal terminator: take a trailing place word before the suffix as the branch label
+        t = table()
+        for forms in [t.cities] + list(t.districts.values()):
+            for form, _d in forms:
+                if body.endswith(form) and len(body) - len(form) >= 2:
+                    return body[: -len(form)], _normalize_branch(s[len(body) - len(form):])
+        return body, suffix
+    return s, None
+
+
+def parse_org_name(name: str) -> OrgName:
+    """Split an enterprise name into place, core name (字号 + industry), group marker, legal form and branch.
+
+    ``canonical`` recomposes it as ``{place full name}{core}{集团}{legal form}{branch}``, so that
+    华信科技(深圳)有限责任公司 and 深圳市华信科技有限公司 give the same canonical name.
+    """
+    s = fold(name)
+    flags: list[str] = []
+    place: Division | None = None
+    is_group = False
+    legal_extra: str | None = None
+    for content in re.findall(r"\(([^()]*)\)", s):
+        if content in ("集团", "控股集团"):
+            is_group = True
+        elif content in ("有限合伙", "普通合伙"):
+            legal_extra = "合伙企业"
+        elif content in ("中国", ""):
+            pass
+        else:
+            p = place_of(content)
+            if p is not None:
+                place = _more_specific(place, p)
+            else:
+                flags.append("name_bracket_dropped")
+    s = re.sub(r"\([^()]*\)", "", s).replace("(", "").replace(")", "")
+    head, branch = _split_branch(s)
+    if branch is not None:
+        h = parse_org_name(head)
+        if place is not None and h.place is None:
+            h = parse_org_name(place.name + head)
+        return OrgName(
+            canonical=h.canonical + branch,
+            core=h.core,
+            legal_form=h.legal_form or legal_extra,
+            is_group=h.is_group or is_group,
+            is_joint_stock=h.is_joint_stock,
+            place=h.place or place,
+            branch_name=branch,
+            head_canonical=h.canonical,
+            flags=flags + h.flags,
+        )
+    core = head
+    legal: str | None = None
+    for written, canon in LEGAL_FORMS:
+        if core.endswith(written) and len(core) > len(written):
+            core = core[: -len(written)]
+            legal = canon
+            if written == "集团公司":
+                is_group = True
+            break
+    legal = legal or legal_extra
+    if core.endswith("集团") and len(core) > 3:
+        core = core[:-2]
+        is_group = True
+    for _ in range(3):
+        m = _match_place_prefix(core)
+        if m is None:
+            if place is not None and place.level != "province":
+                # district of the known city written after it, e.g. 深圳市南山区华信科技
+                for form, d in table().districts.get(place.city_code, []):
+                    if core.startswith(form) and len(core) - len(form) >= (2 if form == d.name else 3):
+                        m = (d, len(form))
+                        break
+            if m is None:
+                break
+        place = _more_specific(place, m[0])
+        core = core[m[1]:]
+    if not core:
+        core = head
+    place_txt = place.name if place is not None else ""
+    head_canonical = f"{place_txt}{core}{'集团' if is_group else ''}{legal or ''}"
+    return OrgName(
+        canonical=head_canonical,
+        core=core,
+        legal_form=legal,
+        is_group=is_group,
+        is_joint_stock=legal == "股份有限公司",
+        place=place,
+        flags=flags,
+    )
+
+
+# ---------------------------------------------------------------- addresses
+
+_DISTRICT_RE = re.compile(r"^([\u4e00-\u9fff]{1,6}?(?:新区|区|县|旗))(?![路街道巷])")
+_STREET_ABBR = [("大道", "大道"), ("路口", "路口")]
+
+
+@dataclass
+class ParsedAddress:
+    text: str
+    street: str
+    province: Division | None = None
+    city: Division | None = None
+    district: str | None = None
+    district_div: Division | None = None
+
+    @property
+    def division_code(self) -> str | None:
+        d = self.district_div or self.city or self.province
+        return d.code if d else None
+
+
+def parse_address(text: str, province_hint: str | None = None, city_hint: str | None = None) -> ParsedAddress:
+    """Split a Chinese address into province / city / district and the street part.
+
+    Abbreviations are tolerated (广东省深圳市南山区… ≡ 深圳南山区… ≡ 深圳市南山…). The text is
+    recomposed canonically from short names: ``{province}{city}{district}{street}``.
+    """
+    s = fold(text, keep_brackets=False)
+    t = table()
+    prov: Division | None = None
+    city: Division | None = None
+    for form, d in t.provinces:
+        if s.startswith(form):
+            prov, s = d, s[len(form):]
+            break
+    for form, d in t.cities:
+        if s.startswith(form) and (prov is None or d.code[:2] == prov.code[:2]):
+            city, s = d, s[len(form):]
+            break
+    if city is None and prov is not None and prov.code[:2] in ("11", "12", "31", "50"):
+        city = t.by_code.get(prov.code[:2] + "0100")
+    if city is None and city_hint:
+        city = place_of(fold(city_hint, keep_brackets=False))
+        city = city if city is not None and city.level == "city" else None
+    if prov is None and province_hint:
+        p = place_of(fold(province_hint, keep_brackets=False))
+        prov = p if p is not None and p.level == "province" else None
+    if prov is None and city is not None:
+        prov = t.by_code.get(city.province_code)
+    district: str | None = None
+    ddiv: Division | None = None
+    if city is not None:
+        for form, d in t.districts.get(city.code, []):
+            if s.startswith(form):
+                district, ddiv, s = d.short, d, s[len(form):]
+                break
+    if district is None:
+        m = _DISTRICT_RE.match(s)
+        if m and (city is not None or prov is not None):
+            district = m.group(1)
+            s = s[m.end():]
+            district = re.sub(r"(区|县)$", "", district) or district
+    street = s
+    city_txt = city.short if city is not None and (prov is None or city.short != prov.short) else ""
+    canon = "".join(x for x in ((prov.short if prov else ""), city_txt, district or "", street))
+    return ParsedAddress(text=canon, street=street, province=prov, city=city, district=district, district_div=ddiv)
+
+
+# ---------------------------------------------------------------- persons
+
+COMPOUND_SURNAMES = ("欧阳", "司马", "诸葛", "上官", "东方", "皇甫", "令狐", "慕容", "尉迟", "公孙", "司徒", "夏侯",
+                     "长孙", "宇文", "独孤", "南宫", "西门", "端木", "轩辕", "呼延")
+
+
+def split_person_name(name: str) -> tuple[str | None, str | None]:
+    """(family, given) for a Chinese or Latin-script personal name."""
+    if _CJK.search(name):
+        s = fold(name, keep_brackets=False)
+        if len(s) < 2:
+            return s or None, None
+        n = 2 if s[:2] in COMPOUND_SURNAMES and len(s) > 2 else 1
+        return s[:n], s[n:]
+    parts = fold_spaced(name).split()
+    if not parts:
+        return None, None
+    if len(parts) == 1:
+        return parts[0], None
+    return parts[-1], " ".join(parts[:-1])
+
+
+# ---------------------------------------------------------------- pinyin
+
+_FUZZY = [("zh", "z"), ("ch", "c"), ("sh", "s"), ("ang", "an"), ("eng", "en"), ("ing", "in")]
+
+
+def pinyin_key(text: str) -> str:
+    """Toneless pinyin with common fuzzy-pinyin folds (zh/z, ch/c, sh/s, -ng/-n); Latin kept lower case."""
+    if not text:
+        return ""
+    out = []
+    for syl in lazy_pinyin(text, style=Style.NORMAL, errors="default"):
+        syl = syl.lower()
+        for a, b in _FUZZY:
+            syl = syl.replace(a, b)
+        out.append(syl)
+    return "".join(out).replace(" ", "")
