@@ -1,0 +1,438 @@
+"""The bus runtime: consumer threads that run subscription handlers with the delivery guarantee.
+
+One :class:`Subscription` = one durable queue ``route.<name>`` bound with topic patterns and a
+handler ``(envelope, ctx) -> reply | None``. For every delivery the :class:`Worker`:
+
+1. skips it if the subscription already processed that id (dedup: LRU, then ``bus_processed``)
+   — ack, count ``hub_messages_duplicate_total``, the handler does not run again;
+2. records ``in_flight`` (buffered) and calls the handler with a :class:`HandlerContext`;
+3. on success publishes, durably and in this order, the derived messages the handler gave
+   ``ctx.publish`` and the reply (to the delivery's ``reply_to``), commits the dedup mark,
+   records ``delivered`` (or ``filtered``) and only then **acks**;
+4. on failure maps the exception with ``ErrorInfo.from_exception`` and, *before* acking the
+   failed delivery, either publishes ``attempt + 1`` to its own queue with an exponential,
+   jittered delay (the broker's delayed publish: the consumer thread never sleeps on a retry)
+   and records ``retrying`` with the next attempt time, or stores a dead letter (logged
+   ``message_dead_lettered``, counted) and, for a request, sends an error reply.
+   ``CircuitOpen`` republishes the message unchanged after ``retry_after`` without using an
+   attempt and holds that subscription's consumers meanwhile.
+
+If recording the failure itself fails (broker or database down) the delivery is left to the
+broker to redeliver: nothing is acked that is not safe. A handler exception never ends a
+consumer thread; a consumer whose connection breaks is restarted with backoff.
+
+Derived messages and replies get ids computed from (input id, subscription, position), so a
+handler that runs again after a crash republishes the *same* ids and downstream dedup drops
+the copies.
+
+Exactly-once window: the dedup mark is committed before the ack, so a redelivery of a message
+whose handler finished is skipped. The only repeat is a message whose handler finished but
+whose mark was not yet committed when the process died (at most one per consumer thread);
+idempotent sinks (upsert by message id) absorb it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ulid import ULID
+
+from esbhub.bus.broker import Broker, Delivery
+from esbhub.bus.envelope import Envelope
+from esbhub.bus.store import BusStore
+from esbhub.config import RetryPolicy, Settings
+from esbhub.errors import CircuitOpen, ErrorInfo
+from esbhub.logging import get_logger
+from esbhub.monitoring import metrics
+
+ERROR_REPLY_TYPE = "hub.error.v1"
+
+_log = get_logger("esbhub.bus.worker")
+
+
+def queue_for(subscription: str) -> str:
+    """The durable queue of a subscription."""
+    return f"route.{subscription}"
+
+
+def stable_id(parent_id: str, *parts: str) -> str:
+    """A ULID with the parent's timestamp and randomness from a hash of (parent, parts):
+    the same input always derives the same ids."""
+    h = hashlib.sha256("\x1f".join((parent_id, *parts)).encode()).digest()
+    try:
+        ts = ULID.from_str(parent_id).bytes[:6]
+    except ValueError:
+        ts = int(time.time() * 1000).to_bytes(6, "big")
+    return str(ULID.from_bytes(ts + h[:10]))
+
+
+class HandlerContext:
+    """What a handler gets besides the envelope: who it runs for, the delivery, a bound log,
+    and ``publish`` for derived messages (buffered; published durably before the input is acked)."""
+
+    def __init__(self, envelope: Envelope, subscription: str, delivery: Delivery, log: Any) -> None:
+        self.envelope = envelope
+        self.subscription = subscription
+        self.delivery = delivery
+        self.log = log
+        self.outbox: list[tuple[Envelope, str | None, str | None]] = []
+        self.outcome = "delivered"
+
+    def publish(self, env: Envelope, *, routing_key: str | None = None, queue: str | None = None) -> None:
+        """Queue a derived message; it is published when the handler returns successfully."""
+        if env.causation_id == self.envelope.id:
+            env = env.evolve(id=stable_id(self.envelope.id, self.subscription, str(len(self.outbox))))
+        self.outbox.append((env, routing_key, queue))
+
+    def filtered(self) -> None:
+        """Mark the message as filtered out by this subscription (state ``filtered``, not ``delivered``)."""
+        self.outcome = "filtered"
+
+
+Handler = Callable[[Envelope, HandlerContext], Envelope | None]
+
+
+@dataclass
+class Subscription:
+    name: str
+    binding_keys: list[str]
+    handler: Handler
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dedup: bool = True
+    prefetch: int | None = None
+    concurrency: int = 1
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.name)
+
+
+class _Runtime:
+    """One subscription inside a worker: the current definition and its consumer threads."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.paused = False
+        self.resume_at = 0.0  # monotonic time before which consumers hold (circuit open)
+
+
+class Worker:
+    """Runs subscriptions on consumer threads (see the module docstring for the guarantee)."""
+
+    def __init__(self, broker: Broker, store: BusStore, subscriptions: list[Subscription], settings: Settings) -> None:
+        self.broker = broker
+        self.store = store
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._subs: dict[str, _Runtime] = {}
+        for s in subscriptions:
+            if s.name in self._subs:
+                raise ValueError(f"two subscriptions named '{s.name}'")
+            self._subs[s.name] = _Runtime(s)
+        self._started = False
+        self._stopping = threading.Event()
+        self._housekeeper: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Declare the queues and start the consumer threads; returns at once."""
+        with self._lock:
+            if self._started:
+                return
+            self.broker.connect()
+            self._stopping.clear()
+            for rt in self._subs.values():
+                self.broker.declare_queue(rt.sub.queue, rt.sub.binding_keys)
+            self._started = True
+            for rt in self._subs.values():
+                if not rt.paused:
+                    self._start_threads(rt)
+            self._housekeeper = threading.Thread(target=self._housekeeping, name="bus-housekeeping", daemon=True)
+            self._housekeeper.start()
+        _log.info("worker_started", subscriptions=sorted(self._subs))
+
+    def stop(self, timeout: float = 10) -> None:
+        """Let in-flight messages finish, stop consuming, flush the state buffer."""
+        with self._lock:
+            self._stopping.set()
+            rts = list(self._subs.values())
+            for rt in rts:
+                rt.stop.set()
+            deadline = time.monotonic() + timeout
+            for rt in rts:
+                for t in rt.threads:
+                    t.join(max(0.0, deadline - time.monotonic()))
+                rt.threads = []
+            self._started = False
+        try:
+            self.store.flush()
+        except Exception as exc:  # noqa: BLE001 - states are advisory; the broker holds the truth
+            _log.error("worker_state_flush_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+        _log.info("worker_stopped")
+
+    def run_forever(self) -> None:
+        """Start and block until SIGTERM/SIGINT, then stop gracefully."""
+        done = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            _log.info("worker_signal_received", signal=signal.Signals(signum).name)
+            done.set()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not done.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # ------------------------------------------------------------------ management
+    def add(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub.name in self._subs:
+                raise ValueError(f"subscription '{sub.name}' exists; use replace()")
+            rt = self._subs[sub.name] = _Runtime(sub)
+            if self._started:
+                self.broker.declare_queue(sub.queue, sub.binding_keys)
+                self._start_threads(rt)
+        _log.info("subscription_added", subscription=sub.name)
+
+    def replace(self, sub: Subscription) -> None:
+        """Swap a subscription's definition atomically: a message being handled finishes on
+        the old handler, the next one uses the new. Consumers restart only when prefetch or
+        concurrency change (their unacked, unhandled messages go back to the queue)."""
+        with self._lock:
+            rt = self._subs.get(sub.name)
+            if rt is None:
+                raise KeyError(f"no subscription '{sub.name}'")
+            old = rt.sub
+            if self._started and set(sub.binding_keys) != set(old.binding_keys):
+                # Note: the broker seam has no unbind; bindings only removed by delete_queue.
+                self.broker.declare_queue(sub.queue, sub.binding_keys)
+            rt.sub = sub
+            if (sub.concurrency, sub.prefetch) != (old.concurrency, old.prefetch) and rt.threads:
+                self._stop_threads(rt)
+                self._start_threads(rt)
+        _log.info("subscription_replaced", subscription=sub.name)
+
+    def remove(self, name: str) -> None:
+        """Stop consuming and forget the subscription (its queue and messages stay)."""
+        with self._lock:
+            rt = self._subs.pop(name, None)
+            if rt is None:
+                raise KeyError(f"no subscription '{name}'")
+            self._stop_threads(rt)
+        _log.info("subscription_removed", subscription=name)
+
+    def pause(self, name: str) -> None:
+        """Stop consuming one subscription; in-flight messages finish, prefetched ones go back."""
+        with self._lock:
+            rt = self._runtime(name)
+            rt.paused = True
+            self._stop_threads(rt)
+        _log.info("subscription_paused", subscription=name)
+
+    def resume(self, name: str) -> None:
+        with self._lock:
+            rt = self._runtime(name)
+            rt.paused = False
+            if self._started and not rt.threads:
+                self._start_threads(rt)
+        _log.info("subscription_resumed", subscription=name)
+
+    def subscriptions(self) -> dict[str, dict[str, Any]]:
+        """Name → status, for the API and the dashboard."""
+        with self._lock:
+            return {
+                n: {
+                    "queue": rt.sub.queue,
+                    "binding_keys": list(rt.sub.binding_keys),
+                    "paused": rt.paused,
+                    "consumers": sum(t.is_alive() for t in rt.threads),
+                }
+                for n, rt in self._subs.items()
+            }
+
+    def _runtime(self, name: str) -> _Runtime:
+        rt = self._subs.get(name)
+        if rt is None:
+            raise KeyError(f"no subscription '{name}'")
+        return rt
+
+    def _start_threads(self, rt: _Runtime) -> None:
+        rt.stop = threading.Event()
+        rt.threads = []
+        for i in range(max(1, rt.sub.concurrency)):
+            t = threading.Thread(
+                target=self._consume_loop, args=(rt, rt.stop), name=f"consumer-{rt.sub.name}-{i}", daemon=True
+            )
+            rt.threads.append(t)
+            t.start()
+
+    def _stop_threads(self, rt: _Runtime, timeout: float = 30.0) -> None:
+        rt.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in rt.threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        rt.threads = []
+
+    def _consume_loop(self, rt: _Runtime, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            sub = rt.sub
+            prefetch = sub.prefetch or self.settings.prefetch
+            try:
+                self.broker.consume(sub.queue, lambda d: self._on_delivery(rt, stop, d), prefetch=prefetch, stop=stop, idle_timeout=0.5)
+                backoff = 0.5
+            except Exception as exc:  # noqa: BLE001 - a consumer never dies; reconnect with backoff
+                _log.error("consumer_failed", subscription=sub.name, error_type=type(exc).__name__, error=str(exc)[:300])
+                stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    def _housekeeping(self) -> None:
+        while not self._stopping.wait(600):
+            try:
+                n = self.store.purge_processed(self.settings.dedup_window_seconds)
+                if n:
+                    _log.info("processed_ids_purged", count=n)
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                _log.warning("processed_ids_purge_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+
+    # ------------------------------------------------------------------ one delivery
+    def _on_delivery(self, rt: _Runtime, stop: threading.Event, delivery: Delivery) -> None:
+        sub = rt.sub  # this message runs on the definition current now (hot reload)
+        env = delivery.envelope
+        log = _log.bind(message_id=env.id, correlation_id=env.correlation_id, subscription=sub.name, route=sub.name)
+        hold = rt.resume_at - time.monotonic()
+        if hold > 0 and stop.wait(hold):
+            delivery.reject(True)
+            return
+        if sub.dedup and self.store.seen(sub.name, env.id):
+            metrics.MESSAGES_DUPLICATE.labels(subscription=sub.name).inc()
+            log.info("message_duplicate_skipped", redelivered=delivery.redelivered)
+            delivery.ack()
+            return
+        self.store.record_state(env.id, sub.name, "in_flight", env.attempt + 1, envelope=env)
+        ctx = HandlerContext(env, sub.name, delivery, log)
+        t0 = time.perf_counter()
+        try:
+            result = sub.handler(env, ctx)
+            reply = self._reply_for(env, sub.name, result) if delivery.reply_to else None
+            self._publish_outbox(ctx)
+            if reply is not None:
+                self._publish(reply, queue=delivery.reply_to)
+        except Exception as exc:  # noqa: BLE001 - mapped to retry / dead-letter, never kills the consumer
+            metrics.HANDLER_SECONDS.labels(subscription=sub.name).observe(time.perf_counter() - t0)
+            self._on_failure(rt, stop, sub, delivery, env, exc, log)
+            return
+        metrics.HANDLER_SECONDS.labels(subscription=sub.name).observe(time.perf_counter() - t0)
+        if sub.dedup:
+            try:
+                self.store.mark_processed(sub.name, env.id)
+            except Exception as exc:  # noqa: BLE001 - not safe to ack: let the broker redeliver
+                log.error("dedup_mark_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+                stop.wait(1.0)
+                delivery.reject(True)
+                return
+        self.store.record_state(env.id, sub.name, ctx.outcome, env.attempt + 1)
+        delivery.ack()
+        metrics.MESSAGES_DELIVERED.labels(subscription=sub.name).inc()
+        log.debug("message_delivered", outcome=ctx.outcome, attempt=env.attempt + 1)
+
+    @staticmethod
+    def _reply_for(request: Envelope, subscription: str, result: Envelope | None) -> Envelope | None:
+        if result is None:
+            return None
+        if not isinstance(result, Envelope):
+            raise TypeError(f"handler of '{subscription}' returned {type(result).__name__}, expected Envelope or None")
+        changes: dict[str, Any] = {"correlation_id": request.correlation_id or request.id, "causation_id": request.id}
+        if result.causation_id in (None, request.id):
+            changes["id"] = stable_id(request.id, subscription, "reply")
+        return result.evolve(**changes)
+
+    def _publish(self, env: Envelope, **kw: Any) -> None:
+        t0 = time.perf_counter()
+        self.broker.publish(env, timeout=self.settings.publish_timeout, **kw)
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
+
+    def _publish_outbox(self, ctx: HandlerContext) -> None:
+        if not ctx.outbox:
+            return
+        groups: dict[tuple[str | None, str | None], list[Envelope]] = {}
+        for env, rk, q in ctx.outbox:
+            groups.setdefault((rk, q), []).append(env)
+        for (rk, q), envs in groups.items():
+            t0 = time.perf_counter()
+            self.broker.publish_many(envs, routing_key=rk, queue=q, timeout=self.settings.publish_timeout)
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
+
+    def _on_failure(
+        self,
+        rt: _Runtime,
+        stop: threading.Event,
+        sub: Subscription,
+        delivery: Delivery,
+        env: Envelope,
+        exc: Exception,
+        log: Any,
+    ) -> None:
+        info = ErrorInfo.from_exception(exc)
+        made = env.attempt + 1
+        now = datetime.now(UTC)
+        try:
+            if isinstance(exc, CircuitOpen):
+                wait = max(0.0, float(exc.retry_after))
+                rt.resume_at = time.monotonic() + wait
+                self._publish(env, queue=sub.queue, delay=wait, reply_to=delivery.reply_to)
+                self.store.record_state(env.id, sub.name, "retrying", env.attempt, info, next_attempt_at=now + timedelta(seconds=wait))
+                delivery.ack()
+                log.warning("subscription_held_circuit_open", retry_after=wait, error=info.message[:300])
+                return
+            policy = sub.retry
+            if info.kind in policy.retry_on and made < policy.max_attempts:
+                delay = policy.delay_for(made, random.random())
+                self._publish(env.evolve(attempt=made), queue=sub.queue, delay=delay, reply_to=delivery.reply_to)
+                self.store.record_state(
+                    env.id, sub.name, "retrying", made, info, next_attempt_at=now + timedelta(seconds=delay)
+                )
+                delivery.ack()
+                metrics.MESSAGES_RETRIED.labels(subscription=sub.name).inc()
+                log.warning(
+                    "message_retry_scheduled", attempt=made, max_attempts=policy.max_attempts, delay_s=round(delay, 3),
+                    error_type=info.type, error=info.message[:300],
+                )
+                return
+            dlq_id = self.store.dead_letter(env, sub.name, info, made)
+        except Exception as exc2:  # noqa: BLE001 - failure not recorded: do not ack, broker redelivers
+            log.error(
+                "message_failure_not_recorded", error_type=type(exc2).__name__, error=str(exc2)[:300],
+                handler_error_type=info.type,
+            )
+            stop.wait(1.0)
+            delivery.reject(True)
+            return
+        log.error(
+            "message_dead_lettered", dlq_id=dlq_id, attempts=made, error_kind=info.kind, error_type=info.type,
+            error=info.message[:500],
+        )
+        if delivery.reply_to:
+            err = env.derive(ERROR_REPLY_TYPE, {"error": {"kind": info.kind, "type": info.type, "message": info.message, "dlq_id": dlq_id}})
+            err = err.evolve(id=stable_id(env.id, sub.name, "error-reply"))
+            try:
+                self._publish(err, queue=delivery.reply_to)
+            except Exception as exc3:  # noqa: BLE001 - the requester will time out instead
+                log.warning("error_reply_failed", error_type=type(exc3).__name__)
+        delivery.ack()

@@ -1,0 +1,1 @@
+"""Watching the hub: Prometheus metrics (``metrics``), health, traces, dashboard."""
