@@ -364,6 +364,7 @@ _TRANSIENT_NAMES = {
     "sqlalchemy.exc.TimeoutError",
     "sqlalchemy.exc.InterfaceError",
     "sqlalchemy.exc.PendingRollbackError",
+    "sqlalchemy.exc.DBAPIError",  # any other driver error: retried, then dead-lettered
     "httpx.TimeoutException",
     "httpx.NetworkError",
     "httpx.RemoteProtocolError",
@@ -391,6 +392,7 @@ _PERMANENT_NAMES = {
     "nats.js.errors.NotFoundError",
 }
 _INVALID_NAMES = {
+    "sqlalchemy.exc.StatementError",  # a parameter of the wrong type (DBAPIError subclasses are matched first)
     "pydantic_core._pydantic_core.ValidationError",
     "json.decoder.JSONDecodeError",
     "orjson.JSONDecodeError",
