@@ -1,10 +1,45 @@
-"""Cannot-link constraints for clustering (stub: being filled in)."""
+"""Cannot-link constraints: pairs that must never end up in one golden record, whatever the score.
+
+The match weight says how alike two records are; these rules say when alike is not the same:
+
+* ``cannot_link:kind`` — an organization and a person.
+* ``cannot_link:uscc_conflict`` — two *valid* but different USCCs are two legal entities.
+  (A code that fails its check may be a typo of the other and only lowers trust.)
+* ``cannot_link:id_conflict`` — two persons with different valid resident ID numbers.
+* ``cannot_link:branch_vs_head`` — a branch (分公司, 分行, 支行, 营业部, 办事处 …) and its head
+  office (or any non-branch) are separate entities, linked in the hierarchy, never merged —
+  even though branches often carry the head office's USCC.
+* ``cannot_link:different_branches`` — two branches with clearly different branch names
+  (南山分公司 vs 福田分公司) are separate entities too.
+
+A steward's "not the same" decision is a cannot-link as well; the store applies it (it knows the
+decisions), this module only knows the records.
+"""
 
 from __future__ import annotations
 
+from rapidfuzz.distance import JaroWinkler
+
 from esbhub.mdm.standardize import StdParty
+
+BRANCH_NAME_MIN_SIMILARITY = 0.85
 
 
 def can_link(a: StdParty, b: StdParty) -> str | None:
     """None when a and b may be merged; else the reason they must not be."""
-    raise NotImplementedError
+    if a.kind != b.kind:
+        return "cannot_link:kind"
+    if a.uscc and b.uscc and a.uscc_valid and b.uscc_valid and a.uscc != b.uscc:
+        return "cannot_link:uscc_conflict"
+    if a.kind == "person":
+        if a.id_number and b.id_number and a.id_number_valid and b.id_number_valid and a.id_number != b.id_number:
+            return "cannot_link:id_conflict"
+        return None
+    if a.branch != b.branch:
+        return "cannot_link:branch_vs_head"
+    if a.branch and b.branch and a.branch_name and b.branch_name and a.branch_name != b.branch_name:
+        if a.branch_name[-2:] != b.branch_name[-2:] or (
+            JaroWinkler.similarity(a.branch_name, b.branch_name) < BRANCH_NAME_MIN_SIMILARITY
+        ):
+            return "cannot_link:different_branches"
+    return None

@@ -1,20 +1,52 @@
-"""Fellegi–Sunter matching (stub: being filled in)."""
+"""Fellegi–Sunter matching of standardized parties: block → compare → weigh → decide, explainably.
+
+* **Blocking** (:meth:`Matcher.candidates`): several keys per record — USCC, organization code,
+  normalized core name (字号), its fuzzy pinyin, each specific phone, e-mail, city + first / last
+  two characters of the core name, city + start of the street; for persons ID number, name,
+  birth date, postcode + initials. A candidate shares at least one key; blocks larger than
+  ``model.max_block_size`` (very common values) are skipped.
+* **Comparison levels** per field (:mod:`.comparisons`): exact / Jaro-Winkler thresholds /
+  one edit / pinyin / else / null.
+* **Weights**: ``log2(m/u)`` per level; ``m`` (P(level | match)) is learned by EM without labels
+  (:func:`train_em`, numpy), ``u`` (P(level | non-match)) from random pairs, both refined by
+  steward decisions (:func:`refine_with_labels`). The total weight adds the prior
+  ``log2(λ/(1-λ))``; probability = 2^w / (1 + 2^w).
+* **Term frequency**: an exact core-name agreement on a common 字号 weighs less
+  (``log2(u_level / tf(value))``, clamped); a phone found on many records with different names
+  (a shared 400/800 number, an agent's phone) is demoted to the weak ``shared_generic`` level.
+* **Decision**: ``match`` at probability ≥ ``merge_threshold``, ``review`` at ≥ ``review_threshold``,
+  else ``no_match``; any cannot-link reason (:func:`esbhub.mdm.cluster.can_link`) forces
+  ``no_match`` and is reported in ``hard``.
+* Every result carries its per-field :class:`FieldEvidence`.
+
+Splink (bench extra) is used in ``bench/mdm_quality.py`` to compare against; the real-time path
+is this in-process scorer.
+"""
 
 from __future__ import annotations
 
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from esbhub.mdm.cluster import can_link
+from esbhub.mdm.match.comparisons import COMPARISONS, Comparison
 from esbhub.mdm.standardize import StdParty
+
+Kind = Literal["organization", "person"]
 
 
 class FieldEvidence(BaseModel):
     """How one field compared and what it contributed."""
 
     model_config = ConfigDict(extra="forbid")
-    field: str = Field(description="Comparison name, e.g. 'uscc', 'core_name', 'phone'.")
-    level: str = Field(description="Comparison level reached, e.g. 'exact', 'jw_0.92', 'else', 'null'.")
+    field: str = Field(description="Comparison name, e.g. 'uscc', 'name', 'phone'.")
+    level: str = Field(description="Comparison level reached, e.g. 'exact_valid', 'core_near', 'else', 'null'.")
     weight: float = Field(description="log2(m/u) contributed by this field (after TF adjustment).")
     a: str | None = Field(default=None, description="Value on side a.")
     b: str | None = Field(default=None, description="Value on side b.")
@@ -24,44 +56,492 @@ class MatchResult(BaseModel):
     """Score of one pair with its evidence."""
 
     model_config = ConfigDict(extra="forbid")
-    a: str = Field(description="Key of record a.")
-    b: str = Field(description="Key of record b.")
-    weight: float = Field(description="Total match weight (log2 Bayes factor incl. prior).")
+    a: str = Field(description="Key (or source_system:source_id) of record a.")
+    b: str = Field(description="Key (or source_system:source_id) of record b.")
+    weight: float = Field(description="Total match weight: log2 Bayes factor of all fields plus the prior.")
     probability: float = Field(description="Posterior match probability.")
     decision: Literal["match", "review", "no_match"] = Field(description="By the model's thresholds.")
     evidence: list[FieldEvidence] = Field(default_factory=list, description="Per-field evidence.")
-    hard: str | None = Field(default=None, description="Hard constraint that forbids a merge, e.g. 'cannot_link:uscc_conflict'.")
+    hard: str | None = Field(
+        default=None, description="Cannot-link reason that forbids a merge, e.g. 'cannot_link:uscc_conflict'."
+    )
+
+
+class ComparisonParams(BaseModel):
+    """m and u for each level of one comparison (level 0 = null, never weighted)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Comparison name.")
+    levels: list[str] = Field(description="Level names, index 0 is 'null'.")
+    m: list[float] = Field(description="P(level | match) per level.")
+    u: list[float] = Field(description="P(level | non-match) per level.")
+
+    def weights(self) -> list[float]:
+        return [0.0] + [math.log2(max(m, 1e-9) / max(u, 1e-9)) for m, u in zip(self.m[1:], self.u[1:], strict=True)]
+
+
+class KindModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prior: float = Field(description="λ: probability that a candidate pair (sharing a blocking key) is a match.")
+    comparisons: list[ComparisonParams] = Field(description="Per comparison m/u.")
 
 
 class MatchModel(BaseModel):
-    """Comparison levels, m/u per level, prior and thresholds."""
+    """Comparison levels, m/u per level, prior and thresholds. Saved and loaded as JSON."""
 
     model_config = ConfigDict(extra="forbid")
+    organization: KindModel = Field(default_factory=lambda: _default_kind("organization"),
+                                    description="Model for organizations.")
+    person: KindModel = Field(default_factory=lambda: _default_kind("person"), description="Model for persons.")
+    merge_threshold: float = Field(default=0.995, description="Probability at and above which records auto-merge.")
+    review_threshold: float = Field(default=0.5, description="Probability at and above which a steward reviews.")
+    report_threshold: float = Field(
+        default=0.01, description="Matcher.match leaves out candidates below this probability (cheap path)."
+    )
+    tf_min_records: int = Field(default=500, description="Term-frequency adjustment only once this many records are indexed.")
+    tf_clamp: tuple[float, float] = Field(default=(-8.0, 2.0), description="Bounds (bits) of a TF adjustment.")
+    generic_phone_records: int = Field(
+        default=8, description="A phone on more records than this (different names) counts as generic."
+    )
+    max_block_size: int = Field(default=2000, description="Blocks larger than this are skipped for candidates.")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MatchModel:
+        return cls.model_validate_json(text)
+
+    def kind(self, kind: str) -> KindModel:
+        return self.organization if kind == "organization" else self.person
+
+
+_DEFAULT_MU: dict[str, dict[str, tuple[list[float], list[float]]]] = {
+    "organization": {
+        "uscc": ([0.8, 0.05, 0.03, 0.05, 0.07], [1e-6, 1e-7, 1e-6, 1e-6, 0.999997]),
+        "name": ([0.55, 0.25, 0.12, 0.02, 0.04, 0.02], [1e-5, 5e-5, 1e-4, 1e-5, 5e-3, 0.995]),
+        "city": ([0.95, 0.03, 0.02], [0.05, 0.05, 0.9]),
+        "phone": ([0.75, 0.05, 0.2], [1e-5, 1e-3, 0.999]),
+        "address": ([0.6, 0.2, 0.1, 0.1], [1e-5, 1e-4, 5e-3, 0.995]),
+        "email": ([0.6, 0.3, 0.1], [1e-5, 1e-4, 0.9999]),
+    },
+    "person": {
+        "given_name": ([0.85, 0.07, 0.04, 0.04], [0.005, 0.002, 0.02, 0.973]),
+        "family_name": ([0.85, 0.07, 0.04, 0.04], [0.002, 0.002, 0.02, 0.976]),
+        "name_swap": ([0.02, 0.98], [1e-5, 0.99999]),
+        "birth_date": ([0.85, 0.1, 0.03, 0.02], [2e-4, 2e-3, 2e-2, 0.978]),
+        "id_number": ([0.85, 0.1, 0.03, 0.02], [1e-6, 1e-5, 1e-4, 0.99989]),
+        "street": ([0.8, 0.1, 0.05, 0.05], [1e-4, 1e-3, 1e-2, 0.989]),
+        "city": ([0.85, 0.07, 0.04, 0.04], [0.005, 0.002, 0.02, 0.973]),
+        "postcode": ([0.85, 0.07, 0.04, 0.04], [0.002, 0.01, 0.05, 0.938]),
+        "province": ([0.9, 0.05, 0.03, 0.02], [0.2, 0.01, 0.05, 0.74]),
+        "phone": ([0.75, 0.05, 0.2], [1e-5, 1e-3, 0.999]),
+    },
+}
+
+
+def _default_kind(kind: str) -> KindModel:
+    comps = []
+    for c in COMPARISONS[kind]:
+        m, u = _DEFAULT_MU[kind][c.name]
+        comps.append(ComparisonParams(name=c.name, levels=list(c.levels), m=[1.0, *m], u=[1.0, *u]))
+    return KindModel(prior=0.05, comparisons=comps)
+
+
+def compare_levels(a: StdParty, b: StdParty) -> list[int]:
+    """The level index of every comparison for a pair of the same kind."""
+    return [c.fn(a, b)[0] for c in COMPARISONS[a.kind]]
+
+
+def _logit2(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log2(p / (1 - p))
+
+
+def _prob(w: float) -> float:
+    if w > 60:
+        return 1.0
+    if w < -60:
+        return 0.0
+    x = 2.0**w
+    return x / (1 + x)
+
+
+# ------------------------------------------------------------------ blocking keys
+
+
+def blocking_keys(rec: StdParty) -> list[str]:
+    """The blocking keys of a record (strings; a candidate shares at least one)."""
+    keys: list[str] = []
+    if rec.kind == "organization":
+        if rec.uscc:
+            keys.append("U" + rec.uscc)
+        if rec.org_code and len(rec.org_code) == 9:
+            keys.append("O" + rec.org_code)
+        core = rec.core_name
+        keys.append("C" + core)
+        if rec.pinyin_key and rec.pinyin_key != core:
+            keys.append("P" + rec.pinyin_key)
+        place = rec.city or rec.province or ""
+        if len(core) >= 3:
+            keys.append("A" + place + "|" + core[:2])
+            keys.append("L" + place + "|" + core[-2:])
+        if rec.street:
+            keys.append("S" + place + "|" + rec.street[:6])
+    else:
+        if rec.id_number:
+            keys.append("I" + rec.id_number)
+        fam, giv = rec.family_name or "", rec.given_name or ""
+        keys.append("N" + fam + "|" + giv)
+        if rec.birth_date:
+            keys.append("D" + rec.birth_date)
+        if rec.postcode:
+            keys.append("Z" + rec.postcode + "|" + fam[:1] + giv[:1])
+        if rec.street:
+            keys.append("S" + rec.street[:8])
+        if rec.pinyin_key:
+            keys.append("P" + rec.pinyin_key)
+        if rec.birth_date and (fam or giv):
+            keys.append("B" + rec.birth_date[:4] + "|" + (fam[:2] or giv[:2]))
+    keys.extend("T" + p for p in rec.phones)
+    keys.extend("E" + e for e in rec.emails)
+    return keys
+
+
+# ------------------------------------------------------------------ matcher
+
+
+class _Scorer:
+    """Precomputed weights of a model for fast scoring."""
+
+    def __init__(self, model: MatchModel) -> None:
+        self.model = model
+        self.kinds: dict[str, tuple[float, tuple[Comparison, ...], list[list[float]], list[ComparisonParams]]] = {}
+        for kind in ("organization", "person"):
+            km = model.kind(kind)
+            comps = COMPARISONS[kind]
+            params = {p.name: p for p in km.comparisons}
+            ws = [params[c.name].weights() for c in comps]
+            self.kinds[kind] = (_logit2(km.prior), comps, ws, [params[c.name] for c in comps])
 
 
 class Matcher:
+    """In-process index + scorer for the real-time path. Not thread-safe; one per worker."""
+
     def __init__(self, model: MatchModel | None = None) -> None:
         self.model = model or MatchModel()
+        self._scorer = _Scorer(self.model)
+        self.records: dict[str, StdParty] = {}
+        self.blocks: dict[str, list[str]] = {}
+        self.core_count: Counter[str] = Counter()
+        self.family_count: Counter[str] = Counter()
+        self.phone_count: Counter[str] = Counter()
 
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_model(self, model: MatchModel) -> None:
+        self.model = model
+        self._scorer = _Scorer(model)
+
+    # ---- index
     def add(self, key: str, rec: StdParty) -> None:
-        raise NotImplementedError
+        """Index a record under ``key`` (replaces a previous record with that key)."""
+        if key in self.records:
+            self.remove(key)
+        self.records[key] = rec
+        for bk in dict.fromkeys(blocking_keys(rec)):
+            self.blocks.setdefault(bk, []).append(key)
+        self.core_count[rec.core_name] += 1
+        if rec.family_name:
+            self.family_count[rec.family_name] += 1
+        for p in rec.phones:
+            self.phone_count[p] += 1
 
     def remove(self, key: str) -> None:
-        raise NotImplementedError
+        rec = self.records.pop(key, None)
+        if rec is None:
+            return
+        for bk in dict.fromkeys(blocking_keys(rec)):
+            lst = self.blocks.get(bk)
+            if lst is not None:
+                try:
+                    lst.remove(key)
+                except ValueError:
+                    pass
+                if not lst:
+                    del self.blocks[bk]
+        _dec(self.core_count, rec.core_name)
+        if rec.family_name:
+            _dec(self.family_count, rec.family_name)
+        for p in rec.phones:
+            _dec(self.phone_count, p)
 
     def candidates(self, rec: StdParty, limit: int = 200) -> list[str]:
-        raise NotImplementedError
+        """Keys of indexed records sharing at least one blocking key, most shared keys first."""
+        hits: Counter[str] = Counter()
+        maxb = self.model.max_block_size
+        for bk in dict.fromkeys(blocking_keys(rec)):
+            lst = self.blocks.get(bk)
+            if lst is None or len(lst) > maxb:
+                continue
+            hits.update(lst)
+        if len(hits) <= limit:
+            return sorted(hits, key=lambda k: -hits[k])
+        return [k for k, _ in hits.most_common(limit)]
+
+    # ---- scoring
+    def _tf_adjust(self, comp: Comparison, level: int, a: StdParty, b: StdParty, base_u: float) -> tuple[float, int]:
+        """(extra bits, possibly demoted level) for a TF-adjusted comparison."""
+        n = len(self.records)
+        if comp.tf == "phone":
+            common = set(a.phones) & set(b.phones)
+            if common and max(self.phone_count.get(p, 0) for p in common) > self.model.generic_phone_records:
+                return 0.0, 2  # demoted to shared_generic
+            return 0.0, level
+        if n < self.model.tf_min_records:
+            return 0.0, level
+        counts = self.core_count if comp.tf == "core" else self.family_count
+        value = a.core_name if comp.tf == "core" else a.family_name
+        c = counts.get(value or "", 0)
+        if c <= 0:
+            return 0.0, level
+        tf = c / n
+        lo, hi = self.model.tf_clamp
+        return min(max(math.log2(base_u / tf), lo), hi), level
+
+    def _weigh(self, a: StdParty, b: StdParty, *, evidence: bool) -> tuple[float, list[FieldEvidence]]:
+        prior, comps, ws, params = self._scorer.kinds[a.kind]
+        total = prior
+        ev: list[FieldEvidence] = []
+        for i, comp in enumerate(comps):
+            level, va, vb = comp.fn(a, b)
+            extra = 0.0
+            if comp.tf is not None and level in comp.tf_levels:
+                extra, level = self._tf_adjust(comp, level, a, b, params[i].u[level])
+            w = ws[i][level] + extra
+            total += w
+            if evidence:
+                ev.append(FieldEvidence.model_construct(field=comp.name, level=comp.levels[level], weight=round(w, 3),
+                                                        a=va, b=vb))
+        return total, ev
+
+    def _result(self, ka: str, kb: str, a: StdParty, b: StdParty, *, evidence: bool = True) -> MatchResult:
+        hard = can_link(a, b)
+        if a.kind != b.kind:
+            return MatchResult.model_construct(a=ka, b=kb, weight=-math.inf, probability=0.0, decision="no_match",
+                                               evidence=[], hard=hard)
+        w, ev = self._weigh(a, b, evidence=evidence)
+        p = _prob(w)
+        if hard is not None:
+            decision = "no_match"
+        elif p >= self.model.merge_threshold:
+            decision = "match"
+        elif p >= self.model.review_threshold:
+            decision = "review"
+        else:
+            decision = "no_match"
+        return MatchResult.model_construct(a=ka, b=kb, weight=round(w, 4), probability=p, decision=decision,
+                                           evidence=ev, hard=hard)
 
     def score(self, a: StdParty, b: StdParty) -> MatchResult:
-        raise NotImplementedError
+        """Score one pair (keys in the result are ``source_system:source_id``)."""
+        return self._result(f"{a.source_system}:{a.source_id}", f"{b.source_system}:{b.source_id}", a, b)
 
-    def match(self, key: str, rec: StdParty) -> list[MatchResult]:
-        raise NotImplementedError
+    def match(self, key: str, rec: StdParty, limit: int = 200) -> list[MatchResult]:
+        """Score ``rec`` against its candidates (not itself); best first. Candidates below
+        ``model.report_threshold`` are left out, except those with a cannot-link reason."""
+        out: list[MatchResult] = []
+        floor = _logit2(self.model.report_threshold)
+        for k in self.candidates(rec, limit=limit + 1):
+            if k == key:
+                continue
+            other = self.records[k]
+            if other.kind != rec.kind:
+                continue
+            w, _ = self._weigh(rec, other, evidence=False)
+            if w < floor:
+                continue
+            out.append(self._result(key, k, rec, other))
+        out.sort(key=lambda r: -r.weight)
+        return out[:limit]
+
+    def explain(self, a: StdParty, b: StdParty) -> str:
+        """Human-readable evidence table for a pair."""
+        r = self.score(a, b)
+        lines = [f"{r.a} vs {r.b}: weight {r.weight:.2f}, probability {r.probability:.4f}, {r.decision}"
+                 + (f" ({r.hard})" if r.hard else "")]
+        for e in r.evidence:
+            lines.append(f"  {e.field:<12} {e.level:<17} {e.weight:+7.2f}   {e.a!s} | {e.b!s}")
+        return "\n".join(lines)
 
 
-def train_em(records: list[StdParty], model: MatchModel | None = None) -> MatchModel:
-    raise NotImplementedError
+def _dec(c: Counter[str], k: str) -> None:
+    v = c.get(k, 0) - 1
+    if v <= 0:
+        c.pop(k, None)
+    else:
+        c[k] = v
 
 
-def refine_with_labels(model: MatchModel, labelled_pairs: list[tuple[StdParty, StdParty, bool]]) -> MatchModel:
-    raise NotImplementedError
+# ------------------------------------------------------------------ training
+
+
+def candidate_pairs(records: Sequence[StdParty], model: MatchModel | None = None, limit_per_record: int = 50,
+                    max_pairs: int = 2_000_000) -> list[tuple[int, int]]:
+    """Blocked candidate pairs (i < j) among records of the same kind."""
+    m = Matcher(model)
+    for i, r in enumerate(records):
+        m.add(str(i), r)
+    pairs: set[tuple[int, int]] = set()
+    for i, r in enumerate(records):
+        for k in m.candidates(r, limit=limit_per_record + 1):
+            j = int(k)
+            if j != i and records[j].kind == r.kind:
+                pairs.add((i, j) if i < j else (j, i))
+        if len(pairs) >= max_pairs:
+            break
+    return sorted(pairs)
+
+
+def _levels_matrix(records: Sequence[StdParty], pairs: Iterable[tuple[int, int]], kind: str) -> np.ndarray:
+    comps = COMPARISONS[kind]
+    rows = [[c.fn(records[i], records[j])[0] for c in comps] for i, j in pairs]
+    return np.asarray(rows, dtype=np.int8).reshape(-1, len(comps))
+
+
+def estimate_u(records: Sequence[StdParty], kind: str, n_pairs: int = 200_000, seed: int = 42) -> list[np.ndarray]:
+    """u per level from random pairs (almost all non-matches), Laplace-smoothed."""
+    idx = [i for i, r in enumerate(records) if r.kind == kind]
+    rng = random.Random(seed)
+    if len(idx) < 2:
+        return []
+    pairs = []
+    for _ in range(n_pairs):
+        i, j = rng.sample(idx, 2)
+        pairs.append((i, j))
+    mat = _levels_matrix(records, pairs, kind)
+    out = []
+    for c_i, comp in enumerate(COMPARISONS[kind]):
+        col = mat[:, c_i]
+        counts = np.bincount(col, minlength=len(comp.levels)).astype(float)
+        counts[1:] += 0.5  # smoothing: a level never seen at random is rare, not impossible
+        u = counts / max(counts[1:].sum(), 1.0)
+        u[0] = 1.0
+        out.append(u)
+    return out
+
+
+def em(mat: np.ndarray, n_levels: list[int], m0: list[np.ndarray], u: list[np.ndarray], prior0: float,
+       max_iter: int = 50, tol: float = 1e-6, fix_u: bool = True) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """Expectation–maximisation for m (and optionally u) and λ on comparison vectors (numpy).
+
+    Level 0 (null) is not informative: it has probability 1 under both classes.
+    """
+    patterns, counts = np.unique(mat, axis=0, return_counts=True)
+    counts = counts.astype(float)
+    m = [x.astype(float).copy() for x in m0]
+    u = [x.astype(float).copy() for x in u]
+    lam = prior0
+    for _ in range(max_iter):
+        log_m = np.zeros(len(patterns))
+        log_u = np.zeros(len(patterns))
+        for c in range(patterns.shape[1]):
+            lv = patterns[:, c]
+            mm = np.where(lv == 0, 1.0, m[c][lv])
+            uu = np.where(lv == 0, 1.0, u[c][lv])
+            log_m += np.log(np.maximum(mm, 1e-12))
+            log_u += np.log(np.maximum(uu, 1e-12))
+        a = np.log(lam) + log_m
+        b = np.log(1 - lam) + log_u
+        mx = np.maximum(a, b)
+        p = np.exp(a - mx) / (np.exp(a - mx) + np.exp(b - mx))
+        wm = p * counts
+        wu = (1 - p) * counts
+        new_lam = float(wm.sum() / counts.sum())
+        new_lam = min(max(new_lam, 1e-6), 1 - 1e-6)
+        new_m = []
+        new_u = []
+        for c, n in enumerate(n_levels):
+            lv = patterns[:, c]
+            sm = np.bincount(lv, weights=wm, minlength=n)[:n]
+            sm[1:] += 1e-3
+            mm = sm / sm[1:].sum()
+            mm[0] = 1.0
+            new_m.append(mm)
+            if fix_u:
+                new_u.append(u[c])
+            else:
+                su = np.bincount(lv, weights=wu, minlength=n)[:n]
+                su[1:] += 1e-3
+                uu = su / su[1:].sum()
+                uu[0] = 1.0
+                new_u.append(uu)
+        delta = max(float(np.max(np.abs(new_m[c] - m[c]))) for c in range(len(m)))
+        m, u, lam = new_m, new_u, new_lam
+        if delta < tol:
+            break
+    return m, u, lam
+
+
+def train_em(records: list[StdParty], model: MatchModel | None = None, *, n_random_pairs: int = 200_000,
+             max_iter: int = 50, seed: int = 42) -> MatchModel:
+    """Learn m/u (and λ) for each kind present in ``records`` without labels.
+
+    u comes from random record pairs; m and λ from EM over the blocked candidate pairs (the
+    pairs the real-time matcher will score), starting from the model's current values.
+    Thresholds and other settings are kept.
+    """
+    base = model or MatchModel()
+    out = base.model_copy(deep=True)
+    pairs = candidate_pairs(records, base)
+    for kind in ("organization", "person"):
+        kp = [(i, j) for i, j in pairs if records[i].kind == kind]
+        if len([r for r in records if r.kind == kind]) < 20 or len(kp) < 20:
+            continue
+        comps = COMPARISONS[kind]
+        km = base.kind(kind)
+        params = {p.name: p for p in km.comparisons}
+        u = estimate_u(records, kind, n_pairs=n_random_pairs, seed=seed)
+        m0 = [np.asarray(params[c.name].m, dtype=float) for c in comps]
+        mat = _levels_matrix(records, kp, kind)
+        m, u2, lam = em(mat, [len(c.levels) for c in comps], m0, u, km.prior, max_iter=max_iter)
+        new = KindModel(prior=lam, comparisons=[
+            ComparisonParams(name=c.name, levels=list(c.levels), m=[float(x) for x in m[i]],
+                             u=[float(x) for x in u2[i]])
+            for i, c in enumerate(comps)
+        ])
+        setattr(out, kind, new)
+    return out
+
+
+def refine_with_labels(model: MatchModel, labelled_pairs: Sequence[tuple[StdParty, StdParty, bool]],
+                       pseudo_count: float = 100.0) -> MatchModel:
+    """Bayesian update of m (from pairs labelled same) and u (from pairs labelled not same).
+
+    The current values act as a prior worth ``pseudo_count`` pairs, so a handful of steward
+    decisions nudge the model and many decisions dominate it.
+    """
+    out = model.model_copy(deep=True)
+    for kind in ("organization", "person"):
+        pairs = [(a, b, same) for a, b, same in labelled_pairs if a.kind == kind and b.kind == kind]
+        if not pairs:
+            continue
+        comps = COMPARISONS[kind]
+        km = out.kind(kind)
+        params = {p.name: p for p in km.comparisons}
+        for is_match, attr in ((True, "m"), (False, "u")):
+            sel = [(a, b) for a, b, same in pairs if same == is_match]
+            if not sel:
+                continue
+            levels = [compare_levels(a, b) for a, b in sel]
+            for ci, comp in enumerate(comps):
+                p = params[comp.name]
+                cur = np.asarray(getattr(p, attr), dtype=float)
+                cnt = np.bincount([lv[ci] for lv in levels], minlength=len(comp.levels)).astype(float)
+                n = cnt[1:].sum()
+                if n == 0:
+                    continue
+                new = (cur[1:] * pseudo_count + cnt[1:]) / (pseudo_count + n)
+                setattr(p, attr, [1.0, *[float(x) for x in new]])
+    return out

@@ -92,10 +92,6 @@ class StdParty(BaseModel):
     flags: list[str] = Field(default_factory=list, description="Quality flags, e.g. 'uscc_check_failed'.")
 
 
-_PUBLIC_MAIL = {"QQ.COM", "163.COM", "126.COM", "SINA.COM", "GMAIL.COM", "HOTMAIL.COM", "OUTLOOK.COM",
-                "FOXMAIL.COM", "YAHOO.COM", "SOHU.COM", "139.COM", "189.CN", "ALIYUN.COM", "YEAH.NET"}
-
-
 def _phone(raw: str, kind: str, city: Division | None) -> tuple[str | None, bool]:
     """(E.164 or None, generic?) for one number."""
     digits = re.sub(r"[^\d+]", "", raw)
