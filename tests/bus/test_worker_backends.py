@@ -1,0 +1,88 @@
+"""The worker's reliability paths over both real broker backends (``broker_url``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from esbhub.bus.broker import Broker, create_broker
+from esbhub.bus.envelope import Envelope
+from esbhub.bus.store import BusStore
+from esbhub.bus.worker import Subscription, Worker, queue_for
+from esbhub.config import RetryPolicy
+from esbhub.db import upgrade
+from esbhub.errors import TransientError
+
+from .memory_broker import wait_until
+
+
+@pytest.fixture
+def broker(broker_url: str, unique: str) -> Iterator[Broker]:
+    rabbit = broker_url.startswith("amqp")
+    kw = {"unrouted_queue": f"{unique}.unrouted"} if rabbit else {}
+    b = create_broker(broker_url, exchange=unique, **kw)
+    b.connect()
+    yield b
+    b.close()
+    if rabbit:
+        c = create_broker(broker_url, exchange=unique, unrouted_queue=f"{unique}.unrouted")
+        for q in (queue_for(unique), f"{unique}.unrouted"):
+            c.delete_queue(q)
+        c._control(lambda ch: (ch.exchange_delete(unique), ch.exchange_delete(f"{unique}.unrouted")), what="cleanup")
+        c.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BusStore]:
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(url)
+    s = BusStore(url)
+    yield s
+    s.close()
+
+
+def test_poison_message_retried_n_times_dead_lettered_then_delivered_after_edit_and_replay(broker, store, settings, unique):
+    attempts: list[int] = []
+    delivered: list[dict] = []
+
+    def handler(env: Envelope, ctx):
+        attempts.append(env.attempt)
+        if env.payload.get("amount", 0) < 0:
+            raise TransientError("bank gateway refused a negative amount")
+        delivered.append(env.payload)
+
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.1, multiplier=2.0, jitter=0.1)
+    w = Worker(broker, store, [Subscription(unique, ["payment.v1"], handler, retry=policy)], settings)
+    w.start()
+    try:
+        e = Envelope.create("payment.v1", {"amount": -5}, source="bank")
+        store.record_accepted([e])
+        broker.publish(e)
+        [dl] = wait_until(lambda: store.dlq_list(subscription=unique), timeout=30, what="dead letter")
+        assert attempts == [0, 1, 2] and dl["attempts"] == 3
+        assert dl["error"]["message"] == "bank gateway refused a negative amount"
+        assert store.get_message(e.id)["state"] == "dead_lettered"
+        store.dlq_edit(dl["id"], {"amount": 5}, editor="ops")
+        assert store.dlq_replay(broker, [dl["id"]], by="ops") == 1
+        wait_until(lambda: delivered == [{"amount": 5}], timeout=30, what="delivered after replay")
+        wait_until(lambda: store.flush() or store.get_message(e.id)["state"] == "delivered", what="state delivered")
+        c = store.counts()
+        assert c["accepted"] == 1 and c["delivered"] == 1
+    finally:
+        w.stop(10)
+
+
+def test_redelivery_of_a_processed_message_repeats_no_side_effect(broker, store, settings, unique):
+    calls: list[str] = []
+    w = Worker(broker, store, [Subscription(unique, ["party.v1"], lambda e, c: calls.append(e.id))], settings)
+    w.start()
+    try:
+        e = Envelope.create("party.v1", {"n": 1}, source="crm")
+        for _ in range(3):
+            broker.publish(e)
+        wait_until(lambda: calls and broker.queue_depth(queue_for(unique)) == 0, timeout=30, what="drained")
+        assert calls == [e.id]
+    finally:
+        w.stop(10)
