@@ -1,0 +1,72 @@
+"""``party.golden.*`` events: what CRM, portals and the call centre subscribe to.
+
+One event per new version of a golden record:
+
+* ``party.golden.created.v1``  — a new golden id
+* ``party.golden.updated.v1``  — attributes or members changed
+* ``party.golden.merged.v1``   — golden records were merged: the survivor (``merged_ids`` lists
+  the ids it absorbed) and each absorbed id (``status="retired"``, ``merged_into`` = survivor)
+* ``party.golden.unmerged.v1`` — source records were split off a golden record: the golden it
+  was split from (``split_into``) and each golden that received them (``unmerged_from``; a
+  golden id that had been retired by the merge comes back with its old id)
+
+Ordering contract: ``seq`` is the golden record's version number — it starts at 1 and grows
+by exactly 1 per version of that golden id (also in headers ``golden_id`` / ``golden_seq``).
+Every event carries the complete golden snapshot, so a consumer keeps, per golden id, the
+highest ``seq`` it applied and ignores an event with a lower or equal ``seq`` (a redelivery
+or an overtaken message); a jump of more than 1 means it missed versions, which is harmless
+for state (the snapshot is complete) and visible through ``GET /v1/customers/{id}/history``.
+Events of one ingest are published in one batch, in ``seq`` order per golden id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from esbhub.bus.envelope import Envelope
+from esbhub.schemas import register_schema
+
+CHANGE_TYPES = {
+    "created": "party.golden.created.v1",
+    "updated": "party.golden.updated.v1",
+    "merged": "party.golden.merged.v1",
+    "unmerged": "party.golden.unmerged.v1",
+}
+
+
+class GoldenEvent(BaseModel):
+    """Payload of every ``party.golden.*.v1`` event: the golden record as of version ``seq``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    golden_id: str = Field(description="The golden id this event is about.")
+    seq: int = Field(ge=1, description="Version of this golden record; +1 per version, ordered per golden id.")
+    change: Literal["created", "updated", "merged", "unmerged"] = Field(description="What happened.")
+    status: Literal["active", "retired", "inactive"] = Field(description="active; retired (merged into another); "
+                                                             "inactive (every source record deleted).")
+    merged_into: str | None = Field(default=None, description="For a retired golden: the survivor's golden id.")
+    merged_ids: list[str] = Field(default_factory=list, description="For the survivor of a merge: ids absorbed.")
+    split_into: list[str] = Field(default_factory=list, description="For an unmerge: goldens that took members.")
+    unmerged_from: str | None = Field(default=None, description="For an unmerge: the golden split from.")
+    valid_from: str = Field(description="When this version became current (ISO 8601).")
+    actor: str = Field(description="'engine' or the steward who decided.")
+    reason: str | None = Field(default=None, description="Why (steward's reason, or the engine's cause).")
+    source_keys: list[str] = Field(default_factory=list, description="Member source keys 'system:id'.")
+    attributes: dict[str, Any] = Field(default_factory=dict, description="Golden values: {attr: {value, lineage}}.")
+    tier: str | None = Field(default=None, description="Key-account tier from billing revenue.")
+
+
+for _t in CHANGE_TYPES.values():
+    register_schema(_t, GoldenEvent)
+
+
+def golden_event(payload: GoldenEvent, *, cause: Envelope | None = None, cause_id: str | None = None) -> Envelope:
+    """The envelope of one golden event, derived from the message that caused it if any."""
+    typ = CHANGE_TYPES[payload.change]
+    body = payload.model_dump(mode="json")
+    headers = {"golden_id": payload.golden_id, "golden_seq": str(payload.seq)}
+    if cause is not None:
+        return cause.derive(typ, body, source="mdm", headers=headers)
+    return Envelope.create(typ, body, source="mdm", causation_id=cause_id, headers=headers)

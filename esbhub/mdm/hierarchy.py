@@ -1,0 +1,246 @@
+"""Customer hierarchy and key-account tiering.
+
+A branch (分公司, 分行, 支行, 营业部, 办事处) is its own golden record, never merged into its
+head office; it is *linked* to it by an edge in ``mdm_hierarchy``:
+
+``branch``          the branch's name minus its branch suffix is the head office's normalized
+                    name (``head_office_name_norm``), or — failing that — the branch carries the
+                    USCC of a non-branch golden record (branches often quote the head office's code)
+``billing_parent``  the record's ``parent_billing_account`` is another golden's billing account
+``parent``          the source system names the parent (``parent_source_id``)
+``group_member``    a group (集团) golden and a non-group, non-branch golden share the core name
+                    (字号) — group customers spanning provinces
+
+Edges are recomputed for every golden record a change touches (both directions); edges of
+retired golden records are ended, never deleted. Tiering: the sum of the monthly revenue of a
+golden record's distinct billing accounts against thresholds in :class:`TieringConfig`; the
+360 view also reports the group tier (revenue of the whole subtree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, Xref, source_key
+
+
+class TieringConfig(BaseModel):
+    """Key-account tiers by monthly billed revenue (CNY), highest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"A": 1_000_000.0, "B": 100_000.0, "C": 10_000.0},
+        description="Tier → minimum monthly revenue; a golden below every threshold gets 'D'.",
+    )
+    below: str = Field(default="D", description="Tier of a customer below every threshold (or without revenue).")
+
+    def tier(self, revenue: float | None) -> str:
+        if revenue is not None:
+            for name, floor in sorted(self.thresholds.items(), key=lambda kv: -kv[1]):
+                if revenue >= floor:
+                    return name
+        return self.below
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(Decimal(str(v)))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def revenue_of(rows: Iterable[Xref]) -> float | None:
+    """Monthly revenue of a golden record: the sum over its distinct billing accounts."""
+    by_account: dict[str, float] = {}
+    for x in rows:
+        if x.deleted:
+            continue
+        attrs = (x.raw or {}).get("attributes") or {}
+        rev = _num(attrs.get("monthly_revenue"))
+        if rev is None:
+            continue
+        acct = attrs.get("billing_account") or x.key
+        by_account[acct] = max(by_account.get(acct, 0.0), rev)
+    return sum(by_account.values()) if by_account else None
+
+
+def index_entries(x: Xref) -> list[tuple[str, str]]:
+    """Reverse look-up keys a record contributes for hierarchy and search."""
+    std = x.std or {}
+    out: list[tuple[str, str]] = []
+    for p in (std.get("phones") or []) + (std.get("phones_generic") or []):
+        out.append(("phone", p))
+    for e in std.get("emails") or []:
+        out.append(("email", e))
+    if std.get("branch") and std.get("head_office_name_norm"):
+        out.append(("ho_name", std["head_office_name_norm"]))
+    if x.parent_billing_account:
+        out.append(("parent_ba", x.parent_billing_account))
+    parent = std.get("parent_source_id") or (x.raw or {}).get("parent_source_id")
+    if parent:
+        out.append(("parent_src", source_key(x.source_system, parent)))
+    return [(k, v[:300]) for k, v in out]
+
+
+def _goldens_of(s: Session, where: Any) -> dict[str, list[Xref]]:
+    out: dict[str, list[Xref]] = {}
+    for x in s.execute(sa.select(Xref).where(where)).scalars():
+        out.setdefault(x.golden_id, []).append(x)
+    return out
+
+
+def _index_keys(s: Session, kind: str, values: list[str]) -> list[tuple[str, str]]:
+    if not values:
+        return []
+    return [
+        (r.source_system, r.source_id)
+        for r in s.execute(sa.select(KeyIndex).where(KeyIndex.kind == kind, KeyIndex.value.in_(values))).scalars()
+    ]
+
+
+def _xrefs_for_keys(s: Session, keys: list[tuple[str, str]]) -> list[Xref]:
+    out = []
+    for sys_, sid in keys:
+        x = s.get(Xref, (sys_, sid))
+        if x is not None:
+            out.append(x)
+    return out
+
+
+def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Edges (parent, child, kind, evidence) in which ``golden_id`` takes part, either side."""
+    edges: list[tuple[str, str, str, dict[str, Any]]] = []
+    live = [x for x in members if not x.deleted] or members
+    stds = [x.std or {} for x in live]
+    is_branch = any(d.get("branch") for d in stds)
+    is_group = any(d.get("is_group") for d in stds)
+    # as a child -----------------------------------------------------------
+    if is_branch:
+        ho_names = sorted({d["head_office_name_norm"] for d in stds if d.get("head_office_name_norm")})
+        parents = {x.golden_id for x in s.execute(sa.select(Xref).where(Xref.name_norm.in_(ho_names))).scalars()} - {golden_id}
+        for p in sorted(parents):
+            edges.append((p, golden_id, "branch", {"rule": "branch_suffix", "head_office_name_norm": ho_names}))
+        if not parents:
+            usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
+            if usccs:
+                for x in s.execute(sa.select(Xref).where(Xref.uscc.in_(usccs))).scalars():
+                    if x.golden_id != golden_id and not (x.std or {}).get("branch"):
+                        parents.add(x.golden_id)
+                for p in sorted(parents):
+                    edges.append((p, golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
+    pbas = sorted({x.parent_billing_account for x in live if x.parent_billing_account})
+    if pbas:
+        for x in s.execute(sa.select(Xref).where(Xref.billing_account.in_(pbas))).scalars():
+            if x.golden_id != golden_id:
+                edges.append((x.golden_id, golden_id, "billing_parent", {"parent_billing_account": x.billing_account}))
+    for x in live:
+        parent = (x.std or {}).get("parent_source_id") or (x.raw or {}).get("parent_source_id")
+        if parent:
+            px = s.get(Xref, (x.source_system, parent))
+            if px is not None and px.golden_id != golden_id:
+                edges.append((px.golden_id, golden_id, "parent", {"source": source_key(x.source_system, parent)}))
+    cores = sorted({d.get("core_name") for d in stds if d.get("core_name")})
+    if not is_group and not is_branch and cores:
+        for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items():
+            if gid != golden_id and any((y.std or {}).get("is_group") for y in xs):
+                edges.append((gid, golden_id, "group_member", {"core_name": cores}))
+    # as a parent ----------------------------------------------------------
+    names = sorted({d.get("name_norm") for d in stds if d.get("name_norm")})
+    if not is_branch:
+        for x in _xrefs_for_keys(s, _index_keys(s, "ho_name", names)):
+            if x.golden_id != golden_id:
+                edges.append((golden_id, x.golden_id, "branch", {"rule": "branch_suffix", "head_office_name_norm": names}))
+        usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
+        if usccs:
+            for x in s.execute(sa.select(Xref).where(Xref.uscc.in_(usccs))).scalars():
+                std = x.std or {}
+                if x.golden_id != golden_id and std.get("branch") and std.get("head_office_name_norm") not in names:
+                    edges.append((golden_id, x.golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
+    bas = sorted({x.billing_account for x in live if x.billing_account})
+    for x in _xrefs_for_keys(s, _index_keys(s, "parent_ba", bas)):
+        if x.golden_id != golden_id:
+            edges.append((golden_id, x.golden_id, "billing_parent", {"parent_billing_account": x.parent_billing_account}))
+    for x in _xrefs_for_keys(s, _index_keys(s, "parent_src", [m.key for m in live])):
+        if x.golden_id != golden_id:
+            edges.append((golden_id, x.golden_id, "parent", {"source": x.key}))
+    if is_group and cores:
+        for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items():
+            if gid != golden_id and not any((y.std or {}).get("is_group") or (y.std or {}).get("branch") for y in xs):
+                edges.append((golden_id, gid, "group_member", {"core_name": cores}))
+    # one edge per (parent, child, kind)
+    seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for p, c, k, ev in edges:
+        seen.setdefault((p, c, k), ev)
+    return [(p, c, k, ev) for (p, c, k), ev in sorted(seen.items())]
+
+
+def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
+    """Recompute the hierarchy edges touching ``golden_ids`` (ended edges are kept)."""
+    ids = sorted(set(golden_ids))
+    if not ids:
+        return
+    current = {
+        (h.parent_golden, h.child_golden, h.kind): h
+        for h in s.execute(
+            sa.select(Hierarchy).where(
+                Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(ids), Hierarchy.child_golden.in_(ids))
+            )
+        ).scalars()
+    }
+    wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
+    members = _goldens_of(s, Xref.golden_id.in_(ids))
+    active = set(s.execute(sa.select(Golden.golden_id).where(Golden.golden_id.in_(ids), Golden.status != "retired")).scalars())
+    for gid in ids:
+        if gid in active and gid in members:
+            for p, c, k, ev in compute_edges(s, gid, members[gid]):
+                wanted[(p, c, k)] = ev
+    for key, h in current.items():
+        if key not in wanted:
+            h.active = False
+            h.ended_at = now
+    for (p, c, k), ev in wanted.items():
+        if (p, c, k) not in current:
+            s.add(Hierarchy(parent_golden=p, child_golden=c, kind=k, evidence=ev, created_at=now, active=True))
+
+
+def edges_of(s: Session, golden_id: str) -> dict[str, list[dict[str, Any]]]:
+    rows = s.execute(
+        sa.select(Hierarchy).where(
+            Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden == golden_id, Hierarchy.child_golden == golden_id)
+        )
+    ).scalars()
+    out: dict[str, list[dict[str, Any]]] = {"parents": [], "children": []}
+    for h in rows:
+        if h.child_golden == golden_id:
+            out["parents"].append({"golden_id": h.parent_golden, "kind": h.kind, "evidence": h.evidence})
+        else:
+            out["children"].append({"golden_id": h.child_golden, "kind": h.kind, "evidence": h.evidence})
+    return out
+
+
+def subtree(s: Session, golden_id: str, limit: int = 10_000) -> list[str]:
+    """Golden ids below ``golden_id`` (branches, members, child accounts), breadth first."""
+    seen = {golden_id}
+    frontier = [golden_id]
+    order: list[str] = []
+    while frontier and len(seen) < limit:
+        rows = s.execute(
+            sa.select(Hierarchy.child_golden).where(Hierarchy.active.is_(True), Hierarchy.parent_golden.in_(frontier))
+        ).scalars()
+        frontier = []
+        for c in rows:
+            if c not in seen:
+                seen.add(c)
+                order.append(c)
+                frontier.append(c)
+    return order

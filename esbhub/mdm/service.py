@@ -1,0 +1,1139 @@
+"""The MDM service: ``party.v1`` in → golden records, xref, history, steward queue → events out.
+
+Pipeline of one source record (:meth:`MdmService.ingest`), in one database transaction:
+
+1. **idempotency** — an envelope id seen before returns the events it produced then (same
+   envelope ids, so consumers dedup); an unchanged source version produces nothing;
+2. **standardize** and store the new source version (all versions are kept);
+3. **match** against the in-memory index (blocking → Fellegi–Sunter score): pairs above the
+   merge threshold become ``match`` links, between the thresholds ``review`` links (a steward
+   task), below nothing; the record's previous links are superseded, not deleted;
+4. **cluster** the affected region — every record reachable from the changed one through
+   match links, steward "same" decisions and current golden membership. Clustering is a
+   pure function of that region: steward "same" pairs first, then match links by descending
+   weight (ties by key), each joining two clusters unless a steward "not same" pair or an
+   engine cannot-link (``esbhub.mdm.cluster.can_link``: e.g. two different valid USCCs) lies
+   between them. So the partition does not depend on arrival order, a steward decision
+   sticks across re-matching, and a changed record that no longer matches splits off;
+5. **golden ids**: an id belongs to the source record that founded it. A cluster takes the
+   oldest id founded by one of its members; the other founded ids are retired with a
+   ``merged_into`` pointer; a cluster without a founder gets a new id founded by its oldest
+   member. So ids are stable across re-runs, the oldest id survives a merge and an unmerge
+   brings the retired id back;
+6. **survive** each changed golden record per attribute with lineage
+   (:mod:`esbhub.mdm.survivorship`), write a new history version (valid_from / valid_to),
+   refresh hierarchy edges and tier, and build one ``party.golden.*`` event per new version.
+
+All mutating calls of one service instance are serialized (one lock; the in-memory matcher
+index mirrors the committed database and is rolled back with it on failure). Run the MDM
+subscription with concurrency 1 per database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from esbhub import db
+from esbhub.bus.envelope import Envelope
+from esbhub.errors import InvalidMessage, PermanentError
+from esbhub.mdm import hierarchy
+from esbhub.mdm.events import GoldenEvent, golden_event
+from esbhub.mdm.store import (
+    Audit,
+    Constraint,
+    Golden,
+    GoldenHistory,
+    GoldenLink,
+    Inbox,
+    KeyIndex,
+    Link,
+    Override,
+    SourceVersion,
+    Task,
+    Xref,
+    aware,
+    current_value,
+    golden_id_for,
+    next_value,
+    pair,
+    source_key,
+    split_key,
+    utcnow,
+)
+from esbhub.mdm.survivorship import Member, SurvivorshipConfig, survive
+from esbhub.schemas.party import Party
+
+log = structlog.get_logger("esbhub.mdm")
+
+
+class MdmSettings(BaseModel):
+    """MDM configuration (defaults work out of the box)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    survivorship: SurvivorshipConfig = Field(default_factory=SurvivorshipConfig, description="Per-attribute rules.")
+    tiering: hierarchy.TieringConfig = Field(default_factory=hierarchy.TieringConfig, description="Key-account tiers.")
+    model_path: Path | None = Field(default=None, description="Trained MatchModel JSON; default: engine defaults.")
+    search_limit: int = Field(default=20, ge=1, le=500, description="Most results a search returns.")
+    queue: str = Field(default="mdm", description="Subscription name (queue 'route.<name>') consuming party.v1.")
+
+
+class NotFound(LookupError):
+    """No such golden record, source key or task."""
+
+
+class Conflict(PermanentError):
+    """The steward action contradicts a standing decision (e.g. merge across a 'not same')."""
+
+    code = "conflict"
+
+
+@dataclass
+class _Change:
+    golden_id: str
+    change: str
+    merged_ids: list[str] = field(default_factory=list)
+    split_into: list[str] = field(default_factory=list)
+    unmerged_from: str | None = None
+
+
+def _canon(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(_canon(obj)).hexdigest()
+
+
+class _UnionFind:
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.parent = {k: k for k in keys}
+        self.members = {k: {k} for k in self.parent}
+
+    def find(self, k: str) -> str:
+        while self.parent[k] != k:
+            self.parent[k] = self.parent[self.parent[k]]
+            k = self.parent[k]
+        return k
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra] |= self.members.pop(rb)
+
+
+def partition(
+    keys: Iterable[str],
+    match_edges: Iterable[tuple[str, str, float]],
+    must: Iterable[tuple[str, str]],
+    cannot: set[tuple[str, str]],
+    engine_forbids: Callable[[str, str], str | None],
+) -> list[frozenset[str]]:
+    """Constraint-aware greedy clustering; a pure function of its inputs (order-independent).
+
+    Steward "same" pairs join first, then match edges by descending weight (ties by keys).
+    A join is skipped when any cross pair is a steward "not same" (``cannot``, sorted pairs) or,
+    for engine edges, when ``engine_forbids(a, b)`` gives a reason.
+    """
+    uf = _UnionFind(sorted(set(keys)))
+    ordered: list[tuple[int, float, str, str]] = [(0, 0.0, *pair(a, b)) for a, b in must]
+    ordered += [(1, -w, *pair(a, b)) for a, b, w in match_edges]
+    ordered.sort()
+    for kind, _w, a, b in ordered:
+        if a not in uf.parent or b not in uf.parent:
+            continue
+        ra, rb = uf.find(a), uf.find(b)
+        if ra == rb:
+            continue
+        xs, ys = uf.members[ra], uf.members[rb]
+        ok = True
+        for x in xs:
+            for y in ys:
+                if pair(x, y) in cannot or (kind == 1 and engine_forbids(x, y)):
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            uf.union(ra, rb)
+    return sorted((frozenset(m) for m in uf.members.values()), key=lambda c: min(c))
+
+
+def _default_standardize() -> Callable[[Party], Any]:
+    from esbhub.mdm.standardize import standardize
+
+    return standardize
+
+
+def _default_loader() -> Callable[[dict[str, Any]], Any]:
+    from esbhub.mdm.standardize import StdParty
+
+    return StdParty.model_validate
+
+
+def _default_can_link() -> Callable[[Any, Any], str | None]:
+    from esbhub.mdm.cluster import can_link
+
+    return can_link
+
+
+def _default_matcher(settings: MdmSettings) -> Any:
+    from esbhub.mdm.match import Matcher, MatchModel
+
+    model = None
+    if settings.model_path and Path(settings.model_path).exists():
+        model = MatchModel.model_validate_json(Path(settings.model_path).read_text(encoding="utf-8"))
+    return Matcher(model)
+
+
+class MdmService:
+    """Golden records over one SQL database. Thread-safe; mutations are serialized."""
+
+    def __init__(
+        self,
+        url: str,
+        matcher: Any = None,
+        settings: MdmSettings | None = None,
+        *,
+        standardize: Callable[[Party], Any] | None = None,
+        std_loader: Callable[[dict[str, Any]], Any] | None = None,
+        can_link: Callable[[Any, Any], str | None] | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.url = url
+        self.settings = settings or MdmSettings()
+        if migrate:
+            db.upgrade(url)
+        self.Session = db.session_factory(url)
+        self._standardize = standardize or _default_standardize()
+        self._load_std = std_loader or _default_loader()
+        self._can_link = can_link or _default_can_link()
+        self.matcher = matcher if matcher is not None else _default_matcher(self.settings)
+        self._lock = threading.RLock()
+        self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
+        self._load_index()
+
+    # ------------------------------------------------------------------ index
+    def _load_index(self) -> int:
+        n = 0
+        with self.Session() as s:
+            for x in s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars():
+                self.matcher.add(x.key, self._load_std(x.std))
+                n += 1
+        return n
+
+    def _std_dict(self, std: Any) -> dict[str, Any]:
+        return std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
+
+    # ----------------------------------------------------------------- ingest
+    def ingest(self, party: Party, envelope_id: str, *, envelope: Envelope | None = None) -> list[Envelope]:
+        """Take one source record; return the ``party.golden.*`` events it caused (maybe none)."""
+        return self.ingest_many([(party, envelope_id, envelope)])
+
+    def ingest_many(self, items: Sequence[tuple[Party, str, Envelope | None]]) -> list[Envelope]:
+        """Ingest a batch in ONE transaction (bulk load); all or nothing."""
+        undo: list[tuple[str, Any]] = []
+        with self._lock:
+            try:
+                with self.Session.begin() as s:
+                    events: list[Envelope] = []
+                    for party, envelope_id, envelope in items:
+                        events += self._ingest_one(s, party, envelope_id, envelope, undo)
+            except BaseException:
+                for key, old in reversed(undo):
+                    self.matcher.remove(key)
+                    if old is not None:
+                        self.matcher.add(key, old)
+                raise
+        return events
+
+    def _ingest_one(
+        self, s: Session, party: Party, envelope_id: str, envelope: Envelope | None, undo: list[tuple[str, Any]]
+    ) -> list[Envelope]:
+        done = s.get(Inbox, envelope_id)
+        if done is not None:
+            return [Envelope.model_validate(e) for e in done.events]
+        now = utcnow()
+        raw = party.model_dump(mode="json", exclude_none=True)
+        content_hash = _hash(raw)
+        system, sid = party.source_system, party.source_id
+        key = source_key(system, sid)
+        x = s.get(Xref, (system, sid))
+        if x is not None and x.content_hash == content_hash:
+            s.add(Inbox(envelope_id=envelope_id, at=now, outcome="unchanged", events=[]))
+            return []
+        try:
+            std = self._standardize(party)
+        except (ValueError, TypeError) as exc:
+            raise InvalidMessage(f"party {key} cannot be standardized: {exc}") from exc
+        stdj = self._std_dict(std)
+        version = (x.version + 1) if x is not None else 1
+        sv = SourceVersion(
+            source_system=system, source_id=sid, version=version, envelope_id=envelope_id, content_hash=content_hash,
+            raw=raw, std=stdj, received_at=now, source_updated_at=party.source_updated_at, deleted=party.deleted,
+        )
+        s.add(sv)
+        s.flush()
+        # matcher: score against everything else, then index the new version
+        old_std = self._load_std(x.std) if x is not None and not x.deleted else None
+        undo.append((key, old_std))
+        if old_std is not None:
+            self.matcher.remove(key)
+        results = []
+        if not party.deleted:
+            results = [r for r in self.matcher.match(key, std) if r.decision in ("match", "review")]
+            self.matcher.add(key, std)
+        old_golden = x.golden_id if x is not None else None
+        attrs = raw.get("attributes") or {}
+        if x is None:
+            x = Xref(source_system=system, source_id=sid, golden_id="", first_seen=sv.id, linked_at=now)
+            s.add(x)
+        x.version = version
+        x.content_hash = content_hash
+        x.kind = party.kind
+        x.name = party.name
+        x.core_name = (stdj.get("core_name") or "")[:500]
+        x.name_norm = (stdj.get("name_norm") or "")[:500]
+        x.uscc = stdj.get("uscc")
+        x.billing_account = attrs.get("billing_account")
+        x.parent_billing_account = attrs.get("parent_billing_account")
+        x.deleted = party.deleted
+        x.raw = raw
+        x.std = stdj
+        x.received_at = now
+        x.source_updated_at = party.source_updated_at
+        s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
+        for kind, value in sorted(set(hierarchy.index_entries(x))):
+            s.add(KeyIndex(kind=kind, value=value, source_system=system, source_id=sid))
+        # links: supersede the old ones, keep the new with their evidence
+        old_links = s.execute(
+            sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))
+        ).scalars().all()
+        seeds = {key}
+        for link in old_links:
+            link.active = False
+            link.superseded_at = now
+            seeds.add(link.a_key if link.b_key == key else link.b_key)
+        reviews = []
+        for r in results:
+            other = r.b if r.a == key else r.a
+            if other == key:
+                continue
+            a, b = pair(key, other)
+            s.add(Link(
+                a_key=a, b_key=b, weight=float(r.weight), probability=float(r.probability), decision=r.decision,
+                hard=r.hard, evidence=[e.model_dump(mode="json") for e in r.evidence], actor="engine",
+                created_at=now, active=True,
+            ))
+            seeds.add(other)
+            if r.decision == "review" or r.hard:
+                reviews.append((a, b, r))
+        s.flush()
+        if old_golden:
+            seeds |= self._members(s, [old_golden])
+        changes = self._recluster(s, seeds, now, actor="engine", reason=None, cause=envelope_id)
+        self._open_tasks(s, reviews, now)
+        events = self._events(s, changes, now, actor="engine", reason=None, cause=envelope, cause_id=envelope_id)
+        outcome = "new" if version == 1 else ("deleted" if party.deleted else "changed")
+        s.add(Inbox(envelope_id=envelope_id, at=now, outcome=outcome, events=[e.model_dump(mode="json") for e in events]))
+        return events
+
+    # -------------------------------------------------------------- clustering
+    def _members(self, s: Session, golden_ids: Iterable[str]) -> set[str]:
+        ids = [g for g in set(golden_ids) if g]
+        if not ids:
+            return set()
+        rows = s.execute(sa.select(Xref.source_system, Xref.source_id).where(Xref.golden_id.in_(ids))).all()
+        return {source_key(a, b) for a, b in rows}
+
+    def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
+        out: dict[str, Xref] = {}
+        by_sys: dict[str, list[str]] = {}
+        for k in keys:
+            sys_, sid = split_key(k)
+            by_sys.setdefault(sys_, []).append(sid)
+        for sys_, ids in by_sys.items():
+            for i in range(0, len(ids), 500):
+                for x in s.execute(
+                    sa.select(Xref).where(Xref.source_system == sys_, Xref.source_id.in_(ids[i : i + 500]))
+                ).scalars():
+                    out[x.key] = x
+        return out
+
+    def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Link], list[Constraint]]:
+        links: list[Link] = []
+        cons: list[Constraint] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            links += s.execute(
+                sa.select(Link).where(
+                    Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
+                    sa.or_(Link.a_key.in_(chunk), Link.b_key.in_(chunk)),
+                )
+            ).scalars().all()
+            cons += s.execute(
+                sa.select(Constraint).where(
+                    Constraint.active.is_(True), sa.or_(Constraint.a_key.in_(chunk), Constraint.b_key.in_(chunk))
+                )
+            ).scalars().all()
+        return links, cons
+
+    def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Link], list[Constraint]]:
+        """Close ``seeds`` under match links, steward 'same' pairs and golden membership."""
+        region: set[str] = set()
+        frontier = set(seeds)
+        links: dict[int, Link] = {}
+        cons: dict[int, Constraint] = {}
+        while frontier:
+            batch = sorted(frontier - region)
+            if not batch:
+                break
+            region |= set(batch)
+            xs = self._xrefs(s, batch)
+            nxt = self._members(s, {x.golden_id for x in xs.values()})
+            ls, cs = self._edges_touching(s, batch)
+            for link in ls:
+                links[link.id] = link
+                nxt |= {link.a_key, link.b_key}
+            for c in cs:
+                cons[c.id] = c
+                if c.kind == "must":
+                    nxt |= {c.a_key, c.b_key}
+            frontier = nxt - region
+        return region, list(links.values()), list(cons.values())
+
+    def _recluster(
+        self, s: Session, seeds: set[str], now: datetime, *, actor: str, reason: str | None, cause: str | None
+    ) -> list[_Change]:
+        region, links, cons = self._region(s, seeds)
+        xs = self._xrefs(s, region)
+        region = set(xs)
+        stds: dict[str, Any] = {}
+
+        def std(k: str) -> Any:
+            if k not in stds:
+                stds[k] = self._load_std(xs[k].std)
+            return stds[k]
+
+        def forbids(a: str, b: str) -> str | None:
+            return self._can_link(std(a), std(b))
+
+        clusters = partition(
+            region,
+            [(lk.a_key, lk.b_key, lk.weight) for lk in links if lk.a_key in region and lk.b_key in region],
+            [(c.a_key, c.b_key) for c in cons if c.kind == "must"],
+            {pair(c.a_key, c.b_key) for c in cons if c.kind == "cannot"},
+            forbids,
+        )
+        return self._apply(s, clusters, xs, now, actor=actor, reason=reason, cause=cause)
+
+    def _apply(
+        self, s: Session, clusters: list[frozenset[str]], xs: dict[str, Xref], now: datetime, *,
+        actor: str, reason: str | None, cause: str | None,
+    ) -> list[_Change]:
+        """Give each cluster its golden id, survive attributes, write versions; return the changes."""
+        keys = sorted(xs)
+        founded: dict[str, Golden] = {}
+        for i in range(0, len(keys), 500):
+            for g in s.execute(sa.select(Golden).where(Golden.founder.in_(keys[i : i + 500]))).scalars():
+                founded[g.founder] = g
+        prev_golden = {k: xs[k].golden_id for k in keys}
+        assigned: list[tuple[Golden, frozenset[str], list[Golden]]] = []
+        new_clusters: list[frozenset[str]] = []
+        for c in clusters:
+            gs = sorted((founded[k] for k in c if k in founded), key=lambda g: g.seq_no)
+            if gs:
+                assigned.append((gs[0], c, gs[1:]))
+            else:
+                new_clusters.append(c)
+        for c in sorted(new_clusters, key=lambda c: min((xs[k].first_seen, k) for k in c)):
+            founder = min(c, key=lambda k: (xs[k].first_seen, k))
+            seq = next_value(s, "golden_id")
+            g = Golden(
+                golden_id=golden_id_for(seq), seq_no=seq, status="new", merged_into=None, version=0,
+                kind=xs[founder].kind, founder=founder, attributes={}, members=[], created_at=now, updated_at=now,
+            )
+            s.add(g)
+            assigned.append((g, c, []))
+        s.flush()
+        owner = {k: g.golden_id for g, c, _ in assigned for k in c}
+        changes: list[_Change] = []
+        touched: set[str] = set()
+        # retired first: their last version points at the survivor
+        for g, _c, retired in assigned:
+            for r in retired:
+                if r.status == "retired" and r.merged_into == g.golden_id:
+                    continue
+                self._write_version(s, r, "retired", g.golden_id, r.attributes, [], now, "merged", actor, reason, cause)
+                changes.append(_Change(r.golden_id, "merged"))
+                touched.add(r.golden_id)
+        for g, c, retired in assigned:
+            members = sorted(c)
+            ms = [xs[k] for k in members]
+            overrides = {
+                o.attribute: o.value
+                for o in s.execute(
+                    sa.select(Override).where(Override.golden_id == g.golden_id, Override.active.is_(True)).order_by(Override.id)
+                ).scalars()
+            }
+            attrs = survive(
+                [
+                    Member(
+                        key=x.key, system=x.source_system, source_id=x.source_id, raw=x.raw, std=x.std,
+                        updated_at=aware(x.source_updated_at) or aware(x.received_at) or now, deleted=x.deleted,
+                    )
+                    for x in ms
+                ],
+                self.settings.survivorship,
+                overrides,
+            )
+            status = "inactive" if all(x.deleted for x in ms) else "active"
+            came_from = {prev_golden[k] for k in members if prev_golden[k] and prev_golden[k] != g.golden_id}
+            lost_to = sorted({owner[k] for k in g.members or [] if k in owner and owner[k] != g.golden_id})
+            absorbed = [r.golden_id for r in retired if r.golden_id in came_from or r.golden_id in touched]
+            came_from_active = sorted(cf for cf in came_from if cf not in {r.golden_id for r in retired})
+            same = (
+                g.status == status and g.merged_into is None and list(g.members or []) == members and g.attributes == attrs
+            )
+            for k in members:
+                if xs[k].golden_id != g.golden_id:
+                    xs[k].golden_id = g.golden_id
+                    xs[k].linked_at = now
+            if same:
+                continue
+            if g.version == 0:
+                change = "unmerged" if came_from_active else "created"
+            elif g.status == "retired":
+                change = "unmerged"
+            elif absorbed:
+                change = "merged"
+            elif lost_to or came_from_active:
+                change = "unmerged"
+            else:
+                change = "updated"
+            g.core_name = (attrs.get("core_name") or {}).get("value")
+            g.name = (attrs.get("name") or {}).get("value")
+            g.uscc = (attrs.get("uscc") or {}).get("value")
+            g.kind = (attrs.get("kind") or {}).get("value") or g.kind
+            g.tier = self.settings.tiering.tier(hierarchy.revenue_of(ms))
+            self._write_version(s, g, status, None, attrs, members, now, change, actor, reason, cause)
+            changes.append(_Change(
+                g.golden_id, change, merged_ids=absorbed, split_into=lost_to,
+                unmerged_from=(came_from_active[0] if came_from_active and change == "unmerged" else None),
+            ))
+            touched.add(g.golden_id)
+        if touched:
+            s.flush()
+            next_value(s, "changes")
+            hierarchy.refresh(s, touched, now)
+            # obsolete open tasks whose two sides now share a golden record
+            for t in s.execute(
+                sa.select(Task).where(Task.status == "open", sa.or_(Task.a_key.in_(list(owner)), Task.b_key.in_(list(owner))))
+            ).scalars():
+                ga, gb = self._golden_of_key(s, t.a_key), self._golden_of_key(s, t.b_key)
+                if ga and ga == gb:
+                    t.status = "obsolete"
+                    t.reason = f"both in {ga}"
+        return changes
+
+    def _write_version(
+        self, s: Session, g: Golden, status: str, merged_into: str | None, attrs: dict[str, Any], members: list[str],
+        now: datetime, change: str, actor: str, reason: str | None, cause: str | None,
+    ) -> None:
+        if g.version:
+            s.execute(
+                sa.update(GoldenHistory)
+                .where(GoldenHistory.golden_id == g.golden_id, GoldenHistory.valid_to.is_(None))
+                .values(valid_to=now)
+            )
+        g.version = (g.version or 0) + 1
+        g.status = status
+        g.merged_into = merged_into
+        g.attributes = attrs
+        g.members = members
+        g.updated_at = now
+        s.add(GoldenHistory(
+            golden_id=g.golden_id, version=g.version, change=change, status=status, merged_into=merged_into,
+            attributes=attrs, members=members, valid_from=now, valid_to=None, actor=actor, reason=reason,
+            cause=(cause or "")[:64] or None,
+        ))
+
+    def _golden_of_key(self, s: Session, key: str) -> str | None:
+        sys_, sid = split_key(key)
+        x = s.get(Xref, (sys_, sid))
+        return x.golden_id if x is not None else None
+
+    def _open_tasks(self, s: Session, reviews: list[tuple[str, str, Any]], now: datetime) -> None:
+        for a, b, r in reviews:
+            ga, gb = self._golden_of_key(s, a), self._golden_of_key(s, b)
+            if ga == gb:
+                continue
+            decided = s.execute(
+                sa.select(Constraint.id).where(Constraint.a_key == a, Constraint.b_key == b, Constraint.active.is_(True))
+            ).first()
+            if decided:
+                continue
+            task = s.execute(
+                sa.select(Task).where(Task.a_key == a, Task.b_key == b, Task.status == "open")
+            ).scalar_one_or_none()
+            if task is None and s.execute(
+                sa.select(Task.id).where(
+                    Task.status == "open",
+                    sa.or_(sa.and_(Task.golden_a == ga, Task.golden_b == gb), sa.and_(Task.golden_a == gb, Task.golden_b == ga)),
+                )
+            ).first():
+                continue  # one open task per pair of golden records
+            ev = [e.model_dump(mode="json") for e in r.evidence]
+            if task is None:
+                s.add(Task(
+                    a_key=a, b_key=b, golden_a=ga, golden_b=gb, weight=float(r.weight), probability=float(r.probability),
+                    evidence=ev, status="open", created_at=now,
+                ))
+            else:
+                task.weight, task.probability, task.evidence = float(r.weight), float(r.probability), ev
+                task.golden_a, task.golden_b = ga, gb
+
+    def _events(
+        self, s: Session, changes: list[_Change], now: datetime, *, actor: str, reason: str | None,
+        cause: Envelope | None, cause_id: str | None,
+    ) -> list[Envelope]:
+        out = []
+        for ch in changes:
+            g = s.get(Golden, ch.golden_id)
+            assert g is not None
+            payload = GoldenEvent(
+                golden_id=g.golden_id, seq=g.version, change=ch.change, status=g.status, merged_into=g.merged_into,  # type: ignore[arg-type]
+                merged_ids=ch.merged_ids, split_into=ch.split_into, unmerged_from=ch.unmerged_from,
+                valid_from=now.isoformat(), actor=actor, reason=reason, source_keys=list(g.members or []),
+                attributes=g.attributes, tier=g.tier,
+            )
+            out.append(golden_event(payload, cause=cause, cause_id=cause_id))
+        return out
+
+    # ---------------------------------------------------------- steward actions
+    def resolve(self, s: Session, ref: str) -> Golden:
+        """A golden id or a source key → the active golden record (following merge pointers)."""
+        g = s.get(Golden, ref)
+        if g is None and ":" in ref:
+            gid = self._golden_of_key(s, ref)
+            g = s.get(Golden, gid) if gid else None
+        if g is None:
+            raise NotFound(f"no golden record or source key '{ref}'")
+        hops = 0
+        while g.status == "retired" and g.merged_into and hops < 100:
+            nxt = s.get(Golden, g.merged_into)
+            if nxt is None:
+                break
+            g, hops = nxt, hops + 1
+        return g
+
+    def _audit(self, s: Session, now: datetime, actor: str, action: str, target: str, reason: str | None, **detail: Any) -> None:
+        s.add(Audit(at=now, actor=actor, action=action, target=target, reason=reason, detail=detail))
+
+    def _steward(self, fn: Callable[[Session, datetime], list[_Change]], actor: str, reason: str | None, op: str) -> list[Envelope]:
+        with self._lock, self.Session.begin() as s:
+            now = utcnow()
+            changes = fn(s, now)
+            return self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
+
+    def _set_constraint(self, s: Session, a: str, b: str, kind: str, by: str, reason: str | None, now: datetime,
+                        task_id: int | None = None) -> None:
+        a, b = pair(a, b)
+        for c in s.execute(
+            sa.select(Constraint).where(Constraint.a_key == a, Constraint.b_key == b, Constraint.active.is_(True))
+        ).scalars():
+            c.active = False
+            c.superseded_at = now
+        s.add(Constraint(a_key=a, b_key=b, kind=kind, actor=by, reason=reason, task_id=task_id, created_at=now, active=True))
+
+    def merge(self, a: str, b: str, by: str, reason: str | None = None) -> list[Envelope]:
+        """Manually merge two golden records (ids or source keys). Refused across a 'not same'."""
+        if not by:
+            raise InvalidMessage("a steward merge needs 'by'")
+
+        def run(s: Session, now: datetime) -> list[_Change]:
+            ga, gb = self.resolve(s, a), self.resolve(s, b)
+            if ga.golden_id == gb.golden_id:
+                return []
+            ma, mb = set(ga.members or []), set(gb.members or [])
+            blocking = s.execute(
+                sa.select(Constraint).where(
+                    Constraint.active.is_(True), Constraint.kind == "cannot",
+                    sa.or_(
+                        sa.and_(Constraint.a_key.in_(ma), Constraint.b_key.in_(mb)),
+                        sa.and_(Constraint.a_key.in_(mb), Constraint.b_key.in_(ma)),
+                    ),
+                )
+            ).scalars().first()
+            if blocking is not None:
+                raise Conflict(
+                    f"{blocking.a_key} and {blocking.b_key} were decided 'not the same' by {blocking.actor}; "
+                    "decide their task 'same' first"
+                )
+            self._set_constraint(s, ga.founder, gb.founder, "must", by, reason, now)
+            self._audit(s, now, by, "merge", f"{ga.golden_id}+{gb.golden_id}", reason, a=a, b=b,
+                        before={ga.golden_id: list(ma), gb.golden_id: list(mb)})
+            s.flush()
+            return self._recluster(s, ma | mb, now, actor=by, reason=reason, cause="merge")
+
+        return self._steward(run, by, reason, "merge")
+
+    def unmerge(self, golden_id: str, source_keys: Sequence[str], by: str, reason: str | None = None) -> list[Envelope]:
+        """Split ``source_keys`` off ``golden_id``; they stay apart from the rest across re-matching."""
+        if not by:
+            raise InvalidMessage("a steward unmerge needs 'by'")
+
+        def run(s: Session, now: datetime) -> list[_Change]:
+            g = self.resolve(s, golden_id)
+            members = set(g.members or [])
+            split = set(source_keys)
+            if not split or not split <= members:
+                raise InvalidMessage(f"source keys {sorted(split - members) or '[]'} are not members of {g.golden_id}")
+            rest = members - split
+            if not rest:
+                raise InvalidMessage("unmerge must leave at least one source record in the golden record")
+            for c in s.execute(
+                sa.select(Constraint).where(Constraint.active.is_(True), Constraint.kind == "must",
+                                            sa.or_(Constraint.a_key.in_(members), Constraint.b_key.in_(members)))
+            ).scalars():
+                if (c.a_key in split) != (c.b_key in split):
+                    c.active = False
+                    c.superseded_at = now
+            for x in sorted(split):
+                for y in sorted(rest):
+                    self._set_constraint(s, x, y, "cannot", by, reason, now)
+            self._audit(s, now, by, "unmerge", g.golden_id, reason, split=sorted(split), rest=sorted(rest))
+            s.flush()
+            return self._recluster(s, members, now, actor=by, reason=reason, cause="unmerge")
+
+        return self._steward(run, by, reason, "unmerge")
+
+    def decide(self, task_id: int, same: bool, by: str, reason: str | None = None) -> list[Envelope]:
+        """A steward's answer to a review task: the pair is (not) the same customer. Sticks."""
+        if not by:
+            raise InvalidMessage("a steward decision needs 'by'")
+
+        def run(s: Session, now: datetime) -> list[_Change]:
+            t = s.get(Task, task_id)
+            if t is None:
+                raise NotFound(f"no steward task {task_id}")
+            if t.status == "decided":
+                raise Conflict(f"task {task_id} was already decided by {t.decided_by}")
+            t.status, t.decision, t.decided_by, t.decided_at, t.reason = (
+                "decided", "same" if same else "not_same", by, now, reason,
+            )
+            self._set_constraint(s, t.a_key, t.b_key, "must" if same else "cannot", by, reason, now, task_id=t.id)
+            if not same:  # "these two customers are not the same": every cross pair, so it sticks
+                ga, gb = self._golden_of_key(s, t.a_key), self._golden_of_key(s, t.b_key)
+                if ga and gb and ga != gb:
+                    for x in sorted(self._members(s, [ga])):
+                        for y in sorted(self._members(s, [gb])):
+                            if pair(x, y) != pair(t.a_key, t.b_key):
+                                self._set_constraint(s, x, y, "cannot", by, reason, now, task_id=t.id)
+            self._audit(s, now, by, "decide", f"task:{t.id}", reason, same=same, a=t.a_key, b=t.b_key)
+            s.flush()
+            seeds = {t.a_key, t.b_key} | self._members(s, [self._golden_of_key(s, t.a_key) or "", self._golden_of_key(s, t.b_key) or ""])
+            return self._recluster(s, seeds, now, actor=by, reason=reason, cause=f"task:{t.id}")
+
+        return self._steward(run, by, reason, f"task:{task_id}")
+
+    def override(self, golden_id: str, attribute: str, value: Any, by: str, reason: str | None = None) -> list[Envelope]:
+        """A steward's manual value for one attribute (``value=None`` removes the override)."""
+
+        def run(s: Session, now: datetime) -> list[_Change]:
+            g = self.resolve(s, golden_id)
+            for o in s.execute(
+                sa.select(Override).where(Override.golden_id == g.golden_id, Override.attribute == attribute,
+                                          Override.active.is_(True))
+            ).scalars():
+                o.active = False
+            if value is not None:
+                s.add(Override(golden_id=g.golden_id, attribute=attribute, value=value, actor=by, reason=reason, at=now))
+            self._audit(s, now, by, "override", f"{g.golden_id}.{attribute}", reason, value=value)
+            s.flush()
+            return self._recluster(s, set(g.members or []), now, actor=by, reason=reason, cause="override")
+
+        return self._steward(run, by, reason, "override")
+
+    def rematch(self, model: Any = None, *, matcher: Any = None, batch: int = 2000) -> list[Envelope]:
+        """Re-run matching over all current records (e.g. after retraining) and re-cluster everything.
+
+        Steward decisions (constraints) and overrides stand; golden ids stay with their founders.
+        """
+        with self._lock:
+            if matcher is None:
+                if model is not None:
+                    from esbhub.mdm.match import Matcher
+
+                    matcher = Matcher(model)
+                else:
+                    matcher = type(self.matcher)(getattr(self.matcher, "model", None)) if hasattr(self.matcher, "model") else None
+            if matcher is None:
+                raise InvalidMessage("rematch needs a model or a matcher")
+            with self.Session.begin() as s:
+                now = utcnow()
+                rows = s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars().all()
+                stds = {x.key: self._load_std(x.std) for x in rows}
+                for k, v in stds.items():
+                    matcher.add(k, v)
+                s.execute(sa.update(Link).where(Link.active.is_(True)).values(active=False, superseded_at=now))
+                seen: set[tuple[str, str]] = set()
+                reviews = []
+                for k, v in stds.items():
+                    for r in matcher.match(k, v):
+                        if r.decision not in ("match", "review"):
+                            continue
+                        other = r.b if r.a == k else r.a
+                        if other == k:
+                            continue
+                        p = pair(k, other)
+                        if p in seen:
+                            continue
+                        seen.add(p)
+                        s.add(Link(
+                            a_key=p[0], b_key=p[1], weight=float(r.weight), probability=float(r.probability),
+                            decision=r.decision, hard=r.hard, evidence=[e.model_dump(mode="json") for e in r.evidence],
+                            actor="engine", created_at=now, active=True,
+                        ))
+                        if r.decision == "review" or r.hard:
+                            reviews.append((p[0], p[1], r))
+                s.flush()
+                all_keys = {source_key(a, b) for a, b in s.execute(sa.select(Xref.source_system, Xref.source_id)).all()}
+                changes = self._recluster(s, all_keys, now, actor="engine", reason="rematch", cause="rematch")
+                self._open_tasks(s, reviews, now)
+                self._audit(s, now, "engine", "rematch", "*", None, links=len(seen), changes=len(changes))
+                events = self._events(s, changes, now, actor="engine", reason="rematch", cause=None, cause_id="rematch")
+            self.matcher = matcher
+            return events
+
+    # ------------------------------------------------------------------ reads
+    def golden(self, golden_id: str) -> dict[str, Any]:
+        with self.Session() as s:
+            g = s.get(Golden, golden_id)
+            if g is None:
+                raise NotFound(f"no golden record '{golden_id}'")
+            return self._golden_dict(g)
+
+    def _golden_dict(self, g: Golden) -> dict[str, Any]:
+        return {
+            "golden_id": g.golden_id, "status": g.status, "merged_into": g.merged_into, "version": g.version,
+            "kind": g.kind, "name": g.name, "uscc": g.uscc, "tier": g.tier, "founder": g.founder,
+            "attributes": g.attributes, "source_keys": list(g.members or []),
+            "created_at": aware(g.created_at).isoformat(), "updated_at": aware(g.updated_at).isoformat(),  # type: ignore[union-attr]
+        }
+
+    def partition_now(self) -> set[frozenset[str]]:
+        """The current partition of source keys into golden records (for checks and tests)."""
+        with self.Session() as s:
+            out: dict[str, set[str]] = {}
+            for x in s.execute(sa.select(Xref)).scalars():
+                out.setdefault(x.golden_id, set()).add(x.key)
+            return {frozenset(v) for v in out.values()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Golden records and xref as they are now (ids, status, members, attributes): the 'state'."""
+        with self.Session() as s:
+            goldens = {
+                g.golden_id: (g.status, g.merged_into, tuple(g.members or []), _canon(g.attributes), g.tier)
+                for g in s.execute(sa.select(Golden)).scalars()
+            }
+            xref = {x.key: x.golden_id for x in s.execute(sa.select(Xref)).scalars()}
+            return {"goldens": goldens, "xref": xref}
+
+    def get_customer(self, golden_id: str) -> dict[str, Any]:
+        """The 360 view: golden values with lineage, source records, linked items, hierarchy, tier."""
+        with self.Session() as s:
+            g = s.get(Golden, golden_id)
+            if g is None:
+                raise NotFound(f"no golden record '{golden_id}'")
+            out = self._golden_dict(g)
+            if g.status == "retired":
+                out["current"] = self.resolve(s, golden_id).golden_id
+                return out
+            xs = list(self._xrefs(s, g.members or []).values())
+            out["source_records"] = [
+                {
+                    "source_system": x.source_system, "source_id": x.source_id, "key": x.key, "version": x.version,
+                    "deleted": x.deleted, "received_at": aware(x.received_at).isoformat(),  # type: ignore[union-attr]
+                    "source_updated_at": x.source_updated_at.isoformat() if x.source_updated_at else None,
+                    "linked_at": aware(x.linked_at).isoformat(), "record": x.raw,  # type: ignore[union-attr]
+                }
+                for x in sorted(xs, key=lambda x: x.key)
+            ]
+            retired = {golden_id}
+            frontier = [golden_id]
+            while frontier:
+                more = s.execute(sa.select(Golden.golden_id).where(Golden.merged_into.in_(frontier))).scalars().all()
+                frontier = [m for m in more if m not in retired]
+                retired |= set(frontier)
+            conds = [GoldenLink.golden_id.in_(retired)]
+            for x in xs:
+                conds.append(sa.and_(GoldenLink.source_system == x.source_system, GoldenLink.source_id == x.source_id))
+            linked: dict[str, list[dict[str, Any]]] = {}
+            for gl in s.execute(sa.select(GoldenLink).where(sa.or_(*conds)).order_by(GoldenLink.id)).scalars():
+                linked.setdefault(gl.kind, []).append(
+                    {"ref": gl.ref, "data": gl.data, "at": aware(gl.at).isoformat(),  # type: ignore[union-attr]
+                     "via": source_key(gl.source_system, gl.source_id) if gl.source_system else gl.golden_id}
+                )
+            out["linked"] = linked
+            out["hierarchy"] = hierarchy.edges_of(s, golden_id)
+            below = hierarchy.subtree(s, golden_id)
+            rev = hierarchy.revenue_of(xs) or 0.0
+            for gid in below:
+                rev += hierarchy.revenue_of(self._xrefs(s, (s.get(Golden, gid).members or [])).values()) or 0.0  # type: ignore[union-attr]
+            out["revenue"] = hierarchy.revenue_of(xs)
+            out["group_revenue"] = rev if below else out["revenue"]
+            out["group_tier"] = self.settings.tiering.tier(out["group_revenue"])
+            out["provinces"] = sorted({p for x in xs if (p := (x.std or {}).get("province"))})
+            out["open_tasks"] = [
+                t.id for t in s.execute(
+                    sa.select(Task).where(Task.status == "open", sa.or_(Task.golden_a == golden_id, Task.golden_b == golden_id))
+                ).scalars()
+            ]
+            return out
+
+    def link(self, kind: str, ref: str, data: dict[str, Any] | None = None, *, golden_id: str | None = None,
+             source: tuple[str, str] | None = None) -> None:
+        """Attach an account / service / bill / payment / alarm to a customer (idempotent on kind+ref)."""
+        if not golden_id and not source:
+            raise InvalidMessage("link needs golden_id or source")
+        with self.Session.begin() as s:
+            gl = s.execute(sa.select(GoldenLink).where(GoldenLink.kind == kind, GoldenLink.ref == ref)).scalar_one_or_none()
+            if gl is None:
+                gl = GoldenLink(kind=kind, ref=ref)
+                s.add(gl)
+            gl.golden_id = golden_id
+            gl.source_system, gl.source_id = source if source else (None, None)
+            gl.data = data or {}
+            gl.at = utcnow()
+
+    def xref(self, system: str, source_id: str) -> dict[str, Any]:
+        with self.Session() as s:
+            x = s.get(Xref, (system, source_id))
+            if x is None:
+                raise NotFound(f"no source record {system}:{source_id}")
+            g = self.resolve(s, x.golden_id)
+            return {
+                "source_system": system, "source_id": source_id, "golden_id": g.golden_id, "status": g.status,
+                "version": x.version, "deleted": x.deleted, "linked_at": aware(x.linked_at).isoformat(),  # type: ignore[union-attr]
+            }
+
+    def export_xref(self) -> Iterable[dict[str, Any]]:
+        with self.Session() as s:
+            for x in s.execute(sa.select(Xref).order_by(Xref.source_system, Xref.source_id)).scalars():
+                yield {"source_system": x.source_system, "source_id": x.source_id, "golden_id": x.golden_id,
+                       "version": x.version, "deleted": x.deleted}
+
+    def history(self, golden_id: str) -> list[dict[str, Any]]:
+        with self.Session() as s:
+            rows = s.execute(
+                sa.select(GoldenHistory).where(GoldenHistory.golden_id == golden_id).order_by(GoldenHistory.version)
+            ).scalars().all()
+            if not rows:
+                raise NotFound(f"no golden record '{golden_id}'")
+            return [self._hist_dict(h) for h in rows]
+
+    def _hist_dict(self, h: GoldenHistory) -> dict[str, Any]:
+        return {
+            "golden_id": h.golden_id, "version": h.version, "change": h.change, "status": h.status,
+            "merged_into": h.merged_into, "attributes": h.attributes, "source_keys": list(h.members or []),
+            "valid_from": aware(h.valid_from).isoformat(),  # type: ignore[union-attr]
+            "valid_to": aware(h.valid_to).isoformat() if h.valid_to else None,
+            "actor": h.actor, "reason": h.reason, "cause": h.cause,
+        }
+
+    def as_of(self, golden_id: str, ts: datetime) -> dict[str, Any] | None:
+        """The golden record as it was at ``ts`` (None if it did not exist yet)."""
+        ts = aware(ts)  # type: ignore[assignment]
+        with self.Session() as s:
+            h = s.execute(
+                sa.select(GoldenHistory)
+                .where(GoldenHistory.golden_id == golden_id, GoldenHistory.valid_from <= ts,
+                       sa.or_(GoldenHistory.valid_to.is_(None), GoldenHistory.valid_to > ts))
+                .order_by(GoldenHistory.version.desc())
+            ).scalars().first()
+            return self._hist_dict(h) if h is not None else None
+
+    def tasks(self, status: str | None = "open", limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        with self.Session() as s:
+            q = sa.select(Task).order_by(Task.weight.desc(), Task.id).limit(limit).offset(offset)
+            if status:
+                q = q.where(Task.status == status)
+            return [self._task_dict(s, t, full=False) for t in s.execute(q).scalars()]
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        with self.Session() as s:
+            t = s.get(Task, task_id)
+            if t is None:
+                raise NotFound(f"no steward task {task_id}")
+            return self._task_dict(s, t, full=True)
+
+    def _task_dict(self, s: Session, t: Task, *, full: bool) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": t.id, "a": t.a_key, "b": t.b_key, "golden_a": t.golden_a, "golden_b": t.golden_b, "weight": t.weight,
+            "probability": t.probability, "status": t.status, "decision": t.decision, "decided_by": t.decided_by,
+            "decided_at": t.decided_at.isoformat() if t.decided_at else None, "reason": t.reason,
+            "created_at": aware(t.created_at).isoformat(),  # type: ignore[union-attr]
+        }
+        if full:
+            d["evidence"] = t.evidence
+            xs = self._xrefs(s, [t.a_key, t.b_key])
+            d["side_by_side"] = {
+                "a": xs[t.a_key].raw if t.a_key in xs else None,
+                "b": xs[t.b_key].raw if t.b_key in xs else None,
+                "a_std": xs[t.a_key].std if t.a_key in xs else None,
+                "b_std": xs[t.b_key].std if t.b_key in xs else None,
+            }
+        return d
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.Session() as s:
+            return [
+                {"at": aware(a.at).isoformat(), "actor": a.actor, "action": a.action, "target": a.target,  # type: ignore[union-attr]
+                 "reason": a.reason, "detail": a.detail}
+                for a in s.execute(sa.select(Audit).order_by(Audit.id.desc()).limit(limit)).scalars()
+            ]
+
+    def explain(self, a: str, b: str) -> dict[str, Any]:
+        """Per-field evidence for two source keys or golden ids (best-scoring member pair)."""
+        with self.Session() as s:
+            def keys(ref: str) -> list[str]:
+                if s.get(Golden, ref) is not None:
+                    return list(self.resolve(s, ref).members or [])
+                if self._golden_of_key(s, ref) is None:
+                    raise NotFound(f"no golden record or source key '{ref}'")
+                return [ref]
+
+            ka, kb = keys(a), keys(b)
+            xs = self._xrefs(s, ka + kb)
+            best = None
+            for x in ka:
+                for y in kb:
+                    if x == y:
+                        continue
+                    r = self.matcher.score(self._load_std(xs[x].std), self._load_std(xs[y].std))
+                    if best is None or r.weight > best[0].weight:
+                        best = (r, x, y)
+            if best is None:
+                raise InvalidMessage("nothing to compare: both refer to the same source record")
+            r, x, y = best
+            forbid = self._can_link(self._load_std(xs[x].std), self._load_std(xs[y].std))
+            out = r.model_dump(mode="json")
+            out.update({"a": x, "b": y, "cannot_link": forbid})
+            return out
+
+    # ----------------------------------------------------------------- search
+    def _name_index(self, s: Session) -> list[tuple[str, str, str]]:
+        ver = current_value(s, "changes")
+        if self._search_cache is None or self._search_cache[0] != ver:
+            rows = s.execute(
+                sa.select(Golden.golden_id, Golden.name, Golden.core_name).where(Golden.status == "active")
+            ).all()
+            self._search_cache = (ver, [(gid, name or "", core or "") for gid, name, core in rows])
+        return self._search_cache[1]
+
+    def search(self, q: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Find customers by name (fuzzy, over core names), USCC, phone or source key."""
+        import unicodedata
+
+        from rapidfuzz import fuzz, process
+
+        limit = limit or self.settings.search_limit
+        q = unicodedata.normalize("NFKC", (q or "").strip())
+        if not q:
+            return []
+        hits: dict[str, tuple[float, str]] = {}
+
+        def hit(gid: str, score: float, on: str) -> None:
+            if gid and (gid not in hits or hits[gid][0] < score):
+                hits[gid] = (score, on)
+
+        with self.Session() as s:
+            if ":" in q:
+                gid = self._golden_of_key(s, q)
+                if gid:
+                    hit(self.resolve(s, gid).golden_id, 100.0, "source_key")
+            up = q.upper()
+            if len(up) == 18 and up.isalnum():
+                for x in s.execute(sa.select(Xref).where(Xref.uscc == up)).scalars():
+                    hit(self.resolve(s, x.golden_id).golden_id, 100.0, "uscc")
+            digits = "".join(ch for ch in q if ch.isdigit())
+            if len(digits) >= 7 and len(digits) >= len(q.replace(" ", "").replace("-", "").replace("+", "")) - 1:
+                for r in s.execute(
+                    sa.select(KeyIndex).where(KeyIndex.kind == "phone", KeyIndex.value.like(f"%{digits[-11:]}"))
+                ).scalars():
+                    gid = self._golden_of_key(s, source_key(r.source_system, r.source_id))
+                    if gid:
+                        hit(self.resolve(s, gid).golden_id, 100.0, "phone")
+            for acct in s.execute(sa.select(Xref).where(Xref.billing_account == q)).scalars():
+                hit(self.resolve(s, acct.golden_id).golden_id, 100.0, "billing_account")
+            index = self._name_index(s)
+            if index and not hits:
+                core_q = q
+                try:
+                    core_q = self._standardize(Party(source_system="search", source_id="q", name=q)).core_name or q
+                except Exception:  # noqa: BLE001 - a query that does not standardize is searched verbatim
+                    core_q = q
+                cores = [c or n for _g, n, c in index]
+                names = [n for _g, n, _c in index]
+                for _c, score, i in process.extract(core_q, cores, scorer=fuzz.WRatio, limit=limit * 2, score_cutoff=60):
+                    hit(index[i][0], float(score), "core_name")
+                for _c, score, i in process.extract(q, names, scorer=fuzz.WRatio, limit=limit * 2, score_cutoff=60):
+                    hit(index[i][0], float(score), "name")
+            ranked = sorted(hits.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
+            out = []
+            for gid, (score, on) in ranked:
+                g = s.get(Golden, gid)
+                if g is not None:
+                    out.append({"golden_id": gid, "name": g.name, "uscc": g.uscc, "tier": g.tier, "score": round(score, 1),
+                                "matched_on": on, "source_keys": list(g.members or [])})
+            return out
+
+
+# --------------------------------------------------------------------- bus wiring
+_services: dict[str, MdmService] = {}
+_services_lock = threading.Lock()
+
+
+def service_for(settings: Any) -> MdmService:
+    """One MdmService per database URL in this process."""
+    url = settings.effective_database_url
+    with _services_lock:
+        svc = _services.get(url)
+        if svc is None:
+            model_path = Path(settings.data_dir) / "mdm_model.json"
+            svc = _services[url] = MdmService(url, settings=MdmSettings(model_path=model_path))
+        return svc
+
+
+def subscriptions(settings: Any, broker: Any) -> list[Any]:
+    """The MDM's subscription: ``party.v1`` → golden records → ``party.golden.*`` events."""
+    from esbhub.bus.worker import Subscription
+
+    def handle(env: Envelope, ctx: Any) -> None:
+        try:
+            party = Party.model_validate(env.payload)
+        except Exception as exc:  # noqa: BLE001 - any validation failure is bad input
+            raise InvalidMessage(f"party.v1 payload invalid: {exc}") from exc
+        svc = service_for(settings)
+        for ev in svc.ingest(party, env.id, envelope=env):
+            ctx.publish(ev)
+        return None
+
+    return [Subscription(name=MdmSettings().queue, binding_keys=["party.v1"], handler=handle, dedup=False, concurrency=1)]

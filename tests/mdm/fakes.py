@@ -1,0 +1,41 @@
+"""Helpers for the MDM store/service tests: party builders and valid codes.
+
+The tests run the real engine (``esbhub.mdm.standardize``, ``esbhub.mdm.match.Matcher``,
+``esbhub.mdm.cluster.can_link``) with its default model; sets stay below the model's
+``tf_min_records`` so scores do not depend on what else is indexed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from esbhub.mdm.standardize.codes import make_uscc
+from esbhub.schemas.party import Party
+
+
+def uscc(n: int, division: str = "440300") -> str:
+    """A valid USCC, distinct per ``n``."""
+    return make_uscc("9", "1", division, f"MA{n:06d}")
+
+
+def party(system: str, sid: str, name: str, **kw: Any) -> Party:
+    phones = kw.pop("phones", [])
+    attrs = kw.pop("attributes", {})
+    addr = kw.pop("address", None)
+    return Party(
+        source_system=system,
+        source_id=sid,
+        name=name,
+        phones=[{"number": p} for p in phones],
+        attributes=attrs,
+        addresses=[{"text": addr}] if addr else [],
+        source_updated_at=kw.pop("updated", datetime(2026, 1, 1, tzinfo=UTC)),
+        **kw,
+    )
+
+
+def make_service(url: str, **kw: Any):
+    from esbhub.mdm.service import MdmService
+
+    return MdmService(url, **kw)
