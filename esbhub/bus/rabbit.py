@@ -30,7 +30,7 @@ Publisher confirms, pipelined (group commit)
 
 Delayed redelivery (retries) without blocking any consumer
     ``delay`` is rounded to the nearest of a fixed set of tiers (:data:`DELAY_TIERS_MS`,
-    100 ms … 24 h, about ×1.5 apart: at most ~25 % off, retry jitter is larger). Each
+    100 ms … 24 h, at most ×1.5 apart: at most 22.5 % off; retry jitter is as large). Each
     (target, tier) pair has its own delay queue with ``x-message-ttl=<tier>`` and
     ``x-dead-letter-exchange`` / ``x-dead-letter-routing-key`` pointing back at the target.
     Because all messages in one delay queue share one TTL, FIFO order is expiry order: there
@@ -85,11 +85,9 @@ from esbhub.secrets import is_reference, resolve
 
 log = get_logger("esbhub.bus.rabbit")
 
-DELAY_TIERS_MS: tuple[int, ...] = (
-    100, 150, 250, 400, 600, 1_000, 1_500, 2_500, 4_000, 6_000, 10_000, 15_000, 25_000, 40_000,
-    60_000, 90_000, 150_000, 240_000, 360_000, 600_000, 900_000, 1_500_000, 2_400_000, 3_600_000,
-    5_400_000, 9_000_000, 14_400_000, 21_600_000, 36_000_000, 54_000_000, 86_400_000,
-)
+DELAY_TIERS_MS: tuple[int, ...] = tuple(
+    [int(m * 10**e) for e in range(2, 8) for m in (1, 1.5, 2, 3, 4, 6, 8)] + [86_400_000]
+)  # 100 ms, 150 ms, 200 ms, 300 ms … 80,000 s, 24 h: neighbours at most ×1.5 apart
 """Delay tiers in milliseconds; a requested delay is rounded to the nearest (log scale)."""
 
 DELAY_PREFIX = "esbhub.delay"
@@ -124,6 +122,9 @@ class RabbitOptions(BaseModel):
     reconnect_max_interval: float = Field(default=5.0, gt=0, le=300, description="Longest reconnect wait, seconds.")
     unrouted_queue: str = Field(default=UNROUTED_QUEUE, description="Durable queue receiving unroutable messages.")
     delay_prefix: str = Field(default=DELAY_PREFIX, description="Name prefix of the delay queues.")
+    connection_name: str = Field(
+        default="esbhub", description="Shown by RabbitMQ (management UI, rabbitmqctl) as '<name>/<role>'."
+    )
 
 
 _URL_RE = re.compile(r"^(?P<scheme>amqps?|pyamqp)://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@]*))?@)?(?P<rest>.*)$")
@@ -231,7 +232,7 @@ class RabbitBroker(Broker):
         # control connection: declarations, get, depth, health (one lock)
         self._ctl_lock = threading.RLock()
         self._ctl_conn: kombu.Connection | None = None
-        self._ctl_ch: Any = None
+        self._ctl_chs: dict[str, Any] = {}  # "main": declarations and probes; "get": basic_get deliveries
         self._ctl_gen = 0
         self._connected = False
         self._last_error: str | None = None
@@ -249,7 +250,7 @@ class RabbitBroker(Broker):
         self.stats: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ connections
-    def _new_connection(self, heartbeat: int) -> kombu.Connection:
+    def _new_connection(self, heartbeat: int, role: str) -> kombu.Connection:
         ep = self._endpoint
         conn = kombu.Connection(
             hostname=ep.host,
@@ -264,10 +265,12 @@ class RabbitBroker(Broker):
             transport_options={
                 "read_timeout": self.options.socket_timeout,
                 "write_timeout": self.options.socket_timeout,
+                "client_properties": {"connection_name": f"{self.options.connection_name}/{role}"},
             },
         )
         try:
-            conn.connect()
+            # one attempt, no sleep: the callers own the backoff (kombu's connect() sleeps 2 s)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, reraise_as_library_errors=False)
         except BaseException:
             _close_quietly(conn)
             raise
@@ -293,35 +296,42 @@ class RabbitBroker(Broker):
         )
 
     def _ctl_reset(self) -> None:
-        conn, self._ctl_conn, self._ctl_ch = self._ctl_conn, None, None
+        conn, self._ctl_conn = self._ctl_conn, None
+        self._ctl_chs.clear()
         self._ctl_gen += 1
         if conn is not None:
             _close_quietly(conn)
 
-    def _ctl_channel(self) -> Any:
+    def _ctl_channel(self, kind: str = "main") -> Any:
         if self._closing.is_set():
             raise BrokerUnavailable("broker is closed")
         if self._ctl_conn is None:
             # no heartbeat: this connection idles between calls; errors reconnect it
-            self._ctl_conn = self._new_connection(heartbeat=0)
+            self._ctl_conn = self._new_connection(heartbeat=0, role="control")
             self._ctl_gen += 1
             log.info("broker_connected", backend="rabbitmq", url=self.safe_url, role="control")
-        if self._ctl_ch is None or not self._ctl_ch.is_open:
-            self._ctl_ch = self._ctl_conn.connection.channel()
-        return self._ctl_ch
+        ch = self._ctl_chs.get(kind)
+        if ch is None or not ch.is_open:
+            ch = self._ctl_chs[kind] = self._ctl_conn.connection.channel()
+        return ch
 
-    def _control(self, fn: Callable[[Any], Any], *, what: str, timeout: float | None = None) -> Any:
-        """Run ``fn(channel)`` on the control channel; reconnect and retry on connection errors."""
+    def _control(
+        self, fn: Callable[[Any], Any], *, what: str, timeout: float | None = None, channel: str = "main"
+    ) -> Any:
+        """Run ``fn(channel)`` on a control channel; reconnect and retry on connection errors.
+
+        Deliveries taken by :meth:`get` live on their own channel ("get"), so a channel error
+        from a declaration or a probe never hands them back to the queue."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.options.publish_timeout)
         backoff = _Backoff(self.options.reconnect_initial_interval, self.options.reconnect_max_interval)
         while True:
             with self._ctl_lock:
                 try:
-                    result = fn(self._ctl_channel())
+                    result = fn(self._ctl_channel(channel))
                     self._last_error = None
                     return result
                 except CHANNEL_ERRORS:
-                    self._ctl_ch = None  # the server closed the channel; the connection stays
+                    self._ctl_chs.pop(channel, None)  # the server closed it; the connection stays
                     raise
                 except CONNECTION_ERRORS as exc:
                     self._last_error = f"{type(exc).__name__}: {exc}"
@@ -586,7 +596,7 @@ class RabbitBroker(Broker):
                 return
             if conn is None:
                 try:
-                    conn = self._new_connection(heartbeat=self.options.heartbeat)
+                    conn = self._new_connection(heartbeat=self.options.heartbeat, role="publisher")
                     raw = conn.connection
                     ch = raw.channel()
                     ch.confirm_select()
@@ -723,7 +733,7 @@ class RabbitBroker(Broker):
         alive = [True]  # False once this channel is gone: its acks are ignored (RabbitMQ redelivers)
         foreign: collections.deque[tuple[int, bool | None]] = collections.deque()
         held: set[int] = set()
-        conn = self._new_connection(heartbeat=self.options.heartbeat)
+        conn = self._new_connection(heartbeat=self.options.heartbeat, role=f"consumer:{queue}")
         try:
             raw = conn.connection
             ch = raw.channel()
@@ -776,7 +786,7 @@ class RabbitBroker(Broker):
             ch.basic_consume(queue, callback=on_message, no_ack=False)
             log.info("consumer_started", backend="rabbitmq", queue=queue, prefetch=prefetch)
             backoff.reset()
-            wait = min(max(idle_timeout, 0.05), 1.0)
+            wait = min(max(idle_timeout, 0.05), 0.25)  # also how soon acks from other threads go out
             while not (stop.is_set() or self._closing.is_set()):
                 while foreign:
                     settle(*foreign.popleft())
@@ -796,12 +806,19 @@ class RabbitBroker(Broker):
         deadline = time.monotonic() + max(0.0, timeout)
         poll = 0.005
         while True:
+            if queue not in self._known_queues:
+                try:  # probe first: a basic_get on a missing queue would close the "get" channel
+                    self._control(lambda ch: ch.queue_declare(queue, passive=True), what="get")
+                except amqp_exc.NotFound:
+                    return None  # no such queue: nothing to get
+                self._known_queues.add(queue)
             try:
                 msg, gen, ch = self._control(
-                    lambda ch: (ch.basic_get(queue, no_ack=False), self._ctl_gen, ch), what="get"
+                    lambda ch: (ch.basic_get(queue, no_ack=False), self._ctl_gen, ch), what="get", channel="get"
                 )
             except amqp_exc.NotFound:
-                return None  # no such queue: nothing to get
+                self._known_queues.discard(queue)
+                return None
             if msg is not None:
                 d = self._get_delivery(queue, msg, gen, ch)
                 if d is not None:
@@ -835,7 +852,7 @@ class RabbitBroker(Broker):
     def _get_settle(self, queue: str, gen: int, ch: Any, dtag: int, requeue: bool | None) -> None:
         self._track_unacked(queue, -1)
         with self._ctl_lock:
-            if gen != self._ctl_gen or ch is not self._ctl_ch:
+            if gen != self._ctl_gen or ch is not self._ctl_chs.get("get"):
                 return  # that channel is gone; the message is deliverable again
             try:
                 if requeue is None:
@@ -845,7 +862,7 @@ class RabbitBroker(Broker):
             except CONNECTION_ERRORS:
                 self._ctl_reset()
             except CHANNEL_ERRORS:
-                self._ctl_ch = None
+                self._ctl_chs.pop("get", None)
 
     # ------------------------------------------------------------------ status
     def queue_depth(self, queue: str) -> int:
@@ -853,7 +870,7 @@ class RabbitBroker(Broker):
             try:
                 return int(ch.queue_declare(name, passive=True).message_count)
             except amqp_exc.NotFound:
-                self._ctl_ch = None
+                self._ctl_chs.pop("main", None)
                 return None
 
         def do(_ch: Any) -> int:
