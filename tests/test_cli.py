@@ -1,0 +1,143 @@
+"""The `esbhub` command: help, keys, schema export, db upgrade, and `serve` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from esbhub.cli import main
+
+PAYMENT = {"payment_id": "TX-9", "bank": "ICBC", "payer_name": "A", "amount": "10.00", "paid_at": "2026-11-25T10:00:00Z"}
+
+
+def run(*args: str, data_dir: Path | None = None, input: str | None = None):
+    pre = ["--data-dir", str(data_dir)] if data_dir else []
+    return CliRunner().invoke(main, [*pre, *args], input=input, catch_exceptions=False)
+
+
+def test_help_lists_every_command():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("serve", "worker", "send", "dlq", "schema", "db", "keys"):
+        assert f"  {cmd} " in r.output, cmd
+    sub = run("dlq", "--help").output
+    assert all(c in sub for c in ("list", "show", "edit", "replay", "discard"))
+    assert "--port" in run("serve", "--help").output
+
+
+def test_keys_create_list_revoke(tmp_path):
+    assert run("db", "upgrade", data_dir=tmp_path).exit_code == 0
+    r = run("keys", "create", "billing", "--scope", "ingest", "--type", "bill.v1", data_dir=tmp_path)
+    assert r.exit_code == 0, r.output
+    kid = r.output.split("key id:")[1].split()[0]
+    key = r.output.split("key:")[1].split()[0]
+    listed = json.loads(run("keys", "list", "--json", data_dir=tmp_path).output)
+    assert [k["key_id"] for k in listed] == [kid] and key not in json.dumps(listed)
+    assert run("keys", "revoke", kid, data_dir=tmp_path).exit_code == 0
+    assert run("keys", "revoke", kid, data_dir=tmp_path).exit_code != 0
+    assert json.loads(run("keys", "list", "--json", data_dir=tmp_path).output)[0]["active"] is False
+
+
+def test_schema_export_writes_one_file_per_type(tmp_path):
+    r = run("schema", "export", "--out", str(tmp_path / "s"))
+    assert r.exit_code == 0
+    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert "payment.v1.json" in names and "party.v1.json" in names
+    assert "amount" in json.loads((tmp_path / "s" / "payment.v1.json").read_text())["properties"]
+
+
+def test_invalid_settings_are_a_clear_usage_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("port: 99999\n")
+    r = CliRunner().invoke(main, ["--config", str(cfg), "keys", "list"])
+    assert r.exit_code == 2 and "port" in r.output
+
+
+def _wait(cond, deadline_s: float, what: str):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def served(tmp_path, unique):
+    """Start `esbhub serve` on a free port (embedded defaults, one worker); stop it with SIGTERM."""
+    procs = []
+
+    def start():
+        port = free_port()
+        out = tmp_path / f"serve-{len(procs)}.out"
+        fh = out.open("wb")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "esbhub.cli", "--data-dir", str(tmp_path / "var"), "serve", "--port", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        procs.append(p)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait(lambda: _healthy(url) or p.poll() is not None, 30, "esbhub serve to answer /healthz")
+        finally:
+            if p.poll() is not None:
+                raise AssertionError(out.read_text())
+        return p, url, out
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(p) -> int:
+    p.send_signal(signal.SIGTERM)
+    return p.wait(20)
+
+
+def test_serve_starts_prints_url_and_admin_key_once_and_accepts_a_message(served, tmp_path):
+    p, url, out = served()
+    key = (tmp_path / "var" / "admin.key").read_text().strip()
+    text = out.read_text()
+    assert url in text and key in text
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    assert httpx.post(f"{url}/v1/messages/payment.v1", json=PAYMENT, timeout=5).status_code == 401
+    r = httpx.post(f"{url}/v1/messages/payment.v1", json=PAYMENT, headers={"X-API-Key": key}, timeout=5)
+    assert r.status_code == 202
+    mid = r.json()["id"]
+    state = httpx.get(f"{url}/v1/messages/{mid}", headers={"X-API-Key": key}, timeout=5).json()
+    assert state["id"] == mid and state["type"] == "payment.v1"
+    # `esbhub send` finds the admin key in the data dir
+    sent = run("send", "payment.v1", "-", "--url", url, data_dir=tmp_path / "var", input=json.dumps(PAYMENT))
+    assert sent.exit_code == 0 and json.loads(sent.output)["id"]
+    assert _stop(p) == 0
+    assert "esbhub stopped" in out.read_text()
+
+    p2, _url2, out2 = served()  # second start: the key is not shown again
+    assert key not in out2.read_text() and "admin.key" in out2.read_text()
+    assert _stop(p2) == 0
