@@ -84,6 +84,12 @@ class AdapterInfo:
     source: bool
     sink: bool
     spec: Any = None
+    source_model: type[BaseModel] | None = None
+
+    def model_for(self, kind: str) -> type[BaseModel] | None:
+        if self.spec is not None and hasattr(self.spec, "config_for"):
+            return self.spec.config_for(kind)
+        return self.source_model if kind == "source" and self.source_model else self.config_model
 
 
 BUILTIN: dict[str, AdapterInfo] = {
@@ -123,17 +129,14 @@ def build_sink(name: str, config: dict[str, Any]) -> Any:
     info = available().get(name)
     if info is None or not info.sink:
         raise KeyError(name)
-    cfg = info.config_model.model_validate(config) if info.config_model else config
-    if name == "memory":
-        return MemorySink(cfg)
-    if name == "log":
-        return LogSink(cfg)
-    return info.spec.sink_cls(cfg)
+    if name in BUILTIN:
+        cfg = info.config_model.model_validate(config) if info.config_model else config
+        return MemorySink(cfg) if name == "memory" else LogSink(cfg) if name == "log" else None
+    return info.spec.sink(config, name=name)
 
 
 def build_source(name: str, config: dict[str, Any]) -> Any:
     info = available().get(name)
     if info is None or not info.source:
         raise KeyError(name)
-    cfg = info.config_model.model_validate(config) if info.config_model else config
-    return info.spec.source_cls(cfg)
+    return info.spec.source(config, name=name)

@@ -279,11 +279,12 @@ def _check_adapter(ctx: _Ctx, loc: list[Any], name: str, config: dict[str, Any],
             hint=suggest(name, usable),
         )
         return
-    if info.config_model is not None:
+    model = info.model_for(kind)
+    if model is not None:
         try:
-            info.config_model.model_validate(config)
+            model.model_validate(config)
         except ValidationError as exc:
-            _validation_errors(ctx, exc, info.config_model, loc + ["config"])
+            _validation_errors(ctx, exc, model, loc + ["config"])
 
 
 def _check_sink(ctx: _Ctx, loc: list[Any], sink: SinkSpec) -> None:

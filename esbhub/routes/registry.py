@@ -80,5 +80,11 @@ def steps() -> dict[str, StepFunction]:
 
 
 def lookups() -> dict[str, LookupFunction]:
+    if "builtin" not in _loaded:
+        from esbhub.routes.lookups import BUILTIN
+
+        for k, v in BUILTIN.items():
+            _lookups.setdefault(k, v)
+        _loaded.add("builtin")
     _load("esbhub.lookups", _lookups)
     return _lookups

@@ -152,6 +152,8 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     wall: Callable[[], float] = time.time
     inline_delays: bool = True  # routes test/try: run long delays inline (simulated)
+    live_sinks: bool = True  # False in tests / dry runs: a 'call' to an adapter sink needs a mock
+    routes: dict[str, Any] = field(default_factory=dict)  # name → CompiledRoute, for in-process 'call' (tests)
 
 
 class Compiled:
@@ -545,7 +547,12 @@ class Call(Compiled):
             if mock_key in run.deps.mocks:
                 reply = _from_mock(run.deps.mocks[mock_key], None)
             elif s.route is None and s.sink is not None and s.sink.adapter is not None:
+                if not run.deps.live_sinks:
+                    raise PermanentError(f"call '{self.label}': give a mock '{mock_key}' (sinks are not called in tests)")
                 reply = run.call_sink(s.sink, msg)
+            elif s.route is not None and s.route in run.deps.routes:
+                sub = run.deps.routes[s.route].run(msg.to_envelope(), deps=run.deps)
+                reply = sub.reply.payload if sub.reply is not None else None
             elif run.deps.call is not None:
                 reply = run.deps.call(s, msg.to_envelope(id=derive_id(msg.view["id"], run.route_name, self.label, "call")))
             else:

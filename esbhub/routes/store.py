@@ -256,8 +256,8 @@ class Group:
 class AggregateStore:
     """Aggregation groups in SQL. ``add`` is one transaction: insert member, decide, maybe complete."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = engine_for(url)
+    def __init__(self, url: str | None = None, *, engine: Any = None) -> None:
+        self.engine = engine if engine is not None else engine_for(str(url))
 
     def add(
         self,

@@ -1,0 +1,451 @@
+"""Routes in worker processes: compile the active versions into bus Subscriptions, reload safely.
+
+Source of truth is the route store (``route_versions``). A change arrives by
+``PUT /v1/routes/{name}``, ``esbhub routes apply FILE`` or the file watcher on
+``settings.routes_dir``; each is **validated first** (:func:`apply_text`) — an invalid change
+is refused with its errors and stores nothing, so every worker keeps the running version.
+A valid change is stored as a new version. Every worker process polls the store's change
+stamp (two indexed MAX queries, default every second) and swaps the route with
+``Worker.replace(sub)``: the message a consumer is handling finishes on the old version, the
+next one runs the new — each message is processed by exactly one version (outputs carry the
+header ``esbhub-route: <name>@v<version>``).
+
+Delivery: the route's handler runs the engine, sends adapter sinks synchronously and hands
+bus outputs to ``ctx.publish`` (published durably before the input is acked); failures go
+through the route's ``on_error.retry`` policy, then the dead-letter store.
+
+Ordering (``ordering_key``): the route's queue only hash-partitions messages into
+``partitions`` sub-queues (``route.<name>.p<k>``), each consumed by one thread with prefetch 1,
+so messages of one key are processed in arrival order **within one worker process**. Two
+caveats, by design of the broker seam: with several worker processes each partition has
+competing consumers (run ordered routes on one worker, or give them their own worker); and a
+message that is retried is overtaken by later messages of its key (use ``max_attempts: 1`` to
+dead-letter instead of reordering).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esbhub.bus.envelope import Envelope
+from esbhub.bus.worker import HandlerContext, Subscription, queue_for
+from esbhub.errors import ErrorDetail, PermanentError
+from esbhub.logging import get_logger
+from esbhub.routes import adapters as adapter_registry
+from esbhub.routes.engine import CompiledRoute, RunResult
+from esbhub.routes.loader import LoadResult, load_paths, load_text
+from esbhub.routes.models import CallStep, Route, SinkSpec
+from esbhub.routes.steps import Deps
+from esbhub.routes.store import AggregateStore, RouteStore
+
+log = get_logger("esbhub.routes")
+
+
+# ---------------------------------------------------------------- applying changes
+
+
+@dataclass
+class ApplyResult:
+    applied: list[dict[str, Any]] = field(default_factory=list)  # new versions stored
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[ErrorDetail] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def apply_loaded(store: RouteStore, res: LoadResult, *, author: str, comment: str = "") -> ApplyResult:
+    out = ApplyResult(errors=list(res.errors))
+    if res.errors:
+        log.warning("route_change_refused", errors=len(res.errors), first=str(res.errors[0])[:300])
+        return out
+    for lr in res.routes:
+        v = store.apply(lr.route.name, lr.text, author=author, comment=comment)
+        if v is None:
+            out.unchanged.append(lr.route.name)
+        else:
+            out.applied.append({k: v[k] for k in ("route", "version", "author", "created_at", "diff")})
+            log.info("route_version_stored", route=lr.route.name, version=v["version"], author=author)
+    return out
+
+
+def apply_text(store: RouteStore, text: str, *, file: str = "<api>", author: str, expect_name: str | None = None) -> ApplyResult:
+    """Validate ``text`` (one or more routes) and store the changed ones as new versions."""
+    res = load_text(text, file)
+    if expect_name is not None and res.ok and [r.route.name for r in res.routes] != [expect_name]:
+        res.errors.append(ErrorDetail(loc="name", msg=f"the body must hold exactly the route '{expect_name}'", file=file, line=1))
+    return apply_loaded(store, res, author=author)
+
+
+def apply_paths(store: RouteStore, paths: list[str | Path], *, author: str) -> ApplyResult:
+    return apply_loaded(store, load_paths(paths), author=author)
+
+
+def compile_version(v: dict[str, Any], deps: Deps) -> CompiledRoute:
+    res = load_text(v["content"], f"{v['route']}@v{v['version']}")
+    res.raise_for_errors()
+    return CompiledRoute(res.routes[0].route, v["version"], deps)
+
+
+# ---------------------------------------------------------------- handler
+
+
+class RouteHandler:
+    """The bus handler of one route version."""
+
+    def __init__(self, rt: RouteRuntime, cr: CompiledRoute) -> None:
+        self.rt = rt
+        self.cr = cr
+        self.route: Route = cr.route
+        self.at_most_once = self.route.delivery == "at_most_once" and self.route.on_error.dead_letter == "none"
+
+    def __call__(self, env: Envelope, ctx: HandlerContext) -> Envelope | None:
+        try:
+            return self._handle(env, ctx)
+        except Exception as exc:
+            if not self.at_most_once:
+                raise
+            log.warning("route_message_dropped", route=self.route.name, message_id=env.id, error_type=type(exc).__name__)
+            ctx.filtered()
+            return None
+
+    def _handle(self, env: Envelope, ctx: HandlerContext) -> Envelope | None:
+        # With the Worker attached, Worker.replace() swaps this handler; without it the
+        # runtime's pointer is read once here — either way one version per message.
+        cr = self.cr if self.rt.worker is not None else self.rt.current.get(self.cr.name, self.cr)
+        key = cr.idempotency_key(env)
+        if key is not None and not self.rt.store.claim_key(cr.name, key, env.id):
+            log.info("route_duplicate_skipped", route=cr.name, message_id=env.id)
+            ctx.filtered()
+            return None
+        res = cr.run(env)
+        self.rt.deliver(cr, res, ctx)
+        if not res.outputs and not res.final and not res.deferred and (res.filtered or res.split_empty):
+            ctx.filtered()
+        return res.reply if ctx.delivery.reply_to else None
+
+
+class Partitioner:
+    """Entry handler of an ordered route: forwards each message to its key's sub-queue."""
+
+    def __init__(self, rt: RouteRuntime, name: str) -> None:
+        self.rt, self.name = rt, name
+
+    def __call__(self, env: Envelope, ctx: HandlerContext) -> None:
+        cr = self.rt.current[self.name]
+        key = cr.ordering_key(env) or env.id
+        k = zlib.crc32(key.encode()) % cr.route.partitions
+        self.rt.broker.publish(env, queue=queue_for(partition_name(self.name, k)), timeout=self.rt.settings.publish_timeout)
+        return None
+
+
+def partition_name(route: str, k: int) -> str:
+    return f"{route}.p{k}"
+
+
+# ---------------------------------------------------------------- runtime
+
+
+class RouteRuntime:
+    """All routes of one worker process: subscriptions, reload, aggregate sweeper, sources."""
+
+    def __init__(
+        self,
+        settings: Any,
+        broker: Any,
+        bus_store: Any = None,
+        *,
+        route_store: RouteStore | None = None,
+        poll_interval: float = 1.0,
+        sweep_interval: float = 1.0,
+        watch: bool = True,
+    ) -> None:
+        url = settings.effective_database_url
+        self.settings = settings
+        self.broker = broker
+        self.bus_store = bus_store
+        self.store = route_store or RouteStore(url)
+        self.aggregates = AggregateStore(url)
+        self.poll_interval = poll_interval
+        self.sweep_interval = sweep_interval
+        self.watch = watch
+        self.worker: Any = None
+        self.current: dict[str, CompiledRoute] = {}
+        self.paused: set[str] = set()
+        self._sinks: dict[tuple[str, str], Any] = {}
+        self._sources: dict[str, Any] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._reply: Any = None
+        self.deps = Deps(aggregates=self.aggregates, call=self._call, inline_delays=False)
+        self.on_swap: list[Callable[[str, int], None]] = []
+
+    # ------------------------------------------------------------ building
+    def sync_files(self) -> ApplyResult | None:
+        d = self.settings.routes_dir
+        if not d or not Path(d).exists():
+            return None
+        r = apply_paths(self.store, [d], author="files")
+        for e in r.errors:
+            log.error("route_file_invalid", error=str(e))
+        return r
+
+    def load(self) -> list[Subscription]:
+        """Compile every active version; returns the subscriptions for the worker."""
+        with self._lock:
+            self._stamp = self.store.change_stamp()
+            self.paused = self.store.paused()
+            subs: list[Subscription] = []
+            for name, v in sorted(self.store.active().items()):
+                try:
+                    cr = compile_version(v, self.deps)
+                except Exception as exc:  # noqa: BLE001 - one broken stored version must not stop the others
+                    log.error("route_version_unloadable", route=name, version=v["version"], error=str(exc)[:500])
+                    continue
+                self.current[name] = cr
+                subs.extend(self.subscriptions_for(cr))
+            return subs
+
+    def subscriptions_for(self, cr: CompiledRoute) -> list[Subscription]:
+        r = cr.route
+        retry = r.on_error.retry
+        topics = r.from_.topics
+        if r.ordering_key is None:
+            return [Subscription(r.name, topics, RouteHandler(self, cr), retry=retry, concurrency=r.concurrency)]
+        subs = [Subscription(r.name, topics, Partitioner(self, r.name), retry=retry, concurrency=r.concurrency)]
+        for k in range(r.partitions):
+            subs.append(Subscription(partition_name(r.name, k), [], RouteHandler(self, cr), retry=retry, prefetch=1, concurrency=1))
+        return subs
+
+    # ------------------------------------------------------------ delivery
+    def deliver(self, cr: CompiledRoute, res: RunResult, ctx: HandlerContext | None) -> None:
+        """Send a run's outputs: adapter sinks now; bus outputs via ``ctx`` (or the broker directly)."""
+        bus: list[tuple[Envelope, str]] = []
+        for o in res.outputs:
+            s = o.sink
+            if s.topic is not None:
+                bus.append((o.envelope, s.topic))
+            elif s.adapter == "bus":
+                bus.append((o.envelope, str(s.config.get("topic"))))
+            else:
+                self._sink(s).send(o.envelope)
+        for env, topic in bus:
+            if ctx is not None:
+                ctx.publish(env, routing_key=topic)
+            else:
+                self.broker.publish(env, routing_key=topic, timeout=self.settings.publish_timeout)
+        for d in res.deferred:
+            self.broker.publish(d.envelope, queue=queue_for(cr.name), delay=d.delay, timeout=self.settings.publish_timeout)
+
+    def _sink(self, s: SinkSpec) -> Any:
+        import orjson
+
+        key = (str(s.adapter), orjson.dumps(s.config, option=orjson.OPT_SORT_KEYS).decode())
+        sink = self._sinks.get(key)
+        if sink is None:
+            sink = self._sinks[key] = adapter_registry.build_sink(str(s.adapter), s.config)
+        return sink
+
+    def _call(self, step: CallStep, env: Envelope) -> Any:
+        if step.route is None:
+            raise PermanentError("call: only route targets go over the bus")
+        if self._reply is None:
+            from esbhub.bus.reply import RequestReply
+
+            self._reply = RequestReply(self.broker)
+            self._reply.start()
+        try:
+            reply = self._reply.request(env, timeout=step.timeout, queue=queue_for(step.route))
+        except TimeoutError as exc:
+            from esbhub.errors import TransientError
+
+            raise TransientError(f"call to route '{step.route}' timed out after {step.timeout:g}s") from exc
+        if reply.type == "hub.error.v1":
+            raise PermanentError(f"route '{step.route}' failed: {str(reply.payload)[:300]}")
+        return reply.payload
+
+    # ------------------------------------------------------------ reload
+    def attach(self, worker: Any) -> None:
+        """Let the runtime add/replace/pause subscriptions of ``worker``; starts the background threads."""
+        with self._lock:
+            self.worker = worker
+            existing = set(worker.subscriptions())
+            for cr in self.current.values():  # versions swapped before attach: hand them over
+                for sub in self.subscriptions_for(cr):
+                    (worker.replace if sub.name in existing else worker.add)(sub)
+        for name in self.paused:
+            for sub in self._sub_names(name):
+                try:
+                    worker.pause(sub)
+                except KeyError:
+                    pass
+        self.start()
+
+    def _sub_names(self, name: str) -> list[str]:
+        cr = self.current.get(name)
+        if cr is None or cr.route.ordering_key is None:
+            return [name]
+        return [name] + [partition_name(name, k) for k in range(cr.route.partitions)]
+
+    def reload(self) -> list[tuple[str, int]]:
+        """Swap every route whose active version changed; returns the (route, version) swapped."""
+        with self._lock:
+            stamp = self.store.change_stamp()
+            if stamp == self._stamp:
+                return []
+            self._stamp = stamp
+            swapped = []
+            for name, v in sorted(self.store.active().items()):
+                cur = self.current.get(name)
+                if cur is not None and cur.version == v["version"]:
+                    continue
+                try:
+                    cr = compile_version(v, self.deps)
+                except Exception as exc:  # noqa: BLE001 - keep the running version
+                    log.error("route_reload_refused", route=name, version=v["version"], error=str(exc)[:500])
+                    continue
+                self._swap(cr, cur)
+                swapped.append((name, cr.version))
+            paused = self.store.paused()
+            if self.worker is not None:
+                for name in paused - self.paused:
+                    for s in self._sub_names(name):
+                        self.worker.pause(s)
+                    log.info("route_paused", route=name)
+                for name in self.paused - paused:
+                    for s in self._sub_names(name):
+                        self.worker.resume(s)
+                    log.info("route_resumed", route=name)
+            self.paused = paused
+            return swapped
+
+    def _swap(self, cr: CompiledRoute, old: CompiledRoute | None) -> None:
+        self.current[cr.name] = cr
+        if self.worker is not None:
+            subs = self.subscriptions_for(cr)
+            existing = set(self.worker.subscriptions())
+            for s in subs:
+                if s.name in existing:
+                    self.worker.replace(s)
+                else:
+                    self.worker.add(s)
+        log.info("route_reloaded", route=cr.name, version=cr.version, previous=old.version if old else None)
+        for cb in self.on_swap:
+            cb(cr.name, cr.version)
+
+    # ------------------------------------------------------------ background
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._poll_loop, name="routes-poll", daemon=True),
+                         threading.Thread(target=self._sweep_loop, name="routes-sweep", daemon=True)]
+        if self.watch and self.settings.routes_dir and Path(self.settings.routes_dir).exists():
+            self._threads.append(threading.Thread(target=self._watch_loop, name="routes-watch", daemon=True))
+        for t in self._threads:
+            t.start()
+        self._start_sources()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        self._threads = []
+        for s in self._sources.values():
+            try:
+                s.stop()
+            except Exception as exc:  # noqa: BLE001 - best effort on shutdown
+                log.warning("route_source_stop_failed", error=str(exc)[:200])
+        self._sources.clear()
+        if self._reply is not None:
+            self._reply.stop()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.reload()
+            except Exception as exc:  # noqa: BLE001 - the store may be briefly unavailable; poll again
+                log.warning("route_poll_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+
+    def sweep(self) -> int:
+        """Complete aggregation groups whose timeout passed (publish, then mark). Returns groups completed."""
+        n = 0
+        for cr in list(self.current.values()):
+            for gid, res in cr.complete_groups():
+                self.deliver(cr, res, None)
+                if self.aggregates.mark_completed(gid):
+                    n += 1
+                    log.info("aggregate_completed_by_timeout", route=cr.name, group=gid)
+        return n
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.sweep_interval):
+            try:
+                self.sweep()
+            except Exception as exc:  # noqa: BLE001 - retried next round; groups stay open meanwhile
+                log.warning("aggregate_sweep_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+
+    def _watch_loop(self) -> None:
+        from watchfiles import watch
+
+        d = str(self.settings.routes_dir)
+        for _changes in watch(d, stop_event=self._stop, debounce=300, rust_timeout=1000, yield_on_timeout=False):
+            r = self.sync_files()
+            if r is not None and r.errors:
+                log.warning("route_file_change_refused", errors=[str(e) for e in r.errors[:10]])
+
+    def _start_sources(self) -> None:
+        for name, cr in self.current.items():
+            f = cr.route.from_
+            if f.adapter is None or name in self._sources:
+                continue
+            src = adapter_registry.build_source(f.adapter, f.config)
+            q = queue_for(name)
+            self.broker.declare_queue(q, [])
+
+            def emit(envs: Any, _q: str = q) -> None:
+                self.broker.publish_many(list(envs), queue=_q, timeout=self.settings.publish_timeout)
+
+            src.start(emit)
+            self._sources[name] = src
+            log.info("route_source_started", route=name, adapter=f.adapter)
+
+
+_runtimes: list[RouteRuntime] = []
+
+
+def load_subscriptions(settings: Any, broker: Any, store: Any) -> list[Subscription]:
+    """Worker entry point (``esbhub worker``): the subscriptions of every active route.
+
+    Syncs ``settings.routes_dir`` into the route store first (only changed, valid files make
+    new versions). Call :func:`attach` with the Worker to enable hot reload and pause/resume;
+    without it the runtime still swaps versions inside the handlers it returned.
+    """
+    from sqlalchemy import inspect
+
+    from esbhub.db import engine_for, upgrade
+
+    url = settings.effective_database_url
+    if not inspect(engine_for(url)).has_table("route_versions"):
+        upgrade(url)
+    rt = RouteRuntime(settings, broker, store)
+    rt.sync_files()
+    subs = rt.load()
+    _runtimes.append(rt)
+    rt.start()
+    return subs
+
+
+def attach(worker: Any) -> None:
+    """Hand the worker to the runtimes created by :func:`load_subscriptions` (hot reload, pause)."""
+    for rt in _runtimes:
+        if rt.worker is None:
+            rt.attach(worker)
