@@ -327,9 +327,10 @@ class MdmService:
         ).scalars().all()
         seeds = {key}
         for link in old_links:
-            link.active = False
-            link.superseded_at = now
             seeds.add(link.a_key if link.b_key == key else link.b_key)
+            if not party.deleted:  # a deleted source record keeps its links: it stays in its golden record
+                link.active = False
+                link.superseded_at = now
         reviews = []
         for r in results:
             other = r.b if r.a == key else r.a

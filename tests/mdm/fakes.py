@@ -39,3 +39,34 @@ def make_service(url: str, **kw: Any):
     from esbhub.mdm.service import MdmService
 
     return MdmService(url, **kw)
+
+
+def fresh_pg_db(pg_url: str, name: str):
+    """Create database ``name`` on the server of ``pg_url``; returns (url, drop)."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = pg_url.rsplit("/", 1)[0] + "/" + name
+
+    def drop() -> None:
+        from esbhub.db import _engines
+
+        eng = _engines.pop(url, None)
+        if eng is not None:
+            eng.dispose()
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def db_fixture_url(request, tmp_path, unique: str):
+    """sqlite or postgresql URL for the param of the requesting test; yields cleanup via finalizer."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mdm.db'}"
+    url, drop = fresh_pg_db(request.getfixturevalue("pg_url"), "mdm_" + unique)
+    request.addfinalizer(drop)
+    return url

@@ -1,0 +1,260 @@
+"""MdmService behaviour on SQLite and PostgreSQL, with the real matching engine."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from esbhub.mdm.service import Conflict, MdmService
+from esbhub.mdm.store import Golden, GoldenHistory, Link, SourceVersion, Xref
+from mdm.fakes import db_fixture_url, party, uscc
+
+U1, U2 = uscc(1), uscc(2)
+
+
+BOTH = pytest.mark.parametrize("url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+
+
+@pytest.fixture(params=["sqlite"])
+def url(request, tmp_path, unique) -> str:
+    """SQLite by default; tests marked BOTH also run on PostgreSQL."""
+    return db_fixture_url(request, tmp_path, unique)
+
+
+@pytest.fixture
+def svc(url) -> MdmService:
+    return MdmService(url)
+
+
+def crm1(**kw):
+    return party("crm", "1", "深圳市华信科技有限公司", uscc=U1, phones=["0755-88886666"], city="深圳",
+                 address="广东省深圳市南山区科技园路1号", **kw)
+
+
+def bill1(**kw):
+    attrs = kw.pop("attributes", {"billing_account": "BA1", "monthly_revenue": "1200000"})
+    return party("billing", "A1", "华信科技(深圳)有限责任公司", uscc=U1, phones=["0755-88886666"], city="深圳",
+                 attributes=attrs, **kw)
+
+
+def other_company():
+    return party("crm", "9", "广州市远洋物流有限公司", uscc=U2, phones=["020-33334444"], city="广州")
+
+
+def kinds(events):
+    return [(e.type, e.payload["golden_id"], e.payload["seq"]) for e in events]
+
+
+@BOTH
+def test_same_company_from_two_systems_becomes_one_golden_record_with_lineage_on_every_value(svc):
+    svc.ingest(crm1(), "e1")
+    ev = svc.ingest(bill1(), "e2")
+    assert kinds(ev) == [("party.golden.updated.v1", "G0000000001", 2)]
+    c = svc.get_customer("G0000000001")
+    assert sorted(r["key"] for r in c["source_records"]) == ["billing:A1", "crm:1"]
+    assert c["attributes"]["billing_account"]["value"] == "BA1"
+    assert c["attributes"]["billing_account"]["lineage"]["source_system"] == "billing"
+    for attr, v in c["attributes"].items():
+        lin = v["lineage"]
+        for item in (lin if isinstance(lin, list) else [lin]):
+            assert item["source_system"] and item["rule"], attr
+    assert c["tier"] == "A"
+    assert svc.xref("billing", "A1")["golden_id"] == "G0000000001"
+
+
+@BOTH
+def test_redelivered_envelope_returns_the_same_events_and_changes_nothing(svc):
+    first = svc.ingest(crm1(), "e1")
+    before = svc.snapshot()
+    again = svc.ingest(crm1(), "e1")
+    assert [e.id for e in again] == [e.id for e in first]
+    assert svc.snapshot() == before
+
+
+def test_unchanged_source_version_is_ignored_and_each_change_is_kept_as_a_version(svc):
+    svc.ingest(crm1(), "e1")
+    assert svc.ingest(crm1(), "e2") == []
+    ev = svc.ingest(crm1(status="suspended"), "e3")
+    assert kinds(ev) == [("party.golden.updated.v1", "G0000000001", 2)]
+    with svc.Session() as s:
+        versions = s.execute(sa.select(SourceVersion.version, SourceVersion.envelope_id)
+                             .where(SourceVersion.source_id == "1").order_by(SourceVersion.version)).all()
+    assert [tuple(v) for v in versions] == [(1, "e1"), (2, "e3")]
+
+
+def test_two_different_valid_usccs_never_merge_even_with_the_same_name(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(party("billing", "B7", "深圳市华信科技有限公司", uscc=U2, phones=["0755-88886666"], city="深圳"), "e2")
+    assert svc.partition_now() == {frozenset({"crm:1"}), frozenset({"billing:B7"})}
+
+
+def test_branch_stays_its_own_golden_record_linked_to_its_head_office(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(party("res", "R2", "深圳市华信科技有限公司南山分公司", uscc=U1, city="深圳"), "e2")
+    assert len(svc.partition_now()) == 2
+    branch = svc.xref("res", "R2")["golden_id"]
+    h = svc.get_customer("G0000000001")["hierarchy"]
+    assert [(c["golden_id"], c["kind"]) for c in h["children"]] == [(branch, "branch")]
+    assert svc.get_customer(branch)["hierarchy"]["parents"][0]["golden_id"] == "G0000000001"
+
+
+@BOTH
+def test_merge_keeps_the_oldest_id_and_unmerge_restores_the_prior_state_exactly(svc, url):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(other_company(), "e2")
+    before = svc.snapshot()
+    ev = svc.merge("G0000000002", "G0000000001", by="alice", reason="same customer per contract")
+    assert sorted((e.payload["golden_id"], e.payload["change"], e.payload["status"]) for e in ev) == [
+        ("G0000000001", "merged", "active"), ("G0000000002", "merged", "retired")]
+    assert svc.golden("G0000000002")["merged_into"] == "G0000000001"
+    assert svc.partition_now() == {frozenset({"crm:1", "crm:9"})}
+    ev = svc.unmerge("G0000000001", ["crm:9"], by="bob", reason="wrong merge")
+    assert {e.payload["golden_id"]: e.payload["change"] for e in ev} == {"G0000000001": "unmerged",
+                                                                         "G0000000002": "unmerged"}
+    assert svc.snapshot() == before
+    # nothing lost: every version of both golden records is still there
+    with svc.Session() as s:
+        hist = s.execute(sa.select(GoldenHistory.golden_id, GoldenHistory.version, GoldenHistory.change)
+                         .order_by(GoldenHistory.golden_id, GoldenHistory.version)).all()
+    assert [tuple(h) for h in hist] == [("G0000000001", 1, "created"), ("G0000000001", 2, "merged"),
+                                         ("G0000000001", 3, "unmerged"), ("G0000000002", 1, "created"),
+                                         ("G0000000002", 2, "merged"), ("G0000000002", 3, "unmerged")]
+    actions = [(a["actor"], a["action"]) for a in svc.audit()]
+    assert actions == [("bob", "unmerge"), ("alice", "merge")]
+
+
+def test_unmerge_of_an_engine_merge_sticks_across_rematch(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+    svc.unmerge("G0000000001", ["billing:A1"], by="carol", reason="different legal entity")
+    part = svc.partition_now()
+    assert part == {frozenset({"crm:1"}), frozenset({"billing:A1"})}
+    svc.rematch()
+    assert svc.partition_now() == part
+    with pytest.raises(Conflict):
+        svc.merge("crm:1", "billing:A1", by="dave")
+
+
+@BOTH
+def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rematch(svc):
+    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳"), "e1")
+    svc.ingest(party("res", "R1", "华信科技有限公司", city="广州"), "e2")
+    tasks = svc.tasks()
+    assert len(tasks) == 1
+    t = svc.task(tasks[0]["id"])
+    assert t["evidence"] and t["side_by_side"]["a"]["name"] and t["side_by_side"]["b"]["name"]
+    svc.decide(t["id"], same=False, by="erin", reason="different companies")
+    svc.rematch()
+    assert len(svc.partition_now()) == 2
+    assert svc.tasks() == []
+    assert svc.task(t["id"])["decision"] == "not_same"
+
+
+def test_steward_same_merges_the_pair_and_sticks_across_rematch(svc):
+    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳"), "e1")
+    svc.ingest(party("res", "R1", "华信科技有限公司", city="广州"), "e2")
+    (t,) = svc.tasks()
+    ev = svc.decide(t["id"], same=True, by="erin")
+    assert [e.payload["change"] for e in ev] == ["merged", "merged"]
+    svc.rematch()
+    assert svc.partition_now() == {frozenset({"crm:1", "res:R1"})}
+
+
+def test_changed_record_that_no_longer_matches_splits_off_and_the_founder_keeps_the_id(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+    ev = svc.ingest(party("billing", "A1", "广州市远洋物流有限公司", uscc=U2, city="广州"), "e3")
+    assert svc.partition_now() == {frozenset({"crm:1"}), frozenset({"billing:A1"})}
+    assert svc.xref("crm", "1")["golden_id"] == "G0000000001"
+    assert {e.payload["golden_id"]: e.payload["change"] for e in ev} == {"G0000000001": "unmerged",
+                                                                         "G0000000002": "unmerged"}
+
+
+def test_golden_ids_are_stable_across_rematch(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(other_company(), "e2")
+    svc.ingest(bill1(), "e3")
+    before = svc.snapshot()
+    assert svc.rematch() == []
+    assert svc.snapshot() == before
+
+
+@BOTH
+def test_as_of_returns_the_version_valid_at_that_time(svc):
+    svc.ingest(crm1(), "e1")
+    t1 = datetime.now(UTC)
+    time.sleep(0.01)  # distinct timestamps for the two versions, not a wait for a condition
+    svc.ingest(bill1(), "e2")
+    assert svc.as_of("G0000000001", t1)["source_keys"] == ["crm:1"]
+    assert svc.as_of("G0000000001", datetime.now(UTC))["source_keys"] == ["billing:A1", "crm:1"]
+    assert svc.as_of("G0000000001", datetime(2000, 1, 1, tzinfo=UTC)) is None
+
+
+def test_events_carry_a_gapless_sequence_per_golden_id(svc):
+    seen: dict[str, list[int]] = {}
+    for i, p in enumerate([crm1(), other_company(), bill1(), crm1(status="suspended")]):
+        for e in svc.ingest(p, f"e{i}"):
+            assert e.headers["golden_seq"] == str(e.payload["seq"])
+            seen.setdefault(e.payload["golden_id"], []).append(e.payload["seq"])
+    for e in svc.merge("G0000000001", "G0000000002", by="x"):
+        seen.setdefault(e.payload["golden_id"], []).append(e.payload["seq"])
+    for gid, seqs in seen.items():
+        assert seqs == list(range(1, len(seqs) + 1)), gid
+
+
+@BOTH
+def test_failed_ingest_rolls_back_the_database_and_the_matcher_index(svc, monkeypatch):
+    svc.ingest(crm1(), "e1")
+    before, n = svc.snapshot(), len(svc.matcher)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(svc, "_open_tasks", boom)
+    with pytest.raises(RuntimeError):
+        svc.ingest(bill1(), "e2")
+    assert svc.snapshot() == before and len(svc.matcher) == n
+    monkeypatch.undo()
+    assert kinds(svc.ingest(bill1(), "e2")) == [("party.golden.updated.v1", "G0000000001", 2)]
+
+
+@BOTH
+def test_a_restarted_service_rebuilds_its_index_from_the_store(svc, url):
+    svc.ingest(crm1(), "e1")
+    again = MdmService(url)
+    again.ingest(bill1(), "e2")
+    assert again.partition_now() == {frozenset({"crm:1", "billing:A1"})}
+
+
+def test_search_finds_customers_by_fuzzy_name_uscc_phone_and_source_key(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(other_company(), "e2")
+    assert svc.search("华信科枝")[0]["golden_id"] == "G0000000001"
+    assert svc.search(U2)[0]["golden_id"] == "G0000000002"
+    assert svc.search("0755 8888 6666")[0]["golden_id"] == "G0000000001"
+    assert svc.search("crm:9")[0]["golden_id"] == "G0000000002"
+
+
+def test_items_linked_by_source_key_or_golden_id_show_in_the_360_view_after_a_merge(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(other_company(), "e2")
+    svc.link("bill", "BILL-1", {"amount": "10.00"}, source=("crm", "9"))
+    svc.link("alarm", "ALM-1", {"circuit": "C1"}, golden_id="G0000000002")
+    svc.merge("G0000000001", "G0000000002", by="x")
+    linked = svc.get_customer("G0000000001")["linked"]
+    assert [i["ref"] for i in linked["bill"]] == ["BILL-1"] and [i["ref"] for i in linked["alarm"]] == ["ALM-1"]
+
+
+def test_deleted_source_record_stays_in_its_golden_record_but_loses_its_say(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+    svc.ingest(bill1(deleted=True, attributes={"billing_account": "BA9"}), "e3")
+    c = svc.get_customer("G0000000001")
+    assert c["status"] == "active" and "billing_account" not in c["attributes"]
+    with svc.Session() as s:
+        assert s.get(Xref, ("billing", "A1")).deleted
+        assert s.execute(sa.select(sa.func.count()).select_from(Golden)).scalar() == 1
+        assert s.execute(sa.select(sa.func.count()).select_from(Link)).scalar() >= 1
