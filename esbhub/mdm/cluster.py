@@ -9,8 +9,9 @@ The match weight says how alike two records are; these rules say when alike is n
 * ``cannot_link:branch_vs_head`` — a branch (分公司, 分行, 支行, 营业部, 办事处 …) and its head
   office (or any non-branch) are separate entities, linked in the hierarchy, never merged —
   even though branches often carry the head office's USCC.
-* ``cannot_link:different_branches`` — two branches with clearly different branch names
-  (南山分公司 vs 福田分公司) are separate entities too.
+* ``cannot_link:different_branches`` — two branches with different branch names
+  (南山分公司 vs 福田分公司, 深圳分行 vs 福田支行) are separate entities too; only a one-character
+  typo inside a longer label is tolerated.
 
 A steward's "not the same" decision is a cannot-link as well; the store applies it (it knows the
 decisions), this module only knows the records.
@@ -18,11 +19,9 @@ decisions), this module only knows the records.
 
 from __future__ import annotations
 
-from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.distance import Levenshtein
 
 from esbhub.mdm.standardize import StdParty
-
-BRANCH_NAME_MIN_SIMILARITY = 0.85
 
 
 def can_link(a: StdParty, b: StdParty) -> str | None:
@@ -37,9 +36,10 @@ def can_link(a: StdParty, b: StdParty) -> str | None:
         return None
     if a.branch != b.branch:
         return "cannot_link:branch_vs_head"
-    if a.branch and b.branch and a.branch_name and b.branch_name and a.branch_name != b.branch_name:
-        if a.branch_name[-2:] != b.branch_name[-2:] or (
-            JaroWinkler.similarity(a.branch_name, b.branch_name) < BRANCH_NAME_MIN_SIMILARITY
-        ):
+    if a.branch and b.branch and a.branch_name != b.branch_name:
+        x, y = a.branch_name or "", b.branch_name or ""
+        # tolerate a one-character typo in a longer label (same start, same suffix), nothing more
+        typo = len(x) >= 4 and x[:2] == y[:2] and x[-2:] == y[-2:] and Levenshtein.distance(x, y) <= 1
+        if not typo:
             return "cannot_link:different_branches"
     return None

@@ -410,17 +410,32 @@ def _levels_matrix(records: Sequence[StdParty], pairs: Iterable[tuple[int, int]]
     return np.asarray(rows, dtype=np.int8).reshape(-1, len(comps))
 
 
-def estimate_u(records: Sequence[StdParty], kind: str, n_pairs: int = 200_000, seed: int = 42) -> list[np.ndarray]:
-    """u per level from random pairs (almost all non-matches), Laplace-smoothed."""
+def estimate_u(records: Sequence[StdParty], kind: str, n_pairs: int = 200_000, seed: int = 42,
+               model: MatchModel | None = None, exclude_bits: float = 25.0) -> list[np.ndarray]:
+    """u per level from random pairs, Laplace-smoothed.
+
+    Random pairs are almost all non-matches, but with a few records per real entity the true
+    duplicates among them inflate u of the agreeing levels (and so deflate the weights). Pairs
+    whose Bayes factor under ``model`` (default: the built-in priors) exceeds ``exclude_bits`` —
+    e.g. same valid USCC *and* same name — are left out as near-certain matches.
+    """
     idx = [i for i, r in enumerate(records) if r.kind == kind]
     rng = random.Random(seed)
     if len(idx) < 2:
         return []
+    n_pairs = min(n_pairs, len(idx) * (len(idx) - 1) // 2)
     pairs = []
     for _ in range(n_pairs):
         i, j = rng.sample(idx, 2)
         pairs.append((i, j))
     mat = _levels_matrix(records, pairs, kind)
+    km = (model or MatchModel()).kind(kind)
+    params = {p.name: p for p in km.comparisons}
+    bf = np.zeros(len(mat))
+    for c_i, comp in enumerate(COMPARISONS[kind]):
+        w = np.asarray(params[comp.name].weights())
+        bf += w[mat[:, c_i]]
+    mat = mat[bf <= exclude_bits]
     out = []
     for c_i, comp in enumerate(COMPARISONS[kind]):
         col = mat[:, c_i]
@@ -484,34 +499,104 @@ def em(mat: np.ndarray, n_levels: list[int], m0: list[np.ndarray], u: list[np.nd
     return m, u, lam
 
 
-def train_em(records: list[StdParty], model: MatchModel | None = None, *, n_random_pairs: int = 200_000,
-             max_iter: int = 50, seed: int = 42) -> MatchModel:
-    """Learn m/u (and λ) for each kind present in ``records`` without labels.
+# Training sessions (as in Splink): EM over the pairs of ONE blocking key at a time, leaving out
+# the comparisons that key makes agree (their m would be biased by the blocking).
+TRAINING_SESSIONS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "organization": [("U", ("uscc",)), ("C", ("name",)), ("T", ("phone",)), ("S", ("address", "city"))],
+    "person": [("D", ("birth_date",)), ("N", ("given_name", "family_name", "name_swap")), ("I", ("id_number",)),
+               ("Z", ("postcode",))],
+}
 
-    u comes from random record pairs; m and λ from EM over the blocked candidate pairs (the
-    pairs the real-time matcher will score), starting from the model's current values.
+
+def _session_pairs(records: Sequence[StdParty], kind: str, prefix: str, max_block: int,
+                   max_pairs: int, seed: int) -> list[tuple[int, int]]:
+    blocks: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if r.kind != kind:
+            continue
+        for bk in dict.fromkeys(blocking_keys(r)):
+            if bk.startswith(prefix):
+                blocks.setdefault(bk, []).append(i)
+    pairs: set[tuple[int, int]] = set()
+    for members in blocks.values():
+        if len(members) < 2 or len(members) > max_block:
+            continue
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                pairs.add((members[x], members[y]))
+    out = sorted(pairs)
+    if len(out) > max_pairs:
+        out = random.Random(seed).sample(out, max_pairs)
+    return out
+
+
+def estimate_prior(records: Sequence[StdParty], kind: str, m: list[np.ndarray], u: list[np.ndarray],
+                   pairs: Sequence[tuple[int, int]], iters: int = 30) -> float:
+    """λ = P(two random records of ``kind`` match): EM on λ alone over the blocked candidate pairs,
+    every pair outside them counted as a non-match."""
+    n = sum(1 for r in records if r.kind == kind)
+    total = n * (n - 1) / 2
+    if not pairs or total <= 0:
+        return 1e-4
+    mat = _levels_matrix(records, pairs, kind)
+    patterns, counts = np.unique(mat, axis=0, return_counts=True)
+    bf = np.zeros(len(patterns))
+    for c in range(patterns.shape[1]):
+        lv = patterns[:, c]
+        bf += np.where(lv == 0, 0.0, np.log2(np.maximum(m[c][lv], 1e-12)) - np.log2(np.maximum(u[c][lv], 1e-12)))
+    lam = max(len(pairs) * 0.1 / total, 1e-9)
+    for _ in range(iters):
+        w = bf + math.log2(lam / (1 - lam))
+        p = 1 / (1 + np.exp2(-np.clip(w, -200, 200)))
+        lam = float(min(max((p * counts).sum() / total, 1e-12), 0.5))
+    return lam
+
+
+def train_em(records: list[StdParty], model: MatchModel | None = None, *, n_random_pairs: int = 200_000,
+             max_iter: int = 50, max_pairs_per_session: int = 300_000, seed: int = 42) -> MatchModel:
+    """Learn m, u and λ for each kind present in ``records`` without labels.
+
+    * u: from random record pairs (almost all non-matches).
+    * m: EM (u fixed) in several sessions, each over the pairs sharing one blocking key and
+      leaving out the comparisons that key forces to agree; each m is the mean over the
+      sessions that estimated it.
+    * λ (the prior, per random pair): EM on λ alone over all blocked candidate pairs.
     Thresholds and other settings are kept.
     """
     base = model or MatchModel()
     out = base.model_copy(deep=True)
-    pairs = candidate_pairs(records, base)
     for kind in ("organization", "person"):
-        kp = [(i, j) for i, j in pairs if records[i].kind == kind]
-        if len([r for r in records if r.kind == kind]) < 20 or len(kp) < 20:
+        if sum(1 for r in records if r.kind == kind) < 20:
             continue
         comps = COMPARISONS[kind]
+        names = [c.name for c in comps]
         km = base.kind(kind)
         params = {p.name: p for p in km.comparisons}
         u = estimate_u(records, kind, n_pairs=n_random_pairs, seed=seed)
         m0 = [np.asarray(params[c.name].m, dtype=float) for c in comps]
-        mat = _levels_matrix(records, kp, kind)
-        m, u2, lam = em(mat, [len(c.levels) for c in comps], m0, u, km.prior, max_iter=max_iter)
-        new = KindModel(prior=lam, comparisons=[
-            ComparisonParams(name=c.name, levels=list(c.levels), m=[float(x) for x in m[i]],
-                             u=[float(x) for x in u2[i]])
+        sums = [np.zeros(len(c.levels)) for c in comps]
+        nsess = [0] * len(comps)
+        for prefix, excluded in TRAINING_SESSIONS[kind]:
+            pairs = _session_pairs(records, kind, prefix, base.max_block_size, max_pairs_per_session, seed)
+            if len(pairs) < 20:
+                continue
+            mat = _levels_matrix(records, pairs, kind)
+            for name in excluded:
+                mat[:, names.index(name)] = 0
+            m, _, _ = em(mat, [len(c.levels) for c in comps], m0, u, 0.5, max_iter=max_iter)
+            for ci, c in enumerate(comps):
+                if c.name in excluded or not (mat[:, ci] > 0).any():
+                    continue
+                sums[ci] += m[ci]
+                nsess[ci] += 1
+        m_final = [sums[ci] / nsess[ci] if nsess[ci] else m0[ci] for ci in range(len(comps))]
+        cand = [(i, j) for i, j in candidate_pairs(records, base) if records[i].kind == kind]
+        lam = estimate_prior(records, kind, m_final, u, cand)
+        setattr(out, kind, KindModel(prior=lam, comparisons=[
+            ComparisonParams(name=c.name, levels=list(c.levels), m=[1.0, *[float(x) for x in m_final[i][1:]]],
+                             u=[1.0, *[float(x) for x in u[i][1:]]])
             for i, c in enumerate(comps)
-        ])
-        setattr(out, kind, new)
+        ]))
     return out
 
 
