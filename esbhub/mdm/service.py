@@ -59,6 +59,7 @@ from esbhub.mdm.store import (
     Inbox,
     KeyIndex,
     Link,
+    Outbox,
     Override,
     SourceVersion,
     Task,
@@ -651,7 +652,31 @@ class MdmService:
         with self._lock, self.Session.begin() as s:
             now = utcnow()
             changes = fn(s, now)
-            return self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
+            events = self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
+            for e in events:
+                s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
+            return events
+
+    def publish_pending(self, broker: Any, limit: int = 1000) -> int:
+        """Publish events of steward actions not yet on the bus (in order); returns how many.
+
+        Raises the broker's error when it cannot publish; the events then stay pending.
+        """
+        with self._lock, self.Session.begin() as s:
+            rows = s.execute(
+                sa.select(Outbox).where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)
+            ).scalars().all()
+            if not rows:
+                return 0
+            broker.publish_many([Envelope.model_validate(r.envelope) for r in rows])
+            now = utcnow()
+            for r in rows:
+                r.published_at = now
+            return len(rows)
+
+    def pending_events(self) -> int:
+        with self.Session() as s:
+            return int(s.execute(sa.select(sa.func.count()).select_from(Outbox).where(Outbox.published_at.is_(None))).scalar() or 0)
 
     def _set_constraint(self, s: Session, a: str, b: str, kind: str, by: str, reason: str | None, now: datetime,
                         task_id: int | None = None) -> None:
@@ -820,6 +845,8 @@ class MdmService:
                 self._open_tasks(s, reviews, now)
                 self._audit(s, now, "engine", "rematch", "*", None, links=len(seen), changes=len(changes))
                 events = self._events(s, changes, now, actor="engine", reason="rematch", cause=None, cause_id="rematch")
+                for e in events:
+                    s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
             self.matcher = matcher
             return events
 
@@ -1135,6 +1162,10 @@ def subscriptions(settings: Any, broker: Any) -> list[Any]:
         svc = service_for(settings)
         for ev in svc.ingest(party, env.id, envelope=env):
             ctx.publish(ev)
+        try:
+            svc.publish_pending(broker)  # steward events whose publish failed earlier
+        except Exception as exc:  # noqa: BLE001 - they stay in the outbox; the next message retries
+            log.warning("mdm_outbox_publish_failed", error_type=type(exc).__name__, error=str(exc))
         return None
 
     return [Subscription(name=MdmSettings().queue, binding_keys=["party.v1"], handler=handle, dedup=False, concurrency=1)]

@@ -22,6 +22,7 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 * ``mdm_golden_link`` — accounts, services, bills, payments, alarms that routes attach to a
   golden id or a source key (shown in the 360 view).
 * ``mdm_inbox`` — processed envelope ids with the events they produced (idempotent redelivery).
+* ``mdm_outbox`` — events of steward actions until they are published.
 * ``mdm_sequence`` — named counters (golden id sequence, change counter).
 """
 
@@ -282,6 +283,18 @@ class Inbox(Base):
     events: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
 
 
+class Outbox(Base):
+    """Events of steward actions, written in the action's transaction, published afterwards
+    (``MdmService.publish_pending``) — so a broker outage delays them but never loses them."""
+
+    __tablename__ = "mdm_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    published_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True, index=True)
+
+
 class Sequence(Base):
     __tablename__ = "mdm_sequence"
 
@@ -324,5 +337,6 @@ ALL_TABLES = [
     Hierarchy.__tablename__,
     GoldenLink.__tablename__,
     Inbox.__tablename__,
+    Outbox.__tablename__,
     Sequence.__tablename__,
 ]

@@ -1,0 +1,176 @@
+"""HTTP API of the MDM: the 360° customer view, search, xref, history and the steward queue.
+
+Read calls need the ``read`` scope, steward actions the ``steward`` scope (``admin`` implies
+both). Every steward action is audited twice: in the MDM's own ``mdm_audit`` table (who,
+when, why, what it changed) and through :func:`esbhub.auth.audit`. Events of steward actions
+go through the MDM outbox and are published to the bus right after the action commits; if the
+broker is down they stay pending (``events_pending`` in the answer) and go out later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from esbhub.api.errors import ApiError
+from esbhub.auth import Principal, audit, require
+from esbhub.bus.envelope import Envelope
+from esbhub.logging import get_logger
+from esbhub.mdm.service import Conflict, MdmService, NotFound, service_for
+
+log = get_logger("esbhub.mdm.api")
+router = APIRouter(tags=["customers (MDM)"])
+
+
+def mdm(request: Request) -> MdmService:
+    svc = getattr(request.app.state, "mdm", None)
+    if svc is None:
+        svc = request.app.state.mdm = service_for(request.app.state.settings)
+    return svc
+
+
+class DecideBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    same: bool = Field(description="true: the two records are the same customer; false: they are not.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
+
+
+class MergeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: str = Field(description="Golden id or source key 'system:id' (its golden id survives if it is the older).")
+    b: str = Field(description="Golden id or source key 'system:id'.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
+
+
+class UnmergeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source_keys: list[str] = Field(min_length=1, description="Source keys 'system:id' to split off the golden record.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
+
+
+def _not_found(exc: Exception) -> ApiError:
+    return ApiError(404, "not_found", str(exc.args[0] if exc.args else exc))
+
+
+def _publish(request: Request, svc: MdmService) -> int:
+    """Publish pending steward events; the number still pending afterwards."""
+    hub = getattr(request.app.state, "hub", None)
+    broker = getattr(hub, "broker", None)
+    if broker is not None:
+        try:
+            svc.publish_pending(broker)
+        except Exception as exc:  # noqa: BLE001 - events stay in the outbox and go out later; said in the answer
+            log.warning("mdm_outbox_publish_failed", error_type=type(exc).__name__, error=str(exc))
+    return svc.pending_events()
+
+
+def _steward_answer(request: Request, svc: MdmService, events: list[Envelope]) -> dict[str, Any]:
+    return {
+        "events": [{"id": e.id, "type": e.type, "golden_id": e.payload["golden_id"], "seq": e.payload["seq"],
+                    "change": e.payload["change"]} for e in events],
+        "events_pending": _publish(request, svc),
+    }
+
+
+@router.get("/v1/customers", summary="Search customers by name (fuzzy), USCC, phone, billing account or source key")
+def search(
+    q: str = Query(min_length=1, max_length=200, description="Name, USCC, phone, billing account or 'system:id'."),
+    limit: int = Query(default=20, ge=1, le=200),
+    svc: MdmService = Depends(mdm),
+    _p: Principal = Depends(require("read")),
+) -> dict[str, Any]:
+    return {"q": q, "results": svc.search(q, limit=limit)}
+
+
+@router.get("/v1/customers/{golden_id}", summary="360° view of one customer")
+def customer(golden_id: str, svc: MdmService = Depends(mdm), _p: Principal = Depends(require("read"))) -> dict[str, Any]:
+    try:
+        return svc.get_customer(golden_id)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.get("/v1/customers/{golden_id}/history", summary="Every version of a golden record, or the one valid at as_of")
+def history(
+    golden_id: str,
+    as_of: datetime | None = Query(default=None, description="ISO 8601 time: the version valid then."),
+    svc: MdmService = Depends(mdm),
+    _p: Principal = Depends(require("read")),
+) -> dict[str, Any]:
+    try:
+        if as_of is not None:
+            version = svc.as_of(golden_id, as_of)
+            if version is None:
+                raise ApiError(404, "not_found", f"{golden_id} did not exist at {as_of.isoformat()}")
+            return {"golden_id": golden_id, "as_of": as_of.isoformat(), "version": version}
+        return {"golden_id": golden_id, "versions": svc.history(golden_id)}
+    except NotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.get("/v1/xref/{source_system}/{source_id}", summary="Golden id of a source key")
+def xref(source_system: str, source_id: str, svc: MdmService = Depends(mdm),
+         _p: Principal = Depends(require("read"))) -> dict[str, Any]:
+    try:
+        return svc.xref(source_system, source_id)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.get("/v1/steward/tasks", summary="The steward review queue")
+def tasks(
+    status: str = Query(default="open", pattern="^(open|decided|obsolete|all)$"),
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+    svc: MdmService = Depends(mdm),
+    _p: Principal = Depends(require("steward")),
+) -> dict[str, Any]:
+    return {"tasks": svc.tasks(None if status == "all" else status, limit=limit, offset=offset)}
+
+
+@router.get("/v1/steward/tasks/{task_id}", summary="One review task: per-field evidence and both records side by side")
+def task(task_id: int, svc: MdmService = Depends(mdm), _p: Principal = Depends(require("steward"))) -> dict[str, Any]:
+    try:
+        return svc.task(task_id)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.post("/v1/steward/tasks/{task_id}/decide", summary="Decide a review task: same customer or not")
+def decide(task_id: int, body: DecideBody, request: Request, svc: MdmService = Depends(mdm),
+           p: Principal = Depends(require("steward"))) -> dict[str, Any]:
+    try:
+        events = svc.decide(task_id, body.same, by=p.actor, reason=body.reason)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+    except Conflict as exc:
+        raise ApiError(409, "conflict", exc.message) from None
+    audit(p, "mdm_decide", f"task:{task_id}", same=body.same)
+    return _steward_answer(request, svc, events)
+
+
+@router.post("/v1/customers/merge", summary="Merge two customers (steward)")
+def merge(body: MergeBody, request: Request, svc: MdmService = Depends(mdm),
+          p: Principal = Depends(require("steward"))) -> dict[str, Any]:
+    try:
+        events = svc.merge(body.a, body.b, by=p.actor, reason=body.reason)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+    except Conflict as exc:
+        raise ApiError(409, "conflict", exc.message) from None
+    audit(p, "mdm_merge", f"{body.a}+{body.b}")
+    return _steward_answer(request, svc, events)
+
+
+@router.post("/v1/customers/{golden_id}/unmerge", summary="Split source records off a customer (steward)")
+def unmerge(golden_id: str, body: UnmergeBody, request: Request, svc: MdmService = Depends(mdm),
+            p: Principal = Depends(require("steward"))) -> dict[str, Any]:
+    try:
+        events = svc.unmerge(golden_id, body.source_keys, by=p.actor, reason=body.reason)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+    audit(p, "mdm_unmerge", golden_id, source_keys=body.source_keys)
+    return _steward_answer(request, svc, events)

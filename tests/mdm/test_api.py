@@ -1,0 +1,108 @@
+"""The MDM HTTP API over the real app, embedded broker and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from esbhub.api.app import create_app
+from esbhub.auth.store import ApiKey, ApiKeyStore
+from esbhub.bus.broker import create_broker
+from esbhub.config import Settings
+from esbhub.db import engine_for
+from esbhub.mdm.service import MdmService
+from mdm.fakes import party, uscc
+
+
+class Harness:
+    def __init__(self, client: TestClient, svc: MdmService, broker: Any, keys: dict[str, str], queue: str) -> None:
+        self.client, self.svc, self.broker, self.keys, self.queue = client, svc, broker, keys, queue
+
+    def h(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[who]}"}
+
+
+@pytest.fixture
+def hub(tmp_path: Path, unique: str) -> Iterator[Harness]:
+    settings = Settings(data_dir=tmp_path / "var")
+    url = settings.effective_database_url
+    svc = MdmService(url)
+    ApiKey.__table__.create(engine_for(url), checkfirst=True)
+    store = ApiKeyStore(url)
+    keys = {
+        "reader": store.create("portal", scopes=["read"])[1],
+        "steward": store.create("alice", scopes=["steward", "read"])[1],
+        "ingest": store.create("billing", scopes=["ingest"])[1],
+    }
+    broker = create_broker(settings.effective_broker_url, exchange=settings.exchange)
+    broker.connect()
+    broker.declare_queue(unique, ["party.golden.#"])
+    app = create_app(settings)
+    app.state.mdm = svc
+    with TestClient(app) as client:
+        yield Harness(client, svc, broker, keys, unique)
+    broker.close()
+
+
+def seed(svc: MdmService) -> None:
+    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", uscc=uscc(1), phones=["0755-88886666"], city="深圳"), "e1")
+    svc.ingest(party("crm", "9", "广州市远洋物流有限公司", uscc=uscc(2), city="广州"), "e2")
+    svc.ingest(party("res", "R1", "华信科技有限公司", city="广州"), "e3")
+
+
+def test_customer_360_search_xref_and_history_need_read_scope(hub):
+    seed(hub.svc)
+    c = hub.client
+    assert c.get("/v1/customers/G0000000001").status_code == 401
+    assert c.get("/v1/customers/G0000000001", headers=hub.h("ingest")).status_code == 403
+    body = c.get("/v1/customers/G0000000001", headers=hub.h("reader")).json()
+    assert body["source_records"][0]["key"] == "crm:1" and body["attributes"]["name"]["lineage"]["rule"]
+    hits = c.get("/v1/customers", params={"q": "华信科技"}, headers=hub.h("reader")).json()["results"]
+    assert hits[0]["golden_id"] == "G0000000001"
+    assert c.get("/v1/xref/crm/9", headers=hub.h("reader")).json()["golden_id"] == "G0000000002"
+    assert c.get("/v1/xref/crm/404", headers=hub.h("reader")).status_code == 404
+    versions = c.get("/v1/customers/G0000000001/history", headers=hub.h("reader")).json()["versions"]
+    assert [v["version"] for v in versions] == [1]
+    now = datetime.now(UTC).isoformat()
+    r = c.get("/v1/customers/G0000000001/history", params={"as_of": now}, headers=hub.h("reader"))
+    assert r.json()["version"]["source_keys"] == ["crm:1"]
+    assert c.get("/v1/customers/G0000000001/history", params={"as_of": "2001-01-01T00:00:00Z"},
+                 headers=hub.h("reader")).status_code == 404
+
+
+def test_steward_queue_decide_merge_unmerge_are_audited_and_publish_events(hub):
+    seed(hub.svc)
+    c = hub.client
+    assert c.get("/v1/steward/tasks", headers=hub.h("reader")).status_code == 403
+    (t,) = c.get("/v1/steward/tasks", headers=hub.h("steward")).json()["tasks"]
+    detail = c.get(f"/v1/steward/tasks/{t['id']}", headers=hub.h("steward")).json()
+    assert detail["evidence"] and detail["side_by_side"]["a"] and detail["side_by_side"]["b"]
+    r = c.post(f"/v1/steward/tasks/{t['id']}/decide", json={"same": True, "reason": "same tax id on contract"},
+               headers=hub.h("steward"))
+    assert r.status_code == 200 and r.json()["events_pending"] == 0
+    assert c.post(f"/v1/steward/tasks/{t['id']}/decide", json={"same": False}, headers=hub.h("steward")).status_code == 409
+    r = c.post("/v1/customers/merge", json={"a": "G0000000001", "b": "crm:9", "reason": "group contract"},
+               headers=hub.h("steward"))
+    assert r.status_code == 200
+    r = c.post("/v1/customers/G0000000001/unmerge", json={"source_keys": ["crm:9"], "reason": "undo"},
+               headers=hub.h("steward"))
+    assert r.status_code == 200
+    assert c.post("/v1/customers/G0000000001/unmerge", json={"source_keys": ["nope:1"]},
+                  headers=hub.h("steward")).status_code == 422
+    audit = [(a["action"], a["actor"].split(":")[-1]) for a in hub.svc.audit()]
+    assert audit == [("unmerge", "alice"), ("merge", "alice"), ("decide", "alice")]
+    got = []
+    while (d := hub.broker.get(hub.queue, timeout=0.2)) is not None:
+        got.append((d.envelope.type, d.envelope.payload["golden_id"], d.envelope.payload["seq"]))
+        d.ack()
+    per_golden: dict[str, list[int]] = {}
+    for _t, gid, seq in got:
+        per_golden.setdefault(gid, []).append(seq)
+    assert per_golden and all(s == sorted(s) for s in per_golden.values())
+    assert ("party.golden.unmerged.v1", "G0000000002", 3) in got
+
