@@ -259,6 +259,33 @@ def test_prefetch_bounds_unacked_deliveries_and_acks_from_another_thread_release
     assert broker.queue_depth(q) == 15  # 5 acked; the 5 held unacked went back to the queue
 
 
+def test_coalesced_acks_never_ack_an_earlier_delivery_still_unsettled(broker, unique):
+    q = make_queue(broker, f"{unique}.q")
+    envs = [env(i) for i in range(40)]
+    broker.publish_many(envs, queue=q)
+    kept: list = []
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def cb(d) -> None:
+        if d.envelope.payload["n"] in (3, 17):
+            kept.append(d)  # left unsettled: must come back
+        else:
+            d.ack()
+            acked.append(d.envelope.id)
+        if len(kept) + len(acked) == 40:
+            stop.set()
+
+    t = threading.Thread(target=broker.consume, args=(q, cb), kwargs={"prefetch": 40, "stop": stop})
+    t.start()
+    assert stop.wait(15)
+    t.join(10)
+    assert len(acked) == 38
+    back = drain(broker, q, 2)
+    assert sorted(e.payload["n"] for e in back) == [3, 17]
+    assert broker.queue_depth(q) == 0
+
+
 def _close_connections(name: str) -> int:
     out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
                          capture_output=True, text=True, timeout=30).stdout
