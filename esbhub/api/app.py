@@ -206,6 +206,7 @@ def create_app(
     from esbhub.api import keys as keys_api
 
     app.include_router(health.router)
+    ingest.install(app)  # the raw hot-path route, before the routers
     app.include_router(ingest.router)
     app.include_router(dlq.router)
     app.include_router(keys_api.router)
@@ -225,8 +226,14 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (used by ``esbhub serve`` with several HTTP workers)."""
+    """Factory for ``uvicorn --factory`` (``esbhub serve --http-workers N``): the settings the
+    parent resolved travel as JSON in ``ESBHUBSERVE_SETTINGS``; without it, env / defaults."""
+    import json
     import os
 
-    cfg = os.environ.get("ESBHUBSERVE_CONFIG") or None
-    return create_app(Settings.load(cfg))
+    from esbhub.logging import configure
+
+    raw = os.environ.get("ESBHUBSERVE_SETTINGS")
+    settings = Settings(**json.loads(raw)) if raw else Settings()
+    configure(settings.log_level)
+    return create_app(settings)
