@@ -84,3 +84,81 @@ class FlakyHttpServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a real peer, for fault injection: ``cut()`` kills every
+    open connection (the peer "dies" mid-way, as seen from the client); ``down`` refuses new
+    ones; ``delay`` holds each chunk (a slow peer)."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.down = False
+        self.delay = 0.0
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._lsock = socket.socket()
+        self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._lsock.bind(("127.0.0.1", self.port))
+        self._lsock.listen(64)
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                c, _ = self._lsock.accept()
+            except OSError:
+                return
+            if self.down:
+                c.close()
+                continue
+            try:
+                u = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                c.close()
+                continue
+            with self._lock:
+                self._socks += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._socks if s.fileno() != -1) // 2
+
+    def cut(self) -> None:
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._lsock.close()
+        self.cut()
