@@ -247,7 +247,7 @@ def bench_celery(url: str, n: int) -> Result:
     envs = envelopes(n)
     bodies = [e.to_bytes().decode() for e in envs]
     proc = subprocess.Popen([sys.executable, __file__, "--celery-worker", "--url", url, "--queue", q,
-                             "--expect", str(n), "--out", str(out)])
+                             "--expect", str(n), "--out", str(out)], stdout=subprocess.DEVNULL)
     admin = rabbit_admin(url)
     try:
         def consumers() -> int:
@@ -410,6 +410,8 @@ def main() -> int:
     ap.add_argument("--memory-backlog", type=int, default=100_000, help="messages waiting for the RSS run")
     ap.add_argument("--memory-seconds", type=float, default=10.0)
     ap.add_argument("--skip", default="", help="comma list of a,b,c,d,memory")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="(a), (c), (d) run interleaved this many times; the median round is reported")
     # subprocess modes
     ap.add_argument("--celery-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
@@ -439,30 +441,40 @@ def main() -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results: dict[str, Result] = {}
     print(f"# bus benchmark {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {platform.node()} "
-          f"({os.cpu_count()} CPUs, Python {platform.python_version()}), RabbitMQ at {RabbitBroker(args.url).safe_url}",
+          f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}), "
+          f"RabbitMQ at {RabbitBroker(args.url).safe_url}",
           flush=True)
-    if "a" not in skip:
-        results["a"] = bench_raw_kombu(args.url, args.count, args.prefetch)
-        print(f"a: {results['a'].rate:,.0f} msg/s", flush=True)
+    runs: dict[str, list[Result]] = {"a": [], "c": [], "d": []}
+    embedded_cls: Any = None
+    if "d" not in skip:
+        try:
+            from esbhub.bus.embedded import EmbeddedBroker as embedded_cls
+        except ImportError as exc:
+            results["d"] = Result("(d) esbhub EmbeddedBroker (SQLite WAL)", 0, 0, skipped=f"not available: {exc}")
+    for r in range(args.rounds):
+        if "a" not in skip:
+            runs["a"].append(bench_raw_kombu(args.url, args.count, args.prefetch))
+        if "c" not in skip:
+            runs["c"].append(bench_esbhub(
+                "(c) esbhub RabbitBroker, persistent + confirms", "rabbit", args.url,
+                RabbitBroker(args.url, exchange="esbhub.bench", connection_name="esbhub-bench"),
+                args.count, args.publishers, args.chunk, args.prefetch, args.sink))
+        if "d" not in skip and embedded_cls is not None:
+            eurl = f"sqlite:///{Path(tempfile.mkdtemp()) / 'broker.db'}"
+            runs["d"].append(bench_esbhub("(d) esbhub EmbeddedBroker (SQLite WAL)", "embedded", eurl,
+                                          embedded_cls(eurl), args.count, args.publishers, args.chunk,
+                                          args.prefetch, args.sink))
+        print(f"round {r + 1}: " + ", ".join(f"{k}={v[-1].rate:,.0f} msg/s" for k, v in runs.items() if v),
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
     if "b" not in skip:
         results["b"] = bench_celery(args.url, args.celery_count)
         print(f"b: {results['b'].rate:,.0f} msg/s", flush=True)
-    if "c" not in skip:
-        results["c"] = bench_esbhub("(c) esbhub RabbitBroker, persistent + confirms", "rabbit", args.url,
-                                    RabbitBroker(args.url, exchange="esbhub.bench", connection_name="esbhub-bench"),
-                                    args.count, args.publishers, args.chunk, args.prefetch, args.sink)
-        print(f"c: {results['c'].rate:,.0f} msg/s", flush=True)
-    if "d" not in skip:
-        try:
-            from esbhub.bus.embedded import EmbeddedBroker
-        except ImportError as exc:
-            results["d"] = Result("(d) esbhub EmbeddedBroker (SQLite WAL)", 0, 0, skipped=f"not available: {exc}")
-        else:
-            eurl = f"sqlite:///{Path(tempfile.mkdtemp()) / 'broker.db'}"
-            results["d"] = bench_esbhub("(d) esbhub EmbeddedBroker (SQLite WAL)", "embedded", eurl,
-                                        EmbeddedBroker(eurl), args.count, args.publishers, args.chunk,
-                                        args.prefetch, args.sink)
-            print(f"d: {results['d'].rate:,.0f} msg/s", flush=True)
+    for k, rs in runs.items():
+        if rs:
+            med = sorted(rs, key=lambda x: x.rate)[len(rs) // 2]
+            med.note += f"; median of {len(rs)} rounds: " + " / ".join(f"{x.rate:,.0f}" for x in rs)
+            results[k] = med
+    results = {k: results[k] for k in "abcd" if k in results}
     print()
     print(table(list(results.values())))
     print()
