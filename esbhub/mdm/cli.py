@@ -1,0 +1,209 @@
+"""``esbhub mdm …``: bulk load, re-match, explain a pair, export the xref, train the model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _settings() -> Any:
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj
+    if obj is not None and hasattr(obj, "settings"):
+        return obj.settings
+    from esbhub.config import Settings
+
+    return Settings()
+
+
+def _service() -> Any:
+    from esbhub.mdm.service import service_for
+
+    return service_for(_settings())
+
+
+def _broker() -> Any:
+    from esbhub.bus.broker import create_broker
+
+    s = _settings()
+    b = create_broker(s.effective_broker_url, exchange=s.exchange)
+    b.connect()
+    return b
+
+
+@click.group("mdm")
+def mdm() -> None:
+    """Master data: golden customer records, matching, steward work."""
+
+
+@mdm.command("load")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--system", "default_system", help="source_system for rows that have no such column.")
+@click.option("--sql", "sql_url", help="Load from a SQL table at this SQLAlchemy URL (with --table).")
+@click.option("--table", help="Table name for --sql.")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Records per transaction.")
+@click.option("--via-bus", is_flag=True,
+              help="Publish party.v1 envelopes to the bus for the MDM worker instead of ingesting here.")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="Publish the resulting party.golden.* events to the bus (direct mode).")
+def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str | None, table: str | None,
+             batch: int, via_bus: bool, publish: bool) -> None:
+    """Load CSV / Parquet FILES (or a SQL table) through the MDM pipeline, batched.
+
+    Columns are party.v1 field names (see esbhub.mdm.loader); rows that do not validate are
+    reported with their row number and skipped. Loading the same data again changes nothing.
+    """
+    from esbhub.mdm import loader
+
+    if not files and not sql_url:
+        raise click.UsageError("give FILE… or --sql URL --table NAME")
+    if sql_url and not table:
+        raise click.UsageError("--sql needs --table")
+    sources = [loader.iter_file(f) for f in files]
+    if sql_url:
+        sources.append(loader.iter_sql(sql_url, table or ""))
+
+    def rows() -> Any:
+        for src in sources:
+            yield from src
+
+    try:
+        if via_bus:
+            result = _load_via_bus(rows(), default_system, batch)
+        else:
+            broker = _broker() if publish else None
+            try:
+                result = loader.load(_service(), rows(), default_system=default_system, batch=batch,
+                                     publish=broker.publish_many if broker is not None else None)
+            finally:
+                if broker is not None:
+                    broker.close()
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for e in result["errors"][:50]:
+        click.echo(f"{e['where']}: {e['message']}", err=True)
+    click.echo(json.dumps({k: (len(v) if k == "errors" else v) for k, v in result.items()}, ensure_ascii=False))
+    if result["errors"]:
+        sys.exit(1)
+
+
+def _load_via_bus(rows: Any, default_system: str | None, batch: int) -> dict[str, Any]:
+    from esbhub.bus.envelope import Envelope
+    from esbhub.mdm import loader
+
+    errors: list[loader.RowError] = []
+    broker = _broker()
+    n = 0
+    buf: list[Envelope] = []
+    try:
+        for p in loader.parties(rows, default_system, errors):
+            buf.append(Envelope.create("party.v1", p.model_dump(mode="json", exclude_none=True),
+                                       source=f"mdm-load:{p.source_system}", id=None))
+            n += 1
+            if len(buf) >= batch:
+                broker.publish_many(buf)
+                buf = []
+        if buf:
+            broker.publish_many(buf)
+    finally:
+        broker.close()
+    return {"records": n, "published": n, "errors": [e.__dict__ for e in errors]}
+
+
+@mdm.command("rematch")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="MatchModel JSON to match with (default: the hub's current model).")
+def rematch_cmd(model_path: Path | None) -> None:
+    """Re-run matching over all records and re-cluster (steward decisions and golden ids stand)."""
+    model = None
+    if model_path:
+        from esbhub.mdm.match import MatchModel
+
+        model = MatchModel.model_validate_json(model_path.read_text(encoding="utf-8"))
+    svc = _service()
+    events = svc.rematch(model)
+    broker = _broker()
+    try:
+        svc.publish_pending(broker)
+    finally:
+        broker.close()
+    click.echo(json.dumps({"changed_golden_records": len(events), "events_pending": svc.pending_events()}))
+
+
+@mdm.command("explain")
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def explain_cmd(a: str, b: str, as_json: bool) -> None:
+    """Per-field match evidence for A and B (source keys 'system:id' or golden ids)."""
+    from esbhub.mdm.service import NotFound
+
+    try:
+        r = _service().explain(a, b)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(r, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{r['a']}  vs  {r['b']}")
+    click.echo(f"weight {r['weight']:+.2f}   probability {r['probability']:.4f}   decision {r['decision']}"
+               + (f"   cannot-link: {r['cannot_link']}" if r.get("cannot_link") else ""))
+    click.echo(f"{'field':<14}{'level':<20}{'weight':>8}   a | b")
+    for e in r["evidence"]:
+        click.echo(f"{e['field']:<14}{e['level']:<20}{e['weight']:>+8.2f}   {e.get('a')} | {e.get('b')}")
+
+
+@mdm.command("export-xref")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="CSV file (default: stdout).")
+def export_xref_cmd(out: Path | None) -> None:
+    """Every source key with its golden id, as CSV."""
+    fh = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout  # noqa: SIM115
+    try:
+        w = csv.DictWriter(fh, fieldnames=["source_system", "source_id", "golden_id", "version", "deleted"])
+        w.writeheader()
+        for row in _service().export_xref():
+            w.writerow(row)
+    finally:
+        if out:
+            fh.close()
+
+
+@mdm.command("train")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the model [DATA_DIR/mdm_model.json, which the hub uses].")
+@click.option("--max-records", default=200_000, show_default=True, type=click.IntRange(10),
+              help="Train on at most this many current source records.")
+def train_cmd(out: Path | None, max_records: int) -> None:
+    """Learn m/u by EM from the stored records (no labels); refine with steward decisions if any."""
+    import sqlalchemy as sa
+
+    from esbhub.mdm import match
+    from esbhub.mdm.standardize import StdParty
+    from esbhub.mdm.store import Constraint, Xref
+
+    svc = _service()
+    with svc.Session() as s:
+        rows = s.execute(sa.select(Xref.source_system, Xref.source_id, Xref.std)
+                         .where(Xref.deleted.is_(False)).limit(max_records)).all()
+        stds = {f"{a}:{b}": StdParty.model_validate(d) for a, b, d in rows}
+        labels = [
+            (stds[c.a_key], stds[c.b_key], c.kind == "must")
+            for c in s.execute(sa.select(Constraint).where(Constraint.active.is_(True))).scalars()
+            if c.a_key in stds and c.b_key in stds
+        ]
+    if len(stds) < 10:
+        raise click.ClickException(f"only {len(stds)} records stored: load data first")
+    model = match.train_em(list(stds.values()))
+    if labels:
+        model = match.refine_with_labels(model, labels)
+    path = out or Path(_settings().data_dir) / "mdm_model.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(model.model_dump_json(indent=2), encoding="utf-8")
+    click.echo(json.dumps({"records": len(stds), "labels": len(labels), "model": str(path),
+                           "next": "esbhub mdm rematch"}))
