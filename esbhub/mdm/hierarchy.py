@@ -92,6 +92,11 @@ def index_entries(x: Xref) -> list[tuple[str, str]]:
     return [(k, v[:300]) for k, v in out]
 
 
+def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
+    """``name_norm`` is the head office a branch names (exactly, or with the legal form the branch left out)."""
+    return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
+
+
 def _goldens_of(s: Session, where: Any) -> dict[str, list[Xref]]:
     out: dict[str, list[Xref]] = {}
     for x in s.execute(sa.select(Xref).where(where)).scalars():
@@ -117,6 +122,19 @@ def _xrefs_for_keys(s: Session, keys: list[tuple[str, str]]) -> list[Xref]:
     return out
 
 
+def _name_parents(s: Session, branch: Xref) -> set[str]:
+    """Golden ids of non-branch records a branch record names as its head office."""
+    std = branch.std or {}
+    ho = std.get("head_office_name_norm")
+    if not ho or not std.get("core_name"):
+        return set()
+    return {
+        y.golden_id
+        for y in s.execute(sa.select(Xref).where(Xref.core_name == std["core_name"])).scalars()
+        if y.golden_id != branch.golden_id and not (y.std or {}).get("branch") and _heads(ho, y.name_norm)
+    }
+
+
 def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple[str, str, str, dict[str, Any]]]:
     """Edges (parent, child, kind, evidence) in which ``golden_id`` takes part, either side."""
     edges: list[tuple[str, str, str, dict[str, Any]]] = []
@@ -124,10 +142,14 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple
     stds = [x.std or {} for x in live]
     is_branch = any(d.get("branch") for d in stds)
     is_group = any(d.get("is_group") for d in stds)
+    cores = sorted({d.get("core_name") for d in stds if d.get("core_name")})
     # as a child -----------------------------------------------------------
     if is_branch:
         ho_names = sorted({d["head_office_name_norm"] for d in stds if d.get("head_office_name_norm")})
-        parents = {x.golden_id for x in s.execute(sa.select(Xref).where(Xref.name_norm.in_(ho_names))).scalars()} - {golden_id}
+        parents: set[str] = set()
+        for x in live:
+            if (x.std or {}).get("branch"):
+                parents |= _name_parents(s, x) - {golden_id}
         for p in sorted(parents):
             edges.append((p, golden_id, "branch", {"rule": "branch_suffix", "head_office_name_norm": ho_names}))
         if not parents:
@@ -149,7 +171,6 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple
             px = s.get(Xref, (x.source_system, parent))
             if px is not None and px.golden_id != golden_id:
                 edges.append((px.golden_id, golden_id, "parent", {"source": source_key(x.source_system, parent)}))
-    cores = sorted({d.get("core_name") for d in stds if d.get("core_name")})
     if not is_group and not is_branch and cores:
         for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items():
             if gid != golden_id and any((y.std or {}).get("is_group") for y in xs):
@@ -157,14 +178,17 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple
     # as a parent ----------------------------------------------------------
     names = sorted({d.get("name_norm") for d in stds if d.get("name_norm")})
     if not is_branch:
-        for x in _xrefs_for_keys(s, _index_keys(s, "ho_name", names)):
-            if x.golden_id != golden_id:
-                edges.append((golden_id, x.golden_id, "branch", {"rule": "branch_suffix", "head_office_name_norm": names}))
+        for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items() if cores else []:
+            for y in xs:
+                ys = y.std or {}
+                if gid != golden_id and ys.get("branch") and any(_heads(ys.get("head_office_name_norm"), n) for n in names):
+                    edges.append((golden_id, gid, "branch", {"rule": "branch_suffix",
+                                                             "head_office_name_norm": [ys.get("head_office_name_norm")]}))
         usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
         if usccs:
             for x in s.execute(sa.select(Xref).where(Xref.uscc.in_(usccs))).scalars():
                 std = x.std or {}
-                if x.golden_id != golden_id and std.get("branch") and std.get("head_office_name_norm") not in names:
+                if x.golden_id != golden_id and std.get("branch") and not _name_parents(s, x):
                     edges.append((golden_id, x.golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
     bas = sorted({x.billing_account for x in live if x.billing_account})
     for x in _xrefs_for_keys(s, _index_keys(s, "parent_ba", bas)):

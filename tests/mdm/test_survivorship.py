@@ -1,0 +1,80 @@
+"""Per-attribute survivorship rules and lineage (pure functions)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+from esbhub.mdm.survivorship import AttributeRule, Member, SurvivorshipConfig, survive, values
+
+
+def m(system: str, sid: str, *, day: int = 1, deleted: bool = False, std: dict | None = None, **raw) -> Member:
+    raw.setdefault("name", "X")
+    return Member(key=f"{system}:{sid}", system=system, source_id=sid, raw=raw, std=std or {},
+                  updated_at=datetime(2026, 1, day, tzinfo=UTC), deleted=deleted)
+
+
+def test_billing_is_trusted_for_billing_account_and_crm_for_account_manager():
+    out = survive([
+        m("crm", "1", day=9, attributes={"billing_account": "CRM-COPY", "account_manager": "王经理"}),
+        m("billing", "A", day=1, attributes={"billing_account": "BA1", "account_manager": "系统"}),
+    ])
+    assert out["billing_account"]["value"] == "BA1"
+    assert out["billing_account"]["lineage"] | {} == {"source_system": "billing", "source_id": "A", "rule": "trust",
+                                                       "source_updated_at": "2026-01-01T00:00:00+00:00"}
+    assert out["account_manager"]["value"] == "王经理" and out["account_manager"]["lineage"]["rule"] == "trust"
+
+
+def test_a_uscc_that_passes_its_check_beats_a_more_frequent_one_that_fails():
+    out = survive([
+        m("crm", "1", std={"uscc": "91440300MA5FAKE001", "uscc_valid": False}),
+        m("res", "2", std={"uscc": "91440300MA5FAKE001", "uscc_valid": False}),
+        m("bank", "3", std={"uscc": "91440300MA5GOOD002", "uscc_valid": True}),
+    ])
+    assert out["uscc"]["value"] == "91440300MA5GOOD002" and out["uscc"]["lineage"]["rule"] == "valid"
+
+
+def test_recency_decides_status_and_frequency_decides_among_equally_trusted_names():
+    out = survive([m("crm", "1", day=1, status="active"), m("crm", "2", day=5, status="suspended")])
+    assert out["status"]["value"] == "suspended" and out["status"]["lineage"]["rule"] == "recency"
+    cfg = SurvivorshipConfig(attributes={"name": AttributeRule(rules=["frequency", "recency"])})
+    out = survive([m("a", "1", name="华信", day=9), m("b", "2", name="华信科技"), m("c", "3", name="华信科技")], cfg)
+    assert out["name"]["value"] == "华信科技" and out["name"]["lineage"]["rule"] == "frequency"
+
+
+def test_completeness_prefers_the_fuller_address():
+    cfg = SurvivorshipConfig(attributes={"address": AttributeRule(rules=["completeness"])})
+    out = survive([m("crm", "1", addresses=[{"text": "深圳南山"}]),
+                   m("res", "2", addresses=[{"text": "广东省深圳市南山区科技园路1号"}])], cfg)
+    assert out["address"]["value"] == "广东省深圳市南山区科技园路1号" and out["address"]["lineage"]["rule"] == "completeness"
+
+
+def test_a_steward_override_wins_and_says_so():
+    out = survive([m("billing", "A", attributes={"industry": "制造"})], overrides={"industry": "金融"})
+    assert out["industry"] == {"value": "金融", "lineage": {"source_system": "steward", "source_id": None,
+                                                           "rule": "override"}}
+
+
+def test_lists_are_the_union_with_lineage_per_item_and_deleted_records_lose_their_say():
+    out = survive([
+        m("crm", "1", std={"phones": ["+8675588886666"]}),
+        m("res", "2", std={"phones": ["+8675588886666", "+8620333344445"]}),
+        m("bank", "3", deleted=True, std={"phones": ["+8610999999999"]}),
+    ])
+    assert out["phones"]["value"] == ["+8675588886666", "+8620333344445"]
+    first = out["phones"]["lineage"][0]
+    assert (first["source_system"], first["rule"], first["also"]) == ("crm", "union", ["res:2"])
+
+
+def test_every_value_has_lineage_and_the_outcome_does_not_depend_on_member_order():
+    members = [
+        m("crm", "1", day=3, name="华信科技有限公司", status="active", attributes={"industry": "IT", "extra": {"seg": "A"}}),
+        m("billing", "A", day=2, name="华信科技(深圳)有限公司", attributes={"billing_account": "B", "monthly_revenue": "9"}),
+        m("res", "R", day=3, name="华信科技有限公司", attributes={"circuit_ids": ["C1"], "extra": {"seg": "B"}}),
+    ]
+    outs = [survive(list(p)) for p in itertools.permutations(members)]
+    assert all(o == outs[0] for o in outs)
+    for attr, v in outs[0].items():
+        for lin in v["lineage"] if isinstance(v["lineage"], list) else [v["lineage"]]:
+            assert lin["source_system"] in {"crm", "billing", "res"} and lin["rule"], attr
+    assert values(outs[0])["extra.seg"] in {"A", "B"}
