@@ -141,3 +141,37 @@ def test_serve_starts_prints_url_and_admin_key_once_and_accepts_a_message(served
     p2, _url2, out2 = served()  # second start: the key is not shown again
     assert key not in out2.read_text() and "admin.key" in out2.read_text()
     assert _stop(p2) == 0
+
+
+def test_dlq_commands_list_show_edit_replay_discard(tmp_path, unique):
+    from esbhub.bus.broker import create_broker
+    from esbhub.bus.envelope import Envelope
+    from esbhub.bus.store import BusStore
+    from esbhub.errors import ErrorInfo, PermanentError
+
+    data = tmp_path / "var"
+    assert run("db", "upgrade", data_dir=data).exit_code == 0
+    store = BusStore(f"sqlite:///{data / 'hub.db'}")
+    broker = create_broker(f"sqlite:///{data / 'broker.db'}")
+    broker.connect()
+    broker.declare_queue(f"route.{unique}", [])  # as the worker of that route would
+    ids = [store.dead_letter(Envelope.create("payment.v1", {**PAYMENT, "payment_id": f"TX-{i}"}, source="bank"),
+                             unique, ErrorInfo.from_exception(PermanentError("no such bank")), attempts=2)
+           for i in range(3)]
+    listed = run("dlq", "list", "--subscription", unique, data_dir=data)
+    assert listed.exit_code == 0 and all(i in listed.output for i in ids) and "no such bank" in listed.output
+    shown = json.loads(run("dlq", "show", ids[0], data_dir=data).output)
+    assert shown["envelope"]["payload"]["payment_id"] == "TX-0"
+    bad = run("dlq", "edit", ids[0], "-", data_dir=data, input=json.dumps({**PAYMENT, "amount": "x"}))
+    assert bad.exit_code != 0 and "payload.amount" in bad.output
+    assert run("dlq", "edit", ids[0], "-", data_dir=data, input=json.dumps({**PAYMENT, "payment_id": "FIXED"})).exit_code == 0
+    assert "replayed 1" in run("dlq", "replay", ids[0], data_dir=data).output
+    assert "discarded 1" in run("dlq", "discard", ids[1], "--reason", "dup", data_dir=data).output
+    assert "replayed 1" in run("dlq", "replay", "--all-matching", "--subscription", unique, "--rate", "100",
+                               data_dir=data).output
+    assert run("dlq", "replay", data_dir=data).exit_code == 2  # neither ids nor --all-matching
+    assert broker.queue_depth(f"route.{unique}") == 2
+    first = broker.get(f"route.{unique}", timeout=1)
+    assert first.envelope.payload["payment_id"] == "FIXED"
+    broker.close()
+    store.close()

@@ -139,6 +139,13 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+def _connect(broker: Any) -> None:
+    try:
+        broker.connect()
+    except Exception as exc:  # noqa: BLE001 — not fatal: /readyz says so, ingest answers 503 until it is back
+        log.error("broker_connect_failed", error_type=type(exc).__name__, error=str(exc))
+
+
 def _build_hub(settings: Settings, broker: Any, store: Any, keys: Any, requester_factory: Any) -> Hub:
     if broker is None:
         from esbhub.bus.broker import create_broker
@@ -169,12 +176,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            hub.broker.connect()
-        except Exception as exc:  # noqa: BLE001 — not fatal: /readyz says so, ingest answers 503 until it is back
-            log.error("broker_connect_failed", error_type=type(exc).__name__, error=str(exc))
+        # Connect in the background: a broker that is down must not keep the API from
+        # starting — /readyz says so and ingest answers 503 until publishes succeed again.
+        threading.Thread(target=_connect, args=(hub.broker,), name="broker-connect", daemon=True).start()
         await hub.batcher.start()
-        log.info("api_started", broker=hub.broker.health().get("backend") if hasattr(hub.broker, "health") else None)
+        log.info("api_started", broker=type(hub.broker).__name__)
         try:
             yield
         finally:
