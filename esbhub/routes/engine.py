@@ -20,7 +20,7 @@ from esbhub.bus.envelope import Envelope
 from esbhub.errors import PermanentError
 from esbhub.routes import models as m
 from esbhub.routes.expressions import compile_expr, evaluate
-from esbhub.routes.steps import Aggregate, Compiled, Deps, Msg, compile_steps, derive_id
+from esbhub.routes.steps import Aggregate, Compiled, Deps, Msg, compile_steps, copy_json, derive_id
 
 ROUTE_HEADER = "esbhub-route"
 RESUME_HEADER = "esbhub-resume-step"
@@ -98,24 +98,26 @@ class Run:
             prev = self._branch.get(id(step))
             self._branch[id(step)] = label if prev is None else f"{prev}, {label}"
 
-    def envelope_for(self, msg: Msg, sink_label: str) -> Envelope:
+    def envelope_for(self, msg: Msg, sink_label: str, *, copy: bool = False) -> Envelope:
         k = (msg.view["id"], sink_label)
         n = self._sent[k]
         self._sent[k] = n + 1
-        return msg.to_envelope(
-            id=derive_id(msg.view["id"], self.route_name, sink_label, n),
-            headers={ROUTE_HEADER: self.route.tag},
-        ).model_copy(update={"causation_id": msg.view["id"]})
+        env = msg.to_envelope(id=derive_id(msg.view["id"], self.route_name, sink_label, n), headers={ROUTE_HEADER: self.route.tag})
+        upd: dict[str, Any] = {"causation_id": msg.view["id"]}
+        if copy:  # a copy taken mid-route (wire tap, recipient list): later steps must not change it
+            upd["payload"] = copy_json(env.payload)
+            upd["headers"] = dict(env.headers)
+        return env.model_copy(update=upd)
 
-    def send(self, msg: Msg, sink: m.SinkSpec) -> Envelope:
-        env = self.envelope_for(msg, sink.label)
+    def send(self, msg: Msg, sink: m.SinkSpec, *, copy: bool = True) -> Envelope:
+        env = self.envelope_for(msg, sink.label, copy=copy)
         self.result.outputs.append(Output(sink, env))
         return env
 
     def send_all(self, msgs: list[Msg], sinks: list[m.SinkSpec]) -> None:
         for msg in msgs:
             for s in sinks:
-                self.send(msg, s)
+                self.send(msg, s, copy=False)
 
     def defer(self, msg: Msg, step: int, delay: float) -> None:
         env = msg.to_envelope(

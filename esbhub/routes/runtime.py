@@ -187,6 +187,7 @@ class RouteRuntime:
         self._reply: Any = None
         self.deps = Deps(aggregates=self.aggregates, call=self._call, inline_delays=False)
         self.on_swap: list[Callable[[str, int], None]] = []
+        self.refused: list[ErrorDetail] = []  # errors of the last refused file change (watcher)
 
     # ------------------------------------------------------------ building
     def sync_files(self) -> ApplyResult | None:
@@ -220,7 +221,8 @@ class RouteRuntime:
         topics = r.from_.topics
         if r.ordering_key is None:
             return [Subscription(r.name, topics, RouteHandler(self, cr), retry=retry, concurrency=r.concurrency)]
-        subs = [Subscription(r.name, topics, Partitioner(self, r.name), retry=retry, concurrency=r.concurrency)]
+        # one forwarding thread keeps arrival order; parallelism comes from the partitions
+        subs = [Subscription(r.name, topics, Partitioner(self, r.name), retry=retry, concurrency=1)]
         for k in range(r.partitions):
             subs.append(Subscription(partition_name(r.name, k), [], RouteHandler(self, cr), retry=retry, prefetch=1, concurrency=1))
         return subs
@@ -349,6 +351,7 @@ class RouteRuntime:
         self._threads = [threading.Thread(target=self._poll_loop, name="routes-poll", daemon=True),
                          threading.Thread(target=self._sweep_loop, name="routes-sweep", daemon=True)]
         if self.watch and self.settings.routes_dir and Path(self.settings.routes_dir).exists():
+            self._watch_seen = self._snapshot()  # taken now, so a change right after start() is not missed
             self._threads.append(threading.Thread(target=self._watch_loop, name="routes-watch", daemon=True))
         for t in self._threads:
             t.start()
@@ -393,13 +396,39 @@ class RouteRuntime:
             except Exception as exc:  # noqa: BLE001 - retried next round; groups stay open meanwhile
                 log.warning("aggregate_sweep_failed", error_type=type(exc).__name__, error=str(exc)[:300])
 
+    def _snapshot(self) -> dict[str, tuple[float, int]]:
+        from esbhub.routes.loader import route_files, tests_file_for
+
+        out: dict[str, tuple[float, int]] = {}
+        for f in route_files([self.settings.routes_dir]):
+            for p in (f, tests_file_for(f)):
+                if p is not None:
+                    try:
+                        st = p.stat()
+                        out[str(p)] = (st.st_mtime, st.st_size)
+                    except OSError:
+                        continue
+        return out
+
     def _watch_loop(self) -> None:
+        """watchfiles events, plus a cheap mtime snapshot on each 1 s timeout so an event missed
+        (e.g. before the watcher registered) is still picked up."""
         from watchfiles import watch
 
         d = str(self.settings.routes_dir)
-        for _changes in watch(d, stop_event=self._stop, debounce=300, rust_timeout=1000, yield_on_timeout=False):
-            r = self.sync_files()
+        seen = getattr(self, "_watch_seen", None) or self._snapshot()
+        for changes in watch(d, stop_event=self._stop, debounce=200, rust_timeout=1000, yield_on_timeout=True):
+            snap = self._snapshot()
+            if not changes and snap == seen:
+                continue
+            seen = snap
+            try:
+                r = self.sync_files()
+            except Exception as exc:  # noqa: BLE001 - the watcher must survive a store hiccup
+                log.warning("route_file_sync_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+                continue
             if r is not None and r.errors:
+                self.refused = list(r.errors)
                 log.warning("route_file_change_refused", errors=[str(e) for e in r.errors[:10]])
 
     def _start_sources(self) -> None:

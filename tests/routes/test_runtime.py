@@ -1,0 +1,264 @@
+"""Routes on the real bus runtime (Worker + embedded broker): delivery, hot reload under load,
+refused reloads, pause/resume, aggregation across a worker restart, ordering, file watching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esbhub.bus.broker import create_broker
+from esbhub.bus.envelope import Envelope
+from esbhub.bus.store import BusStore
+from esbhub.bus.worker import Worker
+from esbhub.config import Settings
+from esbhub.db import upgrade
+from esbhub.routes.adapters import memory_sink
+from esbhub.routes.runtime import RouteRuntime, apply_text
+from esbhub.routes.store import RouteStore
+
+
+def wait_until(cond: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    broker: Any
+    bus_store: BusStore
+    routes: RouteStore
+    unique: str
+    runtimes: list[RouteRuntime]
+    workers: list[Worker]
+
+    def start(self) -> RouteRuntime:
+        rt = RouteRuntime(self.settings, self.broker, self.bus_store, route_store=self.routes, poll_interval=0.05,
+                          sweep_interval=0.05, watch=bool(self.settings.routes_dir))
+        subs = rt.load()
+        w = Worker(self.broker, self.bus_store, subs, self.settings)
+        rt.attach(w)
+        w.start()
+        self.runtimes.append(rt)
+        self.workers.append(w)
+        return rt
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop(5)
+        for rt in self.runtimes:
+            rt.stop()
+        self.workers.clear()
+        self.runtimes.clear()
+
+    def apply(self, text: str) -> Any:
+        r = apply_text(self.routes, text, author="test")
+        return r
+
+    def publish(self, envs: list[Envelope]) -> None:
+        self.broker.publish_many(envs, timeout=10)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, unique: str) -> Iterator[Hub]:
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(url)
+    settings = Settings(data_dir=tmp_path / "var", database_url=url, broker_url=f"sqlite:///{tmp_path / 'broker.db'}",
+                        exchange=unique, publish_timeout=10)
+    broker = create_broker(settings.broker_url, exchange=unique)
+    broker.connect()
+    bus_store = BusStore(url, flush_interval=0.02)
+    h = Hub(settings, broker, bus_store, RouteStore(url), unique, [], [])
+    yield h
+    h.stop()
+    bus_store.close()
+    broker.close()
+
+
+def route_yaml(name: str, sink: str, *, topic: str = "party.v1", rev: int = 0, extra_steps: str = "", extra: str = "") -> str:
+    return f"""\
+name: {name}
+from: {{topic: {topic}}}
+steps:
+  - type: map
+    values: {{headers.rev: "{rev}"}}
+{extra_steps}to:
+  - adapter: memory
+    name: sink
+    config: {{name: {sink}}}
+on_error:
+  retry: {{max_attempts: 2, initial_delay: 0.05, jitter: 0}}
+{extra}"""
+
+
+def msg(i: int, **kw: Any) -> Envelope:
+    return Envelope.create("party.v1", {"i": i, **kw}, source="test")
+
+
+def test_route_runs_on_the_worker_and_outputs_carry_the_version(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("r1", sink)).ok
+    hub.start()
+    hub.publish([msg(i) for i in range(20)])
+    got = wait_until(lambda: len(memory_sink(sink)) == 20 and memory_sink(sink), what="20 messages")
+    assert {e.headers["esbhub-route"] for e in got} == {"r1@v1"}
+    assert sorted(e.payload["i"] for e in got) == list(range(20))
+
+
+def test_reload_under_load_loses_nothing_duplicates_nothing_one_version_per_message(hub: Hub):
+    """≈1,000 msg/s while the route changes 20 times; an invalid change in the middle is refused."""
+    sink, name, total = hub.unique, "hot", 4000
+    assert hub.apply(route_yaml(name, sink, rev=1)).ok
+    rt = hub.start()
+    swaps: list[tuple[str, int]] = []
+    rt.on_swap.append(lambda n, v: swaps.append((n, v)))
+    stop = threading.Event()
+
+    def produce() -> None:
+        sent, t0 = 0, time.monotonic()
+        while sent < total and not stop.is_set():
+            hub.publish([msg(sent + k) for k in range(50)])
+            sent += 50
+            ahead = sent / 1000.0 - (time.monotonic() - t0)  # pace to ≈1,000 msg/s
+            if ahead > 0:
+                time.sleep(ahead)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    refused = None
+    try:
+        for rev in range(2, 22):  # 20 changes
+            wait_until(lambda rev=rev: len(memory_sink(sink)) >= (rev - 1) * total // 24, timeout=30, what="traffic to flow")
+            assert hub.apply(route_yaml(name, sink, rev=rev)).ok
+            wait_until(lambda rev=rev: rt.current[name].version == rev, what=f"swap to v{rev}")
+            if rev == 10:
+                before = len(memory_sink(sink))
+                refused = hub.apply(route_yaml(name, sink, rev=99).replace("type: map", "type: mapp"))
+                assert not refused.ok and refused.errors[0].hint == "did you mean 'map'?"
+                wait_until(lambda before=before: len(memory_sink(sink)) > before + 50, what="traffic after refused reload")
+                assert rt.current[name].version == 10
+    finally:
+        producer.join(60)
+        stop.set()
+    got = wait_until(lambda: len(memory_sink(sink)) >= total and memory_sink(sink), timeout=60, what="all messages")
+    ids = [e.payload["i"] for e in got]
+    assert len(ids) == total and sorted(ids) == list(range(total))  # nothing lost, nothing duplicated
+    versions = [int(e.headers["esbhub-route"].rsplit("@v", 1)[1]) for e in got]
+    assert all(int(e.headers["rev"]) == v for e, v in zip(got, versions, strict=True))  # whole message on one version
+    assert versions == sorted(versions)  # one consumer: a message never runs on an older version than the one before
+    assert len(set(versions)) == 21 and max(versions) == 21 and 99 not in {int(e.headers["rev"]) for e in got}
+    assert [v for _, v in swaps] == list(range(2, 22))
+    assert [v["version"] for v in hub.routes.versions(name)] == list(range(1, 22))
+
+
+def test_every_worker_polls_the_store_and_swaps_to_a_new_version(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("multi", sink, rev=1)).ok
+    a, b = hub.start(), hub.start()  # two workers sharing the route's queue (competing consumers)
+    assert hub.apply(route_yaml("multi", sink, rev=2)).ok
+    wait_until(lambda: a.current["multi"].version == b.current["multi"].version == 2, what="both workers swapped")
+    hub.publish([msg(i) for i in range(40)])
+    got = wait_until(lambda: len(memory_sink(sink)) == 40 and memory_sink(sink), what="40 messages")
+    assert {e.headers["rev"] for e in got} == {"2"} and sorted(e.payload["i"] for e in got) == list(range(40))
+
+
+def test_choice_without_match_is_dead_lettered_with_its_reason(hub: Hub):
+    sink = hub.unique
+    steps = "  - type: choice\n    when:\n      - if: \"payload.i > `100`\"\n        steps: []\n"
+    assert hub.apply(route_yaml("dl", sink, extra_steps=steps)).ok
+    hub.start()
+    hub.publish([msg(1), msg(500)])
+    wait_until(lambda: len(memory_sink(sink)) == 1, what="matching message")
+    rows = wait_until(lambda: hub.bus_store.dlq_list(subscription="dl"), what="dead letter")
+    assert rows[0]["error"]["type"] == "NoRouteMatched" and "matched no branch" in rows[0]["error"]["message"]
+
+
+def test_pause_holds_messages_in_the_queue_and_resume_delivers_them(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("pz", sink)).ok
+    rt = hub.start()
+    hub.routes.set_paused("pz", True, by="test")
+    wait_until(lambda: "pz" in rt.paused, what="pause noticed")
+    hub.publish([msg(i) for i in range(10)])
+    wait_until(lambda: hub.broker.queue_depth("route.pz") == 10, what="messages waiting")
+    assert memory_sink(sink) == []
+    hub.routes.set_paused("pz", False, by="test")
+    wait_until(lambda: len(memory_sink(sink)) == 10, what="delivery after resume")
+
+
+def test_aggregate_completes_by_timeout_after_a_worker_restart(hub: Hub):
+    sink = hub.unique
+    steps = "  - type: aggregate\n    correlation: payload.k\n    size: 10\n    timeout: 0.5\n"
+    assert hub.apply(route_yaml("agg", sink, extra_steps=steps)).ok
+    hub.start()
+    for rt in hub.runtimes:
+        rt.sweep_interval = 3600  # the first worker never sweeps: it "dies" first
+    hub.publish([msg(1, k="A"), msg(2, k="A")])
+    wait_until(lambda: len(hub.runtimes[0].aggregates.open_groups("agg", 1)) == 1
+               and len(hub.runtimes[0].aggregates.open_groups("agg", 1)[0].members) == 2, what="members stored")
+    wait_until(lambda: hub.bus_store.counts().get("in_flight", 0) == 0, what="inputs acked")
+    hub.stop()  # worker restart: nothing in memory survives
+    assert memory_sink(sink) == []
+    hub.start()
+    got = wait_until(lambda: memory_sink(sink), what="aggregate emitted after restart")
+    assert len(got) == 1 and [x["i"] for x in got[0].payload["items"]] == [1, 2] and got[0].payload["key"] == "A"
+    wait_until(lambda: hub.runtimes[0].aggregates.open_groups("agg", 1) == [], what="group marked completed")  # publish, then mark
+
+
+def test_ordering_key_keeps_each_keys_messages_in_order(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("ord", sink, extra="ordering_key: payload.k\npartitions: 3\nconcurrency: 2\n")).ok
+    hub.start()
+    envs = [msg(i, k=f"K{i % 5}") for i in range(100)]
+    hub.publish(envs)
+    got = wait_until(lambda: len(memory_sink(sink)) == 100 and memory_sink(sink), what="all ordered messages")
+    for k in range(5):
+        seq = [e.payload["i"] for e in got if e.payload["k"] == f"K{k}"]
+        assert seq == sorted(seq) and len(seq) == 20
+
+
+def test_idempotency_key_drops_a_second_message_with_the_same_business_key(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("idem", sink, extra="idempotency_key: payload.order\n")).ok
+    hub.start()
+    hub.publish([msg(1, order="O1"), msg(2, order="O1"), msg(3, order="O2")])
+    wait_until(lambda: hub.bus_store.counts().get("in_flight", 1) == 0 and len(memory_sink(sink)) >= 2, what="processed")
+    wait_until(lambda: sum(1 for _ in hub.bus_store.dlq_list()) == 0 and hub.broker.queue_depth("route.idem") == 0, what="drained")
+    assert sorted(e.payload["order"] for e in memory_sink(sink)) == ["O1", "O2"]
+
+
+def test_file_watcher_applies_a_valid_change_and_refuses_an_invalid_one(hub: Hub, tmp_path: Path):
+    d = tmp_path / "routes"
+    d.mkdir()
+    f = d / "w.yaml"
+    sink = hub.unique
+    f.write_text(route_yaml("w", sink, rev=1))
+    hub.settings.routes_dir = d
+    rt = RouteRuntime(hub.settings, hub.broker, hub.bus_store, route_store=hub.routes, poll_interval=0.05, watch=True)
+    rt.sync_files()
+    w = Worker(hub.broker, hub.bus_store, rt.load(), hub.settings)
+    rt.attach(w)
+    w.start()
+    hub.runtimes.append(rt)
+    hub.workers.append(w)
+    wait_until(lambda: any(t.name == "routes-watch" and t.is_alive() for t in threading.enumerate()), what="watcher")
+    f.write_text(route_yaml("w", sink, rev=2))
+    wait_until(lambda: rt.current["w"].version == 2, what="file change applied")
+    f.write_text(route_yaml("w", sink, rev=3).replace("values:", "valuez:"))
+    errs = wait_until(lambda: rt.refused, what="invalid change refused")
+    assert errs[0].loc == "steps[0].valuez" and errs[0].line == 5 and errs[0].hint == "did you mean 'values'?"
+    hub.publish([msg(1)])
+    got = wait_until(lambda: memory_sink(sink), what="message on v2")
+    assert got[0].headers["rev"] == "2" and [v["version"] for v in hub.routes.versions("w")] == [1, 2]
