@@ -30,6 +30,7 @@ no route row yet → ``accepted`` (queued, counted as in flight); any ``in_fligh
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -46,6 +47,9 @@ from esbhub.db import Base, engine_for
 from esbhub.errors import ErrorInfo
 from esbhub.logging import get_logger
 from esbhub.monitoring import metrics
+
+_SEEN_SQL_QMARK = "SELECT 1 FROM bus_processed WHERE subscription = ? AND message_id = ?"
+_SEEN_SQL_FORMAT = "SELECT 1 FROM bus_processed WHERE subscription = %s AND message_id = %s"
 
 STATES = ("in_flight", "delivered", "retrying", "dead_lettered", "filtered")
 DLQ_STATUSES = ("dead", "replayed", "discarded")
@@ -188,6 +192,9 @@ class BusStore:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._flush_lock = threading.Lock()
+        self._listeners: list[Any] = []
+        self._fast_pool: list[Any] = []  # idle DBAPI connections for seen(); list.pop/append are atomic
+        self._fast_disabled = False
 
     # ------------------------------------------------------------------ flusher
     def _ensure_flusher(self) -> None:
@@ -242,6 +249,11 @@ class BusStore:
                 self._committed = gen
                 self._failed.pop(gen, None)
                 self._cv.notify_all()
+            for fn in list(self._listeners):
+                try:
+                    fn(gen)
+                except Exception as exc:  # noqa: BLE001 - a listener must not stop the flusher
+                    log.error("commit_listener_failed", error_type=type(exc).__name__, error=str(exc)[:300])
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -276,6 +288,10 @@ class BusStore:
             rows = [{"subscription": s, "message_id": m, "processed_at": t} for (s, m), t in marks.items()]
             conn.execute(self._insert(P).on_conflict_do_nothing(index_elements=["subscription", "message_id"]), rows)
 
+    def _write_now(self, states: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            self._write(conn, [], states, {})
+
     def flush(self) -> None:
         """Write everything buffered now (synchronously)."""
         self._flush_once()
@@ -290,6 +306,27 @@ class BusStore:
             t.join(timeout=self.commit_timeout)
         self._thread = None
         self._flush_once()
+        while self._fast_pool:
+            with contextlib.suppress(Exception):
+                self._fast_pool.pop().close()
+
+    def add_commit_listener(self, fn: Any) -> None:
+        """Call ``fn(generation)`` (on the flushing thread) after each committed flush."""
+        self._listeners.append(fn)
+
+    def remove_commit_listener(self, fn: Any) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    @property
+    def committed_generation(self) -> int:
+        """Every write buffered in a generation ≤ this one is committed."""
+        return self._committed
+
+    def wait_committed(self, gen: int) -> None:
+        """Block until generation ``gen`` is committed (asks the flusher to flush now)."""
+        self._ensure_flusher()
+        self._wait_committed(gen)
 
     def _wait_committed(self, gen: int) -> None:
         deadline = time.monotonic() + self.commit_timeout
@@ -437,18 +474,64 @@ class BusStore:
         with self._cv:
             if key in self._marks:
                 return True
-        with self.engine.connect() as conn:
-            hit = conn.execute(
-                sa.select(P.c.message_id).where(P.c.subscription == subscription, P.c.message_id == message_id)
-            ).first()
-        if hit is not None:
+        hit = self._seen_fast(subscription, message_id)
+        if hit is None:  # no fast path for this database: through the pool
+            with self.engine.connect() as conn:
+                hit = conn.execute(
+                    sa.select(P.c.message_id).where(P.c.subscription == subscription, P.c.message_id == message_id)
+                ).first() is not None
+        if hit:
             self._lru.add(key)
             return True
         return False
 
-    def mark_processed(self, subscription: str, message_id: str, *, wait: bool = True) -> None:
+    def _seen_fast(self, subscription: str, message_id: str) -> bool | None:
+        """The dedup lookup on a pooled autocommit DBAPI connection: no SQLAlchemy pool
+        checkout or transaction round trips (it runs for every delivery). None: no fast path."""
+        if self._fast_disabled:
+            return None
+        try:
+            conn = self._fast_pool.pop()
+        except IndexError:
+            conn = self._open_fast()
+            if conn is None:
+                self._fast_disabled = True
+                return None
+        try:
+            if self.dialect == "sqlite":
+                row = conn.execute(_SEEN_SQL_QMARK, (subscription, message_id)).fetchone()
+            else:
+                with conn.cursor() as cur:
+                    cur.execute(_SEEN_SQL_FORMAT, (subscription, message_id), prepare=True)
+                    row = cur.fetchone()
+        except Exception:  # noqa: BLE001 - drop the connection; the next call opens another
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        self._fast_pool.append(conn)
+        return row is not None
+
+    def _open_fast(self) -> Any:
+        url = self.engine.url
+        if self.dialect == "sqlite" and url.database and url.database != ":memory:":
+            import sqlite3
+
+            c = sqlite3.connect(url.database, timeout=30, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA busy_timeout=30000")
+            return c
+        if self.dialect == "postgresql" and url.get_driver_name() == "psycopg":
+            import psycopg
+
+            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            c = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+            return c
+        return None
+
+    def mark_processed(self, subscription: str, message_id: str, *, wait: bool = True) -> int:
         """Remember that ``subscription`` processed ``message_id``. With ``wait`` (the default)
-        return only once the mark is committed — call it before acking the delivery."""
+        return only once the mark is committed — call it before acking the delivery. With
+        ``wait=False`` it returns the write generation at once: ack only when
+        :attr:`committed_generation` reached it (the Worker does that, group-committing marks)."""
         self._ensure_flusher()
         key = (subscription, message_id)
         with self._cv:
@@ -457,6 +540,7 @@ class BusStore:
         self._lru.add(key)
         if wait:
             self._wait_committed(gen)
+        return gen
 
     def purge_processed(self, older_than_seconds: int) -> int:
         """Forget processed ids older than the dedup window; returns how many."""
@@ -694,16 +778,21 @@ class BusStore:
                 if wait > 0:
                     time.sleep(wait)
             sub = r["subscription"]
-            broker.publish(env, queue=f"route.{sub}")
+            # state first: a consumer may take the message before the publish call returns
+            self._write_now([self._state_row(env.id, sub, "in_flight", 0, None, None)])
+            try:
+                broker.publish(env, queue=f"route.{sub}")
+            except BaseException:
+                err = ErrorInfo(r["error_kind"], r["error_type"], r["error_message"])
+                self._write_now([self._state_row(env.id, sub, "dead_lettered", r["attempts"], err, None)])
+                raise
             now = _utcnow()
-            state = self._state_row(env.id, sub, "in_flight", 0, None, None)
             with self.engine.begin() as conn:
                 conn.execute(
                     sa.update(D)
                     .where(D.c.id == r["id"])
                     .values(status="replayed", replayed_at=now, replayed_by=by, updated_at=now, replay_count=D.c.replay_count + 1)
                 )
-                self._write(conn, [], [state], {})
             metrics.DEAD_LETTERS_REPLAYED.labels(subscription=sub).inc()
             log.info("dead_letter_replayed", dlq_id=r["id"], message_id=env.id, subscription=sub, by=by)
             done += 1

@@ -21,14 +21,21 @@ If recording the failure itself fails (broker or database down) the delivery is 
 broker to redeliver: nothing is acked that is not safe. A handler exception never ends a
 consumer thread; a consumer whose connection breaks is restarted with backoff.
 
+Dedup marks and the ack (exactly-once window). A delivery is acked only after its dedup
+mark is committed, so a redelivery of a handled message is skipped. Marks are
+group-committed: a consumer thread goes on with the next message while up to ``ack_batch``
+of its handled deliveries (default ``min(32, prefetch // 2)``) wait for one commit; the
+store's flusher also commits every ``flush_interval`` and acks stragglers when the queue is
+quiet. What can run twice is therefore bounded and known: a message whose handler finished
+while its mark was not yet committed when the process died — at most ``ack_batch + 1`` per
+consumer thread. Those are redelivered and their handler runs again; idempotent sinks
+(upsert by message id, natural keys, temp-name-then-rename) absorb it, and derived messages
+keep their ids (below). ``ack_batch=1`` shrinks the window to one message per thread at the
+cost of one commit per message.
+
 Derived messages and replies get ids computed from (input id, subscription, position), so a
 handler that runs again after a crash republishes the *same* ids and downstream dedup drops
 the copies.
-
-Exactly-once window: the dedup mark is committed before the ack, so a redelivery of a message
-whose handler finished is skipped. The only repeat is a message whose handler finished but
-whose mark was not yet committed when the process died (at most one per consumer thread);
-idempotent sinks (upsert by message id) absorb it.
 """
 
 from __future__ import annotations
@@ -109,6 +116,7 @@ class Subscription:
     dedup: bool = True
     prefetch: int | None = None
     concurrency: int = 1
+    ack_batch: int | None = None  # successes per consumer thread whose dedup marks commit in one go
 
     @property
     def queue(self) -> str:
@@ -120,10 +128,31 @@ class _Runtime:
 
     def __init__(self, sub: Subscription) -> None:
         self.sub = sub
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # set: callbacks hand new deliveries back, consumers wind down
+        self.consume_stop = threading.Event()  # set: broker.consume returns (after pending acks)
         self.threads: list[threading.Thread] = []
         self.paused = False
         self.resume_at = 0.0  # monotonic time before which consumers hold (circuit open)
+        self.lock = threading.Condition()
+        self.active = 0  # callbacks running now
+        # handled, acked once their dedup mark is committed: (generation, monotonic time, delivery)
+        self.pending: list[tuple[int, float, Delivery]] = []
+
+    def ack_committed(self, committed: int, older_than: float | None = None) -> int:
+        """Ack the deliveries whose dedup mark is committed (only those queued before
+        ``older_than`` if given); returns how many are still waiting."""
+        with self.lock:
+            if not self.pending:
+                return 0
+            ready = [d for g, t, d in self.pending if g <= committed and (older_than is None or t < older_than)]
+            if ready:
+                self.pending = [
+                    (g, t, d) for g, t, d in self.pending if not (g <= committed and (older_than is None or t < older_than))
+                ]
+            left = len(self.pending)
+        for d in ready:
+            d.ack()
+        return left
 
 
 class Worker:
@@ -142,6 +171,14 @@ class Worker:
         self._started = False
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
+        store.add_commit_listener(self._on_commit)
+
+    def _on_commit(self, committed: int) -> None:
+        # Consumer threads ack their own deliveries (on RabbitMQ a channel belongs to its
+        # thread); this only settles stragglers of a quiet queue, or all of them when stopping.
+        older = None if self._stopping.is_set() else time.monotonic() - 0.1
+        for rt in list(self._subs.values()):
+            rt.ack_committed(committed, None if rt.stop.is_set() else older)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -165,19 +202,8 @@ class Worker:
         """Let in-flight messages finish, stop consuming, flush the state buffer."""
         with self._lock:
             self._stopping.set()
-            rts = list(self._subs.values())
-            for rt in rts:
-                rt.stop.set()
-            deadline = time.monotonic() + timeout
-            for rt in rts:
-                for t in rt.threads:
-                    t.join(max(0.0, deadline - time.monotonic()))
-                rt.threads = []
+            self._stop_all(list(self._subs.values()), timeout)
             self._started = False
-        try:
-            self.store.flush()
-        except Exception as exc:  # noqa: BLE001 - states are advisory; the broker holds the truth
-            _log.error("worker_state_flush_failed", error_type=type(exc).__name__, error=str(exc)[:300])
         _log.info("worker_stopped")
 
     def run_forever(self) -> None:
@@ -273,33 +299,56 @@ class Worker:
 
     def _start_threads(self, rt: _Runtime) -> None:
         rt.stop = threading.Event()
+        rt.consume_stop = threading.Event()
         rt.threads = []
         for i in range(max(1, rt.sub.concurrency)):
             t = threading.Thread(
-                target=self._consume_loop, args=(rt, rt.stop), name=f"consumer-{rt.sub.name}-{i}", daemon=True
+                target=self._consume_loop, args=(rt, rt.stop, rt.consume_stop), name=f"consumer-{rt.sub.name}-{i}",
+                daemon=True,
             )
             rt.threads.append(t)
             t.start()
 
     def _stop_threads(self, rt: _Runtime, timeout: float = 30.0) -> None:
-        rt.stop.set()
-        deadline = time.monotonic() + timeout
-        for t in rt.threads:
-            if t is not threading.current_thread():
-                t.join(max(0.0, deadline - time.monotonic()))
-        rt.threads = []
+        self._stop_all([rt], timeout)
 
-    def _consume_loop(self, rt: _Runtime, stop: threading.Event) -> None:
+    def _stop_all(self, rts: list[_Runtime], timeout: float) -> None:
+        """Wind down consumers without wasting work: stop taking messages, let running handlers
+        finish, commit their dedup marks and ack them, then close the consumers (what they had
+        prefetched but not handled goes back to the queue)."""
+        deadline = time.monotonic() + timeout
+        for rt in rts:
+            rt.stop.set()
+        for rt in rts:
+            with rt.lock:
+                while rt.active and time.monotonic() < deadline:
+                    rt.lock.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        try:
+            self.store.flush()  # commits marks and states; the commit listener acks pending deliveries
+        except Exception as exc:  # noqa: BLE001 - pending ones are redelivered and skipped by dedup
+            _log.error("worker_state_flush_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+        for rt in rts:
+            rt.consume_stop.set()
+        for rt in rts:
+            for t in rt.threads:
+                if t is not threading.current_thread():
+                    t.join(max(0.0, deadline - time.monotonic()))
+            rt.threads = []
+
+    def _consume_loop(self, rt: _Runtime, stop: threading.Event, consume_stop: threading.Event) -> None:
         backoff = 0.5
-        while not stop.is_set():
+        while not consume_stop.is_set():
             sub = rt.sub
             prefetch = sub.prefetch or self.settings.prefetch
             try:
-                self.broker.consume(sub.queue, lambda d: self._on_delivery(rt, stop, d), prefetch=prefetch, stop=stop, idle_timeout=0.5)
+                self.broker.consume(
+                    sub.queue, lambda d: self._on_delivery(rt, stop, d), prefetch=prefetch, stop=consume_stop,
+                    idle_timeout=0.05,
+                )
                 backoff = 0.5
             except Exception as exc:  # noqa: BLE001 - a consumer never dies; reconnect with backoff
                 _log.error("consumer_failed", subscription=sub.name, error_type=type(exc).__name__, error=str(exc)[:300])
-                stop.wait(backoff * (0.5 + random.random()))
+                consume_stop.wait(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 30.0)
 
     def _housekeeping(self) -> None:
@@ -313,6 +362,20 @@ class Worker:
 
     # ------------------------------------------------------------------ one delivery
     def _on_delivery(self, rt: _Runtime, stop: threading.Event, delivery: Delivery) -> None:
+        with rt.lock:
+            if stop.is_set():  # winding down: hand it back untouched
+                delivery.reject(True)
+                return
+            rt.active += 1
+        try:
+            rt.ack_committed(self.store.committed_generation)
+            self._handle(rt, stop, delivery)
+        finally:
+            with rt.lock:
+                rt.active -= 1
+                rt.lock.notify_all()
+
+    def _handle(self, rt: _Runtime, stop: threading.Event, delivery: Delivery) -> None:
         sub = rt.sub  # this message runs on the definition current now (hot reload)
         env = delivery.envelope
         log = _log.bind(message_id=env.id, correlation_id=env.correlation_id, subscription=sub.name, route=sub.name)
@@ -339,18 +402,29 @@ class Worker:
             self._on_failure(rt, stop, sub, delivery, env, exc, log)
             return
         metrics.HANDLER_SECONDS.labels(subscription=sub.name).observe(time.perf_counter() - t0)
-        if sub.dedup:
-            try:
-                self.store.mark_processed(sub.name, env.id)
-            except Exception as exc:  # noqa: BLE001 - not safe to ack: let the broker redeliver
-                log.error("dedup_mark_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-                stop.wait(1.0)
-                delivery.reject(True)
-                return
         self.store.record_state(env.id, sub.name, ctx.outcome, env.attempt + 1)
-        delivery.ack()
         metrics.MESSAGES_DELIVERED.labels(subscription=sub.name).inc()
         log.debug("message_delivered", outcome=ctx.outcome, attempt=env.attempt + 1)
+        if not sub.dedup:
+            delivery.ack()
+            return
+        # Ack only once the dedup mark is committed. Marks are group-committed: up to
+        # ack_batch successes per thread wait together (the flusher also commits every
+        # flush_interval and its commit listener acks stragglers when the queue goes quiet).
+        gen = self.store.mark_processed(sub.name, env.id, wait=False)
+        with rt.lock:
+            rt.pending.append((gen, time.monotonic(), delivery))
+            waiting = len(rt.pending)
+        prefetch = sub.prefetch or self.settings.prefetch
+        batch = sub.ack_batch or max(1, min(32, prefetch // 2))
+        if waiting >= batch:
+            try:
+                self.store.wait_committed(gen)
+            except Exception as exc:  # noqa: BLE001 - not acked: acked after a later commit, or redelivered
+                log.error("dedup_mark_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+                stop.wait(1.0)
+                return
+            rt.ack_committed(self.store.committed_generation)
 
     @staticmethod
     def _reply_for(request: Envelope, subscription: str, result: Envelope | None) -> Envelope | None:
@@ -396,18 +470,19 @@ class Worker:
             if isinstance(exc, CircuitOpen):
                 wait = max(0.0, float(exc.retry_after))
                 rt.resume_at = time.monotonic() + wait
-                self._publish(env, queue=sub.queue, delay=wait, reply_to=delivery.reply_to)
+                # state first: the republished message may be picked up before this line returns
                 self.store.record_state(env.id, sub.name, "retrying", env.attempt, info, next_attempt_at=now + timedelta(seconds=wait))
+                self._publish(env, queue=sub.queue, delay=wait, reply_to=delivery.reply_to)
                 delivery.ack()
                 log.warning("subscription_held_circuit_open", retry_after=wait, error=info.message[:300])
                 return
             policy = sub.retry
             if info.kind in policy.retry_on and made < policy.max_attempts:
                 delay = policy.delay_for(made, random.random())
-                self._publish(env.evolve(attempt=made), queue=sub.queue, delay=delay, reply_to=delivery.reply_to)
                 self.store.record_state(
                     env.id, sub.name, "retrying", made, info, next_attempt_at=now + timedelta(seconds=delay)
                 )
+                self._publish(env.evolve(attempt=made), queue=sub.queue, delay=delay, reply_to=delivery.reply_to)
                 delivery.ack()
                 metrics.MESSAGES_RETRIED.labels(subscription=sub.name).inc()
                 log.warning(
