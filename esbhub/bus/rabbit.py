@@ -478,6 +478,9 @@ class RabbitBroker(Broker):
     def _submit(self, items: list[tuple[str, str, amqp.Message, bool]], timeout: float) -> None:
         if self._closing.is_set():
             raise BrokerUnavailable("broker is closed")
+        if not self._connected:  # the exchange and the unrouted queue must exist before a publish
+            self._control(self._declare_base, what="connect", timeout=timeout)
+            self._connected = True
         req = _PubRequest(items, deadline=time.monotonic() + timeout)
         self._ensure_publisher()
         with self._pub_wakeup:
@@ -607,6 +610,17 @@ class RabbitBroker(Broker):
                     self._last_error = None
                     backoff.reset()
                     log.info("broker_connected", backend="rabbitmq", url=self.safe_url, role="publisher")
+                except ConfigError as exc:  # e.g. the password reference cannot be resolved
+                    conn = None
+                    self._last_error = str(exc)
+                    with self._pub_wakeup:
+                        waiting = [*carry, *self._pub_incoming]
+                        carry, _ = [], self._pub_incoming.clear()
+                    for r in waiting:
+                        r.fail(exc)
+                    with self._pub_wakeup:
+                        self._pub_wakeup.wait(timeout=self.options.reconnect_max_interval)
+                    continue
                 except CONNECTION_ERRORS + CHANNEL_ERRORS as exc:
                     conn = None
                     self._pub_connected = False

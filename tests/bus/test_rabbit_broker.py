@@ -359,6 +359,20 @@ def test_password_reference_is_resolved_at_connect_and_never_shown(rabbit_url, u
     assert (inline._endpoint.virtual_host, inline._endpoint.port) == ("prod", 5672)
 
 
+def test_publish_without_connect_declares_the_topology_first(rabbit_url, unique):
+    b = RabbitBroker(rabbit_url, exchange=unique, unrouted_queue=f"{unique}.unrouted")
+    try:
+        e = env(type="alarm.v1")
+        b.publish(e)  # no connect(), no binding: still kept
+        d = b.get(f"{unique}.unrouted", timeout=5)
+        assert d is not None and d.envelope.id == e.id
+        d.ack()
+    finally:
+        b.delete_queue(f"{unique}.unrouted")
+        b._control(lambda ch: (ch.exchange_delete(unique), ch.exchange_delete(f"{unique}.unrouted")), what="cleanup")
+        b.close()
+
+
 def test_quorum_queues_take_messages_and_delays(rabbit_url, unique):
     b = RabbitBroker(rabbit_url, exchange=unique, unrouted_queue=f"{unique}.unrouted", queue_type="quorum")
     q = f"{unique}.q"
