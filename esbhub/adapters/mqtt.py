@@ -60,6 +60,14 @@ class MqttSourceConfig(MqttConnection):
     envelope: EnvelopeTemplate | None = Field(
         default=None, description="Type and source of envelopes made from json/text messages."
     )
+    id_property: str = Field(
+        default="esbhub-id", description="MQTT 5 user property carrying the publisher's message id (kept on redelivery)."
+    )
+    id_field: str | None = Field(
+        default=None,
+        description="JSON payload field holding a natural key (e.g. 'alarm_id'); the envelope id is derived from it "
+        "when the message has no id property. Without either, a redelivered message gets a new id.",
+    )
 
 
 class MqttSinkConfig(MqttConnection):
@@ -124,12 +132,17 @@ class MqttSource(Source[MqttSourceConfig]):
         except (orjson.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise InvalidMessage(f"mqtt: message on '{msg.topic}' is not valid {cfg.body}: {str(exc)[:200]}") from None
         props = dict(getattr(getattr(msg, "properties", None), "UserProperty", None) or [])
-        mid = props.get("esbhub-id")
+        mid = props.get(cfg.id_property)
+        eid: str | None = None
+        if mid:
+            eid = mid if len(mid) == 26 else stable_id(f"mqtt:{mid}")
+        elif cfg.id_field and isinstance(payload, dict) and payload.get(cfg.id_field) is not None:
+            eid = stable_id(f"mqtt:{msg.topic}:{payload[cfg.id_field]}")
         h = {"mqtt_topic": msg.topic}
         if "traceparent" in props:
             h["traceparent"] = props["traceparent"]
         assert cfg.envelope is not None
-        return cfg.envelope.make(payload, id=stable_id(f"mqtt:{mid}") if mid and len(mid) != 26 else mid, headers=h)
+        return cfg.envelope.make(payload, id=eid, headers=h)
 
     # -- connection (paho network thread) ---------------------------------------------------
     def _open(self) -> None:

@@ -169,7 +169,8 @@ class NatsSource(Source[NatsSourceConfig]):
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             try:
-                nc, js = await _connect(cfg, self.name)
+                # bounded: the first connect must fail visibly, not retry forever inside nats-py
+                nc, js = await asyncio.wait_for(_connect(cfg, self.name), cfg.timeout * 3)
             except Exception as exc:  # noqa: BLE001 - recorded; retried with backoff
                 self.tracker.record_error(exc)
                 self.log.warning("nats_connect_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
