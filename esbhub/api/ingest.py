@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from typing import Any
 
 import orjson
@@ -196,10 +197,11 @@ async def post_message(request: Request) -> Response:
         raise ApiError(422, "schema_violation", exc.message, exc.details) from None
 
     h = request.headers
-    headers: dict[str, str] = {}
     tp = h.get("traceparent")
-    if tp and TRACEPARENT_RE.match(tp):
-        headers["traceparent"] = tp
+    if not (tp and TRACEPARENT_RE.match(tp)):
+        r = os.urandom(24).hex()  # one syscall for trace id + span id
+        tp = f"00-{r[:32]}-{r[32:]}-01"
+    headers = {"traceparent": tp}
     env = Envelope.create(type_name, payload, source=principal.name,
                           correlation_id=h.get("x-correlation-id") or None, headers=headers)
     location = {"Location": f"/v1/messages/{env.id}"}
