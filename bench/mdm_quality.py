@@ -42,6 +42,7 @@ def rss_mb() -> float:
 
 def prf(pred: set[tuple[str, str]], true: set[tuple[str, str]]) -> tuple[float, float, float]:
     tp = len(pred & true)
+    print(f"  pairs: predicted {len(pred)}, true {len(true)}, true positives {tp}", file=sys.stderr)
     p = tp / len(pred) if pred else 1.0
     r = tp / len(true) if true else 1.0
     f = 2 * p * r / (p + r) if p + r else 0.0
@@ -226,7 +227,12 @@ def splink_febrl(true: set[tuple[str, str]]) -> tuple[str, ...]:
         ],
         retain_intermediate_calculation_columns=False,
     )
-    linker = Linker([dfa, dfb], settings, db_api=DuckDBAPI())
+    db_api = DuckDBAPI()
+    try:  # Splink 5: register the tables with the backend first
+        linker = Linker([db_api.register(dfa, table_name="febrl_a"), db_api.register(dfb, table_name="febrl_b")],
+                        settings, log_level="WARNING")
+    except AttributeError:  # Splink 4
+        linker = Linker([dfa, dfb], settings, db_api=db_api)
     linker.training.estimate_probability_two_random_records_match(
         [block_on("given_name", "surname", "date_of_birth")], recall=0.8)
     linker.training.estimate_u_using_random_sampling(max_pairs=1e6)
@@ -234,8 +240,8 @@ def splink_febrl(true: set[tuple[str, str]]) -> tuple[str, ...]:
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("given_name", "surname"))
     preds = linker.inference.predict(threshold_match_probability=0.99).as_pandas_dataframe()
     dt = time.perf_counter() - t0
-    pred = {tuple(sorted((f"a:{x}" if x in set(dfa.unique_id) else f"b:{x}",
-                          f"b:{y}" if y in set(dfb.unique_id) else f"a:{y}")))
+    ids_a = set(dfa.unique_id)
+    pred = {tuple(sorted((f"a:{x}" if x in ids_a else f"b:{x}", f"a:{y}" if y in ids_a else f"b:{y}")))
             for x, y in zip(preds.unique_id_l, preds.unique_id_r, strict=True)}
     p, r, f = prf(pred, true)
     return ("FEBRL4", f"Splink {splink.__version__} (DuckDB, EM)", f"{p:.4f}", f"{r:.4f}", f"{f:.4f}", f"total {dt:.1f}s")

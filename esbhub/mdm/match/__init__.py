@@ -116,28 +116,32 @@ class MatchModel(BaseModel):
         return self.organization if kind == "organization" else self.person
 
 
+# Built-in m/u: what train_em learned on the synthetic Chinese enterprise set (5,000 companies,
+# seed 123) and on FEBRL4 (persons), rounded; shared_generic phones deliberately weak. Used
+# until a model trained on the hub's own data is loaded, and as EM's starting point.
 _DEFAULT_MU: dict[str, dict[str, tuple[list[float], list[float]]]] = {
     "organization": {
-        "uscc": ([0.8, 0.05, 0.03, 0.05, 0.07], [1e-6, 1e-7, 1e-6, 1e-6, 0.999997]),
-        "name": ([0.55, 0.25, 0.12, 0.02, 0.04, 0.02], [1e-5, 5e-5, 1e-4, 1e-5, 5e-3, 0.995]),
-        "city": ([0.95, 0.03, 0.02], [0.05, 0.05, 0.9]),
-        "phone": ([0.75, 0.05, 0.2], [1e-5, 1e-3, 0.999]),
-        "address": ([0.6, 0.2, 0.1, 0.1], [1e-5, 1e-4, 5e-3, 0.995]),
-        "email": ([0.6, 0.3, 0.1], [1e-5, 1e-4, 0.9999]),
+        "uscc": ([0.91, 1e-4, 0.06, 0.028, 0.002], [3.8e-05, 5.4e-06, 5.4e-06, 5.4e-06, 0.99995]),
+        "name": ([0.83, 0.104, 0.063, 0.0007, 0.0002, 0.002], [7.5e-06, 8.3e-05, 0.00047, 2.5e-06, 0.001, 0.998]),
+        "city": ([0.885, 0.017, 0.098], [0.0135, 0.0426, 0.944]),
+        "phone": ([0.765, 0.013, 0.222], [0.000167, 0.001, 0.9988]),
+        "address": ([0.687, 0.118, 0.0144, 0.181], [1.6e-05, 0.0015, 0.0285, 0.97]),
+        "email": ([0.084, 0.088, 0.829], [0.00032, 0.00032, 0.999]),
     },
     "person": {
-        "given_name": ([0.85, 0.07, 0.04, 0.04], [0.005, 0.002, 0.02, 0.973]),
-        "family_name": ([0.85, 0.07, 0.04, 0.04], [0.002, 0.002, 0.02, 0.976]),
-        "name_swap": ([0.02, 0.98], [1e-5, 0.99999]),
-        "birth_date": ([0.85, 0.1, 0.03, 0.02], [2e-4, 2e-3, 2e-2, 0.978]),
-        "id_number": ([0.85, 0.1, 0.03, 0.02], [1e-6, 1e-5, 1e-4, 0.99989]),
-        "street": ([0.8, 0.1, 0.05, 0.05], [1e-4, 1e-3, 1e-2, 0.989]),
-        "city": ([0.85, 0.07, 0.04, 0.04], [0.005, 0.002, 0.02, 0.973]),
-        "postcode": ([0.85, 0.07, 0.04, 0.04], [0.002, 0.01, 0.05, 0.938]),
-        "province": ([0.9, 0.05, 0.03, 0.02], [0.2, 0.01, 0.05, 0.74]),
-        "phone": ([0.75, 0.05, 0.2], [1e-5, 1e-3, 0.999]),
+        "given_name": ([0.729, 0.135, 0.0244, 0.111], [0.00309, 0.00114, 0.00513, 0.991]),
+        "family_name": ([0.707, 0.182, 0.0223, 0.0881], [0.00363, 0.000977, 0.00263, 0.993]),
+        "name_swap": ([0.0324, 0.968], [2.8e-06, 0.999997]),
+        "birth_date": ([0.929, 0.0236, 0.00157, 0.0457], [3.45e-05, 0.00187, 0.0132, 0.985]),
+        "id_number": ([0.907, 0.0511, 0.0004, 0.0418], [2.5e-06, 0.000153, 0.000223, 0.9996]),
+        "street": ([0.249, 0.525, 0.17, 0.0564], [2.5e-06, 2.5e-06, 0.000738, 0.999]),
+        "city": ([0.751, 0.187, 0.00611, 0.0565], [0.00104, 0.000313, 0.00257, 0.996]),
+        "postcode": ([0.841, 0.146, 0.0044, 0.00946], [0.00101, 0.0151, 0.103, 0.881]),
+        "province": ([0.961, 1e-4, 0.0062, 0.0332], [0.225, 1e-4, 0.00133, 0.774]),
+        "phone": ([0.765, 0.013, 0.222], [0.000167, 0.001, 0.9988]),
     },
 }
+DEFAULT_PRIOR = 1e-4
 
 
 def _default_kind(kind: str) -> KindModel:
@@ -145,7 +149,7 @@ def _default_kind(kind: str) -> KindModel:
     for c in COMPARISONS[kind]:
         m, u = _DEFAULT_MU[kind][c.name]
         comps.append(ComparisonParams(name=c.name, levels=list(c.levels), m=[1.0, *m], u=[1.0, *u]))
-    return KindModel(prior=0.05, comparisons=comps)
+    return KindModel(prior=DEFAULT_PRIOR, comparisons=comps)
 
 
 def compare_levels(a: StdParty, b: StdParty) -> list[int]:

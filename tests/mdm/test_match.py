@@ -1,0 +1,195 @@
+"""Fellegi–Sunter matcher: decisions, evidence, blocking, TF, generic phones, EM training, labels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esbhub.mdm.match import Matcher, MatchModel, blocking_keys, refine_with_labels, train_em
+from esbhub.mdm.standardize import codes, standardize
+from esbhub.mdm.synth import generate
+from esbhub.schemas.party import Party
+
+U1 = codes.make_uscc("9", "1", "440305", "MA5DC9X1")
+U2 = codes.make_uscc("9", "1", "440305", "MA5DC9X2")
+
+
+def org(name: str, sid: str = "1", system: str = "crm", **kw):
+    return standardize(Party(source_system=system, source_id=sid, name=name, **kw))
+
+
+HEAD = dict(uscc=U1, phones=[{"number": "0755-26001234"}], addresses=[{"text": "广东省深圳市南山区科技园路1号"}])
+
+
+@pytest.fixture(scope="module")
+def synth():
+    ds = generate(250, seed=9)
+    recs = {ds.key(p): standardize(p) for p in ds.records}
+    return ds, recs
+
+
+@pytest.fixture(scope="module")
+def trained(synth):
+    _, recs = synth
+    return train_em(list(recs.values()), n_random_pairs=20_000)
+
+
+def test_same_company_across_systems_and_spellings_is_a_match():
+    m = Matcher()
+    r = m.score(org("深圳市华信科技有限公司", **HEAD),
+                org("華信科技（深圳）有限責任公司", "B1", "billing", phones=[{"number": "26001234"}],
+                    addresses=[{"text": "深圳南山科技园路1号"}]))
+    assert r.decision == "match" and r.hard is None
+    ev = {e.field: e for e in r.evidence}
+    assert ev["name"].level == "canonical_exact" and ev["phone"].level == "shared" and ev["address"].level == "exact"
+    assert ev["uscc"].level == "null" and ev["uscc"].weight == 0
+
+
+def test_branch_carrying_the_head_office_uscc_is_not_merged():
+    r = Matcher().score(org("深圳市华信科技有限公司", **HEAD), org("深圳市华信科技有限公司南山分公司", "2", **HEAD))
+    assert r.decision == "no_match" and r.hard == "cannot_link:branch_vs_head"
+    assert r.probability > 0.99  # the evidence is kept: it is alike, it is just not the same
+
+
+def test_different_valid_usccs_are_not_merged_whatever_the_rest_says():
+    r = Matcher().score(org("深圳市华信科技有限公司", **HEAD),
+                        org("深圳市华信科技有限公司", "2", **{**HEAD, "uscc": U2}))
+    assert r.decision == "no_match" and r.hard == "cannot_link:uscc_conflict"
+
+
+def test_same_trade_name_in_another_city_is_not_a_match():
+    r = Matcher().score(org("深圳市华信科技有限公司", **HEAD),
+                        org("广州市华信科技有限公司", "2", phones=[{"number": "020-88001234"}],
+                            addresses=[{"text": "广州市天河区天河路1号"}]))
+    assert r.decision == "no_match"
+
+
+def test_name_one_character_apart_with_nothing_else_shared_is_not_a_match():
+    r = Matcher().score(org("深圳市华信科技有限公司", **HEAD),
+                        org("深圳市华兴科技有限公司", "2", phones=[{"number": "0755-88001234"}],
+                            addresses=[{"text": "深圳市福田区深南大道100号"}]))
+    assert r.decision == "no_match"
+
+
+def test_shared_400_number_weighs_less_than_a_specific_phone():
+    a = org("深圳市华信科技有限公司", phones=[{"number": "400-800-1234"}, {"number": "0755-26001234"}])
+    b = org("深圳市华信贸易有限公司", "2", phones=[{"number": "400-800-1234"}])
+    c = org("深圳市华信贸易有限公司", "3", phones=[{"number": "0755-26001234"}])
+    m = Matcher()
+    wa = {e.field: e for e in m.score(a, b).evidence}["phone"]
+    wc = {e.field: e for e in m.score(a, c).evidence}["phone"]
+    assert wa.level == "shared_generic" and wc.level == "shared" and wa.weight < wc.weight
+
+
+def test_agent_phone_on_many_records_is_demoted_to_generic():
+    model = MatchModel(generic_phone_records=3)
+    m = Matcher(model)
+    agent = {"number": "13800138000", "kind": "mobile"}
+    for i, n in enumerate(["华信科技", "宏远物流", "东方贸易", "万佳电子", "金鼎化工"]):
+        m.add(f"k{i}", org(f"深圳市{n}有限公司", str(i), phones=[agent]))
+    r = m.score(m.records["k0"], m.records["k1"])
+    assert {e.field: e for e in r.evidence}["phone"].level == "shared_generic"
+
+
+def test_common_core_name_weighs_less_than_a_rare_one():
+    model = MatchModel(tf_min_records=10, tf_clamp=(-30.0, 2.0))
+    m = Matcher(model)
+    for i in range(30):
+        m.add(f"c{i}", org(f"{['深圳', '广州', '杭州', '南京', '成都', '武汉'][i % 6]}市华信科技有限公司", f"c{i}"))
+    for i in range(30):
+        m.add(f"r{i}", org(f"深圳市独{i}特科技有限公司", f"r{i}"))
+    common = m.score(org("深圳市华信科技有限公司", "x"), org("华信科技(深圳)有限公司", "y"))
+    rare = m.score(org("深圳市独1特科技有限公司", "x"), org("独1特科技(深圳)有限公司", "y"))
+    wc = {e.field: e.weight for e in common.evidence}["name"]
+    wr = {e.field: e.weight for e in rare.evidence}["name"]
+    assert wc < wr
+
+
+def test_candidates_come_from_several_blocking_keys_and_remove_unindexes():
+    m = Matcher()
+    a = org("深圳市华信科技有限公司", "a", **HEAD)
+    by_phone = org("某某公司", "b", phones=[{"number": "0755-26001234"}])
+    by_uscc = org("另一个名字有限公司", "c", uscc=U1)
+    by_pinyin = org("深圳市华新科技有限公司", "d")
+    unrelated = org("北京市东方贸易有限公司", "e")
+    for k, r in (("b", by_phone), ("c", by_uscc), ("d", by_pinyin), ("e", unrelated)):
+        m.add(k, r)
+    assert set(m.candidates(a)) == {"b", "c", "d"}
+    m.remove("c")
+    assert set(m.candidates(a)) == {"b", "d"}
+    assert not any(k.endswith("c") for ks in m.blocks.values() for k in ks)
+    assert any(k.startswith("U") for k in blocking_keys(a))
+
+
+def test_match_excludes_the_record_itself_and_sorts_best_first(synth):
+    _, recs = synth
+    m = Matcher()
+    for k, r in recs.items():
+        m.add(k, r)
+    for k, r in list(recs.items())[:50]:
+        res = m.match(k, r)
+        assert all(x.b != k and x.a == k for x in res)
+        assert [x.weight for x in res] == sorted((x.weight for x in res), reverse=True)
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None)
+def test_score_is_symmetric(synth, data):
+    _, recs = synth
+    keys = sorted(recs)
+    a = recs[data.draw(st.sampled_from(keys))]
+    b = recs[data.draw(st.sampled_from(keys))]
+    m = Matcher()
+    ab, ba = m.score(a, b), m.score(b, a)
+    assert ab.weight == pytest.approx(ba.weight) and ab.decision == ba.decision and ab.hard == ba.hard
+    assert [e.level for e in ab.evidence] == [e.level for e in ba.evidence]
+
+
+def test_em_learns_sensible_weights_without_labels(trained):
+    comps = {c.name: c for c in trained.organization.comparisons}
+    for name, top in (("uscc", "exact_valid"), ("name", "canonical_exact"), ("phone", "shared"), ("address", "exact")):
+        w = dict(zip(comps[name].levels, comps[name].weights(), strict=True))
+        assert w[top] > 5, (name, w)
+        assert w["else"] < 0, (name, w)
+    assert 0 < trained.organization.prior < 0.01
+
+
+def test_trained_model_separates_the_synthetic_set(synth, trained):
+    ds, recs = synth
+    m = Matcher(trained)
+    for k, r in recs.items():
+        m.add(k, r)
+    tp = fp = 0
+    for k, r in recs.items():
+        for res in m.match(k, r):
+            if res.decision == "match":
+                if ds.truth[k] == ds.truth[res.b]:
+                    tp += 1
+                else:
+                    fp += 1
+    true_directed = sum(1 for a, b in ds.true_pairs()) * 2
+    assert fp == 0
+    assert tp / true_directed > 0.9
+
+
+def test_model_round_trips_through_json(trained):
+    text = trained.to_json()
+    again = MatchModel.from_json(text)
+    assert again == trained
+    assert json.loads(text)["organization"]["comparisons"][0]["name"] == "uscc"
+
+
+def test_steward_labels_refine_m_and_u():
+    base = MatchModel()
+    a = org("深圳市华信科技有限公司", "a")
+    b = org("深圳市华信科技有限公司", "b")
+    refined = refine_with_labels(base, [(a, b, False)] * 200)
+    before = {c.name: c for c in base.organization.comparisons}["name"]
+    after = {c.name: c for c in refined.organization.comparisons}["name"]
+    assert after.u[1] > before.u[1]  # "same canonical name" is now known to happen between different parties
+    assert after.weights()[1] < before.weights()[1]
+    refined2 = refine_with_labels(base, [(a, org("华信科技(深圳)有限公司", "c"), True)] * 50)
+    assert {c.name: c for c in refined2.organization.comparisons}["name"].m[1] > before.m[1]
