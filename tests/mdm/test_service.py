@@ -141,7 +141,7 @@ def test_unmerge_of_an_engine_merge_sticks_across_rematch(svc):
 @BOTH
 def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rematch(svc):
     svc.ingest(party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳"), "e1")
-    svc.ingest(party("res", "R1", "华信科技有限公司", city="广州"), "e2")
+    svc.ingest(party("res", "R1", "华信科技有限公司", city="深圳"), "e2")
     tasks = svc.tasks()
     assert len(tasks) == 1
     t = svc.task(tasks[0]["id"])
@@ -155,7 +155,7 @@ def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rem
 
 def test_steward_same_merges_the_pair_and_sticks_across_rematch(svc):
     svc.ingest(party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳"), "e1")
-    svc.ingest(party("res", "R1", "华信科技有限公司", city="广州"), "e2")
+    svc.ingest(party("res", "R1", "华信科技有限公司", city="深圳"), "e2")
     (t,) = svc.tasks()
     ev = svc.decide(t["id"], same=True, by="erin")
     assert [e.payload["change"] for e in ev] == ["merged", "merged"]
