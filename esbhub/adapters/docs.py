@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from esbhub.adapters.base import AdapterSpec, secret_fields
+from esbhub.adapters.base import AdapterSpec, check_url_secret, secret_fields
 from esbhub.adapters.registry import available_adapters
 
 
@@ -64,15 +64,40 @@ def field_table(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         desc = (info.description or "").replace("|", "\\|").replace("\n", " ")
-        secret = "yes (`${env:…}` / `${file:…}`)" if name in secrets else ""
+        secret_note = "yes (`${env:…}` / `${file:…}`)" if name in secrets else ""
+        if not secret_note and _has_validator(info.annotation, info.metadata, check_url_secret):
+            secret_note = "password part, by reference"  # noqa: S105 - a doc label, not a password
         tname = _type_name(info.annotation).replace("|", "\\|")
-        rows.append(f"| `{key}` | {tname} | {_default(info)} | {secret} | {desc} |")
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            nested.append((key, ann))
+        rows.append(f"| `{key}` | {tname} | {_default(info)} | {secret_note} | {desc} |")
+        subs = _models_in(info.annotation)
+        for sub in subs:
+            label = key
+            tag = sub.model_fields.get("type")
+            if len(subs) > 1 and tag is not None and typing.get_origin(tag.annotation) is typing.Literal:
+                label = f"{key}[type={typing.get_args(tag.annotation)[0]}]"
+            nested.append((label, sub))
     for key, sub in nested:
         rows.extend(field_table(sub, prefix=f"{key}."))
     return rows
+
+
+def _has_validator(ann: Any, metadata: list[Any], fn: Any) -> bool:
+    if any(getattr(m, "func", None) is fn for m in metadata):
+        return True
+    if typing.get_origin(ann) is typing.Annotated:
+        args = typing.get_args(ann)
+        return any(getattr(m, "func", None) is fn for m in args[1:]) or _has_validator(args[0], [], fn)
+    return any(_has_validator(a, [], fn) for a in typing.get_args(ann))
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """Pydantic models inside an annotation (the model itself, or members of a union / Optional)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for a in typing.get_args(ann):
+        out.extend(_models_in(a))
+    return out
 
 
 def render(spec: AdapterSpec) -> str:

@@ -65,7 +65,10 @@ class HttpSinkConfig(AdapterConfig):
     verify_tls: bool = Field(default=True, description="Verify the server certificate.")
     ca_file: str | None = Field(default=None, description="CA bundle (PEM) to verify the server with.")
     client_cert: str | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
-    client_key: SecretRef | None = Field(default=None, description="Path of the client key, by reference (${file:…}).")
+    client_key: str | None = Field(default=None, description="Client private key file (PEM) for mutual TLS.")
+    client_key_password: SecretRef | None = Field(
+        default=None, description="Password of an encrypted client key, by reference."
+    )
 
 
 class HttpStatusError(Exception):
@@ -118,8 +121,12 @@ class HttpSink(Sink[HttpSinkConfig]):
                     import ssl
 
                     ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
-                    key = resolve(c.client_key, loc="client_key").get_secret_value() if c.client_key else None
-                    ctx.load_cert_chain(c.client_cert, key)
+                    pw = (
+                        resolve(c.client_key_password, loc="client_key_password").get_secret_value()
+                        if c.client_key_password
+                        else None
+                    )
+                    ctx.load_cert_chain(c.client_cert, c.client_key, pw)
                     verify = ctx
                 self._client = httpx.Client(
                     timeout=httpx.Timeout(c.timeout, connect=min(c.timeout, 10.0)),
