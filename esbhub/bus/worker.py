@@ -171,7 +171,6 @@ class Worker:
         self._started = False
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
-        store.add_commit_listener(self._on_commit)
 
     def _on_commit(self, committed: int) -> None:
         # Consumer threads ack their own deliveries (on RabbitMQ a channel belongs to its
@@ -188,6 +187,7 @@ class Worker:
                 return
             self.broker.connect()
             self._stopping.clear()
+            self.store.add_commit_listener(self._on_commit)
             for rt in self._subs.values():
                 self.broker.declare_queue(rt.sub.queue, rt.sub.binding_keys)
             self._started = True
@@ -204,6 +204,7 @@ class Worker:
             self._stopping.set()
             self._stop_all(list(self._subs.values()), timeout)
             self._started = False
+            self.store.remove_commit_listener(self._on_commit)
         _log.info("worker_stopped")
 
     def run_forever(self) -> None:

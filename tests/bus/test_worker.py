@@ -112,7 +112,7 @@ def test_permanent_error_is_dead_lettered_at_once_logged_and_counted(broker, sto
     before = metrics.sample("hub_messages_dead_lettered_total", {"subscription": unique, "error_type": "PermanentError"})
     with capture_logs() as logs:
         run_worker(Subscription(unique, ["party.v1"], handler, retry=FAST))
-        env = party(2)
+        env = party(2, name="PAYLOAD-MARKER-4711")
         broker.publish(env)
         wait_until(lambda: store.dlq_list(subscription=unique), what="dead letter")
     [dl] = store.dlq_list(subscription=unique)
@@ -121,7 +121,9 @@ def test_permanent_error_is_dead_lettered_at_once_logged_and_counted(broker, sto
     assert after == before + 1
     dead = [e for e in logs if e["event"] == "message_dead_lettered"]
     assert dead and dead[0]["message_id"] == env.id and dead[0]["subscription"] == unique
-    assert all("payload" not in e for e in logs)
+    assert dead[0]["correlation_id"] == env.correlation_id and dead[0]["route"] == unique
+    assert dead[0]["error_type"] == "PermanentError" and dead[0]["attempts"] == 1
+    assert "PAYLOAD-MARKER-4711" not in repr(logs)  # payloads are never logged
 
 
 def test_redelivered_message_does_not_repeat_side_effect(broker, store, run_worker, unique):
@@ -319,3 +321,41 @@ def test_replay_by_filter_and_bulk_with_rate_limit_and_discard(broker, store, ru
     w.resume(unique)
     wait_until(lambda: len(done) == 8, what="replayed deliveries")
     assert set(done) == {e.id for e in envs} - {store.dlq_get(i)["message_id"] for i in two}
+
+
+@pytest.mark.parametrize("ack_batch", [1, None])
+def test_every_ack_follows_its_committed_dedup_mark(broker, store, run_worker, unique, ack_batch):
+    acked_before_commit: list[str] = []
+    calls: list[str] = []
+    fresh_store = BusStore(store.url)  # its own LRU: sees only what is committed
+    orig = broker._delivery
+
+    def spy(name, q, m, owner):
+        d = orig(name, q, m, owner)
+
+        def ack(d=d, inner=d._ack):
+            if not fresh_store.seen(unique, d.envelope.id):
+                acked_before_commit.append(d.envelope.id)
+            inner()
+
+        d._ack = ack
+        return d
+
+    broker._delivery = spy
+    run_worker(Subscription(unique, ["party.v1"], lambda e, c: calls.append(e.id), ack_batch=ack_batch))
+    broker.publish_many([party(i) for i in range(40)])
+    wait_until(lambda: len(calls) == 40 and broker.queue_depth(queue_for(unique)) == 0, what="all acked")
+    fresh_store.close()
+    assert acked_before_commit == []
+
+
+def test_replace_with_new_prefetch_restarts_consumers_without_loss_or_repeat(broker, store, run_worker, unique):
+    got: list[int] = []
+    w = run_worker(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=4))
+    broker.publish_many([party(i) for i in range(50)])
+    wait_until(lambda: len(got) >= 5, what="some handled")
+    w.replace(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=16, concurrency=2))
+    broker.publish_many([party(i) for i in range(50, 100)])
+    wait_until(lambda: len(got) >= 100 and broker.queue_depth(queue_for(unique)) == 0, what="all handled")
+    assert sorted(got) == list(range(100))
+    assert w.subscriptions()[unique]["consumers"] == 2
