@@ -445,7 +445,8 @@ def load_text(text: str, file: str = "<string>", *, extra_tests: str | None = No
         check_route(sub, route)
         if len(res.errors) == n_before:
             line = (node.lc.line + 1) if node.lc.line is not None else 1
-            res.routes.append(LoadedRoute(route=route, file=file, line=line, text=dump_yaml(node)))
+            own = text if node is doc else dump_yaml(node)  # a one-route file is stored verbatim (comments kept)
+            res.routes.append(LoadedRoute(route=route, file=file, line=line, text=own))
     seen: dict[str, LoadedRoute] = {}
     for lr in res.routes:
         if lr.route.name in seen:
