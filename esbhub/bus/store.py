@@ -551,6 +551,29 @@ class BusStore:
             self._lru.clear()
         return int(n or 0)
 
+    def purge_messages(self, older_than_seconds: int, *, batch: int = 5000) -> int:
+        """Forget finished messages (every route ``delivered`` or ``filtered``) accepted longer
+        ago than ``older_than_seconds``, with their route rows; counts stay reconciled.
+        Dead-lettered, retrying and in-flight messages are kept."""
+        cutoff = _utcnow() - timedelta(seconds=older_than_seconds)
+        unfinished = sa.select(R.c.message_id).where(
+            R.c.message_id == M.c.id, R.c.state.notin_(("delivered", "filtered"))
+        )
+        any_route = sa.select(R.c.message_id).where(R.c.message_id == M.c.id)
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = conn.execute(
+                    sa.select(M.c.id)
+                    .where(M.c.accepted_at < cutoff, any_route.exists(), ~unfinished.exists())
+                    .limit(batch)
+                ).scalars().all()
+                if not ids:
+                    return total
+                conn.execute(sa.delete(R).where(R.c.message_id.in_(ids)))
+                conn.execute(sa.delete(M).where(M.c.id.in_(ids)))
+            total += len(ids)
+
     # ------------------------------------------------------------------ dead letters
     def dead_letter(
         self,

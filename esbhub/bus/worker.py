@@ -356,8 +356,9 @@ class Worker:
         while not self._stopping.wait(600):
             try:
                 n = self.store.purge_processed(self.settings.dedup_window_seconds)
-                if n:
-                    _log.info("processed_ids_purged", count=n)
+                m = self.store.purge_messages(self.settings.dedup_window_seconds)
+                if n or m:
+                    _log.info("bus_store_purged", processed_ids=n, finished_messages=m)
             except Exception as exc:  # noqa: BLE001 - retried next round
                 _log.warning("processed_ids_purge_failed", error_type=type(exc).__name__, error=str(exc)[:300])
 

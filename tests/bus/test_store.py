@@ -150,3 +150,21 @@ def test_unparseable_message_is_kept_raw_with_its_reason(store, unique):
     shown = store.dlq_get(dlq)
     assert shown["envelope"] is None and shown["raw"].endswith("{garbage")
     assert shown["error"]["message"] == "not an envelope"
+
+
+def test_purge_forgets_only_old_finished_messages_and_counts_stay_reconciled(store, unique):
+    done, dead, fresh = env(10), env(11), env(12)
+    store.record_accepted([done, dead, fresh])
+    store.record_state(done.id, unique, "delivered", 1)
+    store.record_state(fresh.id, unique, "delivered", 1)
+    store.flush()
+    store.dead_letter(dead, unique, ErrorInfo.from_exception(PermanentError("x")), 1)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE bus_messages SET accepted_at = :t WHERE id IN (:a, :b)"),
+                     {"t": datetime(2000, 1, 1), "a": done.id, "b": dead.id})
+    assert store.purge_messages(3600) == 1
+    assert store.get_message(done.id) is None
+    assert store.get_message(dead.id)["state"] == "dead_lettered"
+    assert store.get_message(fresh.id)["state"] == "delivered"
+    c = store.counts()
+    assert c["accepted"] == sum(c[k] for k in ("delivered", "retrying", "in_flight", "dead_lettered", "filtered"))
