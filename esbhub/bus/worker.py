@@ -372,6 +372,14 @@ class Worker:
         try:
             rt.ack_committed(self.store.committed_generation)
             self._handle(rt, stop, delivery)
+        except Exception as exc:  # noqa: BLE001 - e.g. the dedup lookup failed: back off, hand it back
+            _log.error(
+                "delivery_processing_failed", subscription=rt.sub.name, message_id=delivery.envelope.id,
+                error_type=type(exc).__name__, error=str(exc)[:300],
+            )
+            stop.wait(1.0)
+            if not delivery.settled:
+                delivery.reject(True)
         finally:
             with rt.lock:
                 rt.active -= 1

@@ -359,3 +359,21 @@ def test_replace_with_new_prefetch_restarts_consumers_without_loss_or_repeat(bro
     wait_until(lambda: len(got) >= 100 and broker.queue_depth(queue_for(unique)) == 0, what="all handled")
     assert sorted(got) == list(range(100))
     assert w.subscriptions()[unique]["consumers"] == 2
+
+
+def test_a_failing_dedup_lookup_backs_off_and_hands_the_message_back(broker, store, run_worker, unique, monkeypatch):
+    calls: list[str] = []
+    broken = {"on": True}
+    real_seen = store.seen
+
+    def seen(sub, mid):
+        if broken["on"]:
+            broken["on"] = False
+            raise OSError("database is unreachable")
+        return real_seen(sub, mid)
+
+    monkeypatch.setattr(store, "seen", seen)
+    run_worker(Subscription(unique, ["party.v1"], lambda e, c: calls.append(e.id)))
+    env = party(7)
+    broker.publish(env)
+    wait_until(lambda: calls == [env.id] and broker.queue_depth(queue_for(unique)) == 0, what="delivered after backoff")
