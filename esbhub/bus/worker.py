@@ -257,10 +257,9 @@ class Worker:
     def remove(self, name: str) -> None:
         """Stop consuming and forget the subscription (its queue and messages stay)."""
         with self._lock:
-            rt = self._subs.pop(name, None)
-            if rt is None:
-                raise KeyError(f"no subscription '{name}'")
+            rt = self._runtime(name)
             self._stop_threads(rt)
+            del self._subs[name]
         _log.info("subscription_removed", subscription=name)
 
     def pause(self, name: str) -> None:
@@ -325,7 +324,9 @@ class Worker:
                 while rt.active and time.monotonic() < deadline:
                     rt.lock.wait(min(0.1, max(0.0, deadline - time.monotonic())))
         try:
-            self.store.flush()  # commits marks and states; the commit listener acks pending deliveries
+            self.store.flush()  # commits marks and states
+            for rt in rts:  # then acks what waited for them, before the consumers close
+                rt.ack_committed(self.store.committed_generation)
         except Exception as exc:  # noqa: BLE001 - pending ones are redelivered and skipped by dedup
             _log.error("worker_state_flush_failed", error_type=type(exc).__name__, error=str(exc)[:300])
         for rt in rts:

@@ -377,3 +377,15 @@ def test_a_failing_dedup_lookup_backs_off_and_hands_the_message_back(broker, sto
     env = party(7)
     broker.publish(env)
     wait_until(lambda: calls == [env.id] and broker.queue_depth(queue_for(unique)) == 0, what="delivered after backoff")
+
+
+def test_removed_subscription_acks_what_it_handled_and_leaves_the_rest_queued(broker, store, run_worker, unique):
+    got: list[int] = []
+    w = run_worker(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=8))
+    broker.publish_many([party(i) for i in range(5)])
+    wait_until(lambda: len(got) == 5, what="handled")
+    w.remove(unique)
+    assert unique not in w.subscriptions()
+    assert broker.queue_depth(queue_for(unique)) == 0  # handled ones acked, not handed back
+    broker.publish_many([party(i) for i in range(5, 8)])
+    assert broker.queue_depth(queue_for(unique)) == 3 and len(got) == 5
