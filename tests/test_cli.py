@@ -175,3 +175,27 @@ def test_dlq_commands_list_show_edit_replay_discard(tmp_path, unique):
     assert first.envelope.payload["payment_id"] == "FIXED"
     broker.close()
     store.close()
+
+
+def test_send_direct_validates_and_publishes_without_http(tmp_path, unique):
+    from esbhub.bus.broker import create_broker
+
+    data = tmp_path / "var"
+    assert run("db", "upgrade", data_dir=data).exit_code == 0
+    broker = create_broker(f"sqlite:///{data / 'broker.db'}")
+    broker.connect()
+    broker.declare_queue(f"route.{unique}", ["payment.v1"])
+    bad = run("send", "payment.v1", "-", "--direct", data_dir=data, input=json.dumps({**PAYMENT, "amount": "-1"}))
+    assert bad.exit_code != 0 and "payload.amount" in bad.output
+    assert broker.queue_depth(f"route.{unique}") == 0
+    ok = run("send", "payment.v1", "-", "--direct", "--source", "bank", data_dir=data, input=json.dumps(PAYMENT))
+    assert ok.exit_code == 0, ok.output
+    d = broker.get(f"route.{unique}", timeout=2)
+    assert d.envelope.id == json.loads(ok.output)["id"] and d.envelope.source == "bank"
+    d.ack()
+    broker.close()
+
+
+def test_send_over_http_without_a_key_is_a_usage_error(tmp_path):
+    r = run("send", "payment.v1", "-", "--url", "http://127.0.0.1:9", data_dir=tmp_path / "v", input="{}")
+    assert r.exit_code == 2 and "API key" in r.output

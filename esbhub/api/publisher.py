@@ -34,7 +34,7 @@ class PublishBatcher:
         *,
         timeout: float,
         max_batch: int = 256,
-        flushers: int = 2,
+        flushers: int = 1,
     ) -> None:
         self.broker = broker
         self.store = store
