@@ -359,7 +359,10 @@ def worker(c: Ctx) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        Worker(broker, store, subs, settings).run_forever()
+        w = Worker(broker, store, subs, settings)
+        if _module_exists("esbhub.routes.runtime"):  # routes hot reload + pause/resume need the Worker
+            importlib.import_module("esbhub.routes.runtime").attach(w)
+        w.run_forever()
     finally:
         store.close()
         broker.close()

@@ -1,0 +1,69 @@
+"""`esbhub worker` processes pick up routes from the store and swap to a new version (each polls)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from esbhub.bus.broker import create_broker
+from esbhub.bus.envelope import Envelope
+from esbhub.db import upgrade
+from esbhub.routes.runtime import apply_text
+from esbhub.routes.store import RouteStore
+
+from .test_runtime import wait_until
+
+ROUTE = "name: procs\nfrom: {topic: procs.in.v1}\nsteps:\n  - type: map\n    values: {headers.rev: 'REV'}\nto: [{topic: procs.out.v1}]\n"
+
+
+def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_path: Path, unique: str):
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    burl = f"sqlite:///{tmp_path / 'broker.db'}"
+    upgrade(db)
+    store = RouteStore(db)
+    assert apply_text(store, ROUTE.replace("REV", "1"), author="t").ok
+    broker = create_broker(burl, exchange=unique)
+    broker.connect()
+    broker.declare_queue("procs.out", ["procs.out.v1"])
+    broker.declare_queue("route.procs", ["procs.in.v1"])  # bound before the first publish
+    env = {**os.environ, "ESBHUB_DATABASE_URL": db, "ESBHUB_BROKER_URL": burl, "ESBHUB_EXCHANGE": unique,
+           "ESBHUB_DATA_DIR": str(tmp_path / "var"), "ESBHUB_LOG_LEVEL": "warning"}
+    logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+    procs = [subprocess.Popen([sys.executable, "-m", "esbhub.cli", "worker"], env=env, stdout=f, stderr=f) for f in logs]
+    got: list[Envelope] = []
+
+    def drain() -> int:
+        while (d := broker.get("procs.out", timeout=0.05)) is not None:
+            got.append(d.envelope)
+            d.ack()
+        return len(got)
+
+    try:
+        broker.publish_many([Envelope.create("procs.in.v1", {"i": i}, source="t") for i in range(20)], timeout=10)
+        wait_until(lambda: drain() >= 20, timeout=60, what="v1 outputs")
+        assert apply_text(store, ROUTE.replace("REV", "2"), author="t").ok
+        # keep sending until both processes have handled a message on v2
+        n = 20
+        def both_on_v2() -> bool:
+            nonlocal n
+            broker.publish_many([Envelope.create("procs.in.v1", {"i": n}, source="t")], timeout=10)
+            n += 1
+            drain()
+            return len(got) > 24 and {e.headers["rev"] for e in got[-4:]} == {"2"}
+        wait_until(both_on_v2, timeout=60, what="v2 outputs")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.close()
+        for f in logs:
+            f.close()
+    assert {e.headers["rev"] for e in got[:20]} == {"1"}
+    assert all(e.headers["esbhub-route"] == f"procs@v{e.headers['rev']}" for e in got)
+    assert sorted(e.payload["i"] for e in got) == list(range(len(got)))  # nothing lost or duplicated
