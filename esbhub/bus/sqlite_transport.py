@@ -56,7 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
+from kombu.transport import TRANSPORT_ALIASES, virtual
 
 from esbhub.bus.broker import topic_matches
 from esbhub.errors import BrokerUnavailable
@@ -194,6 +196,7 @@ class SqliteQueueStore:
         c.execute(f"PRAGMA synchronous={self.synchronous}")
         c.execute("PRAGMA cache_size=-16000")
         c.execute("PRAGMA temp_store=MEMORY")
+        c.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after checkpoints
         return c
 
     def open(self) -> None:
@@ -587,3 +590,231 @@ class SqliteQueueStore:
             return os.path.getsize(self.path)
         except OSError:
             return 0
+
+
+# ==================================================================== kombu transport
+# ``kombu.Connection("esbsqlite:///var/broker.db")`` once this module is imported.
+
+TRANSPORT_ALIASES.setdefault("esbsqlite", "esbhub.bus.sqlite_transport:Transport")
+
+
+class QoS(virtual.QoS):
+    """Ack deletes the row (batched into the next lease while consuming); reject releases it."""
+
+    channel: Channel
+
+    def ack(self, delivery_tag: Any) -> None:
+        super().ack(delivery_tag)
+        self.channel._ack(delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self._quick_ack(delivery_tag)  # forget it locally; the store decides below
+        if requeue:
+            self.channel.store.release([int(delivery_tag)])
+        else:
+            self.channel.store.ack([int(delivery_tag)])
+
+
+class Channel(virtual.Channel):
+    """A kombu virtual channel over :class:`SqliteQueueStore` (leases, not deletes)."""
+
+    QoS = QoS
+    do_restore = True
+    #: rows leased per query while consuming (bounded by the prefetch count)
+    fetch_batch = 64
+    connection: Transport
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.store = connection.store
+        self._owner: str | None = None
+        self._buffers: dict[str, list[Row]] = {}
+        self._pending_acks: list[int] = []
+
+    # -- owner / leases
+    @property
+    def owner(self) -> str:
+        if self._owner is None:
+            self._owner = self.store.register_owner()
+        return self._owner
+
+    def _lease(self, queue: str, limit: int) -> list[Row]:
+        if self.store.next_visible(queue) is None or (self.store.next_visible(queue) or 0) > time.time():
+            self._flush_acks()
+            return []
+        acks, self._pending_acks = self._pending_acks, []
+        rows = self.store.lease(queue, self.owner, limit, acks)
+        if rows is None:  # declared dead: a new identity
+            self._owner = None
+            rows = self.store.lease(queue, self.owner, limit) or []
+        return rows
+
+    def _flush_acks(self) -> None:
+        if self._pending_acks:
+            acks, self._pending_acks = self._pending_acks, []
+            self.store.ack(acks)
+
+    def _ack(self, delivery_tag: Any) -> None:
+        self._pending_acks.append(int(delivery_tag))
+        if not self._consumers:  # nobody polls to flush: delete now
+            self._flush_acks()
+
+    def basic_cancel(self, consumer_tag: Any) -> None:
+        super().basic_cancel(consumer_tag)
+        queue_rows = [r.id for q, buf in self._buffers.items() if q not in self._active_queues for r in buf]
+        for q in [q for q in self._buffers if q not in self._active_queues]:
+            del self._buffers[q]
+        with contextlib.suppress(Exception):
+            self._flush_acks()
+            if queue_rows:  # leased for a consumer that is gone, never delivered
+                self.store.release(queue_rows, redelivered=False)
+
+    def _to_message(self, row: Row) -> dict[str, Any]:
+        payload = orjson.loads(row.body)
+        props = payload["properties"]
+        props["delivery_tag"] = row.id
+        props.setdefault("delivery_info", {})["redelivered"] = row.redelivered
+        payload["redelivered"] = row.redelivered
+        return payload
+
+    # -- virtual channel primitives
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        buf = self._buffers.get(queue)
+        if not buf:
+            limit = self.qos.can_consume_max_estimate() if self.qos.prefetch_count else self.fetch_batch
+            buf = self._lease(queue, max(1, min(limit or 1, self.fetch_batch)))
+            buf.reverse()
+            self._buffers[queue] = buf
+        if not buf:
+            raise virtual.Empty()
+        return self._to_message(buf.pop())
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        rows = self._buffers.get(queue) or self._lease(queue, 1)
+        if not rows:
+            return None
+        row = rows.pop() if queue in self._buffers and rows is self._buffers[queue] else rows[0]
+        message = self.Message(self._to_message(row), channel=self)
+        if no_ack:
+            self.store.ack([row.id])
+        else:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> None:
+        self._inplace_augment_message(message, exchange, routing_key)
+        body = orjson.dumps(message)
+        if exchange:
+            self.store.put([(body, exchange, routing_key, None, time.time())])
+        else:  # default exchange: routing key names the queue
+            self.store.put([(body, None, None, routing_key, time.time())])
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self.store.put([(orjson.dumps(message), None, None, queue, time.time())])
+
+    def _restore(self, message: Any) -> None:
+        self.store.release([int(message.delivery_tag)])
+
+    def _restore_at_beginning(self, message: Any) -> None:
+        self._restore(message)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self.store.declare_queue(queue)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return self.store.queue_exists(queue)
+
+    def _size(self, queue: str) -> int:
+        return self.store.depth(queue)
+
+    def _purge(self, queue: str) -> int:
+        return self.store.purge(queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self.store.delete_queue(queue)
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> None:
+        if if_empty and self._size(queue):
+            return
+        self.store.delete_queue(queue)
+
+    # -- bindings live in the file, shared by every process
+    def _pattern(self, exchange: str, routing_key: str) -> str:
+        try:
+            typ = self.state.exchanges[exchange]["type"]
+        except KeyError:
+            typ = "topic"
+        return "#" if typ == "fanout" else routing_key
+
+    def queue_bind(self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kw: Any) -> None:
+        exchange = exchange or "amq.direct"
+        self.store.declare_queue(queue, exchange, [self._pattern(exchange, routing_key)])
+
+    def queue_unbind(self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kw: Any) -> None:
+        exchange = exchange or "amq.direct"
+        self.store.unbind(queue, exchange, self._pattern(exchange, routing_key))
+
+    def list_bindings(self) -> Any:
+        return ((q, ex, p) for ex, q, p in self.store.bindings())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()  # cancels consumers, restores (releases) unacked
+        finally:
+            leftover = [r.id for buf in self._buffers.values() for r in buf]
+            self._buffers.clear()
+            with contextlib.suppress(Exception):
+                self._flush_acks()
+                if leftover:
+                    self.store.release(leftover, redelivered=False)
+                if self._owner is not None:
+                    self.store.unregister_owner(self._owner)
+            self._owner = None
+
+
+class Transport(virtual.Transport):
+    """``esbsqlite:///PATH`` — crash-safe SQLite WAL transport for kombu (and Celery)."""
+
+    Channel = Channel
+    can_parse_url = True
+    polling_interval = 0.01
+    driver_type = "sqlite"
+    driver_name = "esbsqlite"
+    implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct", "topic", "fanout"]))
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        url = (client.hostname or "").split("?", 1)[0]
+        # like SQLAlchemy: esbsqlite:///relative/path, esbsqlite:////absolute/path
+        path = url[len("esbsqlite:///") :] if url.startswith("esbsqlite:///") else url
+        if not path:
+            raise ValueError("esbsqlite:// needs a file path, e.g. esbsqlite:///var/broker.db")
+        opts = client.transport_options or {}
+        self.store = SqliteQueueStore(
+            path,
+            synchronous=opts.get("synchronous", "NORMAL"),
+            lease_timeout=float(opts.get("lease_timeout", 30.0)),
+            unrouted_queue=opts.get("unrouted_queue", "esbhub.unrouted"),
+        )
+        self.store.open()
+        self._last_recover = 0.0
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last_recover > 1.0:
+            self._last_recover = now
+            with contextlib.suppress(sqlite3.Error):
+                self.store.recover()
+        super().drain_events(connection, timeout)
+
+    def close_connection(self, connection: Any) -> None:
+        try:
+            super().close_connection(connection)
+        finally:
+            self.store.close()
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        return {"hostname": ""}
