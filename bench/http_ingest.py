@@ -107,11 +107,16 @@ def run_wrk(url: str, key: str, duration: int, connections: int, threads: int, l
     env = {**os.environ, "ESBHUB_BENCH_KEY": key}
     # warm-up (JIT-free Python still needs imports, caches, first SQLite pages)
     subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", str(lua), url], env=env, capture_output=True, check=True)
+    load_before = os.getloadavg()[0]
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
          "-s", str(lua), url], env=env, capture_output=True, text=True, check=True,
     ).stdout
-    return parse_wrk(out, duration)
+    res = parse_wrk(out, duration)
+    # other processes on the machine compete with server and wrk for the 2 cores: say how busy it was
+    res["loadavg_1m_before"] = round(load_before, 2)
+    res["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    return res
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -199,10 +204,10 @@ def main() -> None:
     head = (f"HTTP ingest, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPU, "
             f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, payment.v1 with API key, loopback")
     print("\n" + head)
-    print(f"{'configuration':<62} {'accepted/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(f"{'configuration':<62} {'accepted/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'load1m':>7}")
     for r in results:
         print(f"{r['config']:<62} {r['accepted_rps']:>10} {r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f} "
-              f"{r['non_2xx']:>8}")
+              f"{r['non_2xx']:>8} {r['loadavg_1m_before']:>7.2f}")
     if args.json:
         args.json.write_text(json.dumps({"header": head, "results": results}, indent=2))
 

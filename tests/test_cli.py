@@ -199,3 +199,11 @@ def test_send_direct_validates_and_publishes_without_http(tmp_path, unique):
 def test_send_over_http_without_a_key_is_a_usage_error(tmp_path):
     r = run("send", "payment.v1", "-", "--url", "http://127.0.0.1:9", data_dir=tmp_path / "v", input="{}")
     assert r.exit_code == 2 and "API key" in r.output
+
+
+def test_config_file_settings_are_used(tmp_path):
+    data = tmp_path / "from-yaml"
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(f"data_dir: {data}\n")
+    r = CliRunner().invoke(main, ["--config", str(cfg), "db", "upgrade"], catch_exceptions=False)
+    assert r.exit_code == 0 and (data / "hub.db").exists()
