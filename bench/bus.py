@@ -335,6 +335,71 @@ def bench_esbhub(name: str, kind: str, url: str, broker: Broker, n: int, publish
         broker.close()
 
 
+# --------------------------------------------------------------------------- publish only
+def bench_publish_only(url: str, n: int, n_confirm: int, publishers: int, chunk: int, singles: int) -> list[Result]:
+    """Publishing alone into one durable queue (the issue's 1,400 vs 22,000 msg/s question):
+    call latency = how long a publisher waits until its message is safe (or just written)."""
+    q = f"bench.pub.{uuid.uuid4().hex[:8]}"
+    admin = rabbit_admin(url)
+    admin.declare_queue(q)
+    out: list[Result] = []
+
+    def purge() -> None:
+        admin._control(lambda ch: ch.queue_purge(q), what="bench")
+
+    try:
+        for name, opts, count in (("(p1) kombu Producer.publish, no confirms", {}, n),
+                                  ("(p2) kombu Producer.publish, confirm_publish=True", {"confirm_publish": True},
+                                   n_confirm)):
+            bodies = [e.to_bytes() for e in envelopes(count)]
+            lat: list[float] = []
+            with kombu.Connection(url, connect_timeout=5, transport_options=opts) as conn:
+                producer = kombu.Producer(conn.default_channel)
+                t0 = time.perf_counter()
+                for body in bodies:
+                    t = time.perf_counter()
+                    producer.publish(body, routing_key=q, exchange="", delivery_mode=2,
+                                     content_type="application/json", content_encoding="binary", retry=False)
+                    lat.append(time.perf_counter() - t)
+                out.append(Result(name, count, time.perf_counter() - t0, lat, note="1 thread"))
+            purge()
+        for name, threads, size in ((f"(p3) esbhub publish_many({chunk}), confirmed", publishers, chunk),
+                                    ("(p4) esbhub publish(1) per call, confirmed", singles, 1)):
+            b = RabbitBroker(url, exchange="esbhub.bench", connection_name="esbhub-bench-pub")
+            b.connect()
+            envs = envelopes(n)
+            parts = [envs[k::threads] for k in range(threads)]
+            lat = []
+            lock = threading.Lock()
+
+            def run(part: list[Envelope], b: RabbitBroker = b, size: int = size, lat: list[float] = lat,
+                    lock: threading.Lock = lock) -> None:
+                mine = []
+                for i in range(0, len(part), size):
+                    t = time.perf_counter()
+                    b.publish_many(part[i:i + size], queue=q, timeout=30)
+                    mine.append(time.perf_counter() - t)
+                with lock:
+                    lat.extend(mine)
+
+            ts = [threading.Thread(target=run, args=(p,)) for p in parts]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(300)
+            secs = time.perf_counter() - t0
+            batches = b.stats["publish_batches"]
+            b.close()
+            out.append(Result(name, n, secs, lat, note=f"{threads} threads; {batches} confirm rounds "
+                                                       f"({n / max(1, batches):.0f} msgs each)"))
+            purge()
+    finally:
+        admin.delete_queue(q)
+        admin.close()
+    return out
+
+
 # --------------------------------------------------------------------------- memory
 def rss_worker_main(url: str, queue: str, seconds: float, prefetch: int, sleep: float) -> None:
     """Runs in its own process: consume a long queue into a slow sink, sample RSS."""
@@ -409,7 +474,8 @@ def main() -> int:
     ap.add_argument("--sink", choices=["set", "sqlite"], default="set")
     ap.add_argument("--memory-backlog", type=int, default=100_000, help="messages waiting for the RSS run")
     ap.add_argument("--memory-seconds", type=float, default=10.0)
-    ap.add_argument("--skip", default="", help="comma list of a,b,c,d,memory")
+    ap.add_argument("--skip", default="", help="comma list of a,b,c,d,publish,memory")
+    ap.add_argument("--singles", type=int, default=16, help="threads publishing one message per call in (p4)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="(a), (c), (d) run interleaved this many times; the median round is reported")
     # subprocess modes
@@ -485,6 +551,17 @@ def main() -> int:
         print(f"- c/b = {c.rate / b.rate:.1f} (target ≥ 3)")
     if d and not d.skipped:
         print(f"- d = {d.rate:,.0f} msg/s (target ≥ 5,000)")
+    if "publish" not in skip:
+        pubs = bench_publish_only(args.url, args.count, min(args.count, args.celery_count), args.publishers,
+                                  args.chunk, args.singles)
+        print()
+        print("Publishing only (durable queue, persistent; latency = one publish call):")
+        print()
+        print(table(pubs))
+        print()
+        p1, p2, p3, p4 = pubs
+        print(f"- confirmed esbhub vs unconfirmed kombu: p3/p1 = {p3.rate / p1.rate:.2f}, p4/p1 = {p4.rate / p1.rate:.2f}; "
+              f"vs kombu confirm_publish: p3/p2 = {p3.rate / p2.rate:.1f}")
     if "memory" not in skip:
         m = bench_memory(args.url, args.memory_backlog, args.memory_seconds, 64)
         mb = 1024 * 1024
