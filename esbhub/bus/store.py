@@ -623,6 +623,12 @@ class BusStore:
             if cur is not None and cur["updated_at"] <= state["updated_at"]:
                 del self._states[(mid, subscription)]
         metrics.MESSAGES_DEAD_LETTERED.labels(subscription=subscription, error_type=error.type).inc()
+        # the one place every dead-lettering passes: logged and counted here, never quiet
+        log.error(
+            "message_dead_lettered", dlq_id=dlq_id, message_id=mid, subscription=subscription, route=subscription,
+            correlation_id=env.correlation_id if env else None, message_type=env.type if env else None,
+            attempts=attempts, error_kind=error.kind, error_type=error.type, error=error.message[:500],
+        )
         return dlq_id
 
     def _dlq_where(

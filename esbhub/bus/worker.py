@@ -510,10 +510,7 @@ class Worker:
             stop.wait(1.0)
             delivery.reject(True)
             return
-        log.error(
-            "message_dead_lettered", dlq_id=dlq_id, attempts=made, error_kind=info.kind, error_type=info.type,
-            error=info.message[:500],
-        )
+        # BusStore.dead_letter logged it (message_dead_lettered) and counted it
         if delivery.reply_to:
             err = env.derive(ERROR_REPLY_TYPE, {"error": {"kind": info.kind, "type": info.type, "message": info.message, "dlq_id": dlq_id}})
             err = err.evolve(id=stable_id(env.id, sub.name, "error-reply"))

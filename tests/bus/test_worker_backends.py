@@ -13,7 +13,7 @@ from esbhub.bus.store import BusStore
 from esbhub.bus.worker import Subscription, Worker, queue_for
 from esbhub.config import RetryPolicy
 from esbhub.db import upgrade
-from esbhub.errors import TransientError
+from esbhub.errors import PermanentError, TransientError
 
 from .memory_broker import wait_until
 
@@ -84,5 +84,40 @@ def test_redelivery_of_a_processed_message_repeats_no_side_effect(broker, store,
             broker.publish(e)
         wait_until(lambda: calls and broker.queue_depth(queue_for(unique)) == 0, timeout=30, what="drained")
         assert calls == [e.id]
+    finally:
+        w.stop(10)
+
+
+def test_counts_reconcile_after_a_mixed_run_with_retries(broker, store, settings, unique):
+    flaky_seen: set[str] = set()
+
+    def handler(env: Envelope, ctx):
+        kind = env.payload["kind"]
+        if kind == "bad":
+            raise PermanentError("unknown account")
+        if kind == "flaky" and env.id not in flaky_seen:
+            flaky_seen.add(env.id)
+            raise TransientError("timeout")
+        if kind == "skip":
+            ctx.filtered()
+
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=0.0)
+    w = Worker(broker, store, [Subscription(unique, ["party.v1"], handler, retry=policy, concurrency=2)], settings)
+    w.start()
+    try:
+        kinds = ["ok"] * 20 + ["bad"] * 3 + ["flaky"] * 5 + ["skip"] * 2
+        envs = [Envelope.create("party.v1", {"kind": k, "n": i}, source="crm") for i, k in enumerate(kinds)]
+        store.record_accepted(envs)
+        broker.publish_many(envs)
+
+        def settled():
+            store.flush()
+            c = store.counts()
+            assert c["accepted"] == c["delivered"] + c["retrying"] + c["dead_lettered"] + c["in_flight"] + c["filtered"]
+            return c["in_flight"] == 0 and c["retrying"] == 0 and c
+
+        c = wait_until(settled, timeout=30, what="all settled")
+        assert (c["accepted"], c["delivered"], c["dead_lettered"], c["filtered"]) == (30, 25, 3, 2)
+        assert all(store.get_message(e.id)["routes"][unique]["attempt"] == 2 for e in envs if e.payload["kind"] == "flaky")
     finally:
         w.stop(10)
