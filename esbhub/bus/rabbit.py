@@ -912,12 +912,20 @@ class RabbitBroker(Broker):
                     if not d.settled:
                         d.reject(requeue=True)
 
-            ch.basic_consume(queue, callback=on_message, no_ack=False)
+            cancelled = [False]
+
+            def on_cancel(_tag: str) -> None:  # queue deleted, quorum leader moved, …
+                cancelled[0] = True
+
+            ch.basic_consume(queue, callback=on_message, no_ack=False, on_cancel=on_cancel)
             log.info("consumer_started", backend="rabbitmq", queue=queue, prefetch=prefetch)
             backoff.reset()
             wait = min(max(idle_timeout, 0.05), 0.25)  # also how soon acks from other threads go out
             next_tick = time.monotonic() + 1.0
             while not (stop.is_set() or self._closing.is_set()):
+                if cancelled[0]:
+                    flush_acks()
+                    raise amqp_exc.RecoverableConnectionError(f"RabbitMQ cancelled the consumer of '{queue}'")
                 while foreign:
                     settle(*foreign.popleft())
                 try:

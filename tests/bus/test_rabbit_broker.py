@@ -392,3 +392,28 @@ def test_quorum_queues_take_messages_and_delays(rabbit_url, unique):
         b.delete_queue(f"{unique}.unrouted")
         b._control(lambda ch: (ch.exchange_delete(unique), ch.exchange_delete(f"{unique}.unrouted")), what="cleanup")
         b.close()
+
+
+def test_consumer_of_a_deleted_queue_resumes_when_the_queue_is_back(broker, unique):
+    q = make_queue(broker, f"{unique}.q")
+    got: list[str] = []
+    stop = threading.Event()
+
+    def cb(d) -> None:
+        got.append(d.envelope.id)
+        d.ack()
+
+    t = threading.Thread(target=broker.consume, args=(q, cb), kwargs={"prefetch": 10, "stop": stop})
+    t.start()
+    try:
+        first = env(1)
+        broker.publish(first)
+        wait_for(lambda: got == [first.id], what="first delivery")
+        broker.delete_queue(q)  # RabbitMQ cancels the consumer
+        broker.declare_queue(q, ["party.v1"])
+        second = env(2)
+        broker.publish(second)
+        wait_for(lambda: second.id in got, timeout=20, what="delivery after the queue came back")
+    finally:
+        stop.set()
+        t.join(10)
