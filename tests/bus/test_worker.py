@@ -389,3 +389,27 @@ def test_removed_subscription_acks_what_it_handled_and_leaves_the_rest_queued(br
     assert broker.queue_depth(queue_for(unique)) == 0  # handled ones acked, not handed back
     broker.publish_many([party(i) for i in range(5, 8)])
     assert broker.queue_depth(queue_for(unique)) == 3 and len(got) == 5
+
+
+def test_a_message_waiting_for_its_retry_does_not_block_the_consumer(broker, store, run_worker, unique):
+    ran: list[tuple[int, int]] = []
+
+    def handler(env, ctx):
+        ran.append((env.payload["n"], env.attempt))
+        if env.payload["n"] == 0:
+            raise TransientError("peer down")
+
+    slow = RetryPolicy(max_attempts=3, initial_delay=60, jitter=0.0)
+    run_worker(Subscription(unique, ["party.v1"], handler, retry=slow, concurrency=1))
+    poison = party(0)
+    broker.publish(poison)
+    broker.publish_many([party(i) for i in range(1, 6)])
+    wait_until(lambda: len(ran) == 6, what="the others handled")
+    assert ran[0] == (0, 0) and sorted(ran[1:]) == [(i, 0) for i in range(1, 6)]
+    store.flush()
+    r = store.get_message(poison.id)["routes"][unique]
+    assert r["state"] == "retrying" and r["attempt"] == 1
+    from datetime import datetime
+
+    wait_s = (datetime.fromisoformat(r["next_attempt_at"]) - datetime.fromisoformat(r["updated_at"])).total_seconds()
+    assert 59 <= wait_s <= 61  # the backoff is in the state, not in a sleeping consumer
