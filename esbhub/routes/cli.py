@@ -97,10 +97,15 @@ def schema(out: str | None) -> None:
 
 @routes.command()
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
-def docs(out: str | None) -> None:
+@click.option("--update", type=click.Path(dir_okay=False, exists=True),
+              help="Regenerate the reference part of this Markdown file (after its marker line).")
+def docs(out: str | None, update: str | None) -> None:
     """Generate the step reference (Markdown) from the step models."""
-    from esbhub.routes.docs import reference_markdown
+    from esbhub.routes.docs import reference_markdown, update_file
 
+    if update:
+        click.echo(f"{update}: {'updated' if update_file(update) else 'up to date'}")
+        return
     text = reference_markdown()
     if out:
         Path(out).write_text(text, encoding="utf-8")

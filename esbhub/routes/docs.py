@@ -101,3 +101,20 @@ def reference_markdown() -> str:
         _section(m.ExpectedDeadLetter, "tests[].expect.dead_letter[]", "####"),
     ]
     return "\n".join(parts)
+
+
+MARKER = "<!-- reference: generated below by `esbhub routes docs --update docs/routes.md` -->"
+
+
+def update_file(path: str) -> bool:
+    """Replace everything after :data:`MARKER` in ``path`` with the generated reference; True if changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    head = text.split(MARKER, 1)[0]
+    new = head + MARKER + "\n\n" + reference_markdown()
+    if new != text:
+        p.write_text(new, encoding="utf-8")
+        return True
+    return False

@@ -94,3 +94,12 @@ def test_apply_rollback_list_history_pause_resume(cli, tmp_path: Path):
     assert rows == [{"route": "clir", "version": 3, "author": "carol", "created_at": rows[0]["created_at"], "paused": True}]
     assert cli("resume", "clir").exit_code == 0 and not json.loads(cli("list", "--json").output)[0]["paused"]
     assert cli("pause", "nope").exit_code != 0
+
+
+def test_docs_reference_in_the_repo_is_up_to_date(tmp_path: Path):
+    from esbhub.routes.docs import update_file
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "routes.md"
+    copy = tmp_path / "routes.md"
+    copy.write_text(doc.read_text(encoding="utf-8"), encoding="utf-8")
+    assert not update_file(str(copy)), "run: esbhub routes docs --update docs/routes.md"
