@@ -269,6 +269,9 @@ def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, no_wo
 
     db_url = settings.effective_database_url
     if do_upgrade or (do_upgrade is None and db_url.startswith("sqlite")):
+        import logging
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-plugin INFO lines are noise here
         upgrade(db_url)
     if admin_key or (admin_key is None and settings.embedded):
         key, path = ensure_admin_key(ApiKeyStore(db_url), settings)

@@ -120,7 +120,7 @@ def _stop(p) -> int:
     return p.wait(20)
 
 
-def test_serve_starts_prints_url_and_admin_key_once_and_accepts_a_message(served, tmp_path):
+def test_serve_starts_prints_url_answers_and_stops_cleanly_on_sigterm(served, tmp_path):
     p, url, out = served()
     key = (tmp_path / "var" / "admin.key").read_text().strip()
     text = out.read_text()
@@ -135,12 +135,22 @@ def test_serve_starts_prints_url_and_admin_key_once_and_accepts_a_message(served
     # `esbhub send` finds the admin key in the data dir
     sent = run("send", "payment.v1", "-", "--url", url, data_dir=tmp_path / "var", input=json.dumps(PAYMENT))
     assert sent.exit_code == 0 and json.loads(sent.output)["id"]
+    _wait(lambda: "worker_started" in out.read_text(), 30, "the worker process to start")
     assert _stop(p) == 0
-    assert "esbhub stopped" in out.read_text()
+    text = out.read_text()
+    assert "worker_stopped" in text and "esbhub stopped" in text  # workers stopped before serve exits
 
-    p2, _url2, out2 = served()  # second start: the key is not shown again
-    assert key not in out2.read_text() and "admin.key" in out2.read_text()
-    assert _stop(p2) == 0
+
+def test_serve_prints_the_admin_key_on_first_start_only(tmp_path, monkeypatch):
+    import esbhub.cli as cli
+
+    monkeypatch.setattr(cli, "_run_http", lambda settings, n: None)  # everything but the HTTP server
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
+    first = run("serve", "--no-worker", data_dir=tmp_path / "var")
+    key = (tmp_path / "var" / "admin.key").read_text().strip()
+    assert first.exit_code == 0 and key in first.output and "shown once" in first.output
+    second = run("serve", "--no-worker", data_dir=tmp_path / "var")
+    assert second.exit_code == 0 and key not in second.output and "admin.key" in second.output
 
 
 def test_dlq_commands_list_show_edit_replay_discard(tmp_path, unique):
