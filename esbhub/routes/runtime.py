@@ -339,6 +339,11 @@ class RouteRuntime:
                     self.worker.replace(s)
                 else:
                     self.worker.add(s)
+        if self._threads and (old is None or old.route.from_ != cr.route.from_):
+            src = self._sources.pop(cr.name, None)
+            if src is not None:
+                src.stop()  # the endpoint changed: restart the source with the new config
+            self._start_sources()
         log.info("route_reloaded", route=cr.name, version=cr.version, previous=old.version if old else None)
         for cb in self.on_swap:
             cb(cr.name, cr.version)

@@ -262,3 +262,42 @@ def test_file_watcher_applies_a_valid_change_and_refuses_an_invalid_one(hub: Hub
     hub.publish([msg(1)])
     got = wait_until(lambda: memory_sink(sink), what="message on v2")
     assert got[0].headers["rev"] == "2" and [v["version"] for v in hub.routes.versions("w")] == [1, 2]
+
+
+def test_call_step_is_request_reply_to_another_route_over_the_bus(hub: Hub):
+    sink = hub.unique
+    callee = "name: pricing\nfrom: {topic: price.request.v1}\nsteps:\n  - type: map\n    replace: true\n" \
+             "    set: {payload.price: 'payload.qty'}\n"
+    caller = route_yaml("caller", sink, extra_steps="  - type: call\n    route: pricing\n    target: payload.quote\n    timeout: 20\n")
+    assert hub.apply(callee).ok and hub.apply(caller).ok
+    hub.start()
+    hub.publish([msg(1, qty=3)])
+    got = wait_until(lambda: memory_sink(sink), what="caller output")
+    assert got[0].payload == {"i": 1, "qty": 3, "quote": {"price": 3}}
+
+
+def test_route_from_a_source_adapter_endpoint(hub: Hub):
+    from pydantic import Field
+
+    from esbhub.adapters.base import AdapterConfig, AdapterSpec, Source
+    from esbhub.adapters.registry import register
+
+    class CountConfig(AdapterConfig):
+        count: int = Field(description="How many messages to emit.")
+
+    class CountSource(Source[CountConfig]):
+        def start(self, emit):
+            emit([Envelope.create("party.v1", {"i": i}, source="count") for i in range(self.config.count)])
+
+        def stop(self, timeout: float = 10.0) -> None:
+            pass
+
+    register(AdapterSpec(name="count", config_model=CountConfig, source_cls=CountSource, description="test source"))
+    sink = hub.unique
+    bad = route_yaml("fromsrc", sink).replace("from: {topic: party.v1}", "from: {adapter: count, config: {cnt: 3}}")
+    r = hub.apply(bad)
+    assert not r.ok and any(e.loc == "from.config.cnt" and e.hint == "did you mean 'count'?" and e.line == 2 for e in r.errors)
+    assert hub.apply(route_yaml("fromsrc", sink).replace("from: {topic: party.v1}", "from: {adapter: count, config: {count: 5}}")).ok
+    hub.start()
+    got = wait_until(lambda: len(memory_sink(sink)) == 5 and memory_sink(sink), what="messages from the source")
+    assert sorted(e.payload["i"] for e in got) == list(range(5)) and {e.source for e in got} == {"count"}
