@@ -645,6 +645,11 @@ class MdmService:
             g, hops = nxt, hops + 1
         return g
 
+    def resolve_id(self, ref: str) -> str:
+        """The active golden id for a golden id (following merge pointers) or a source key."""
+        with self.Session() as s:
+            return self.resolve(s, ref).golden_id
+
     def _audit(self, s: Session, now: datetime, actor: str, action: str, target: str, reason: str | None, **detail: Any) -> None:
         s.add(Audit(at=now, actor=actor, action=action, target=target, reason=reason, detail=detail))
 
@@ -716,9 +721,28 @@ class MdmService:
             self._audit(s, now, by, "merge", f"{ga.golden_id}+{gb.golden_id}", reason, a=a, b=b,
                         before={ga.golden_id: list(ma), gb.golden_id: list(mb)})
             s.flush()
-            return self._recluster(s, ma | mb, now, actor=by, reason=reason, cause="merge")
+            changes = self._recluster(s, ma | mb, now, actor=by, reason=reason, cause="merge")
+            s.flush()
+            got = set(self.resolve(s, ga.founder).members or [])
+            if got != ma | mb:  # all or nothing: a merge never splits a third record off
+                lost = sorted((ma | mb) - got)
+                why = {k: self._why_apart(s, k, got) for k in lost}
+                raise Conflict(
+                    f"merging {ga.golden_id} and {gb.golden_id} would split off {', '.join(lost)} "
+                    f"({'; '.join(f'{k}: {v}' for k, v in why.items())}); unmerge those first"
+                )
+            return changes
 
         return self._steward(run, by, reason, "merge")
+
+    def _why_apart(self, s: Session, key: str, others: set[str]) -> str:
+        xs = self._xrefs(s, [key, *others])
+        for o in sorted(others):
+            if o in xs and key in xs:
+                reason = self._can_link(self._load_std(xs[key].std), self._load_std(xs[o].std))
+                if reason:
+                    return f"{reason} with {o}"
+        return "steward decision"
 
     def unmerge(self, golden_id: str, source_keys: Sequence[str], by: str, reason: str | None = None) -> list[Envelope]:
         """Split ``source_keys`` off ``golden_id``; they stay apart from the rest across re-matching."""

@@ -70,3 +70,16 @@ def db_fixture_url(request, tmp_path, unique: str):
     url, drop = fresh_pg_db(request.getfixturevalue("pg_url"), "mdm_" + unique)
     request.addfinalizer(drop)
     return url
+
+
+def review_pair() -> tuple[Party, Party]:
+    """Two records the engine's default model sends to a steward (same 字号 and city, little else)."""
+    from esbhub.mdm.match import Matcher
+    from esbhub.mdm.standardize import standardize
+
+    a = party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳",
+              address="广东省深圳市南山区科技园路1号")
+    b = party("res", "R1", "华信科技有限公司", city="深圳")
+    r = Matcher().score(standardize(a), standardize(b))
+    assert r.decision == "review", f"engine defaults changed: this pair is now {r.decision} ({r.weight})"
+    return a, b

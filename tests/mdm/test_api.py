@@ -16,7 +16,7 @@ from esbhub.bus.broker import create_broker
 from esbhub.config import Settings
 from esbhub.db import engine_for
 from esbhub.mdm.service import MdmService
-from mdm.fakes import party, uscc
+from mdm.fakes import party, review_pair, uscc
 
 
 class Harness:
@@ -50,9 +50,10 @@ def hub(tmp_path: Path, unique: str) -> Iterator[Harness]:
 
 
 def seed(svc: MdmService) -> None:
-    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", uscc=uscc(1), phones=["0755-88886666"], city="深圳"), "e1")
+    a, b = review_pair()
+    svc.ingest(a, "e1")
     svc.ingest(party("crm", "9", "广州市远洋物流有限公司", uscc=uscc(2), city="广州"), "e2")
-    svc.ingest(party("res", "R1", "华信科技有限公司", city="广州"), "e3")
+    svc.ingest(b, "e3")
 
 
 def test_customer_360_search_xref_and_history_need_read_scope(hub):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from esbhub.mdm.service import Conflict, MdmService
 from esbhub.mdm.store import Golden, GoldenHistory, Link, SourceVersion, Xref
-from mdm.fakes import db_fixture_url, party, uscc
+from mdm.fakes import db_fixture_url, party, review_pair, uscc
 
 U1, U2 = uscc(1), uscc(2)
 
@@ -138,10 +138,21 @@ def test_unmerge_of_an_engine_merge_sticks_across_rematch(svc):
         svc.merge("crm:1", "billing:A1", by="dave")
 
 
+def test_a_merge_that_would_split_a_third_record_off_is_refused_and_changes_nothing(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+    svc.ingest(other_company(), "e3")
+    before = svc.snapshot()
+    with pytest.raises(Conflict, match="billing:A1.*uscc_conflict"):
+        svc.merge("G0000000001", "crm:9", by="dave")
+    assert svc.snapshot() == before
+
+
 @BOTH
 def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rematch(svc):
-    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳"), "e1")
-    svc.ingest(party("res", "R1", "华信科技有限公司", city="深圳"), "e2")
+    a, b = review_pair()
+    svc.ingest(a, "e1")
+    svc.ingest(b, "e2")
     tasks = svc.tasks()
     assert len(tasks) == 1
     t = svc.task(tasks[0]["id"])
@@ -154,8 +165,9 @@ def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rem
 
 
 def test_steward_same_merges_the_pair_and_sticks_across_rematch(svc):
-    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳"), "e1")
-    svc.ingest(party("res", "R1", "华信科技有限公司", city="深圳"), "e2")
+    a, b = review_pair()
+    svc.ingest(a, "e1")
+    svc.ingest(b, "e2")
     (t,) = svc.tasks()
     ev = svc.decide(t["id"], same=True, by="erin")
     assert [e.payload["change"] for e in ev] == ["merged", "merged"]
@@ -199,7 +211,9 @@ def test_events_carry_a_gapless_sequence_per_golden_id(svc):
         for e in svc.ingest(p, f"e{i}"):
             assert e.headers["golden_seq"] == str(e.payload["seq"])
             seen.setdefault(e.payload["golden_id"], []).append(e.payload["seq"])
-    for e in svc.merge("G0000000001", "G0000000002", by="x"):
+    for e in svc.ingest(party("res", "R5", "华信云计算有限公司", city="北京"), "e9") + svc.merge(
+        "G0000000001", "res:R5", by="x"
+    ):
         seen.setdefault(e.payload["golden_id"], []).append(e.payload["seq"])
     for gid, seqs in seen.items():
         assert seqs == list(range(1, len(seqs) + 1)), gid
