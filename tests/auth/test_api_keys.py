@@ -6,6 +6,7 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from esbhub.auth.principal import Principal
@@ -75,3 +76,14 @@ def test_admin_key_is_created_once_and_written_0600(tmp_path):
     assert store.verify(key).has_scope("admin")
     again, _ = ensure_admin_key(store, settings)
     assert again is None  # shown once only
+
+
+@pytest.mark.postgres
+def test_api_keys_on_postgresql(pg_url):
+    upgrade(pg_url)
+    store = ApiKeyStore(pg_url)
+    kid, key = store.create("crm-pg", scopes=["ingest", "read"], types=["party.v1"], org_scope="gd")
+    p = store.verify(key)
+    assert p.key_id == kid and p.org_scope == "gd" and p.scopes == frozenset({"ingest", "read"})
+    assert store.revoke(kid) and store.verify(key) is None
+    assert any(k["key_id"] == kid and not k["active"] for k in store.list())
