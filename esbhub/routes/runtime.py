@@ -37,6 +37,7 @@ from esbhub.bus.worker import HandlerContext, Subscription, queue_for
 from esbhub.errors import ErrorDetail, PermanentError
 from esbhub.logging import get_logger
 from esbhub.routes import adapters as adapter_registry
+from esbhub.routes import metrics
 from esbhub.routes.engine import CompiledRoute, RunResult
 from esbhub.routes.loader import LoadResult, load_paths, load_text
 from esbhub.routes.models import CallStep, Route, SinkSpec
@@ -60,10 +61,11 @@ class ApplyResult:
         return not self.errors
 
 
-def apply_loaded(store: RouteStore, res: LoadResult, *, author: str, comment: str = "") -> ApplyResult:
+def apply_loaded(store: RouteStore, res: LoadResult, *, author: str, comment: str = "", via: str = "api") -> ApplyResult:
     out = ApplyResult(errors=list(res.errors))
     if res.errors:
-        log.warning("route_change_refused", errors=len(res.errors), first=str(res.errors[0])[:300])
+        log.warning("route_change_refused", via=via, errors=len(res.errors), first=str(res.errors[0])[:300])
+        metrics.CHANGES_REFUSED.labels(via=via).inc()
         return out
     for lr in res.routes:
         v = store.apply(lr.route.name, lr.text, author=author, comment=comment)
@@ -80,11 +82,11 @@ def apply_text(store: RouteStore, text: str, *, file: str = "<api>", author: str
     res = load_text(text, file)
     if expect_name is not None and res.ok and [r.route.name for r in res.routes] != [expect_name]:
         res.errors.append(ErrorDetail(loc="name", msg=f"the body must hold exactly the route '{expect_name}'", file=file, line=1))
-    return apply_loaded(store, res, author=author)
+    return apply_loaded(store, res, author=author, via="api")
 
 
-def apply_paths(store: RouteStore, paths: list[str | Path], *, author: str) -> ApplyResult:
-    return apply_loaded(store, load_paths(paths), author=author)
+def apply_paths(store: RouteStore, paths: list[str | Path], *, author: str, via: str = "cli") -> ApplyResult:
+    return apply_loaded(store, load_paths(paths), author=author, via=via)
 
 
 def compile_version(v: dict[str, Any], deps: Deps) -> CompiledRoute:
@@ -122,10 +124,18 @@ class RouteHandler:
         key = cr.idempotency_key(env)
         if key is not None and not self.rt.store.claim_key(cr.name, key, env.id):
             log.info("route_duplicate_skipped", route=cr.name, message_id=env.id)
+            metrics.FILTERED.labels(route=cr.name).inc()
             ctx.filtered()
             return None
         res = cr.run(env)
         self.rt.deliver(cr, res, ctx)
+        if res.filtered:
+            metrics.FILTERED.labels(route=cr.name).inc(res.filtered)
+        if res.split_empty:
+            metrics.SPLIT_EMPTY.labels(route=cr.name).inc(res.split_empty)
+            log.info("route_split_empty", route=cr.name, message_id=env.id)
+        if res.aggregated:
+            metrics.AGGREGATE_HELD.labels(route=cr.name).inc(res.aggregated)
         if not res.outputs and not res.final and not res.deferred and (res.filtered or res.split_empty):
             ctx.filtered()
         return res.reply if ctx.delivery.reply_to else None
@@ -194,7 +204,7 @@ class RouteRuntime:
         d = self.settings.routes_dir
         if not d or not Path(d).exists():
             return None
-        r = apply_paths(self.store, [d], author="files")
+        r = apply_paths(self.store, [d], author="files", via="files")
         for e in r.errors:
             log.error("route_file_invalid", error=str(e))
         return r
@@ -344,6 +354,7 @@ class RouteRuntime:
             if src is not None:
                 src.stop()  # the endpoint changed: restart the source with the new config
             self._start_sources()
+        metrics.RELOADS.labels(route=cr.name).inc()
         log.info("route_reloaded", route=cr.name, version=cr.version, previous=old.version if old else None)
         for cb in self.on_swap:
             cb(cr.name, cr.version)
@@ -391,6 +402,7 @@ class RouteRuntime:
                 self.deliver(cr, res, None)
                 if self.aggregates.mark_completed(gid):
                     n += 1
+                    metrics.AGGREGATE_TIMED_OUT.labels(route=cr.name).inc()
                     log.info("aggregate_completed_by_timeout", route=cr.name, group=gid)
         return n
 

@@ -301,3 +301,19 @@ def test_route_from_a_source_adapter_endpoint(hub: Hub):
     hub.start()
     got = wait_until(lambda: len(memory_sink(sink)) == 5 and memory_sink(sink), what="messages from the source")
     assert sorted(e.payload["i"] for e in got) == list(range(5)) and {e.source for e in got} == {"count"}
+
+
+def test_empty_split_emits_nothing_is_counted_and_the_message_is_filtered(hub: Hub):
+    from prometheus_client import REGISTRY
+
+    sink = hub.unique
+    assert hub.apply(route_yaml("sp", sink, extra_steps="  - type: split\n    expression: payload.items\n")).ok
+    hub.start()
+    before = REGISTRY.get_sample_value("hub_route_split_empty_total", {"route": "sp"}) or 0
+    empty, full = msg(1, items=[]), msg(2, items=[{"a": 1}, {"a": 2}])
+    hub.publish([empty, full])
+    wait_until(lambda: len(memory_sink(sink)) == 2, what="two parts of the full message")
+    wait_until(lambda: (hub.bus_store.get_message(empty.id) or {}).get("routes", {}).get("sp", {}).get("state") == "filtered",
+               what="empty split recorded as filtered")
+    assert REGISTRY.get_sample_value("hub_route_split_empty_total", {"route": "sp"}) == before + 1
+    assert [e.headers["split-index"] for e in memory_sink(sink)] == ["0", "1"]
