@@ -317,3 +317,29 @@ def test_empty_split_emits_nothing_is_counted_and_the_message_is_filtered(hub: H
                what="empty split recorded as filtered")
     assert REGISTRY.get_sample_value("hub_route_split_empty_total", {"route": "sp"}) == before + 1
     assert [e.headers["split-index"] for e in memory_sink(sink)] == ["0", "1"]
+
+
+def test_in_flight_message_finishes_on_the_old_version_the_next_runs_on_the_new(hub: Hub):
+    from esbhub.routes import registry
+
+    entered, release = threading.Event(), threading.Event()
+
+    @registry.step("tests.hold_first")
+    def hold_first(message, config):
+        if message["payload"]["i"] == 0:
+            entered.set()
+            assert release.wait(20)
+        return message
+
+    sink = hub.unique
+    steps = "  - type: code\n    function: tests.hold_first\n"
+    assert hub.apply(route_yaml("swap", sink, rev=1, extra_steps=steps)).ok
+    rt = hub.start()
+    hub.publish([msg(0)])
+    assert entered.wait(20)  # message 0 is inside version 1
+    assert hub.apply(route_yaml("swap", sink, rev=2, extra_steps=steps)).ok
+    wait_until(lambda: rt.current["swap"].version == 2, what="swap while a message is in flight")
+    hub.publish([msg(1)])
+    release.set()
+    got = wait_until(lambda: len(memory_sink(sink)) == 2 and memory_sink(sink), what="both messages")
+    assert [(e.payload["i"], e.headers["rev"], e.headers["esbhub-route"]) for e in got] == [(0, "1", "swap@v1"), (1, "2", "swap@v2")]
