@@ -230,6 +230,9 @@ def _print_admin_key(key: str | None, path: Path) -> None:
                    f"  'esbhub keys create NAME --scope ingest --type payment.v1'.\n{bar}\n")
     elif path.exists():
         click.echo(f"Admin API key: see {path}")
+    else:
+        click.echo(f"An admin key exists but {path} is gone; make a new one with "
+                   "'esbhub keys create NAME --scope admin' (and revoke the old one).")
 
 
 @main.command()
@@ -237,8 +240,9 @@ def _print_admin_key(key: str | None, path: Path) -> None:
 @click.option("--port", type=int, help="Listen port [settings.port = 8080].")
 @click.option("--workers", "workers", type=int, help="Worker processes to start beside the API [settings.workers].")
 @click.option("--no-worker", is_flag=True, help="Start no worker process (API only).")
-@click.option("--http-workers", type=int, default=1, show_default=True,
-              help="HTTP server processes (uvicorn workers) sharing the port.")
+@click.option("--http-workers", type=click.IntRange(1, 64), default=1, show_default=True, envvar="ESBHUB_HTTP_WORKERS",
+              help="HTTP server processes (uvicorn workers) sharing the port; 2 on a 2-core machine for "
+              "peak ingest. Env: ESBHUB_HTTP_WORKERS.")
 @click.option("--upgrade/--no-upgrade", "do_upgrade", default=None,
               help="Run database migrations first [on for the embedded SQLite database].")
 @click.option("--create-admin-key/--no-create-admin-key", "admin_key", default=None,
