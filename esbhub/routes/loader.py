@@ -48,7 +48,8 @@ from esbhub.routes.models import (
 from esbhub.schemas import SCHEMAS, suggest
 from esbhub.secrets import is_reference
 
-SECRET_KEY_RE = re.compile(r"(password|passwd|pwd|secret|token|api[_-]?key|private[_-]?key|credential)", re.I)
+SECRET_KEY_RE = re.compile(r"(password|passwd|pwd|secret|token|api[_-]?key|private[_-]?key|credential|authorization)", re.I)
+EMBEDDED_REF_RE = re.compile(r"\$\{(env|file):[^}]+\}")
 URL_PASSWORD_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[^/:@\s]+:([^@\s]+)@", re.I)
 SKIP_SECRET_SCAN = {"tests", "set", "rename", "remove", "params", "if", "expression", "correlation"}
 
@@ -248,7 +249,7 @@ def _scan_secrets(ctx: _Ctx, node: Any, loc: list[Any]) -> None:
             ks = str(k)
             if ks in SKIP_SECRET_SCAN:
                 continue
-            if isinstance(v, str) and SECRET_KEY_RE.search(ks) and v and not is_reference(v):
+            if isinstance(v, str) and SECRET_KEY_RE.search(ks) and v and not is_reference(v) and not EMBEDDED_REF_RE.search(v):
                 ctx.add(
                     loc + [k],
                     f"inline secret in '{ks}'",
@@ -388,6 +389,12 @@ def check_route(ctx: _Ctx, route: Route) -> None:
     _check_steps(ctx, route.steps, ["steps"], top=True)
     for i, t in enumerate(route.to):
         _check_sink(ctx, ["to", i], t)
+    from esbhub.bus.broker import topic_matches
+
+    for i, t in enumerate(route.to):
+        if t.topic is not None and any(topic_matches(p, t.topic) for p in route.from_.topics):
+            ctx.add(["to", i, "topic"], f"the route consumes what it publishes ('{t.topic}'): every message would loop",
+                    type="loop", hint="publish to another topic (e.g. add a suffix: 'party.enriched.v1')")
     _check_expr(ctx, ["idempotency_key"], route.idempotency_key)
     _check_expr(ctx, ["ordering_key"], route.ordering_key)
     if route.delivery == "at_least_once" and route.on_error.dead_letter == "none":

@@ -26,6 +26,7 @@ dead-letter instead of reordering).
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -406,10 +407,23 @@ class RouteRuntime:
                     log.info("aggregate_completed_by_timeout", route=cr.name, group=gid)
         return n
 
+    def housekeeping(self) -> None:
+        """Drop closed aggregation groups and business keys older than the dedup window."""
+        from esbhub.routes.store import purge_idempotency
+
+        window = float(getattr(self.settings, "dedup_window_seconds", 7 * 86400))
+        n = self.aggregates.purge_completed(window) + purge_idempotency(self.store, window)
+        if n:
+            log.info("route_state_purged", rows=n)
+
     def _sweep_loop(self) -> None:
+        last_purge = time.monotonic()
         while not self._stop.wait(self.sweep_interval):
             try:
                 self.sweep()
+                if time.monotonic() - last_purge > 600:
+                    last_purge = time.monotonic()
+                    self.housekeeping()
             except Exception as exc:  # noqa: BLE001 - retried next round; groups stay open meanwhile
                 log.warning("aggregate_sweep_failed", error_type=type(exc).__name__, error=str(exc)[:300])
 

@@ -244,6 +244,15 @@ class RouteStore:
             return True
 
 
+def purge_idempotency(store: RouteStore, older_than_seconds: float) -> int:
+    """Forget business keys older than the window (the bus dedup window is the natural choice)."""
+    from datetime import timedelta
+
+    cutoff = _now() - timedelta(seconds=older_than_seconds)
+    with _tx(store.engine) as c:
+        return int(c.execute(sa.delete(IdempotencyRow).where(IdempotencyRow.created_at < cutoff)).rowcount or 0)
+
+
 @dataclass
 class Group:
     id: str

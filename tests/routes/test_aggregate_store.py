@@ -101,3 +101,7 @@ def test_timeout_groups_are_found_after_a_restart_and_marked_once(tmp_path: Path
 def test_idempotency_claim_allows_the_same_message_again_but_not_another(db_url: str, unique: str):
     st = RouteStore(db_url)
     assert st.claim_key(unique, "k", "m1") and st.claim_key(unique, "k", "m1") and not st.claim_key(unique, "k", "m2")
+    from esbhub.routes.store import purge_idempotency
+
+    assert purge_idempotency(st, 3600) == 0  # still inside the window
+    assert purge_idempotency(st, -1) >= 1 and st.claim_key(unique, "k", "m2")  # forgotten after the window

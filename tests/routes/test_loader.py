@@ -173,3 +173,17 @@ def test_json_schema_export_forbids_unknown_keys_and_knows_every_step():
         d = schema["$defs"][model.__name__]
         assert d["additionalProperties"] is False
     assert '"mapping"' in text  # the discriminator on 'type' tells editors which step model applies
+
+
+def test_route_publishing_to_a_topic_it_consumes_is_a_loop():
+    e = one(GOOD.replace("from: {topic: party.v1}", "from: {topic: 'out.*'}"))
+    assert (e.type, e.loc, e.line) == ("loop", "to[0].topic", 7)
+
+
+def test_authorization_header_must_use_a_reference_but_may_embed_it():
+    base = GOOD.replace(
+        '  - type: filter\n    if: "payload.x"',
+        "  - type: enrich\n    http: {url: 'http://x/{id}', params: {id: payload.id}, headers: {Authorization: HDR}}\n    target: payload.c",
+    )
+    assert any(e.type == "inline_secret" for e in errors_of(base.replace("HDR", "'Bearer abc123'")))
+    assert load_text(base.replace("HDR", "'Bearer ${env:CRM_TOKEN}'"), "r.yaml").ok
