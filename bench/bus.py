@@ -562,6 +562,9 @@ def main() -> int:
         p1, p2, p3, p4 = pubs
         print(f"- confirmed esbhub vs unconfirmed kombu: p3/p1 = {p3.rate / p1.rate:.2f}, p4/p1 = {p4.rate / p1.rate:.2f}; "
               f"vs kombu confirm_publish: p3/p2 = {p3.rate / p2.rate:.1f}")
+        print("- (p1) measures writes into the socket: nothing says RabbitMQ stored them (it queues them in its "
+              "mailboxes and applies flow control later); (p2)-(p4) count only messages RabbitMQ confirmed as "
+              "persisted. The end-to-end table above compares like with like.")
     if "memory" not in skip:
         m = bench_memory(args.url, args.memory_backlog, args.memory_seconds, 64)
         mb = 1024 * 1024

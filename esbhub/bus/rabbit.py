@@ -19,11 +19,13 @@ Topology (declared by :meth:`RabbitBroker.connect`, all durable)::
 Publisher confirms, pipelined (group commit)
     One publisher thread per broker object owns one connection whose channel is in confirm
     mode. Callers of :meth:`publish_many` from any thread enqueue their messages and wait on
-    their own request only. The publisher thread takes everything waiting (up to
-    ``publish_batch_max`` messages), writes it without waiting per message, then drains
-    ``basic.ack``/``basic.nack`` frames (``multiple=True`` honoured) until every delivery tag
-    of the batch is settled. One round trip covers the whole batch, so confirms cost little
-    next to unconfirmed publishing. A nack fails the requests it covers with
+    their own request only. The publisher thread takes everything waiting and writes it
+    without waiting per message; it keeps a sliding window of up to ``publish_batch_max``
+    unconfirmed messages, writing new requests while the confirms of earlier ones are on
+    their way (it waits with select() on the AMQP socket and a wake-up socket), and settles
+    requests from ``basic.ack``/``basic.nack`` frames (``multiple=True`` honoured). One round
+    trip covers whatever was written meanwhile, so confirms cost little next to unconfirmed
+    publishing (figures: ``bench/bus.py``). A nack fails the requests it covers with
     :class:`BrokerUnavailable`; a lost connection makes the thread reconnect (backoff) and
     publish the unconfirmed requests again (at-least-once; ids make it idempotent). A caller
     whose ``timeout`` passes gets :class:`BrokerUnavailable` and must not report success.
@@ -120,7 +122,10 @@ class RabbitOptions(BaseModel):
     )
     connect_timeout: float = Field(default=5.0, gt=0, le=120, description="TCP + AMQP handshake timeout, seconds.")
     socket_timeout: float = Field(default=10.0, gt=0, le=300, description="Read/write timeout of every socket call.")
-    heartbeat: int = Field(default=30, ge=0, le=600, description="AMQP heartbeat of publisher/consumer connections, s.")
+    heartbeat: int = Field(
+        default=60, ge=0, le=600,
+        description="AMQP heartbeat of publisher/consumer connections, s; a callback blocking > 2× this loses its connection.",
+    )
     publish_timeout: float = Field(
         default=10.0, gt=0, le=300, description="Default wait for the publisher confirm of a publish call, seconds."
     )
