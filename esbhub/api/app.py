@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from esbhub.logging import get_logger
 
 log = get_logger("esbhub.api")
 
+SYNC_WAITERS = 256  # concurrent sync (request-reply) requests per API process; more wait in line
 CONTRIB_ROUTERS = ("esbhub.routes.api", "esbhub.mdm.api", "esbhub.adapters.api")
 
 
@@ -50,6 +52,9 @@ class Hub:
     _requester: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sync_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=SYNC_WAITERS, thread_name_prefix="esbhub-sync")
+    )
 
     def requester(self) -> Any:
         """The request-reply client of this process (one private reply queue), started on first use."""
@@ -78,6 +83,7 @@ class Hub:
         return msg
 
     def close(self) -> None:
+        self.sync_pool.shutdown(wait=False, cancel_futures=True)
         if self._requester is not None:
             try:
                 self._requester.stop()

@@ -28,6 +28,7 @@ router = APIRouter(tags=["messages"])
 
 _ERR = {"model": dict, "description": "Error: {'error': {'code', 'message', 'details': [{'loc','msg','type'}]}}"}
 JSON = "application/json"
+MAX_CORRELATION_ID = 128  # the width of bus_messages.correlation_id
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -202,16 +203,21 @@ async def post_message(request: Request) -> Response:
         r = os.urandom(24).hex()  # one syscall for trace id + span id
         tp = f"00-{r[:32]}-{r[32:]}-01"
     headers = {"traceparent": tp}
-    env = Envelope.create(type_name, payload, source=principal.name,
-                          correlation_id=h.get("x-correlation-id") or None, headers=headers)
+    corr = h.get("x-correlation-id") or None
+    if corr is not None and (len(corr) > MAX_CORRELATION_ID or not corr.isprintable()):
+        raise ApiError(400, "bad_request", f"X-Correlation-Id must be at most {MAX_CORRELATION_ID} printable characters",
+                       [ErrorDetail(loc="header.x-correlation-id", msg="too long or not printable", type="string_too_long")])
+    env = Envelope.create(type_name, payload, source=principal.name, correlation_id=corr, headers=headers)
     location = {"Location": f"/v1/messages/{env.id}"}
     if wait is None:
         await hub.batcher.publish(env)  # BrokerUnavailable → 503 (errors.install)
         return Response(b'{"id":"' + env.id.encode() + b'"}', status_code=202, media_type=JSON, headers=location)
 
-    requester = await asyncio.to_thread(hub.requester)
+    loop = asyncio.get_running_loop()
+    requester = await loop.run_in_executor(hub.sync_pool, hub.requester)
     try:
-        reply = await asyncio.to_thread(requester.request, env, wait)
+        # its own pool: sync waits may last minutes and must not starve the default executor
+        reply = await loop.run_in_executor(hub.sync_pool, requester.request, env, wait)
     except TimeoutError:
         hub.record_accepted_quietly([env])
         raise ApiError(

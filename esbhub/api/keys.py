@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, description="The system that will use the key, e.g. 'billing'.")
+    name: str = Field(min_length=1, max_length=128, description="The system that will use the key, e.g. 'billing'.")
     scopes: list[str] = Field(default_factory=lambda: ["ingest"], description=f"Any of {sorted(SCOPES)}.")
     types: list[str] = Field(default_factory=lambda: ["#"], description="Message types (topic patterns) it may post.")
     org_scope: str | None = Field(default=None, description="Organization the key is limited to (not enforced yet).")

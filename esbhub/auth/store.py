@@ -32,6 +32,7 @@ from esbhub.db import Base, engine_for
 
 KEY_PREFIX = "esb_"
 KEY_ID_LEN = 12
+MAX_NAME = 128  # the name is the 'source' of the messages the key posts (bus_messages.source)
 
 
 class ApiKey(Base):
@@ -105,6 +106,8 @@ class ApiKeyStore:
             raise ValueError(f"unknown scope(s) {', '.join(bad)}; known: {', '.join(sorted(SCOPES))}")
         if not name.strip():
             raise ValueError("a key needs a name (the system that uses it)")
+        if len(name.strip()) > MAX_NAME:
+            raise ValueError(f"a key name is at most {MAX_NAME} characters (it becomes the message source)")
         kid = secrets.token_hex(KEY_ID_LEN // 2)
         key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
         row = {

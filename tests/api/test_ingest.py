@@ -194,3 +194,9 @@ def test_reply_envelope_round_trip_shape():
     rep = req.derive("payment.ack.v1", {"ok": True})
     body = reply_body(req.id, rep)
     assert body["reply"]["correlation_id"] == req.correlation_id and "attempt" not in body["reply"]
+
+
+def test_overlong_correlation_id_is_400_and_nothing_published(api):
+    r = post(api, headers={"X-Correlation-Id": "c" * 200})
+    assert_error(r, 400, "bad_request", "header.x-correlation-id")
+    assert api.broker.published == []
