@@ -24,9 +24,13 @@ Pipeline of one source record (:meth:`MdmService.ingest`), in one database trans
    (:mod:`esbhub.mdm.survivorship`), write a new history version (valid_from / valid_to),
    refresh hierarchy edges and tier, and build one ``party.golden.*`` event per new version.
 
-All mutating calls of one service instance are serialized (one lock; the in-memory matcher
-index mirrors the committed database and is rolled back with it on failure). Run the MDM
-subscription with concurrency 1 per database.
+All mutating calls are serialized: in a process by a lock, across processes (API steward
+calls, workers, ``esbhub mdm``) because every writing transaction starts by bumping the
+``writer`` counter row (row lock on PostgreSQL, write lock on SQLite). The in-memory matcher
+index mirrors the committed database: it is rolled back with a failed transaction, and each
+writing transaction first indexes the source versions other processes committed since (so a
+bulk ``esbhub mdm load`` beside a running worker is seen by it). One ingesting consumer per
+process (subscription concurrency 1).
 """
 
 from __future__ import annotations
@@ -234,10 +238,26 @@ class MdmService:
     def _load_index(self) -> int:
         n = 0
         with self.Session() as s:
+            self._seen_max = int(s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar() or 0)
             for x in s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars():
                 self.matcher.add(x.key, self._load_std(x.std))
                 n += 1
         return n
+
+    def _catch_up(self, s: Session) -> None:
+        """Index source versions other processes committed since we last looked (writers are
+        serialized, so version ids grow in commit order)."""
+        rows = s.execute(
+            sa.select(SourceVersion.id, SourceVersion.source_system, SourceVersion.source_id, SourceVersion.std,
+                      SourceVersion.deleted)
+            .where(SourceVersion.id > self._seen_max).order_by(SourceVersion.id)
+        ).all()
+        for vid, system, sid, std, deleted in rows:
+            key = source_key(system, sid)
+            self.matcher.remove(key)
+            if not deleted:
+                self.matcher.add(key, self._load_std(std))
+            self._seen_max = vid
 
     def _std_dict(self, std: Any) -> dict[str, Any]:
         return std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
@@ -253,15 +273,20 @@ class MdmService:
         with self._lock:
             try:
                 with self.Session.begin() as s:
+                    next_value(s, "writer")  # serializes MDM writers across processes (see module doc)
+                    self._catch_up(s)
                     events: list[Envelope] = []
                     for party, envelope_id, envelope in items:
                         events += self._ingest_one(s, party, envelope_id, envelope, undo)
+                    s.flush()
+                    newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             except BaseException:
                 for key, old in reversed(undo):
                     self.matcher.remove(key)
                     if old is not None:
                         self.matcher.add(key, old)
                 raise
+            self._seen_max = max(self._seen_max, int(newest or 0))
         return events
 
     def _ingest_one(
@@ -655,6 +680,7 @@ class MdmService:
 
     def _steward(self, fn: Callable[[Session, datetime], list[_Change]], actor: str, reason: str | None, op: str) -> list[Envelope]:
         with self._lock, self.Session.begin() as s:
+            next_value(s, "writer")
             now = utcnow()
             changes = fn(s, now)
             events = self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
@@ -837,6 +863,7 @@ class MdmService:
             if matcher is None:
                 raise InvalidMessage("rematch needs a model or a matcher")
             with self.Session.begin() as s:
+                next_value(s, "writer")
                 now = utcnow()
                 rows = s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars().all()
                 stds = {x.key: self._load_std(x.std) for x in rows}
@@ -871,7 +898,9 @@ class MdmService:
                 events = self._events(s, changes, now, actor="engine", reason="rematch", cause=None, cause_id="rematch")
                 for e in events:
                     s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
+                newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             self.matcher = matcher
+            self._seen_max = int(newest or 0)
             return events
 
     # ------------------------------------------------------------------ reads

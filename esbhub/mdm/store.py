@@ -303,15 +303,25 @@ class Sequence(Base):
 
 
 def next_value(s: Session, name: str, n: int = 1) -> int:
-    """Reserve ``n`` values of counter ``name``; returns the first. Row-locked on PostgreSQL."""
-    row = s.execute(sa.select(Sequence).where(Sequence.name == name).with_for_update()).scalar_one_or_none()
-    if row is None:
-        row = Sequence(name=name, value=0)
-        s.add(row)
-        s.flush()
-    first = row.value + 1
-    row.value = row.value + n
-    return first
+    """Reserve ``n`` values of counter ``name``; returns the first.
+
+    One atomic ``UPDATE … SET value = value + n`` first: it takes the row lock on PostgreSQL and
+    the write lock on SQLite, so concurrent transactions (threads or processes) never get the
+    same value; the value is then read back inside the same transaction.
+    """
+    res = s.execute(
+        sa.update(Sequence).where(Sequence.name == name).values(value=Sequence.value + n),
+        execution_options={"synchronize_session": False},
+    )
+    if res.rowcount == 0:  # type: ignore[attr-defined]
+        try:
+            with s.begin_nested():
+                s.execute(sa.insert(Sequence).values(name=name, value=n))
+            return 1
+        except sa.exc.IntegrityError:  # created meanwhile by another transaction
+            return next_value(s, name, n)
+    value = s.execute(sa.select(Sequence.value).where(Sequence.name == name)).scalar_one()
+    return int(value) - n + 1
 
 
 def current_value(s: Session, name: str) -> int:

@@ -272,3 +272,10 @@ def test_deleted_source_record_stays_in_its_golden_record_but_loses_its_say(svc)
         assert s.get(Xref, ("billing", "A1")).deleted
         assert s.execute(sa.select(sa.func.count()).select_from(Golden)).scalar() == 1
         assert s.execute(sa.select(sa.func.count()).select_from(Link)).scalar() >= 1
+
+
+def test_a_second_service_on_the_same_database_sees_the_records_the_first_one_ingested(svc, url):
+    other = MdmService(url)  # e.g. `esbhub mdm load` in another process beside the worker
+    other.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+    assert svc.partition_now() == {frozenset({"crm:1", "billing:A1"})}
