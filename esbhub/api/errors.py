@@ -116,6 +116,11 @@ def install(app: FastAPI) -> None:
             details.append({"loc": loc, "msg": e.get("msg", ""), "type": e.get("type", "invalid")})
         return error_response(ApiError(422, "invalid_request", "the request is not valid", details))
 
+    @app.exception_handler(Exception)
+    async def _unhandled(_req: Request, exc: Exception) -> Response:
+        log.error("request_failed", error_type=type(exc).__name__, error=str(exc)[:500])
+        return error_response(ApiError(500, "internal_error", "the hub failed to handle the request"))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(exc.status_code, "error" if exc.status_code >= 500 else "client_error")

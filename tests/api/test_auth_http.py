@@ -97,3 +97,29 @@ def test_metrics_with_read_key(api):
     assert r.status_code == 202
     m = api.client.get("/metrics", headers=api.auth())
     assert m.status_code == 200 and 'hub_messages_accepted_total{type="payment.v1"}' in m.text
+
+
+def test_unexpected_failure_is_a_500_in_the_error_shape(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from esbhub.api.app import create_app
+    from esbhub.config import Settings
+
+    from .conftest import key_store
+    from .doubles import FakeBroker
+
+    class BrokenStore:
+        def get_message(self, _id):
+            raise RuntimeError("disk on fire")
+
+        def flush(self):
+            pass
+
+    settings = Settings(data_dir=tmp_path / "var")
+    keys = key_store(settings)
+    _k, admin = keys.create("admin", scopes=["admin"])
+    app = create_app(settings, broker=FakeBroker(), store=BrokenStore(), keys=keys)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/v1/messages/x", headers={"X-API-Key": admin})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "disk on fire" not in r.text
