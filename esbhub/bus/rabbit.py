@@ -322,7 +322,12 @@ class RabbitBroker(Broker):
             raise BrokerUnavailable("broker is closed")
         if self._ctl_conn is None:
             # no heartbeat: this connection idles between calls; errors reconnect it
-            self._ctl_conn = self._new_connection(heartbeat=0, role="control")
+            try:
+                self._ctl_conn = self._new_connection(heartbeat=0, role="control")
+            except CHANNEL_ERRORS as exc:  # login refused, vhost not allowed: no retry helps
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.error("broker_connect_refused", backend="rabbitmq", url=self.safe_url, error=self._last_error)
+                raise BrokerUnavailable(f"RabbitMQ refused the connection: {exc}") from None
             self._ctl_gen += 1
             log.info("broker_connected", backend="rabbitmq", url=self.safe_url, role="control")
         ch = self._ctl_chs.get(kind)

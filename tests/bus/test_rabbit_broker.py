@@ -417,3 +417,15 @@ def test_consumer_of_a_deleted_queue_resumes_when_the_queue_is_back(broker, uniq
     finally:
         stop.set()
         t.join(10)
+
+
+def test_a_refused_login_is_broker_unavailable_and_the_password_is_in_no_log_or_error(rabbit_url):
+    from structlog.testing import capture_logs
+
+    ep, _ = parse_amqp_url(rabbit_url)
+    b = RabbitBroker(f"amqp://{ep.userid}:Wr0ngPa55w0rd@{ep.host}:{ep.port}//", publish_timeout=1, connect_timeout=2)
+    with capture_logs() as logs, pytest.raises(BrokerUnavailable) as err:
+        b.connect()
+    b.close()
+    assert "Wr0ngPa55w0rd" not in str(err.value)
+    assert logs and "Wr0ngPa55w0rd" not in repr(logs)
