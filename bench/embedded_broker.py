@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +32,7 @@ import esbhub.bus.sqlite_transport  # noqa: F401 — registers esbsqlite://
 from esbhub.bus.broker import Delivery
 from esbhub.bus.embedded import EmbeddedBroker
 from esbhub.bus.envelope import Envelope
+from esbhub.logging import configure as configure_logging
 
 
 def payload(i: int) -> dict:
@@ -64,10 +67,10 @@ def run_threads(fns: list[Callable[[], None]]) -> float:
 
 
 # ---------------------------------------------------------------- EmbeddedBroker (direct)
-def bench_direct(tmp: Path, n: int) -> dict[str, float]:
+def bench_direct(tmp: Path, n: int, **options: object) -> dict[str, float]:
     out: dict[str, float] = {}
-    url = f"sqlite:///{tmp / 'direct.db'}"
-    b = EmbeddedBroker(url)
+    url = f"sqlite:///{tmp / f'direct{time.monotonic_ns()}.db'}"
+    b = EmbeddedBroker(url, **options)
     b.declare_queue("bench", ["party.*"])
     envs = envelopes(n)
 
@@ -134,6 +137,48 @@ def bench_direct(tmp: Path, n: int) -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------- separate processes
+def child_consume(url: str, queue: str) -> None:
+    """A worker process: consume + parse + ack until SIGTERM."""
+    configure_logging("warning")
+    b = EmbeddedBroker(url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    b.consume(queue, lambda d: d.ack(), prefetch=64, stop=stop)
+    b.close()
+
+
+def bench_processes(tmp: Path, n: int, consumers: int, publishers: int = 4) -> dict[str, float]:
+    """The deployment shape: an API process publishing from threads, worker processes consuming."""
+    url = f"sqlite:///{tmp / f'procs{time.monotonic_ns()}.db'}"
+    b = EmbeddedBroker(url)
+    b.declare_queue("bench", ["party.*"])
+    kids = [subprocess.Popen([sys.executable, __file__, "--child-consume", url, "bench"]) for _ in range(consumers)]
+    envs = envelopes(n)
+    try:
+        # consumers are up when they registered as owners
+        deadline = time.monotonic() + 60
+        while True:
+            with b.store.reader() as c:
+                if c.execute("SELECT count(*) FROM owners").fetchone()[0] >= consumers:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("consumer processes did not start")
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        pub = run_threads([lambda j=j: [b.publish(e) for e in envs[j::publishers]] for j in range(publishers)])
+        while b.queue_depth("bench") > 0:
+            time.sleep(0.001)
+        total = time.perf_counter() - t0
+    finally:
+        for k in kids:
+            k.send_signal(signal.SIGTERM)
+        for k in kids:
+            k.wait(30)
+        b.close()
+    return {"publish": rate(n, pub), "e2e": rate(n, total)}
+
+
 # ---------------------------------------------------------------- through kombu
 def bench_kombu_e2e(url: str, n: int, *, envelope_bodies: bool, transport_options: dict | None = None) -> dict[str, float]:
     """Publisher thread (own connection) + consumer thread (own connection), ack each."""
@@ -198,7 +243,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000, help="messages per embedded measurement")
     ap.add_argument("--baseline-n", type=int, default=2_000, help="messages per stock kombu transport measurement")
     ap.add_argument("--dir", default=None, help="directory for the database files (default: a temp dir)")
+    ap.add_argument("--child-consume", nargs=2, metavar=("URL", "QUEUE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_consume:
+        child_consume(*args.child_consume)
+        return
+    configure_logging("warning")
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="esbhub-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
 
@@ -210,6 +260,12 @@ def main() -> None:
     for k, v in direct.items():
         unit = "ms" if k.endswith("_ms") else "msg/s"
         print(f"embedded direct    {k:18s} {v:10.1f} {unit}")
+
+    for consumers in (1, 2):
+        mp = bench_processes(tmp, args.n, consumers)
+        print(f"embedded processes 4 pub threads + {consumers} consumer proc: publish {mp['publish']:10.1f} msg/s, "
+              f"e2e {mp['e2e']:10.1f} msg/s")
+        direct[f"e2e_procs{consumers}"] = mp["e2e"]
 
     via_kombu = bench_kombu_e2e(f"esbsqlite:///{tmp / 'kombu.db'}", args.n, envelope_bodies=True)
     print(f"embedded via kombu publish            {via_kombu['publish']:10.1f} msg/s")
@@ -229,6 +285,7 @@ def main() -> None:
 
     print("# ratios")
     print(f"direct e2e / target 5,000          {direct['e2e'] / 5000:6.2f}x")
+    print(f"processes e2e (1 consumer) / 5,000 {direct['e2e_procs1'] / 5000:6.2f}x")
     print(f"direct e2e / via kombu e2e         {direct['e2e'] / via_kombu['e2e']:6.2f}x")
     print(f"direct e2e / sqla+sqlite e2e       {direct['e2e'] / sqla['e2e']:6.1f}x")
     print(f"direct e2e / filesystem e2e        {direct['e2e'] / fs['e2e']:6.1f}x")

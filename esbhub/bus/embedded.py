@@ -80,6 +80,13 @@ class EmbeddedBrokerOptions(BaseModel):
         default=0.02, gt=0, le=5, description="Longest idle wait between polls for messages published by other processes."
     )
     busy_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for another process's write lock.")
+    batch_linger: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.1,
+        description="Under sustained traffic, how long a consumer that just drained its queue waits before the "
+        "next lease so that one transaction takes a batch (adds at most this much latency; 0 = lease at once).",
+    )
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -247,6 +254,8 @@ class EmbeddedBroker(Broker):
 
         log.debug("consumer_started", queue=queue, owner=owner, prefetch=prefetch)
         last_recover = 0.0
+        last_short = 0.0
+        eager = False
         backoff = 0.001
         try:
             while not stop.is_set() and not self._closed.is_set() and not store.closed:
@@ -274,15 +283,24 @@ class EmbeddedBroker(Broker):
                 gen = store.generation
                 with lock:
                     room = prefetch - len(unsettled)
-                nv = store.next_visible(queue) if room > 0 else None
+                nv = None
                 wall = time.time()
                 try:
-                    if nv is not None and nv <= wall:
+                    if room > 0 and not eager:
+                        nv = store.next_visible(queue)  # a read: idle polls never take the write lock
+                    if room > 0 and (eager or (nv is not None and nv <= wall)):
+                        gap = last_short + opts.batch_linger - time.monotonic()
+                        if gap > 0:
+                            stop.wait(gap)  # a burst of publishes accumulates into one lease
                         rows = store.lease(queue, owner, room, take_acks())
                         if rows is None:  # declared dead (e.g. frozen past lease_timeout): start afresh
                             log.warning("consumer_lease_lost", queue=queue, owner=owner)
                             owner = store.register_owner()
+                            eager = False
                             continue
+                        eager = len(rows) >= room  # a full batch: more is probably waiting
+                        if not eager:
+                            last_short = time.monotonic()
                         if rows:
                             buffer.extend(rows)
                             backoff = 0.001
@@ -293,6 +311,7 @@ class EmbeddedBroker(Broker):
                             store.ack(ids)
                 except Exception as e:  # noqa: BLE001 — the file may be busy/unavailable: back off, keep leases
                     log.warning("consumer_poll_failed", queue=queue, error=str(e)[:300])
+                    eager = False
                     stop.wait(min(1.0, opts.poll_interval * 10))
                     continue
                 wait = min(backoff, opts.poll_interval, idle_timeout)

@@ -153,6 +153,7 @@ class SqliteQueueStore:
         lease_timeout: float = 30.0,
         heartbeat_interval: float = 5.0,
         unrouted_queue: str = "esbhub.unrouted",
+        checkpoint_bytes: int = 4 << 20,
     ) -> None:
         self.path = str(Path(path).expanduser().absolute())
         self.synchronous = synchronous.upper()
@@ -184,6 +185,8 @@ class SqliteQueueStore:
         self._owners_lock = threading.Lock()
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
+        self._cp_thread: threading.Thread | None = None
+        self.checkpoint_bytes = checkpoint_bytes
         self._started = psutil.Process().create_time()
         self._pid = os.getpid()
         self.closed = False
@@ -197,6 +200,9 @@ class SqliteQueueStore:
         c.execute("PRAGMA cache_size=-16000")
         c.execute("PRAGMA temp_store=MEMORY")
         c.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL back to 64 MB after checkpoints
+        # Checkpoints run on a background thread (see _checkpoint_loop), off the publish path;
+        # the automatic one stays as a backstop for a WAL that grows past 64 MB.
+        c.execute("PRAGMA wal_autocheckpoint=16384")
         return c
 
     def open(self) -> None:
@@ -223,6 +229,8 @@ class SqliteQueueStore:
             self._hb_stop.clear()
             self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="esbsqlite-heartbeat", daemon=True)
             self._hb_thread.start()
+            self._cp_thread = threading.Thread(target=self._checkpoint_loop, name="esbsqlite-checkpoint", daemon=True)
+            self._cp_thread.start()
 
     def close(self) -> None:
         """Release every lease of this store's owners, stop heart-beating, close files."""
@@ -238,8 +246,9 @@ class SqliteQueueStore:
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
-        if self._hb_thread is not None:
-            self._hb_thread.join(timeout=2)
+        for t in (self._hb_thread, self._cp_thread):
+            if t is not None:
+                t.join(timeout=2)
         with self._wlock:
             if self._w is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -490,6 +499,26 @@ class SqliteQueueStore:
             except sqlite3.Error:
                 continue  # next beat; a lease is only lost after lease_timeout
 
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL back into the database file in the background once it passes checkpoint_bytes.
+
+        PASSIVE never blocks writers or readers; the WAL restarts from its beginning at the
+        next write after a complete checkpoint, so the file stays small under steady load.
+        """
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._hb_stop.wait(0.2):
+                if self.wal_bytes() < self.checkpoint_bytes:
+                    continue
+                try:
+                    conn = conn or self._connect()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    continue  # busy or briefly unavailable: next round
+        finally:
+            if conn is not None:
+                conn.close()
+
     def recover(self) -> int:
         """Release the leases of dead owners (crashed process, or silent for lease_timeout)."""
         now = time.time()
@@ -530,15 +559,18 @@ class SqliteQueueStore:
         with self.write() as c:
             if acks:
                 c.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in acks])
-            if c.execute("SELECT 1 FROM owners WHERE owner=?", (owner,)).fetchone() is None:
+            got = (
+                c.execute(
+                    "UPDATE messages SET owner=?1 WHERE id IN (SELECT id FROM messages WHERE queue=?2 AND owner IS NULL "
+                    "AND visible_at<=?3 AND EXISTS (SELECT 1 FROM owners WHERE owner=?1) ORDER BY visible_at, id LIMIT ?4) "
+                    "RETURNING id, body, reply_to, redelivered",
+                    (owner, queue, now, limit),
+                ).fetchall()
+                if limit > 0
+                else []
+            )
+            if not got and c.execute("SELECT 1 FROM owners WHERE owner=?", (owner,)).fetchone() is None:
                 return None
-            if limit <= 0:
-                return []
-            got = c.execute(
-                "UPDATE messages SET owner=? WHERE id IN (SELECT id FROM messages WHERE queue=? AND owner IS NULL "
-                "AND visible_at<=? ORDER BY visible_at, id LIMIT ?) RETURNING id, body, reply_to, redelivered",
-                (owner, queue, now, limit),
-            ).fetchall()
         got.sort(key=lambda r: r[0])
         return [Row(i, queue, b, rt, bool(rd)) for i, b, rt, rd in got]
 

@@ -321,3 +321,53 @@ def test_health_reports_file_and_queues(broker: EmbeddedBroker) -> None:
 
 def test_queue_depth_of_unknown_queue_is_zero(broker: EmbeddedBroker) -> None:
     assert broker.queue_depth("nope") == 0
+
+
+def _fake_owner(broker: EmbeddedBroker, owner: str, host: str, pid: int, started: float, heartbeat: float) -> None:
+    with broker.store.write() as c:
+        c.execute("INSERT INTO owners VALUES (?, ?, ?, ?, ?)", (owner, host, pid, started, heartbeat))
+
+
+def test_leases_of_silent_owner_on_another_host_come_back_after_lease_timeout(url: str) -> None:
+    b = EmbeddedBroker(url, lease_timeout=0.5)
+    b.declare_queue("q", ["party.v1"])
+    b.publish(env())
+    now = time.time()
+    _fake_owner(b, "elsewhere:1:x", "another-host", 1, now, now)
+    assert b.store.lease("q", "elsewhere:1:x", 10)  # that host took it, then went silent
+    assert b.store.recover() == 0  # heartbeat still fresh: its pid cannot be checked from here
+    assert b.get("q", timeout=0) is None
+    wait_for(lambda: b.store.recover() == 1, timeout=5, what="stale heartbeat recovered")
+    d = b.get("q", timeout=1)
+    assert d is not None and d.redelivered
+    d.ack()
+    b.close()
+
+
+def test_leases_of_reused_pid_are_recovered_at_once(broker: EmbeddedBroker) -> None:
+    import os
+
+    broker.declare_queue("q", ["party.v1"])
+    broker.publish(env())
+    from esbhub.bus.sqlite_transport import HOSTNAME
+
+    # same host, a pid that runs (ours) but started at another time: the owner is gone
+    _fake_owner(broker, "ghost", HOSTNAME, os.getpid(), 12345.0, time.time())
+    assert broker.store.lease("q", "ghost", 10)
+    assert broker.store.recover() == 1
+    d = broker.get("q", timeout=1)
+    assert d is not None and d.redelivered
+    d.ack()
+
+
+def test_consumer_declared_dead_gets_a_new_identity_and_goes_on(broker: EmbeddedBroker) -> None:
+    broker.declare_queue("q", ["party.v1"])
+    c = Consumer(broker, "q", prefetch=4)
+    broker.publish(env(1))
+    wait_for(lambda: len(c.ids) == 1, what="first delivery")
+    with broker.store.write() as conn:  # as a recovery pass in another process would after a freeze
+        conn.execute("DELETE FROM owners")
+    broker.publish(env(2))
+    wait_for(lambda: len(c.ids) == 2, what="delivery after losing the lease identity")
+    c.close()
+    assert broker.queue_depth("q") == 0
