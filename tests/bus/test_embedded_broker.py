@@ -371,3 +371,14 @@ def test_consumer_declared_dead_gets_a_new_identity_and_goes_on(broker: Embedded
     wait_for(lambda: len(c.ids) == 2, what="delivery after losing the lease identity")
     c.close()
     assert broker.queue_depth("q") == 0
+
+
+def test_ack_after_consume_returned_still_removes_the_message(broker: EmbeddedBroker) -> None:
+    broker.declare_queue("q", ["party.v1"])
+    broker.publish(env())
+    c = Consumer(broker, "q", ack=False)
+    wait_for(lambda: len(c.ids) == 1, what="delivery")
+    c.close()  # the unacked message went back to the queue
+    assert broker.queue_depth("q") == 1
+    c.deliveries[0].ack()  # a handler finishing late: processed, so it must not come again
+    assert broker.queue_depth("q") == 0
