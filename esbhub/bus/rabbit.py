@@ -726,6 +726,8 @@ class RabbitBroker(Broker):
                             send(req, exchange, rk, msg, mandatory)
                     self.stats["publish_batches"] += 1
                     self.stats["published"] += sum(len(r.items) for r in batch)
+                    if len(outstanding) > self.stats["max_in_flight"]:
+                        self.stats["max_in_flight"] = len(outstanding)  # unconfirmed at once: pipelining
                 now = time.monotonic()
                 if outstanding:
                     if now - last_progress > self.options.socket_timeout:
