@@ -134,9 +134,18 @@ def bench_hub(backend: str, http_workers: int, with_worker: bool, args: argparse
     port = free_port()
     cmd = [PY, "-m", "esbhub.cli", "--data-dir", str(data), "--log-level", "warning"]
     exchange_env = {}
+    rabbit = None
     if backend == "rabbitmq":
+        # a private exchange with a sink queue bound to everything: the messages neither land
+        # in the shared esbhub.unrouted queue nor outlive the run
+        from esbhub.bus.broker import create_broker
+
+        exchange = f"bench.http.{os.getpid()}"
         cmd += ["--broker-url", AMQP]
-        exchange_env["ESBHUB_EXCHANGE"] = f"bench{os.getpid()}"
+        exchange_env["ESBHUB_EXCHANGE"] = exchange
+        rabbit = create_broker(AMQP, exchange=exchange)
+        rabbit.connect()
+        rabbit.declare_queue(f"{exchange}.sink", ["#"])
     cmd += ["serve", "--port", str(port), "--http-workers", str(http_workers), "--create-admin-key"]
     cmd += ["--workers", "1"] if with_worker else ["--no-worker"]
     log = (data / "serve.log").open("wb")
@@ -153,6 +162,11 @@ def bench_hub(backend: str, http_workers: int, with_worker: bool, args: argparse
     finally:
         stop(proc)
         shutil.rmtree(data, ignore_errors=True)
+        if rabbit is not None:
+            rabbit.delete_queue(f"{exchange}.sink")
+            rabbit._control(lambda ch: (ch.exchange_delete(exchange), ch.exchange_delete(f"{exchange}.unrouted")),
+                            what="cleanup")
+            rabbit.close()
 
 
 def bench_bare(http_workers: int, args: argparse.Namespace, lua: Path) -> dict:
