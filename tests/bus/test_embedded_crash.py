@@ -100,7 +100,18 @@ def test_consumer_killed_mid_run_loses_nothing_and_sink_sees_each_id_once(
     assert got == {e.id for e in envs}  # none lost; the sink holds each id once (its key)
     assert redelivered > 0  # the killed consumers' leases came back flagged
     assert processed >= len(envs)
+    assert_repeats_only_by_redelivery(sink)
     broker.close()
+
+
+def assert_repeats_only_by_redelivery(sink: Path) -> None:
+    """A message processed twice must have been redelivered (never handed to two consumers at once)."""
+    db = sqlite3.connect(sink)
+    bad = db.execute(
+        "SELECT id FROM processed GROUP BY id HAVING count(*) > 1 AND max(redelivered) = 0"
+    ).fetchall()
+    db.close()
+    assert not bad
 
 
 def test_peer_consumer_takes_over_leases_of_a_killed_one_without_restart(
@@ -121,6 +132,35 @@ def test_peer_consumer_takes_over_leases_of_a_killed_one_without_restart(
     procs.append(survivor)
     wait_for(lambda: broker.queue_depth("work") == 0, 20, "survivor drained the queue incl. the victim's leases", [survivor])
     assert sink_count(sink) == len(envs)
+    assert_repeats_only_by_redelivery(sink)
+    broker.close()
+
+
+@pytest.mark.slow
+def test_soak_two_competing_consumer_processes_killed_repeatedly_lose_nothing(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    sink = tmp_path / "sink.db"
+    broker = EmbeddedBroker(url)
+    broker.declare_queue("work", ["party.v1"])
+    envs = [Envelope.create("party.v1", {"i": i}, source="soak") for i in range(100_000)]
+    for i in range(0, len(envs), 1000):
+        broker.publish_many(envs[i : i + 1000])
+    pair = [start("consume", url, "work", str(sink)) for _ in range(2)]
+    procs.extend(pair)
+    for round_ in range(8):  # kill one of the two, alternately, while both consume
+        target = (round_ + 1) * 10_000
+        wait_for(lambda t=target: sink_count(sink) >= t, 120, f"{target} in the sink", pair)
+        kill9(pair[round_ % 2])
+        pair[round_ % 2] = start("consume", url, "work", str(sink))
+        procs.append(pair[round_ % 2])
+    wait_for(lambda: broker.queue_depth("work") == 0, 120, "drained", pair)
+    db = sqlite3.connect(sink)
+    got = {r[0] for r in db.execute("SELECT id FROM sink")}
+    db.close()
+    assert got == {e.id for e in envs}
+    assert_repeats_only_by_redelivery(sink)
     broker.close()
 
 
