@@ -20,7 +20,7 @@ from esbhub.bus.envelope import Envelope
 from esbhub.errors import PermanentError
 from esbhub.routes import models as m
 from esbhub.routes.expressions import compile_expr, evaluate
-from esbhub.routes.steps import Aggregate, Compiled, Deps, Msg, compile_steps, copy_json, derive_id
+from esbhub.routes.steps import Aggregate, Compiled, Deps, Msg, compile_steps, derive_id
 
 ROUTE_HEADER = "esbhub-route"
 RESUME_HEADER = "esbhub-resume-step"
@@ -51,7 +51,8 @@ class TraceEntry:
 @dataclass
 class RunResult:
     outputs: list[Output] = field(default_factory=list)
-    final: list[Envelope] = field(default_factory=list)
+    final_msgs: list[Msg] = field(default_factory=list)
+    tag: str = ""
     filtered: int = 0
     split_empty: int = 0
     aggregated: int = 0
@@ -59,9 +60,14 @@ class RunResult:
     trace: list[TraceEntry] = field(default_factory=list)
 
     @property
+    def final(self) -> list[Envelope]:
+        """The messages that left the last step (built on demand: only requests need them)."""
+        return [m.to_envelope(headers={ROUTE_HEADER: self.tag}) for m in self.final_msgs]
+
+    @property
     def reply(self) -> Envelope | None:
         """A route's reply to a request: its first final message."""
-        return self.final[0] if self.final else None
+        return self.final_msgs[0].to_envelope(headers={ROUTE_HEADER: self.tag}) if self.final_msgs else None
 
 
 class Run:
@@ -102,12 +108,12 @@ class Run:
         k = (msg.view["id"], sink_label)
         n = self._sent[k]
         self._sent[k] = n + 1
-        env = msg.to_envelope(id=derive_id(msg.view["id"], self.route_name, sink_label, n), headers={ROUTE_HEADER: self.route.tag})
-        upd: dict[str, Any] = {"causation_id": msg.view["id"]}
-        if copy:  # a copy taken mid-route (wire tap, recipient list): later steps must not change it
-            upd["payload"] = copy_json(env.payload)
-            upd["headers"] = dict(env.headers)
-        return env.model_copy(update=upd)
+        return msg.to_envelope(
+            id=derive_id(msg.view["id"], self.route_name, sink_label, n),
+            headers={ROUTE_HEADER: self.route.tag},
+            causation_id=msg.view["id"],
+            copy=copy,  # a copy taken mid-route (wire tap, recipient list): later steps must not change it
+        )
 
     def send(self, msg: Msg, sink: m.SinkSpec, *, copy: bool = True) -> Envelope:
         env = self.envelope_for(msg, sink.label, copy=copy)
@@ -162,7 +168,8 @@ class CompiledRoute:
 
     def _finish(self, run: Run, msgs: list[Msg]) -> None:
         run.send_all(msgs, self.route.to)
-        run.result.final.extend(msg.to_envelope(headers={ROUTE_HEADER: self.tag}) for msg in msgs)
+        run.result.final_msgs.extend(msgs)
+        run.result.tag = self.tag
 
     def aggregate_steps(self) -> list[Aggregate]:
         return [s for s in self.steps if isinstance(s, Aggregate)]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from ulid import ULID
 
 from esbhub.bus.envelope import TYPE_RE, Envelope
 from esbhub.errors import InvalidMessage, PermanentError, TransientError
@@ -46,15 +45,37 @@ def copy_json(v: Any) -> Any:
     return orjson.loads(orjson.dumps(v))
 
 
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as ULIDs use
+_B32_DEC = {c: i for i, c in enumerate(_B32)} | {c.lower(): i for i, c in enumerate(_B32)}
+
+
+def _ulid_ms(uid: str) -> int | None:
+    """The 48-bit millisecond timestamp of a ULID string, or None if it is not one."""
+    if len(uid) != 26:
+        return None
+    ms = 0
+    try:
+        for c in uid[:10]:
+            ms = (ms << 5) | _B32_DEC[c]
+    except KeyError:
+        return None
+    return ms if ms < (1 << 48) else None
+
+
 def derive_id(parent: str, *parts: Any) -> str:
     """A deterministic ULID for a message derived from ``parent`` (same input → same id, so
-    a redelivered input yields duplicates downstream dedup recognises)."""
+    a redelivered input yields duplicates downstream dedup recognises): the parent's
+    timestamp, then 80 bits of a hash of (parent, parts)."""
     h = hashlib.blake2b(("|".join([parent, *map(str, parts)])).encode(), digest_size=10).digest()
-    try:
-        ts = ULID.from_str(parent).bytes[:6]
-    except (ValueError, TypeError):
-        ts = int(time.time() * 1000).to_bytes(6, "big")
-    return str(ULID.from_bytes(ts + h))
+    ms = _ulid_ms(parent)
+    if ms is None:
+        ms = int(time.time() * 1000)
+    n = (ms << 80) | int.from_bytes(h, "big")
+    out = []
+    for _ in range(26):
+        out.append(_B32[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
 
 
 class Msg:
@@ -90,22 +111,23 @@ class Msg:
         v.update(id=id, payload=payload, headers=h, causation_id=self.view["id"], type=type or self.view["type"], attempt=0)
         return Msg(v, self.env, list(self.branch))
 
-    def to_envelope(self, *, id: str | None = None, headers: dict[str, str] | None = None) -> Envelope:
+    def to_envelope(
+        self, *, id: str | None = None, headers: dict[str, str] | None = None, causation_id: str | None = None, copy: bool = False
+    ) -> Envelope:
         v = self.view
         t = v["type"]
         if t != self.env.type and not TYPE_RE.match(str(t)):
             raise PermanentError(f"route set an invalid message type {t!r}")
-        h = v["headers"]
-        if headers:
-            h = {**h, **headers}
+        h = {**v["headers"], **headers} if headers else (dict(v["headers"]) if copy else v["headers"])
+        mid = id or v["id"]
         return self.env.model_copy(
             update={
-                "id": id or v["id"],
+                "id": mid,
                 "type": t,
-                "payload": v["payload"],
+                "payload": copy_json(v["payload"]) if copy else v["payload"],
                 "headers": h,
-                "causation_id": v.get("causation_id"),
-                "attempt": 0 if (id or v["id"]) != self.env.id else self.env.attempt,
+                "causation_id": causation_id or v.get("causation_id"),
+                "attempt": 0 if mid != self.env.id else self.env.attempt,
             }
         )
 
