@@ -225,8 +225,10 @@ def run_tests(loaded: LoadResult, *, keyword: str | None = None) -> list[CaseRes
 
 def report(results: list[CaseResult], *, seconds: float, verbose: bool = True) -> str:
     lines = ["=" * 20 + " route tests session starts " + "=" * 20, f"collected {len(results)} item(s)", ""]
-    for r in results:
-        lines.append(f"{r.nodeid} {'PASSED' if r.passed else 'FAILED'}" if verbose else ("." if r.passed else "F"))
+    if verbose:
+        lines += [f"{r.nodeid} {'PASSED' if r.passed else 'FAILED'}" for r in results]
+    else:
+        lines.append("".join("." if r.passed else "F" for r in results))
     failed = [r for r in results if not r.passed]
     if failed:
         lines += ["", "=" * 25 + " FAILURES " + "=" * 25]

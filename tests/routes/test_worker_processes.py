@@ -29,7 +29,7 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
     broker.declare_queue("procs.out", ["procs.out.v1"])
     broker.declare_queue("route.procs", ["procs.in.v1"])  # bound before the first publish
     env = {**os.environ, "ESBHUB_DATABASE_URL": db, "ESBHUB_BROKER_URL": burl, "ESBHUB_EXCHANGE": unique,
-           "ESBHUB_DATA_DIR": str(tmp_path / "var"), "ESBHUB_LOG_LEVEL": "warning"}
+           "ESBHUB_DATA_DIR": str(tmp_path / "var"), "ESBHUB_LOG_LEVEL": "info"}
     logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]  # noqa: SIM115
     procs = [subprocess.Popen([sys.executable, "-m", "esbhub.cli", "worker"], env=env, stdout=f, stderr=f) for f in logs]
     got: list[Envelope] = []
@@ -53,6 +53,12 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
             drain()
             return len(got) > 24 and {e.headers["rev"] for e in got[-4:]} == {"2"}
         wait_until(both_on_v2, timeout=60, what="v2 outputs")
+
+        def swapped(i: int) -> bool:
+            text = (tmp_path / f"worker{i}.log").read_text(errors="replace")
+            return any('"route_reloaded"' in ln and '"version": 2' in ln and '"route": "procs"' in ln for ln in text.splitlines())
+
+        wait_until(lambda: swapped(0) and swapped(1), timeout=30, what="each worker process logged its swap to v2")
     finally:
         for p in procs:
             p.terminate()
