@@ -69,7 +69,6 @@ from esbhub.mdm.store import (
     Task,
     Xref,
     aware,
-    current_value,
     golden_id_for,
     next_value,
     pair,
@@ -276,8 +275,22 @@ class MdmService:
                     next_value(s, "writer")  # serializes MDM writers across processes (see module doc)
                     self._catch_up(s)
                     events: list[Envelope] = []
+                    staged: list[tuple[str, Envelope | None, str]] = []
+                    seeds: set[str] = set()
+                    reviews: list[tuple[str, str, Any]] = []
+                    seen: set[str] = set()
                     for party, envelope_id, envelope in items:
-                        events += self._ingest_one(s, party, envelope_id, envelope, undo)
+                        if envelope_id in seen:
+                            continue
+                        seen.add(envelope_id)
+                        with s.no_autoflush:
+                            out = self._stage(s, party, envelope_id, undo, seeds, reviews)
+                        if isinstance(out, list):
+                            events += out  # redelivery: the events it produced the first time
+                        elif out is not None:
+                            staged.append((envelope_id, envelope, out))
+                    if staged:
+                        events += self._finish(s, staged, seeds, reviews)
                     s.flush()
                     newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             except BaseException:
@@ -289,9 +302,28 @@ class MdmService:
             self._seen_max = max(self._seen_max, int(newest or 0))
         return events
 
-    def _ingest_one(
-        self, s: Session, party: Party, envelope_id: str, envelope: Envelope | None, undo: list[tuple[str, Any]]
-    ) -> list[Envelope]:
+    def _finish(self, s: Session, staged: list[tuple[str, Envelope | None, str]], seeds: set[str],
+                reviews: list[tuple[str, str, Any]]) -> list[Envelope]:
+        """Re-cluster the region of every record staged in this transaction at once; the events go
+        in the inbox row of the first envelope (the others point at it), so a replay of the batch
+        returns them once, with the same ids."""
+        now = utcnow()
+        first_id, first_env, _ = staged[0]
+        changes = self._recluster(s, seeds, now, actor="engine", reason=None, cause=first_id)
+        self._open_tasks(s, reviews, now)
+        events = self._events(s, changes, now, actor="engine", reason=None,
+                              cause=first_env if len(staged) == 1 else None, cause_id=first_id)
+        for i, (envelope_id, _env, outcome) in enumerate(staged):
+            s.add(Inbox(envelope_id=envelope_id, at=now, outcome=outcome if i == 0 else f"{outcome}:batched",
+                        events=[e.model_dump(mode="json") for e in events] if i == 0 else []))
+        return events
+
+    def _stage(
+        self, s: Session, party: Party, envelope_id: str, undo: list[tuple[str, Any]], seeds: set[str],
+        reviews: list[tuple[str, str, Any]],
+    ) -> list[Envelope] | str | None:
+        """Store one source version, re-match it, record its links; the re-clustering waits for
+        the end of the transaction. Returns stored events (redelivery), None (unchanged) or the outcome."""
         done = s.get(Inbox, envelope_id)
         if done is not None:
             return [Envelope.model_validate(e) for e in done.events]
@@ -300,10 +332,12 @@ class MdmService:
         content_hash = _hash(raw)
         system, sid = party.source_system, party.source_id
         key = source_key(system, sid)
+        if key in seeds:
+            s.flush()  # the same key twice in one batch: its first version's rows must be visible
         x = s.get(Xref, (system, sid))
         if x is not None and x.content_hash == content_hash:
             s.add(Inbox(envelope_id=envelope_id, at=now, outcome="unchanged", events=[]))
-            return []
+            return None
         try:
             std = self._standardize(party)
         except (ValueError, TypeError) as exc:
@@ -315,7 +349,8 @@ class MdmService:
             raw=raw, std=stdj, received_at=now, source_updated_at=party.source_updated_at, deleted=party.deleted,
         )
         s.add(sv)
-        s.flush()
+        if x is None:
+            s.flush()  # the new record's arrival order (first_seen) is its first version's id
         # matcher: score against everything else, then index the new version
         old_std = self._load_std(x.std) if x is not None and not x.deleted else None
         undo.append((key, old_std))
@@ -344,20 +379,20 @@ class MdmService:
         x.std = stdj
         x.received_at = now
         x.source_updated_at = party.source_updated_at
-        s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
+        if version > 1:
+            s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
         for kind, value in sorted(set(hierarchy.index_entries(x))):
             s.add(KeyIndex(kind=kind, value=value, source_system=system, source_id=sid))
         # links: supersede the old ones, keep the new with their evidence
-        old_links = s.execute(
+        old_links = [] if version == 1 else s.execute(
             sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))
         ).scalars().all()
-        seeds = {key}
+        seeds.add(key)
         for link in old_links:
             seeds.add(link.a_key if link.b_key == key else link.b_key)
             if not party.deleted:  # a deleted source record keeps its links: it stays in its golden record
                 link.active = False
                 link.superseded_at = now
-        reviews = []
         for r in results:
             other = r.b if r.a == key else r.a
             if other == key:
@@ -371,15 +406,9 @@ class MdmService:
             seeds.add(other)
             if r.decision == "review" or r.hard:
                 reviews.append((a, b, r))
-        s.flush()
         if old_golden:
             seeds |= self._members(s, [old_golden])
-        changes = self._recluster(s, seeds, now, actor="engine", reason=None, cause=envelope_id)
-        self._open_tasks(s, reviews, now)
-        events = self._events(s, changes, now, actor="engine", reason=None, cause=envelope, cause_id=envelope_id)
-        outcome = "new" if version == 1 else ("deleted" if party.deleted else "changed")
-        s.add(Inbox(envelope_id=envelope_id, at=now, outcome=outcome, events=[e.model_dump(mode="json") for e in events]))
-        return events
+        return "new" if version == 1 else ("deleted" if party.deleted else "changed")
 
     # -------------------------------------------------------------- clustering
     def _members(self, s: Session, golden_ids: Iterable[str]) -> set[str]:
@@ -510,15 +539,18 @@ class MdmService:
                 self._write_version(s, r, "retired", g.golden_id, r.attributes, [], now, "merged", actor, reason, cause)
                 changes.append(_Change(r.golden_id, "merged"))
                 touched.add(r.golden_id)
+        all_overrides: dict[str, dict[str, Any]] = {}
+        ids = [g.golden_id for g, _c, _r in assigned if g.version]
+        for i in range(0, len(ids), 500):
+            for o in s.execute(
+                sa.select(Override).where(Override.golden_id.in_(ids[i : i + 500]), Override.active.is_(True))
+                .order_by(Override.id)
+            ).scalars():
+                all_overrides.setdefault(o.golden_id, {})[o.attribute] = o.value
         for g, c, retired in assigned:
             members = sorted(c)
             ms = [xs[k] for k in members]
-            overrides = {
-                o.attribute: o.value
-                for o in s.execute(
-                    sa.select(Override).where(Override.golden_id == g.golden_id, Override.active.is_(True)).order_by(Override.id)
-                ).scalars()
-            }
+            overrides = all_overrides.get(g.golden_id, {})
             attrs = survive(
                 [
                     Member(
@@ -567,7 +599,6 @@ class MdmService:
             touched.add(g.golden_id)
         if touched:
             s.flush()
-            next_value(s, "changes")
             hierarchy.refresh(s, touched, now)
             # obsolete open tasks whose two sides now share a golden record
             for t in s.execute(
@@ -1121,7 +1152,7 @@ class MdmService:
 
     # ----------------------------------------------------------------- search
     def _name_index(self, s: Session) -> list[tuple[str, str, str]]:
-        ver = current_value(s, "changes")
+        ver = int(s.execute(sa.select(sa.func.max(GoldenHistory.id))).scalar() or 0)
         if self._search_cache is None or self._search_cache[0] != ver:
             rows = s.execute(
                 sa.select(Golden.golden_id, Golden.name, Golden.core_name).where(Golden.status == "active")

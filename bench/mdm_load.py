@@ -1,0 +1,166 @@
+"""Bulk initial load through the FULL MDM pipeline into SQLite, against Splink's batch dedupe.
+
+    .venv/bin/python bench/mdm_load.py [--companies 3000] [--batch 500] [--skip-splink]
+
+What is measured (one process, one core busy):
+
+* our load: synthetic Chinese enterprise records (``esbhub.mdm.synth``) → ``MdmService.ingest_many``
+  in batches (standardize → block/score against everything loaded so far → cluster with
+  constraints → survivorship with lineage → history, xref, hierarchy → events), committed to
+  SQLite — the same code path as ``esbhub mdm load``;
+* throughput per tenth of the load, so the growth of the per-record cost with the size of the
+  index is visible;
+* the extrapolation to 1,000,000 records two ways: (a) at the rate of the last tenth (optimistic
+  if the cost keeps growing), (b) fitting per-record time t(n) = a + b·n over the tenths and
+  integrating to 1M (honest if growth is linear; super-linear growth makes it optimistic too);
+* Splink (DuckDB) deduplicating the same standardized records in the same run: EM training +
+  prediction + clustering, no store — a batch engine's lower bound, not the same job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def our_load(records: list, batch: int, db: Path) -> dict:
+    from esbhub.mdm.loader import envelope_id_for
+    from esbhub.mdm.service import MdmService
+
+    svc = MdmService(f"sqlite:///{db}")
+    n = len(records)
+    tenth = max(batch, n // 10)
+    marks: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+    last_t, last_n = t0, 0
+    for i in range(0, n, batch):
+        chunk = records[i : i + batch]
+        svc.ingest_many([(p, envelope_id_for(p), None) for p in chunk])
+        done = i + len(chunk)
+        if done - last_n >= tenth or done == n:
+            now = time.perf_counter()
+            marks.append((done, (done - last_n) / (now - last_t)))
+            last_t, last_n = now, done
+    total = time.perf_counter() - t0
+    goldens = len(svc.partition_now())
+    return {"records": n, "seconds": total, "rate": n / total, "marks": marks, "goldens": goldens,
+            "db_mb": db.stat().st_size / 1e6, "rss_mb": rss_mb()}
+
+
+def extrapolate(marks: list[tuple[int, float]], target: int = 1_000_000) -> tuple[float, float]:
+    """(seconds at the last tenth's rate, seconds with per-record time linear in n)."""
+    import numpy as np
+
+    last_rate = marks[-1][1]
+    xs, ys, prev = [], [], 0
+    for done, rate in marks:
+        xs.append((prev + done) / 2)
+        ys.append(1.0 / rate)
+        prev = done
+    if len(xs) >= 2:
+        b, a = np.polyfit(xs, ys, 1)
+        b = max(b, 0.0)
+    else:
+        a, b = ys[0], 0.0
+    return target / last_rate, a * target + b * target * target / 2
+
+
+def splink_dedupe(stds: list) -> dict:
+    import pandas as pd
+    import splink
+    import splink.comparison_library as cl
+    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    df = pd.DataFrame([{
+        "unique_id": f"{s.source_system}:{s.source_id}",
+        "core_name": s.core_name or None,
+        "name_norm": s.name_norm or None,
+        "uscc": s.uscc,
+        "city": s.city,
+        "phone": s.phones[0] if s.phones else None,
+        "address": s.address,
+        "pinyin_key": s.pinyin_key or None,
+    } for s in stds])
+    t0 = time.perf_counter()
+    settings = SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="unique_id",
+        blocking_rules_to_generate_predictions=[
+            block_on("uscc"), block_on("core_name"), block_on("phone"), block_on("pinyin_key", "city"),
+        ],
+        comparisons=[
+            cl.ExactMatch("uscc"),
+            cl.JaroWinklerAtThresholds("name_norm", [0.95, 0.88]),
+            cl.ExactMatch("city"),
+            cl.ExactMatch("phone"),
+            cl.JaroWinklerAtThresholds("address", [0.92, 0.8]),
+        ],
+        retain_intermediate_calculation_columns=False,
+    )
+    db_api = DuckDBAPI()
+    try:  # Splink 5
+        linker = Linker(db_api.register(df, table_name="parties"), settings, log_level="WARNING")
+    except AttributeError:  # Splink 4
+        linker = Linker(df, settings, db_api=db_api)
+    linker.training.estimate_probability_two_random_records_match([block_on("uscc")], recall=0.7)
+    linker.training.estimate_u_using_random_sampling(max_pairs=1e6)
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on("core_name"))
+    linker.training.estimate_parameters_using_expectation_maximisation(block_on("uscc"))
+    preds = linker.inference.predict(threshold_match_probability=0.9)
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(preds, 0.99).as_pandas_dataframe()
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "rate": len(stds) / dt, "clusters": clusters["cluster_id"].nunique(),
+            "version": splink.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--companies", type=int, default=3000, help="Synthetic base companies (records ≈ 3.5×).")
+    ap.add_argument("--batch", type=int, default=500, help="Records per transaction.")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--skip-splink", action="store_true")
+    a = ap.parse_args()
+
+    from esbhub.mdm.standardize import standardize
+    from esbhub.mdm.synth import generate
+
+    ds = generate(a.companies, seed=a.seed)
+    records = ds.records
+    print(f"# MDM bulk load — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"records: {len(records)} from {a.companies} base companies (synthetic CN set, seed {a.seed}), "
+          f"true entities: {len(set(ds.truth.values()))}")
+    with tempfile.TemporaryDirectory() as d:
+        r = our_load(records, a.batch, Path(d) / "mdm.db")
+    print("\n| tenth ends at | records/s in that tenth |\n|---:|---:|")
+    for done, rate in r["marks"]:
+        print(f"| {done} | {rate:,.0f} |")
+    last, linear = extrapolate(r["marks"])
+    print(f"\nesbhub full pipeline into SQLite: {r['records']} records in {r['seconds']:.1f} s = "
+          f"{r['rate']:,.0f} records/s; {r['goldens']} golden records; DB {r['db_mb']:.0f} MB; RSS {r['rss_mb']:.0f} MB")
+    print(f"extrapolated to 1,000,000 records: {last / 60:,.0f} min at the last tenth's rate; "
+          f"{linear / 60:,.0f} min with per-record time growing linearly (fit over the tenths) — target ≤ 15 min")
+    if not a.skip_splink:
+        try:
+            stds = [standardize(p) for p in records]
+            sp = splink_dedupe(stds)
+            print(f"Splink {sp['version']} (DuckDB) batch dedupe of the same standardized records: "
+                  f"{sp['seconds']:.1f} s = {sp['rate']:,.0f} records/s, {sp['clusters']} clusters "
+                  f"(training + predict + cluster; no store, history, lineage or events)")
+        except ImportError:
+            print("Splink not installed: pip install 'esbhub[bench]' to compare")
+
+
+if __name__ == "__main__":
+    main()
