@@ -192,7 +192,8 @@ class RouteRuntime:
         self._sinks: dict[tuple[str, str], Any] = {}
         self._sources: dict[str, Any] = {}
         self._stamp: tuple[int, int] | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # reload / attach
+        self._build_lock = threading.Lock()  # lazily built sinks and the request-reply client (handler threads)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reply: Any = None
@@ -264,7 +265,10 @@ class RouteRuntime:
         key = (str(s.adapter), orjson.dumps(s.config, option=orjson.OPT_SORT_KEYS).decode())
         sink = self._sinks.get(key)
         if sink is None:
-            sink = self._sinks[key] = adapter_registry.build_sink(str(s.adapter), s.config)
+            with self._build_lock:
+                sink = self._sinks.get(key)
+                if sink is None:
+                    sink = self._sinks[key] = adapter_registry.build_sink(str(s.adapter), s.config)
         return sink
 
     def _call(self, step: CallStep, env: Envelope) -> Any:
@@ -273,8 +277,11 @@ class RouteRuntime:
         if self._reply is None:
             from esbhub.bus.reply import RequestReply
 
-            self._reply = RequestReply(self.broker)
-            self._reply.start()
+            with self._build_lock:
+                if self._reply is None:
+                    rr = RequestReply(self.broker)
+                    rr.start()
+                    self._reply = rr
         try:
             reply = self._reply.request(env, timeout=step.timeout, queue=queue_for(step.route))
         except TimeoutError as exc:
