@@ -279,12 +279,13 @@ class MdmService:
                     seeds: set[str] = set()
                     reviews: list[tuple[str, str, Any]] = []
                     seen: set[str] = set()
+                    pre = self._prefetch(s, items)
                     for party, envelope_id, envelope in items:
                         if envelope_id in seen:
                             continue
                         seen.add(envelope_id)
                         with s.no_autoflush:
-                            out = self._stage(s, party, envelope_id, undo, seeds, reviews)
+                            out = self._stage(s, party, envelope_id, undo, seeds, reviews, pre)
                         if isinstance(out, list):
                             events += out  # redelivery: the events it produced the first time
                         elif out is not None:
@@ -318,13 +319,23 @@ class MdmService:
                         events=[e.model_dump(mode="json") for e in events] if i == 0 else []))
         return events
 
+    def _prefetch(self, s: Session, items: Sequence[tuple[Party, str, Envelope | None]]) -> dict[str, Any]:
+        """Inbox rows and current xref rows of a whole batch in a few queries."""
+        ids = [e for _p, e, _x in items]
+        inbox: dict[str, Inbox] = {}
+        for i in range(0, len(ids), 500):
+            for row in s.execute(sa.select(Inbox).where(Inbox.envelope_id.in_(ids[i : i + 500]))).scalars():
+                inbox[row.envelope_id] = row
+        xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items})
+        return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items)}
+
     def _stage(
         self, s: Session, party: Party, envelope_id: str, undo: list[tuple[str, Any]], seeds: set[str],
-        reviews: list[tuple[str, str, Any]],
+        reviews: list[tuple[str, str, Any]], pre: dict[str, Any],
     ) -> list[Envelope] | str | None:
         """Store one source version, re-match it, record its links; the re-clustering waits for
         the end of the transaction. Returns stored events (redelivery), None (unchanged) or the outcome."""
-        done = s.get(Inbox, envelope_id)
+        done = pre["inbox"].get(envelope_id)
         if done is not None:
             return [Envelope.model_validate(e) for e in done.events]
         now = utcnow()
@@ -334,7 +345,7 @@ class MdmService:
         key = source_key(system, sid)
         if key in seeds:
             s.flush()  # the same key twice in one batch: its first version's rows must be visible
-        x = s.get(Xref, (system, sid))
+        x = pre["xref"].get(key)
         if x is not None and x.content_hash == content_hash:
             s.add(Inbox(envelope_id=envelope_id, at=now, outcome="unchanged", events=[]))
             return None
@@ -349,8 +360,6 @@ class MdmService:
             raw=raw, std=stdj, received_at=now, source_updated_at=party.source_updated_at, deleted=party.deleted,
         )
         s.add(sv)
-        if x is None:
-            s.flush()  # the new record's arrival order (first_seen) is its first version's id
         # matcher: score against everything else, then index the new version
         old_std = self._load_std(x.std) if x is not None and not x.deleted else None
         undo.append((key, old_std))
@@ -363,7 +372,11 @@ class MdmService:
         old_golden = x.golden_id if x is not None else None
         attrs = raw.get("attributes") or {}
         if x is None:
-            x = Xref(source_system=system, source_id=sid, golden_id="", first_seen=sv.id, linked_at=now)
+            if pre["arrival"] is None:  # arrival order of new records: one counter bump per batch
+                pre["arrival"] = next_value(s, "arrival", pre["n"])
+            x = Xref(source_system=system, source_id=sid, golden_id="", first_seen=pre["arrival"], linked_at=now)
+            pre["arrival"] += 1
+            pre["xref"][key] = x
             s.add(x)
         x.version = version
         x.content_hash = content_hash
@@ -518,9 +531,10 @@ class MdmService:
                 assigned.append((gs[0], c, gs[1:]))
             else:
                 new_clusters.append(c)
+        seq = next_value(s, "golden_id", len(new_clusters)) - 1 if new_clusters else 0
         for c in sorted(new_clusters, key=lambda c: min((xs[k].first_seen, k) for k in c)):
             founder = min(c, key=lambda k: (xs[k].first_seen, k))
-            seq = next_value(s, "golden_id")
+            seq += 1
             g = Golden(
                 golden_id=golden_id_for(seq), seq_no=seq, status="new", merged_into=None, version=0,
                 kind=xs[founder].kind, founder=founder, attributes={}, members=[], created_at=now, updated_at=now,
