@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from esbhub.errors import InvalidMessage
 from esbhub.schemas.party import Party
 
 TOP = {"source_system", "source_id", "kind", "name", "name_en", "uscc", "org_code", "id_number", "parent_source_id",
@@ -169,7 +170,15 @@ def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system
         nonlocal events
         if not buf:
             return
-        evs = svc.ingest_many(buf)
+        try:
+            evs = svc.ingest_many(buf)
+        except InvalidMessage:  # one bad record must not sink its batch: find it, load the rest
+            evs = []
+            for item in buf:
+                try:
+                    evs += svc.ingest_many([item])
+                except InvalidMessage as exc:
+                    errors.append(RowError(f"{item[0].source_system}:{item[0].source_id}", exc.message))
         events += len(evs)
         if publish is not None and evs:
             publish(evs)

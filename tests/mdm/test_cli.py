@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from esbhub.cli import main
@@ -72,3 +73,40 @@ def test_rematch_keeps_the_partition_and_ids(tmp_path):
     r = run(tmp_path, "rematch")
     assert r.exit_code == 0 and json.loads(r.stdout)["changed_golden_records"] == 0
     assert run(tmp_path, "export-xref").stdout == before
+
+
+def test_load_reads_parquet_and_sql_tables_like_csv(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+
+    good = [r for r in ROWS if r["name"]]
+    cols = sorted({k for r in good for k in r})
+    pq.write_table(pa.table({c: [r.get(c) for r in good[:2]] for c in cols}), tmp_path / "p.parquet")
+    src = f"sqlite:///{tmp_path / 'src.db'}"
+    eng = sa.create_engine(src)
+    with eng.begin() as c:
+        c.execute(sa.text("CREATE TABLE customers (source_system TEXT, source_id TEXT, name TEXT, uscc TEXT, city TEXT)"))
+        c.execute(sa.text("INSERT INTO customers VALUES ('crm', '9', :n, :u, '广州')"), {"n": good[2]["name"], "u": good[2]["uscc"]})
+    eng.dispose()
+    r = run(tmp_path, "load", str(tmp_path / "p.parquet"), "--sql", src, "--table", "customers")
+    assert r.exit_code == 0, r.output
+    xref = {(x["source_system"], x["source_id"]): x["golden_id"] for x in csv.DictReader(run(tmp_path, "export-xref").stdout.splitlines())}
+    assert xref == {("crm", "1"): "G0000000001", ("billing", "A1"): "G0000000001", ("crm", "9"): "G0000000002"}
+
+
+def test_load_via_bus_publishes_one_party_message_per_row(tmp_path, unique):
+    from esbhub.bus.broker import create_broker
+
+    settings = Settings(data_dir=tmp_path / "var")
+    broker = create_broker(settings.effective_broker_url)
+    broker.connect()
+    broker.declare_queue(unique, ["party.v1"])
+    r = run(tmp_path, "load", str(write_csv(tmp_path / "p.csv")), "--via-bus")
+    assert r.exit_code == 1 and json.loads(r.stdout.strip().splitlines()[-1])["published"] == 3
+    got = []
+    while (d := broker.get(unique, timeout=0.2)) is not None:
+        got.append(d.envelope.payload["source_id"])
+        d.ack()
+    broker.close()
+    assert sorted(got) == ["1", "9", "A1"]
