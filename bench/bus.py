@@ -456,7 +456,10 @@ def bench_memory(url: str, backlog: int, seconds: float, prefetch: int) -> dict[
         data.update(backlog=backlog, fill_rate=backlog / fill_s, waiting_after=b.queue_depth(q), prefetch=prefetch)
         return data
     finally:
-        b.delete_queue(q)
+        try:
+            b.delete_queue(q)
+        except Exception as exc:
+            print(f"warning: could not delete {q}: {exc}", file=sys.stderr)
         b.close()
 
 

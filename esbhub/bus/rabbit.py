@@ -405,7 +405,8 @@ class RabbitBroker(Broker):
 
     def delete_queue(self, queue: str) -> None:
         def do(ch: Any) -> None:
-            ch.queue_delete(queue)
+            with _slow_call(ch, 300):  # RabbitMQ takes its time to drop a queue of millions
+                ch.queue_delete(queue)
             for tier in DELAY_TIERS_MS:
                 ch.queue_delete(self._delay_queue_name(queue, tier))
 
@@ -1066,6 +1067,22 @@ class RabbitBroker(Broker):
 
     def __repr__(self) -> str:
         return f"RabbitBroker({self.safe_url!r}, exchange={self.exchange!r})"
+
+
+@contextlib.contextmanager
+def _slow_call(ch: Any, seconds: float) -> Any:
+    """Give one synchronous AMQP method a longer socket timeout than ``socket_timeout``."""
+    sock = getattr(getattr(ch.connection, "transport", None), "sock", None)
+    if sock is None:
+        yield
+        return
+    before = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(before)
 
 
 def _buffer_reads(raw: Any) -> None:
