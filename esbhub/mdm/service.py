@@ -1021,12 +1021,16 @@ class MdmService:
             out["hierarchy"] = hierarchy.edges_of(s, golden_id)
             below = hierarchy.subtree(s, golden_id)
             rev = hierarchy.revenue_of(xs) or 0.0
+            provinces = {p for x in xs if (p := (x.std or {}).get("province") or (x.raw or {}).get("province"))}
             for gid in below:
-                rev += hierarchy.revenue_of(self._xrefs(s, (s.get(Golden, gid).members or [])).values()) or 0.0  # type: ignore[union-attr]
+                sub = list(self._xrefs(s, (s.get(Golden, gid).members or [])).values())  # type: ignore[union-attr]
+                rev += hierarchy.revenue_of(sub) or 0.0
+                provinces |= {p for x in sub if (p := (x.std or {}).get("province") or (x.raw or {}).get("province"))}
             out["revenue"] = hierarchy.revenue_of(xs)
             out["group_revenue"] = rev if below else out["revenue"]
             out["group_tier"] = self.settings.tiering.tier(out["group_revenue"])
-            out["provinces"] = sorted({p for x in xs if (p := (x.std or {}).get("province"))})
+            out["provinces"] = sorted({p for x in xs if (p := (x.std or {}).get("province") or (x.raw or {}).get("province"))})
+            out["group_provinces"] = sorted(provinces)
             out["open_tasks"] = [
                 t.id for t in s.execute(
                     sa.select(Task).where(Task.status == "open", sa.or_(Task.golden_a == golden_id, Task.golden_b == golden_id))

@@ -60,6 +60,7 @@ def test_billing_parent_account_and_source_parent_make_edges_and_group_revenue_s
     view = svc.get_customer(parent)
     assert view["tier"] == "C" and view["revenue"] == 50_000
     assert view["group_revenue"] == 1_050_000 and view["group_tier"] == "A"
+    assert len(view["group_provinces"]) == 2  # a group customer spanning provinces
 
 
 def test_edges_of_a_retired_golden_record_end_and_move_to_the_survivor(svc):
