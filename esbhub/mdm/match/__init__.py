@@ -1,10 +1,11 @@
 """Fellegi–Sunter matching of standardized parties: block → compare → weigh → decide, explainably.
 
 * **Blocking** (:meth:`Matcher.candidates`): several keys per record — USCC, organization code,
-  normalized core name (字号), its fuzzy pinyin, each specific phone, e-mail, city + first / last
+  normalized core name (字号), its fuzzy pinyin, each specific phone, e-mail, city + first
   two characters of the core name, city + start of the street; for persons ID number, name,
   birth date, postcode + initials. A candidate shares at least one key; blocks larger than
-  ``model.max_block_size`` (very common values) are skipped.
+  ``model.max_block_size`` (very common values) are skipped, and so are phone blocks of more
+  than 4 × ``generic_phone_records`` records (agents' and shared numbers).
 * **Comparison levels** per field (:mod:`.comparisons`): exact / Jaro-Winkler thresholds /
   one edit / pinyin / else / null.
 * **Weights**: ``log2(m/u)`` per level; ``m`` (P(level | match)) is learned by EM without labels
@@ -103,7 +104,7 @@ class MatchModel(BaseModel):
     generic_phone_records: int = Field(
         default=8, description="A phone on more records than this (different names) counts as generic."
     )
-    max_block_size: int = Field(default=2000, description="Blocks larger than this are skipped for candidates.")
+    max_block_size: int = Field(default=500, description="Blocks larger than this are skipped for candidates.")
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -174,7 +175,7 @@ def _prob(w: float) -> float:
 # ------------------------------------------------------------------ blocking keys
 
 
-def blocking_keys(rec: StdParty) -> list[str]:
+def blocking_keys(rec: StdParty | MatchView) -> list[str]:
     """The blocking keys of a record (strings; a candidate shares at least one)."""
     keys: list[str] = []
     if rec.kind == "organization":
@@ -189,7 +190,6 @@ def blocking_keys(rec: StdParty) -> list[str]:
         place = rec.city or rec.province or ""
         if len(core) >= 3:
             keys.append("A" + place + "|" + core[:2])
-            keys.append("L" + place + "|" + core[-2:])
         if rec.street:
             keys.append("S" + place + "|" + rec.street[:6])
     else:
@@ -229,14 +229,37 @@ class _Scorer:
             self.kinds[kind] = (_logit2(km.prior), comps, ws, [params[c.name] for c in comps])
 
 
+_VIEW_FIELDS = ("source_system", "source_id", "kind", "name_norm", "core_name", "pinyin_key", "uscc", "uscc_valid",
+                "org_code", "branch", "branch_name", "phones", "phones_generic", "emails", "address", "street",
+                "province", "city", "postcode", "given_name", "family_name", "birth_date", "id_number",
+                "id_number_valid")
+
+
+class MatchView:
+    """The fields matching needs, in a slotted object (about a third of a StdParty's memory).
+
+    Comparisons, blocking and :func:`can_link` accept it wherever they accept a StdParty."""
+
+    __slots__ = _VIEW_FIELDS
+
+    def __init__(self, rec: StdParty | MatchView) -> None:
+        for f in _VIEW_FIELDS:
+            v = getattr(rec, f)
+            setattr(self, f, tuple(v) if isinstance(v, list) else v)
+
+
 class Matcher:
-    """In-process index + scorer for the real-time path. Not thread-safe; one per worker."""
+    """In-process index + scorer for the real-time path. Not thread-safe; one per worker.
+
+    Memory: the index keeps a :class:`MatchView` per record and its blocking keys as 64-bit
+    hashes (a collision only adds a candidate, which scoring then rejects).
+    """
 
     def __init__(self, model: MatchModel | None = None) -> None:
         self.model = model or MatchModel()
         self._scorer = _Scorer(self.model)
-        self.records: dict[str, StdParty] = {}
-        self.blocks: dict[str, list[str]] = {}
+        self.records: dict[str, MatchView] = {}
+        self.blocks: dict[int, list[str]] = {}
         self.core_count: Counter[str] = Counter()
         self.family_count: Counter[str] = Counter()
         self.phone_count: Counter[str] = Counter()
@@ -249,17 +272,18 @@ class Matcher:
         self._scorer = _Scorer(model)
 
     # ---- index
-    def add(self, key: str, rec: StdParty) -> None:
+    def add(self, key: str, rec: StdParty | MatchView) -> None:
         """Index a record under ``key`` (replaces a previous record with that key)."""
         if key in self.records:
             self.remove(key)
-        self.records[key] = rec
-        for bk in dict.fromkeys(blocking_keys(rec)):
-            self.blocks.setdefault(bk, []).append(key)
-        self.core_count[rec.core_name] += 1
-        if rec.family_name:
-            self.family_count[rec.family_name] += 1
-        for p in rec.phones:
+        view = MatchView(rec)
+        self.records[key] = view
+        for bk in dict.fromkeys(blocking_keys(view)):
+            self.blocks.setdefault(hash(bk), []).append(key)
+        self.core_count[view.core_name] += 1
+        if view.family_name:
+            self.family_count[view.family_name] += 1
+        for p in view.phones:
             self.phone_count[p] += 1
 
     def remove(self, key: str) -> None:
@@ -267,27 +291,29 @@ class Matcher:
         if rec is None:
             return
         for bk in dict.fromkeys(blocking_keys(rec)):
-            lst = self.blocks.get(bk)
+            h = hash(bk)
+            lst = self.blocks.get(h)
             if lst is not None:
                 try:
                     lst.remove(key)
                 except ValueError:
                     pass
                 if not lst:
-                    del self.blocks[bk]
+                    del self.blocks[h]
         _dec(self.core_count, rec.core_name)
         if rec.family_name:
             _dec(self.family_count, rec.family_name)
         for p in rec.phones:
             _dec(self.phone_count, p)
 
-    def candidates(self, rec: StdParty, limit: int = 200) -> list[str]:
+    def candidates(self, rec: StdParty | MatchView, limit: int = 200) -> list[str]:
         """Keys of indexed records sharing at least one blocking key, most shared keys first."""
         hits: Counter[str] = Counter()
         maxb = self.model.max_block_size
+        max_phone = 4 * self.model.generic_phone_records  # agents' / shared phones are not a useful key
         for bk in dict.fromkeys(blocking_keys(rec)):
-            lst = self.blocks.get(bk)
-            if lst is None or len(lst) > maxb:
+            lst = self.blocks.get(hash(bk))
+            if lst is None or len(lst) > maxb or (bk[0] == "T" and len(lst) > max_phone):
                 continue
             hits.update(lst)
         if len(hits) <= limit:

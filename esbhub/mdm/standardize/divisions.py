@@ -41,13 +41,24 @@ class Division:
         return self.code[:4] + "00"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DivisionTable:
     by_code: dict[str, Division]
     provinces: list[tuple[str, Division]]  # (written form, division), longest first
     cities: list[tuple[str, Division]]
     districts: dict[str, list[tuple[str, Division]]]  # city code -> forms
     area_codes: dict[str, Division]  # area code -> city
+
+    @property
+    def province_forms(self) -> dict[str, Division]:
+        return _forms(self, "provinces")
+
+    @property
+    def city_forms(self) -> dict[str, Division]:
+        return _forms(self, "cities")
+
+    def district_forms(self, city_code: str) -> dict[str, Division]:
+        return _district_forms(self, city_code)
 
     def province_of(self, code: str) -> Division | None:
         return self.by_code.get(code[:2] + "0000")
@@ -94,4 +105,45 @@ def city_by_short(short: str) -> Division | None:
     for form, d in table().cities:
         if form == short:
             return d
+    return None
+
+
+@lru_cache(maxsize=4)
+def _forms(t: DivisionTable, which: str) -> dict[str, Division]:
+    out: dict[str, Division] = {}
+    for form, d in getattr(t, which):
+        out.setdefault(form, d)
+    return out
+
+
+_DISTRICT_FORMS: dict[str, dict[str, Division]] = {}
+
+
+def _district_forms(t: DivisionTable, city_code: str) -> dict[str, Division]:
+    f = _DISTRICT_FORMS.get(city_code)
+    if f is None:
+        f = {}
+        for form, d in t.districts.get(city_code, []):
+            f.setdefault(form, d)
+        _DISTRICT_FORMS[city_code] = f
+    return f
+
+
+MAX_FORM = 9
+
+
+def longest_prefix(s: str, forms: dict[str, Division]) -> tuple[str, Division] | None:
+    """The longest form that ``s`` starts with (dictionary look-ups, not a scan)."""
+    for n in range(min(MAX_FORM, len(s)), 1, -1):
+        d = forms.get(s[:n])
+        if d is not None:
+            return s[:n], d
+    return None
+
+
+def longest_suffix(s: str, forms: dict[str, Division]) -> tuple[str, Division] | None:
+    for n in range(min(MAX_FORM, len(s)), 1, -1):
+        d = forms.get(s[-n:])
+        if d is not None:
+            return s[-n:], d
     return None

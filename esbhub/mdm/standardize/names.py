@@ -10,7 +10,7 @@ from functools import lru_cache
 import opencc
 from pypinyin import Style, lazy_pinyin
 
-from esbhub.mdm.standardize.divisions import Division, table
+from esbhub.mdm.standardize.divisions import Division, longest_prefix, longest_suffix, table
 
 _BRACKETS = str.maketrans({"【": "(", "】": ")", "[": "(", "]": ")", "〔": "(", "〕": ")", "{": "(", "}": ")",
                            "〈": "(", "〉": ")", "《": "(", "》": ")", "（": "(", "）": ")"})
@@ -77,27 +77,29 @@ class OrgName:
 
 def _match_place_prefix(s: str, min_rest_full: int = 2, min_rest_short: int = 3) -> tuple[Division, int] | None:
     t = table()
-    for forms in (t.provinces, t.cities):
-        for form, d in forms:
-            if s.startswith(form):
-                rest = len(s) - len(form)
-                full = form == d.name
-                if rest >= (min_rest_full if full else min_rest_short):
-                    return d, len(form)
+    for forms in (t.province_forms, t.city_forms):
+        # longest form first; a short form needs a longer rest (中山大学 is not 中山 + 大学)
+        for n in range(min(9, len(s)), 1, -1):
+            d = forms.get(s[:n])
+            if d is None:
+                continue
+            full = s[:n] == d.name
+            if len(s) - n >= (min_rest_full if full else min_rest_short):
+                return d, n
     return None
 
 
+@lru_cache(maxsize=4096)
 def place_of(text: str) -> Division | None:
     """The division named exactly by ``text`` (full or short form, province, city or known district)."""
     t = table()
-    for forms in (t.cities, t.provinces):
-        for form, d in forms:
-            if form == text:
-                return d
+    d = t.city_forms.get(text) or t.province_forms.get(text)
+    if d is not None:
+        return d
     for forms in t.districts.values():
-        for form, d in forms:
+        for form, dd in forms:
             if form == text:
-                return d
+                return dd
     return None
 
 
@@ -128,10 +130,17 @@ def _split_branch(s: str) -> tuple[str, str | None]:
             return s[:best], _normalize_branch(s[best:])
         # no legal terminator: take a trailing place word before the suffix as the branch label
         t = table()
-        for forms in [t.cities] + list(t.districts.values()):
-            for form, _d in forms:
-                if body.endswith(form) and len(body) - len(form) >= 2:
-                    return body[: -len(form)], _normalize_branch(s[len(body) - len(form):])
+        m = longest_suffix(body, t.city_forms)
+        if m is None:
+            for forms in t.districts.values():
+                for form, d in forms:
+                    if body.endswith(form):
+                        m = (form, d)
+                        break
+                if m is not None:
+                    break
+        if m is not None and len(body) - len(m[0]) >= 2:
+            return body[: -len(m[0])], _normalize_branch(s[len(body) - len(m[0]):])
         return body, suffix
     return s, None
 
@@ -195,10 +204,9 @@ def parse_org_name(name: str) -> OrgName:
         if m is None:
             if place is not None and place.level != "province":
                 # district of the known city written after it, e.g. 深圳市南山区华信科技
-                for form, d in table().districts.get(place.city_code, []):
-                    if core.startswith(form) and len(core) - len(form) >= (2 if form == d.name else 3):
-                        m = (d, len(form))
-                        break
+                hit = longest_prefix(core, table().district_forms(place.city_code))
+                if hit is not None and len(core) - len(hit[0]) >= (2 if hit[0] == hit[1].name else 3):
+                    m = (hit[1], len(hit[0]))
             if m is None:
                 break
         place = _more_specific(place, m[0])
@@ -249,14 +257,12 @@ def parse_address(text: str, province_hint: str | None = None, city_hint: str | 
     t = table()
     prov: Division | None = None
     city: Division | None = None
-    for form, d in t.provinces:
-        if s.startswith(form):
-            prov, s = d, s[len(form):]
-            break
-    for form, d in t.cities:
-        if s.startswith(form) and (prov is None or d.code[:2] == prov.code[:2]):
-            city, s = d, s[len(form):]
-            break
+    hit = longest_prefix(s, t.province_forms)
+    if hit is not None:
+        prov, s = hit[1], s[len(hit[0]):]
+    hit = longest_prefix(s, t.city_forms)
+    if hit is not None and (prov is None or hit[1].code[:2] == prov.code[:2]):
+        city, s = hit[1], s[len(hit[0]):]
     if city is None and prov is not None and prov.code[:2] in ("11", "12", "31", "50"):
         city = t.by_code.get(prov.code[:2] + "0100")
     if city is None and city_hint:
@@ -270,10 +276,9 @@ def parse_address(text: str, province_hint: str | None = None, city_hint: str | 
     district: str | None = None
     ddiv: Division | None = None
     if city is not None:
-        for form, d in t.districts.get(city.code, []):
-            if s.startswith(form):
-                district, ddiv, s = d.short, d, s[len(form):]
-                break
+        hit = longest_prefix(s, t.district_forms(city.code))
+        if hit is not None:
+            district, ddiv, s = hit[1].short, hit[1], s[len(hit[0]):]
     if district is None:
         m = _DISTRICT_RE.match(s)
         if m and (city is not None or prov is not None):
@@ -313,6 +318,7 @@ def split_person_name(name: str) -> tuple[str | None, str | None]:
 _FUZZY = [("zh", "z"), ("ch", "c"), ("sh", "s"), ("ang", "an"), ("eng", "en"), ("ing", "in")]
 
 
+@lru_cache(maxsize=65536)
 def pinyin_key(text: str) -> str:
     """Toneless pinyin with common fuzzy-pinyin folds (zh/z, ch/c, sh/s, -ng/-n); Latin kept lower case."""
     if not text:
