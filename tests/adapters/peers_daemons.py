@@ -223,3 +223,45 @@ class Snmpd(Daemon):
             return r.returncode == 0
 
         wait_for(up, 15, interval=0.1, what=f"snmpd on udp port {self.port}")
+
+
+class AsgiServer:
+    """An ASGI app (FastAPI / Starlette) served by uvicorn in a thread on a free loopback port,
+    optionally over TLS (``certfile``/``keyfile``)."""
+
+    def __init__(self, app, *, certfile: str | None = None, keyfile: str | None = None) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.scheme = "https" if certfile else "http"
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
+                             ssl_certfile=certfile, ssl_keyfile=keyfile)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: self.server.started, 10, what="uvicorn started")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def self_signed_cert(tmp: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (cert path, key path)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(  # noqa: S603
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )
+    return str(cert), str(key)
