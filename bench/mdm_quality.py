@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--synth", type=int, default=5000, help="base companies in the synthetic set")
     ap.add_argument("--speed", type=int, default=200_000, help="records indexed for the speed test")
+    ap.add_argument("--seed", type=int, default=7, help="seed of the synthetic set")
     ap.add_argument("--skip-febrl", action="store_true")
     ap.add_argument("--skip-splink", action="store_true")
     ap.add_argument("--skip-synth", action="store_true")
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_febrl:
         rows += bench_febrl(a.skip_splink)
     if not a.skip_synth:
-        rows += bench_synth(a.synth, splink=not a.skip_splink)
+        rows += bench_synth(a.synth, seed=a.seed, splink=not a.skip_splink)
     if not a.skip_speed:
         rows += bench_speed(a.speed)
     print(f"\n## MDM matching bench — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
