@@ -197,10 +197,11 @@ class MqttSource(Source[MqttSourceConfig]):
             except queue.Empty:
                 continue
             batch = [first]
-            deadline = time.monotonic() + 0.05
+            # natural batching: take what has arrived, never wait for more (the broker limits
+            # unacked messages in flight, typically to 20, so waiting would only add latency)
             while len(batch) < self.config.batch_size:
                 try:
-                    batch.append(self._q.get(timeout=max(0.0, deadline - time.monotonic())))
+                    batch.append(self._q.get_nowait())
                 except queue.Empty:
                     break
             batch = [(g, m) for g, m in batch if g == self._gen]

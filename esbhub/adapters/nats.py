@@ -190,8 +190,8 @@ class NatsSource(Source[NatsSourceConfig]):
                 while not self._stop.is_set():
                     try:
                         msgs = await psub.fetch(cfg.batch_size, timeout=0.5)
-                    except nats.errors.TimeoutError:
-                        continue
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        continue  # nats-py raises either when the pull request expires with no message
                     envs, good = [], []
                     for m in msgs:
                         try:

@@ -108,7 +108,7 @@ def test_durable_consumer_acks_after_emit_and_redelivers_after_emit_fails(stream
     src2 = NatsSource(src_cfg(name), name="t")
     src2.start(out2)
     try:
-        wait_for(lambda: out2.ns() == list(range(25, 30)), 10, what="only the new 5")
+        wait_for(lambda: set(out2.ns()) == set(range(25, 30)), 10, what="only the new 5")
     finally:
         src2.stop()
     assert len(first_ids) == 25
@@ -117,7 +117,7 @@ def test_durable_consumer_acks_after_emit_and_redelivers_after_emit_fails(stream
 def test_unacked_messages_come_back_with_the_same_ids_after_restart(stream):
     name, subj = stream
     publish(f"{subj}.x", nums(0, 3))
-    src = NatsSource(src_cfg(name, ack_wait=1), name="t")
+    src = NatsSource(src_cfg(name, ack_wait=2), name="t")
 
     ids_seen: list[str] = []
 
@@ -129,10 +129,10 @@ def test_unacked_messages_come_back_with_the_same_ids_after_restart(stream):
     wait_for(lambda: len(ids_seen) >= 3, 10, what="first attempt")
     src.stop()
     good = Out()
-    src2 = NatsSource(src_cfg(name, ack_wait=1), name="t")
+    src2 = NatsSource(src_cfg(name, ack_wait=2), name="t")
     src2.start(good)
     try:
-        wait_for(lambda: good.ns() == [0, 1, 2], 15, what="redelivered after restart")
+        wait_for(lambda: set(good.ns()) == {0, 1, 2}, 15, what="redelivered after restart")  # at-least-once
     finally:
         src2.stop()
     assert {e.id for e in good.envs} == set(ids_seen[:3])
@@ -146,7 +146,7 @@ def test_source_survives_its_connection_being_cut(stream):
     src.start(out)
     try:
         publish(f"{subj}.a", nums(0, 5))
-        wait_for(lambda: out.ns() == list(range(5)), 10, what="first 5")
+        wait_for(lambda: set(out.ns()) == set(range(5)), 10, what="first 5")
         proxy.cut()
         publish(f"{subj}.a", nums(5, 10))
         wait_for(lambda: sorted(set(out.ns())) == list(range(10)), 20, what="all 10 after the cut")
