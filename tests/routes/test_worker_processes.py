@@ -29,7 +29,7 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
     broker.declare_queue("procs.out", ["procs.out.v1"])
     broker.declare_queue("route.procs", ["procs.in.v1"])  # bound before the first publish
     env = {**os.environ, "ESBHUB_DATABASE_URL": db, "ESBHUB_BROKER_URL": burl, "ESBHUB_EXCHANGE": unique,
-           "ESBHUB_DATA_DIR": str(tmp_path / "var"), "ESBHUB_LOG_LEVEL": "info"}
+           "ESBHUB_DATA_DIR": str(tmp_path / "var"), "ESBHUB_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"}
     logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]  # noqa: SIM115
     procs = [subprocess.Popen([sys.executable, "-m", "esbhub.cli", "worker"], env=env, stdout=f, stderr=f) for f in logs]
     got: list[Envelope] = []
