@@ -146,6 +146,12 @@ def create_sql_engine(url: str, *, timeout: float, statement_timeout: float | No
             "connect_timeout": max(1, int(round(timeout))),
             "application_name": app[:63],
             "options": f"-c statement_timeout={int(st * 1000)} -c lock_timeout={int(st * 1000)}",
+            # a peer that vanishes (no RST) is noticed by TCP keepalives, not left hanging
+            "keepalives": 1,
+            "keepalives_idle": max(1, int(timeout)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(timeout * 1000),
         }
     elif backend in ("mysql", "mariadb"):
         args = {"connect_timeout": max(1, int(round(timeout))), "read_timeout": int(st) or 1, "write_timeout": int(st) or 1}

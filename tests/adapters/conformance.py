@@ -34,7 +34,7 @@ from esbhub.adapters.registry import available_adapters
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import ConfigError, TransientError
 
-from .peers import FlakyHttpServer, free_port, wait_for
+from .peers import FlakyHttpServer, TcpProxy, free_port, wait_for
 
 HARNESSES: dict[str, type[Harness]] = {}
 
@@ -71,6 +71,14 @@ class Harness:
     def delivered(self, env: Envelope) -> bool:
         """Whether the peer holds what the sink sent (checked with a deadline)."""
         return True
+
+    def peer_port(self) -> int:
+        """TCP port of the real peer on 127.0.0.1 (for the slow / cut connection check)."""
+        raise NotImplementedError
+
+    def sink_config_through(self, port: int) -> dict[str, Any]:
+        """A valid sink config that reaches the peer through a proxy on ``port``."""
+        raise NotImplementedError
 
     # sources
     def source_config(self) -> dict[str, Any]:
@@ -172,6 +180,13 @@ class HttpHarness(Harness):
     def down_sink_config(self):
         return {"url": f"http://127.0.0.1:{free_port()}/", "timeout": 1, "max_attempts": 1}
 
+    def peer_port(self):
+        self.server = self.server or FlakyHttpServer()
+        return self.server.port
+
+    def sink_config_through(self, port):
+        return {"url": f"http://127.0.0.1:{port}/in", "timeout": 1, "max_attempts": 1}
+
     def delivered(self, env):
         assert self.server is not None
         return any(r["headers"].get("Idempotency-Key") == env.id for r in self.server.requests)
@@ -212,6 +227,13 @@ class AmqpHarness(_AmqpBase):
 
     def down_sink_config(self):
         return {"url": self.url(free_port()), "timeout": 1}
+
+    def peer_port(self):
+        return 5672
+
+    def sink_config_through(self, port):
+        self._chan()
+        return {"url": self.url(port), "exchange": "", "routing_key": self.q, "timeout": 1, "heartbeat": 0}
 
     def delivered(self, env):
         m = self._chan().basic_get(self.q, no_ack=True)
@@ -257,6 +279,12 @@ class MqttHarness(Harness):
 
     def down_sink_config(self):
         return {"client_id": "c", "topic": "t", "port": free_port(), "timeout": 1}
+
+    def peer_port(self):
+        return 1883
+
+    def sink_config_through(self, port):
+        return {"client_id": f"slow-{self.unique}", "topic": f"conf/{self.unique}/slow", "port": port, "timeout": 1}
 
     def delivered(self, env):
         return any(dict(m.properties.UserProperty).get("esbhub-id") == env.id for m in self.got)
@@ -315,6 +343,13 @@ class NatsHarness(Harness):
 
     def down_sink_config(self):
         return {"stream": "s", "subject": "x", "servers": [f"nats://127.0.0.1:{free_port()}"], "timeout": 1}
+
+    def peer_port(self):
+        return 4222
+
+    def sink_config_through(self, port):
+        return {"stream": self._stream(), "subject": f"conf{self.unique}.slow", "servers": [f"nats://127.0.0.1:{port}"],
+                "timeout": 1}
 
     def source_config(self):
         return {"stream": self._stream(), "durable": "conf", "timeout": 3, "ack_wait": 2,
@@ -541,3 +576,39 @@ def test_source_with_peer_down_at_start_keeps_running_reports_and_stops_cleanly(
     finally:
         src.stop()
     assert not src.running
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("h", SINKS, indirect=True)
+def test_sink_on_slow_then_cut_peer_gives_transient_error_within_timeout_and_recovers(h):
+    """Slow peer → TransientError (the timeout holds); connection cut → the next sends reconnect."""
+    try:
+        port = h.peer_port()
+    except NotImplementedError:
+        pytest.skip(f"'{h.name}' harness has no proxy-able peer")
+    spec = available_adapters()[h.name]
+    proxy = TcpProxy(port)
+    cfg = dict(h.sink_config_through(proxy.port))
+    cfg["circuit"] = {"failure_threshold": 100, "reset_timeout": 0.5}
+    sink = spec.sink(cfg, name=f"conf-slow-{h.name}")
+
+    def sends() -> bool:
+        try:
+            sink.send(h.envelope(7))
+            return True
+        except TransientError:
+            return False
+
+    try:
+        sink.send(h.envelope(0))  # connected through the proxy
+        proxy.delay = sink.config.timeout + 1.0
+        with pytest.raises(TransientError):
+            sink.send(h.envelope(1))
+        assert sink.health().last_error
+        proxy.delay = 0.0
+        proxy.cut()
+        wait_for(sends, 30, interval=0.2, what=f"{h.name} sink recovered after the cut")
+        assert sink.health().ok
+    finally:
+        sink.close()
+        proxy.close()

@@ -347,3 +347,39 @@ def test_oracle_blackholed_server_gives_up_after_the_configured_timeout(monkeypa
     s = sink("oracle+oracledb://scott:${env:T_ORA_PASS}@10.255.255.1:1521/?service_name=XE", "customers", timeout=1)
     with pytest.raises(TransientError):
         s.send(env({"id": 1}))
+
+
+@pytest.mark.mariadb
+def test_mariadb_slow_network_times_out_as_transient_then_cut_connection_recovers(mysql_url, unique):
+    """PyMySQL's read timeout bounds a slow peer; a cut connection is replaced on the next send."""
+    from .peers import TcpProxy, wait_for
+
+    eng = sa.create_engine(mysql_url)
+    with eng.begin() as c:
+        c.execute(sa.text(f"CREATE TABLE {unique} (id int primary key, name varchar(50))"))
+    proxy = TcpProxy(3306)
+    url = mysql_url.replace("127.0.0.1:3306", f"127.0.0.1:{proxy.port}")
+    s = sink(url, unique, mode="upsert", key_columns=["id"], timeout=1, circuit={"failure_threshold": 100,
+                                                                                  "reset_timeout": 0.5})
+    try:
+        s.send(env({"id": 1, "name": "a"}))
+        proxy.delay = 2.5
+        with pytest.raises(TransientError):
+            s.send(env({"id": 2, "name": "slow"}))
+        proxy.delay = 0
+        proxy.cut()
+
+        def ok() -> bool:
+            try:
+                s.send(env({"id": 3, "name": "after"}))
+                return True
+            except TransientError:
+                return False
+
+        wait_for(ok, 30, interval=0.2, what="sink recovered")
+    finally:
+        s.close()
+        proxy.close()
+        with eng.begin() as c:
+            c.execute(sa.text(f"DROP TABLE {unique}"))
+        eng.dispose()
