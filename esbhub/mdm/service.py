@@ -121,6 +121,14 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(_canon(obj)).hexdigest()
 
 
+def _hier_signature(x: Xref) -> tuple[Any, ...]:
+    """What hierarchy edges depend on; a change elsewhere (status, phones …) needs no edge refresh."""
+    d = x.std or {}
+    return (x.name_norm, x.core_name, x.uscc, x.billing_account, x.parent_billing_account, x.deleted,
+            d.get("branch"), d.get("is_group"), d.get("head_office_name_norm"),
+            d.get("parent_source_id") or (x.raw or {}).get("parent_source_id"))
+
+
 class _UnionFind:
     def __init__(self, keys: Iterable[str]) -> None:
         self.parent = {k: k for k in keys}
@@ -230,6 +238,7 @@ class MdmService:
         self._can_link = can_link or _default_can_link()
         self.matcher = matcher if matcher is not None else _default_matcher(self.settings)
         self._lock = threading.RLock()
+        self._hier_keys: set[str] | None = None
         self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
         self._load_index()
 
@@ -279,6 +288,7 @@ class MdmService:
                     seeds: set[str] = set()
                     reviews: list[tuple[str, str, Any]] = []
                     seen: set[str] = set()
+                    self._hier_keys = set()  # records whose hierarchy-relevant fields changed
                     pre = self._prefetch(s, items)
                     for party, envelope_id, envelope in items:
                         if envelope_id in seen:
@@ -295,11 +305,13 @@ class MdmService:
                     s.flush()
                     newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             except BaseException:
+                self._hier_keys = None
                 for key, old in reversed(undo):
                     self.matcher.remove(key)
                     if old is not None:
                         self.matcher.add(key, old)
                 raise
+            self._hier_keys = None
             self._seen_max = max(self._seen_max, int(newest or 0))
         return events
 
@@ -370,6 +382,7 @@ class MdmService:
             results = [r for r in self.matcher.match(key, std) if r.decision in ("match", "review")]
             self.matcher.add(key, std)
         old_golden = x.golden_id if x is not None else None
+        old_sig = _hier_signature(x) if x is not None else None
         attrs = raw.get("attributes") or {}
         if x is None:
             if pre["arrival"] is None:  # arrival order of new records: one counter bump per batch
@@ -392,6 +405,8 @@ class MdmService:
         x.std = stdj
         x.received_at = now
         x.source_updated_at = party.source_updated_at
+        if self._hier_keys is not None and _hier_signature(x) != old_sig:
+            self._hier_keys.add(key)
         if version > 1:
             s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
         for kind, value in sorted(set(hierarchy.index_entries(x))):
@@ -545,6 +560,7 @@ class MdmService:
         owner = {k: g.golden_id for g, c, _ in assigned for k in c}
         changes: list[_Change] = []
         touched: set[str] = set()
+        hier: set[str] = set()  # goldens whose hierarchy edges may have changed
         # retired first: their last version points at the survivor
         for g, _c, retired in assigned:
             for r in retired:
@@ -553,6 +569,7 @@ class MdmService:
                 self._write_version(s, r, "retired", g.golden_id, r.attributes, [], now, "merged", actor, reason, cause)
                 changes.append(_Change(r.golden_id, "merged"))
                 touched.add(r.golden_id)
+                hier.add(r.golden_id)
         all_overrides: dict[str, dict[str, Any]] = {}
         ids = [g.golden_id for g, _c, _r in assigned if g.version]
         for i in range(0, len(ids), 500):
@@ -605,6 +622,9 @@ class MdmService:
             g.uscc = (attrs.get("uscc") or {}).get("value")
             g.kind = (attrs.get("kind") or {}).get("value") or g.kind
             g.tier = self.settings.tiering.tier(hierarchy.revenue_of(ms))
+            if (self._hier_keys is None or g.status != status or list(g.members or []) != members
+                    or any(k in self._hier_keys for k in members)):
+                hier.add(g.golden_id)
             self._write_version(s, g, status, None, attrs, members, now, change, actor, reason, cause)
             changes.append(_Change(
                 g.golden_id, change, merged_ids=absorbed, split_into=lost_to,
@@ -613,7 +633,7 @@ class MdmService:
             touched.add(g.golden_id)
         if touched:
             s.flush()
-            hierarchy.refresh(s, touched, now)
+            hierarchy.refresh(s, hier, now)
             # obsolete open tasks whose two sides now share a golden record
             for t in s.execute(
                 sa.select(Task).where(Task.status == "open", sa.or_(Task.a_key.in_(list(owner)), Task.b_key.in_(list(owner))))

@@ -71,3 +71,12 @@ def test_edges_of_a_retired_golden_record_end_and_move_to_the_survivor(svc):
     survivor = gid(svc, "crm:H")
     assert survivor == gid(svc, "crm:X")
     assert edges(svc, "res:B1")["parents"] == {(survivor, "branch")}
+
+
+def test_edges_follow_a_changed_record_and_survive_changes_that_do_not_touch_them(svc):
+    svc.ingest(party("crm", "H", "深圳市华信科技有限公司", uscc=uscc(1), city="深圳"), "e1")
+    svc.ingest(party("res", "B1", "深圳市华信科技有限公司南山分公司", city="深圳"), "e2")
+    svc.ingest(party("res", "B1", "深圳市华信科技有限公司南山分公司", city="深圳", status="suspended"), "e3")
+    assert edges(svc, "crm:H")["children"] == {(gid(svc, "res:B1"), "branch")}
+    svc.ingest(party("res", "B1", "广州市远洋物流有限公司", city="广州"), "e4")  # the source re-keyed the record
+    assert edges(svc, "crm:H")["children"] == set()
