@@ -40,7 +40,13 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
             d.ack()
         return len(got)
 
+    def logged(i: int, *needles: str) -> bool:
+        text = (tmp_path / f"worker{i}.log").read_text(errors="replace")
+        return any(all(n in ln for n in needles) for ln in text.splitlines())
+
     try:
+        # both processes run v1 before the change (else one could simply start on v2)
+        wait_until(lambda: logged(0, '"worker_started"') and logged(1, '"worker_started"'), timeout=60, what="workers up")
         broker.publish_many([Envelope.create("procs.in.v1", {"i": i}, source="t") for i in range(20)], timeout=10)
         wait_until(lambda: drain() >= 20, timeout=60, what="v1 outputs")
         assert apply_text(store, ROUTE.replace("REV", "2"), author="t").ok
@@ -55,8 +61,7 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
         wait_until(both_on_v2, timeout=60, what="v2 outputs")
 
         def swapped(i: int) -> bool:
-            text = (tmp_path / f"worker{i}.log").read_text(errors="replace")
-            return any('"route_reloaded"' in ln and '"version": 2' in ln and '"route": "procs"' in ln for ln in text.splitlines())
+            return logged(i, '"route_reloaded"', '"version": 2', '"route": "procs"')
 
         wait_until(lambda: swapped(0) and swapped(1), timeout=30, what="each worker process logged its swap to v2")
     finally:
