@@ -484,12 +484,14 @@ class MdmService:
         frontier = set(seeds)
         links: dict[int, Link] = {}
         cons: dict[int, Constraint] = {}
+        self._region_xrefs: dict[str, Xref] = {}
         while frontier:
             batch = sorted(frontier - region)
             if not batch:
                 break
             region |= set(batch)
             xs = self._xrefs(s, batch)
+            self._region_xrefs.update(xs)
             nxt = self._members(s, {x.golden_id for x in xs.values()})
             ls, cs = self._edges_touching(s, batch)
             for link in ls:
@@ -506,7 +508,7 @@ class MdmService:
         self, s: Session, seeds: set[str], now: datetime, *, actor: str, reason: str | None, cause: str | None
     ) -> list[_Change]:
         region, links, cons = self._region(s, seeds)
-        xs = self._xrefs(s, region)
+        xs = {k: x for k, x in self._region_xrefs.items() if k in region}
         region = set(xs)
         stds: dict[str, Any] = {}
 
