@@ -86,6 +86,9 @@ class AmqpSinkConfig(AmqpConnection):
     declare_exchange: Literal["topic", "direct", "fanout", "headers"] | None = Field(
         default=None, description="Declare the exchange (durable) with this type; null = it must exist."
     )
+    mandatory: bool = Field(
+        default=True, description="Refuse (PermanentError) a message no queue is bound for, instead of dropping it."
+    )
 
 
 def _connection(cfg: AmqpConnection, name: str, **kw: Any) -> Any:
@@ -242,29 +245,55 @@ class AmqpSource(Source[AmqpSourceConfig]):
 
 
 class AmqpSink(Sink[AmqpSinkConfig]):
+    """Publisher confirms are *pipelined*: a batch is published at once and the sink then waits
+    (bounded by ``timeout``) until the broker confirmed every delivery tag — one round trip per
+    batch, not per message. With ``mandatory`` an unroutable message comes back (basic.return)
+    before its confirm and the send fails permanently instead of the message vanishing."""
+
     adapter_name = "amqp"
 
     def __init__(self, config: AmqpSinkConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._producer: Any = None
+        self._ch: Any = None
+        self._tag = 0
+        self._unconfirmed: set[int] = set()
+        self._nacked: list[int] = []
+        self._returned: list[str] = []
 
     def _ensure(self) -> Any:
-        import kombu
-
-        if self._producer is None:
-            conn = _connection(self.config, self.name, confirm_publish=True)
+        if self._ch is None:
+            conn = _connection(self.config, self.name)
             conn.connect()
-            ch = conn.channel()
+            ch = conn.default_channel
             if self.config.declare_exchange and self.config.exchange:
                 ch.exchange_declare(self.config.exchange, self.config.declare_exchange, durable=True, auto_delete=False)
-            self._conn = conn
-            self._producer = kombu.Producer(ch, exchange=kombu.Exchange(self.config.exchange), auto_declare=False)
-        return self._producer
+            ch.confirm_select()
+            ch.events["basic_ack"].add(self._on_ack)
+            ch.events["basic_nack"].add(self._on_nack)
+            ch.events["basic_return"].add(self._on_return)
+            self._conn, self._ch = conn, ch
+            self._tag = 0
+            self._unconfirmed.clear()
+        return self._ch
+
+    def _settle(self, tag: int, multiple: bool) -> int:
+        done = {t for t in self._unconfirmed if t <= tag} if multiple else {tag} & self._unconfirmed
+        self._unconfirmed -= done
+        return len(done)
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._nacked.extend([tag] * self._settle(tag, multiple))
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.append(f"{exchange or '(default)'}/{routing_key}: {exc}")
 
     def _reset(self) -> None:
-        conn, self._conn, self._producer = self._conn, None, None
+        conn, self._conn, self._ch = self._conn, None, None
         if conn is not None:
             _release_quietly(conn)
 
@@ -272,32 +301,44 @@ class AmqpSink(Sink[AmqpSinkConfig]):
         return self.deliver_many([envelope])[0]
 
     def deliver_many(self, envelopes: Sequence[Envelope]) -> list[dict[str, Any] | None]:
+        import amqp
         import amqp.exceptions as ax
 
+        cfg = self.config
         with self._lock:
             try:
                 with mapped_errors("amqp", "publish", extra={ax.NotFound: PermanentError, ax.AccessRefused: PermanentError}):
-                    prod = self._ensure()
-                    sock = self._conn.connection.sock
-                    if sock is not None:
-                        sock.settimeout(self.config.timeout)  # bounds the wait for the confirm
+                    ch = self._ensure()
+                    self._nacked.clear()
+                    self._returned.clear()
                     for e in envelopes:
-                        body = e.to_bytes() if self.config.body == "envelope" else orjson.dumps(e.payload)
-                        prod.publish(
+                        body = e.to_bytes() if cfg.body == "envelope" else orjson.dumps(e.payload)
+                        msg = amqp.Message(
                             body,
-                            routing_key=self.config.routing_key or e.type,
                             content_type="application/json",
-                            content_encoding="binary",
                             delivery_mode=2,
                             message_id=e.id,
-                            correlation_id=e.correlation_id,
-                            headers={"traceparent": e.headers.get("traceparent", ""), "esbhub_type": e.type},
-                            retry=False,
+                            correlation_id=e.correlation_id or "",
+                            application_headers={"traceparent": e.headers.get("traceparent", ""), "esbhub_type": e.type},
                         )
+                        ch.basic_publish(msg, exchange=cfg.exchange, routing_key=cfg.routing_key or e.type,
+                                         mandatory=cfg.mandatory, timeout=cfg.timeout)
+                        self._tag += 1
+                        self._unconfirmed.add(self._tag)
+                    deadline = time.monotonic() + cfg.timeout
+                    while self._unconfirmed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TransientError(f"amqp publish: broker did not confirm within {cfg.timeout}s")
+                        self._conn.drain_events(timeout=left)
             except (TransientError, PermanentError):
                 self._reset()
                 raise
-        return [{"exchange": self.config.exchange, "confirmed": True} for _ in envelopes]
+            if self._nacked:
+                raise TransientError(f"amqp publish: broker nacked {len(self._nacked)} message(s)")
+            if self._returned:
+                raise PermanentError(f"amqp publish: unroutable (mandatory): {self._returned[0][:300]}")
+        return [{"exchange": cfg.exchange, "confirmed": True} for _ in envelopes]
 
     def close(self) -> None:
         with self._lock:

@@ -186,3 +186,22 @@ def test_sink_peer_down_is_transient(monkeypatch):
 def test_inline_password_in_url_is_refused():
     with pytest.raises(ValueError):
         AmqpSinkConfig(url="amqp://guest:guest@127.0.0.1//")
+
+
+def test_sink_unroutable_message_is_refused_not_dropped(amqp_url, unique):
+    sink = AmqpSink(AmqpSinkConfig(url=amqp_url, exchange="", routing_key=f"no.such.queue.{unique}", timeout=3), name="t")
+    with pytest.raises(PermanentError) as ei:
+        sink.send(Envelope.create("party.v1", {}, source="t"))
+    assert "unroutable" in str(ei.value)
+    sink.close()
+
+
+def test_sink_batch_is_confirmed_as_a_whole(amqp_url, foreign):
+    ch, x, q = foreign
+    ch.queue_declare(q, durable=True, auto_delete=False)
+    sink = AmqpSink(AmqpSinkConfig(url=amqp_url, exchange="", routing_key=q, timeout=5), name="t")
+    envs = [Envelope.create("party.v1", {"i": i}, source="t") for i in range(300)]
+    assert len(sink.send_many(envs)) == 300
+    assert not sink._unconfirmed
+    wait_for(lambda: depth(ch, q) == 300, 5, what="300 messages in the queue")
+    sink.close()
