@@ -193,7 +193,18 @@ def bench_kombu_e2e(url: str, n: int, *, envelope_bodies: bool, transport_option
     done = threading.Event()
     ready = threading.Event()
 
+    errors: list[str] = []
+
     def consume() -> None:
+        try:
+            consume_all()
+        except Exception as e:  # a baseline that breaks under load is reported, not hung on
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        finally:
+            ready.set()
+            done.set()
+
+    def consume_all() -> None:
         with kombu.Connection(url, transport_options=topts) as c:
 
             def cb(body: object, m: kombu.Message) -> None:
@@ -204,12 +215,11 @@ def bench_kombu_e2e(url: str, n: int, *, envelope_bodies: bool, transport_option
 
             with kombu.Consumer(c, [q], callbacks=[cb], prefetch_count=64, accept=["json"]):
                 ready.set()
-                while got[0] < n:
+                while got[0] < n and not errors:
                     try:
                         c.drain_events(timeout=1)
                     except TimeoutError:
                         pass
-        done.set()
 
     def publish() -> None:
         with kombu.Connection(url, transport_options=topts) as c:
@@ -225,7 +235,10 @@ def bench_kombu_e2e(url: str, n: int, *, envelope_bodies: bool, transport_option
 
     def timed_publish() -> None:
         t = time.perf_counter()
-        publish()
+        try:
+            publish()
+        except Exception as e:
+            errors.append(f"publish {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         pub_secs[0] = time.perf_counter() - t
 
     t0 = time.perf_counter()
@@ -235,6 +248,8 @@ def bench_kombu_e2e(url: str, n: int, *, envelope_bodies: bool, transport_option
     done.wait(600)
     total = time.perf_counter() - t0
     ct.join()
+    if errors:
+        return {"publish": rate(n, pub_secs[0]), "e2e": got[0] / total, "error": errors[0]}  # type: ignore[dict-item]
     return {"publish": rate(n, pub_secs[0]), "e2e": rate(n, total)}
 
 
@@ -253,13 +268,17 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
 
     print(f"# embedded broker bench {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
-    print(f"# {platform.platform()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, kombu {kombu.__version__}, "
+    print(f"# {platform.platform()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}, kombu {kombu.__version__}, "
           f"SQLite {__import__('sqlite3').sqlite_version}, files in {tmp}")
 
     direct = bench_direct(tmp, args.n)
     for k, v in direct.items():
         unit = "ms" if k.endswith("_ms") else "msg/s"
         print(f"embedded direct    {k:18s} {v:10.1f} {unit}")
+
+    full = bench_direct(tmp, args.n // 2, synchronous="FULL")
+    print(f"embedded synchronous=FULL (power-loss safe): publish 1 thread {full['publish_1thread']:.1f}, "
+          f"8 threads {full['publish_8threads']:.1f}, e2e {full['e2e']:.1f} msg/s")
 
     for consumers in (1, 2):
         mp = bench_processes(tmp, args.n, consumers)
@@ -269,10 +288,17 @@ def main() -> None:
 
     via_kombu = bench_kombu_e2e(f"esbsqlite:///{tmp / 'kombu.db'}", args.n, envelope_bodies=True)
     print(f"embedded via kombu publish            {via_kombu['publish']:10.1f} msg/s")
-    print(f"embedded via kombu e2e                {via_kombu['e2e']:10.1f} msg/s")
+    print(f"embedded via kombu e2e                {via_kombu['e2e']:10.1f} msg/s"
+          + (f"  FAILED: {via_kombu['error']}" if "error" in via_kombu else ""))
 
-    sqla = bench_kombu_e2e(f"sqla+sqlite:///{tmp / 'sqla.db'}", args.baseline_n, envelope_bodies=True)
-    print(f"kombu sqla+sqlite  e2e                {sqla['e2e']:10.1f} msg/s  (n={args.baseline_n})")
+    sqla = bench_kombu_e2e(
+        f"sqla+sqlite:///{tmp / 'sqla.db'}",
+        args.baseline_n,
+        envelope_bodies=True,
+        transport_options={"connect_args": {"timeout": 30}},  # its default 5 s lock wait fails under load
+    )
+    print(f"kombu sqla+sqlite  e2e                {sqla['e2e']:10.1f} msg/s  (n={args.baseline_n})"
+          + (f"  FAILED: {sqla['error']}" if "error" in sqla else ""))
     fs_dir = tmp / "fs"
     fs_dir.mkdir(exist_ok=True)
     fs = bench_kombu_e2e(
@@ -281,7 +307,8 @@ def main() -> None:
         envelope_bodies=True,
         transport_options={"data_folder_in": str(fs_dir), "data_folder_out": str(fs_dir), "store_processed": False},
     )
-    print(f"kombu filesystem   e2e                {fs['e2e']:10.1f} msg/s  (n={args.baseline_n})")
+    print(f"kombu filesystem   e2e                {fs['e2e']:10.1f} msg/s  (n={args.baseline_n})"
+          + (f"  FAILED: {fs['error']}" if "error" in fs else ""))
 
     print("# ratios")
     print(f"direct e2e / target 5,000          {direct['e2e'] / 5000:6.2f}x")
