@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -19,12 +20,12 @@ from typing import Any, Literal
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from esbhub.adapters.base import AdapterConfig, AdapterSpec, Sink
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import InvalidMessage, PermanentError, TransientError
-from esbhub.secrets import SecretRef, resolve
+from esbhub.secrets import SecretRef, is_reference, resolve
 
 
 class BasicAuth(BaseModel):
@@ -49,10 +50,19 @@ class BearerAuth(BaseModel):
 class HttpSinkConfig(AdapterConfig):
     """Calls an HTTP endpoint once per envelope."""
 
+    @field_validator("headers")
+    @classmethod
+    def _no_inline_credentials(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_headers(v)
+
     url: str = Field(description="Endpoint URL (http:// or https://).", pattern=r"^https?://")
     method: Literal["POST", "PUT", "PATCH"] = Field(default="POST", description="HTTP method.")
     body: Literal["payload", "envelope"] = Field(default="payload", description="What is sent as the JSON body.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (no secrets here).")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra request headers. A value may be a secret reference (resolved late); headers named like "
+        "credentials (Authorization, *token*, *key*, *secret*, Cookie) must be references.",
+    )
     auth: BasicAuth | BearerAuth | None = Field(default=None, discriminator="type", description="Authentication.")
     idempotency_header: str | None = Field(
         default="Idempotency-Key", description="Header carrying the envelope id; null to leave it out."
@@ -69,6 +79,16 @@ class HttpSinkConfig(AdapterConfig):
     client_key_password: SecretRef | None = Field(
         default=None, description="Password of an encrypted client key, by reference."
     )
+
+
+_SECRET_HEADER = re.compile(r"authorization|token|key|secret|password|cookie", re.I)
+
+
+def _check_headers(headers: dict[str, str]) -> dict[str, str]:
+    for name, value in headers.items():
+        if _SECRET_HEADER.search(name) and not is_reference(value):
+            raise ValueError(f"header '{name}' carries a credential: give it as '${{env:NAME}}' / '${{file:PATH}}'")
+    return headers
 
 
 class HttpStatusError(Exception):
@@ -107,7 +127,10 @@ class HttpSink(Sink[HttpSinkConfig]):
             if self._client is None:
                 c = self.config
                 auth: Any = None
-                headers = dict(c.headers)
+                headers = {
+                    k: resolve(v, loc=f"headers.{k}").get_secret_value() if is_reference(v) else v
+                    for k, v in c.headers.items()
+                }
                 if isinstance(c.auth, BasicAuth):
                     auth = httpx.BasicAuth(c.auth.username, resolve(c.auth.password, loc="auth.password").get_secret_value())
                 elif isinstance(c.auth, BearerAuth):

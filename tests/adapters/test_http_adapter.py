@@ -124,3 +124,16 @@ def test_parse_retry_after_accepts_seconds_and_http_dates():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
+
+
+def test_credential_headers_must_be_references_and_are_resolved_late(server, monkeypatch):
+    from esbhub.adapters.base import parse_config
+
+    with pytest.raises(ConfigError) as ei:  # parse_config: the error names the header, never the value
+        parse_config(HttpSinkConfig, {"url": "http://x", "headers": {"X-Api-Key": "abc123"}})
+    assert "X-Api-Key" in str(ei.value) and "abc123" not in str(ei.value)
+    monkeypatch.setenv("T_HTTP_KEY", "k-1")
+    sink = make(server.url, headers={"X-Api-Key": "${env:T_HTTP_KEY}", "X-Source": "esbhub"})
+    sink.send(env())
+    assert server.requests[0]["headers"]["X-Api-Key"] == "k-1"
+    assert server.requests[0]["headers"]["X-Source"] == "esbhub"
