@@ -420,7 +420,11 @@ class FileSource(_Connected, PollingSource[Any]):
         c = self.config
         archive = _join(c.directory, c.archive_dir)
         self.op("mkdir", "mkdir", archive)
-        self.op("archive", "rename", _join(c.directory, f.name), posixpath.join(archive, f.name))
+        try:
+            self.op("archive", "rename", _join(c.directory, f.name), posixpath.join(archive, f.name))
+        except PermanentError:  # e.g. a server that will not replace an archived file of the same name
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            self.op("archive", "rename", _join(c.directory, f.name), posixpath.join(archive, f"{f.name}.{stamp}"))
         if c.stable == "done_marker":
             try:
                 self.op("archive", "remove", _join(c.directory, f.name + c.done_suffix))

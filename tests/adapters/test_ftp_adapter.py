@@ -205,3 +205,18 @@ def test_sink_uploads_under_a_temp_name_renames_and_writes_a_checksum(ftpd, monk
     assert (out / "A1.txt").read_bytes() == "账单 100.00\n".encode("gb18030")
     assert (out / "A1.txt.sha256").read_text() == f"{hashlib.sha256((out / 'A1.txt').read_bytes()).hexdigest()}  A1.txt\n"
     assert res["file"] == "/in/out/A1.txt"
+
+
+def test_slow_server_times_out_as_transient(ftpd, tmp_path):
+    from .peers import TcpProxy
+
+    proxy = TcpProxy(ftpd.port)
+    proxy.delay = 2.0  # every chunk (the 220 greeting first) held longer than the timeout
+    try:
+        src = FtpSource(cfg(ftpd, tmp_path, port=proxy.port, timeout=0.5), name="slow")
+        with pytest.raises(TransientError, match="ftp connect"):
+            src.poll_once(Collect())
+        src.close()
+    finally:
+        proxy.delay = 0
+        proxy.close()

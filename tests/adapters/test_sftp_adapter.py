@@ -100,3 +100,44 @@ def test_config_needs_a_key_or_a_password_by_reference():
         parse_config(SftpSinkConfig, {"host": "h", "username": "u", "directory": "/x"})
     with pytest.raises(CE, match="reference"):
         parse_config(SftpSinkConfig, {"host": "h", "username": "u", "directory": "/x", "password": "hunter2"})
+
+
+def test_connection_cut_mid_transfer_is_retried_and_the_file_is_not_lost(sshd, tmp_path):
+    import threading
+
+    from .peers import TcpProxy, wait_for
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "big.txt").write_bytes(bank_file(20000))
+    proxy = TcpProxy(sshd.port)
+    kh = tmp_path / "kh"
+    kh.write_text(sshd.known_hosts_line.replace(f"]:{sshd.port} ", f"]:{proxy.port} "))
+    src = SftpSource(parse_config(SftpSourceConfig, conn(
+        sshd, port=proxy.port, known_hosts=str(kh), directory=str(inbox), pattern="*.txt", format=BANK_FORMAT,
+        encoding="gb18030", envelope={"type": "payment.v1", "source": "bank"}, state_url=f"sqlite:///{tmp_path}/s.db")))
+    got = Collect()
+    errors: list[BaseException] = []
+    src.poll_once(got)  # first sighting
+    proxy.delay = 0.05  # slow the transfer down so the cut lands in the middle
+
+    def poll() -> None:
+        try:
+            src.poll_once(got)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        wait_for(lambda: src.tracker.detail.get("transferred_bytes", 0) > 0, 15, what="transfer under way")
+        proxy.cut()
+        t.join(15)
+        assert not t.is_alive() and errors and isinstance(errors[0], TransientError), errors
+        assert got.calls == 0 and (inbox / "big.txt").exists() and not (inbox / "archive").exists()
+        proxy.delay = 0
+        poll_until(src, got, lambda: len(got.envs) == 20000)
+        assert (inbox / "archive" / "big.txt").exists()
+    finally:
+        src.close()
+        proxy.close()

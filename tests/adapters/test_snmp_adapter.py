@@ -218,3 +218,35 @@ def test_poller_with_agent_down_raises_transient_within_the_timeout(tmp_path, se
     with pytest.raises(TransientError, match="snmp poll"):
         p.poll_once(Collect())
     p.stop()
+
+
+def test_fast_v2c_trap_reader_decodes_like_the_pysnmp_engine(rx):
+    args = [LINK_DOWN, CIRCUIT, "s", "CIRC-SZ-9", "1.3.6.1.4.1.9999.1.5", "i", "-42", "1.3.6.1.4.1.9999.1.6", "o",
+            "1.3.6.1.4.1.9999.77", "1.3.6.1.4.1.9999.1.7", "a", "10.1.2.3", "1.3.6.1.4.1.9999.1.8", "t", "12345",
+            "1.3.6.1.4.1.9999.1.9", "c", "4294967295", "1.3.6.1.4.1.9999.1.10", "u", "7",
+            "1.3.6.1.4.1.9999.1.11", "x", "FF00AB", "1.3.6.1.4.1.9999.1.12", "s", "机房A"]
+    fast, slow = Collect(), Collect()
+    rf, rs = rx(fast), rx(slow, fast_path=False)
+    for r in (rf, rs):
+        assert send("snmptrap", r.port, *args).returncode == 0
+    wait_for(lambda: len(fast.envs) == 1 and len(slow.envs) == 1, 10, what="both traps")
+    strip = {"alarm_id", "raised_at"}
+    a = {k: v for k, v in fast.envs[0].payload.items() if k not in strip}
+    b = {k: v for k, v in slow.envs[0].payload.items() if k not in strip}
+    assert a == b
+    vals = {v["oid"]: v["value"] for v in a["varbinds"]}
+    assert vals["1.3.6.1.4.1.9999.1.5"] == -42 and vals["1.3.6.1.4.1.9999.1.6"] == "1.3.6.1.4.1.9999.77"
+    assert vals["1.3.6.1.4.1.9999.1.7"] == "10.1.2.3" and vals["1.3.6.1.4.1.9999.1.9"] == 4294967295
+    assert vals["1.3.6.1.4.1.9999.1.11"] == "0xff00ab" and vals["1.3.6.1.4.1.9999.1.12"] == "机房A"
+
+
+def test_fast_reader_refuses_truncated_messages_without_crashing():
+    from esbhub.adapters.snmp import parse_v2c_trap
+
+    good = bytes.fromhex("302902010104067075626c6963a71c0201010201000201003011300f06082b06010201010300430300")
+    for cut in range(1, len(good)):
+        try:
+            parse_v2c_trap(good[:cut])
+        except ValueError:
+            pass
+    assert parse_v2c_trap(bytes.fromhex("3006020100040161")) is None  # v1: not for the fast reader
