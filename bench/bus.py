@@ -391,7 +391,7 @@ def bench_publish_only(url: str, n: int, n_confirm: int, publishers: int, chunk:
             secs = time.perf_counter() - t0
             batches = b.stats["publish_batches"]
             b.close()
-            out.append(Result(name, n, secs, lat, note=f"{threads} threads; {batches} confirm rounds "
+            out.append(Result(name, n, secs, lat, note=f"{threads} threads; {batches} write batches "
                                                        f"({n / max(1, batches):.0f} msgs each)"))
             purge()
     finally:
