@@ -129,6 +129,8 @@ class EmbeddedBroker(Broker):
         self._closed = threading.Event()
         self._get_owner: str | None = None
         self._last_error: str | None = None
+        self._consumers: set[int] = set()  # thread ids inside consume()
+        self._consumers_done = threading.Condition()
 
     # ---------------------------------------------------------------- lifecycle
     def connect(self) -> None:
@@ -147,14 +149,21 @@ class EmbeddedBroker(Broker):
         if not self._connected:
             self.connect()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop this broker's consumers (they flush their acks), then release every lease left."""
         with self._lock:
             if not self._connected:
                 return
             self._connected = False
             self._closed.set()
             self._get_owner = None
-            self.store.close()  # releases every lease of this broker's consumers
+        self.store.wake()
+        me = threading.get_ident()
+        deadline = time.monotonic() + timeout
+        with self._consumers_done:
+            while self._consumers - {me} and time.monotonic() < deadline:
+                self._consumers_done.wait(0.05)
+        self.store.close()  # releases every lease still held (a callback that did not return in time)
 
     def __enter__(self) -> EmbeddedBroker:
         self.connect()
@@ -266,6 +275,8 @@ class EmbeddedBroker(Broker):
                 return ids
 
         log.debug("consumer_started", queue=queue, owner=owner, prefetch=prefetch)
+        with self._consumers_done:
+            self._consumers.add(threading.get_ident())
         last_recover = 0.0
         last_short = 0.0
         eager = False
@@ -344,7 +355,11 @@ class EmbeddedBroker(Broker):
                     store.release(leftover, redelivered=False)  # never handed out: not a redelivery
                 store.unregister_owner(owner)  # releases what is still unsettled (redelivered)
             except Exception as e:  # noqa: BLE001 — leases are then recovered by pid/heartbeat
-                log.warning("consumer_release_failed", queue=queue, error=str(e)[:300])
+                if not store.closed:
+                    log.warning("consumer_release_failed", queue=queue, error=str(e)[:300])
+            with self._consumers_done:
+                self._consumers.discard(threading.get_ident())
+                self._consumers_done.notify_all()
             log.debug("consumer_stopped", queue=queue, owner=owner)
 
     def get(self, queue: str, timeout: float = 0.0) -> Delivery | None:

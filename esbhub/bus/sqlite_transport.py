@@ -292,11 +292,16 @@ class SqliteQueueStore:
             w.execute("BEGIN IMMEDIATE")
             try:
                 yield w
+                w.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    w.execute("ROLLBACK")
+                if w.in_transaction:  # also a failed COMMIT (disk full, I/O error): never leave it open
+                    with contextlib.suppress(sqlite3.Error):
+                        w.execute("ROLLBACK")
                 raise
-            w.execute("COMMIT")
+
+    def wake(self) -> None:
+        """Wake every consumer of this process waiting for messages (e.g. to see a stop flag)."""
+        self._notify()
 
     def _notify(self) -> None:
         with self._changed:

@@ -382,3 +382,25 @@ def test_ack_after_consume_returned_still_removes_the_message(broker: EmbeddedBr
     assert broker.queue_depth("q") == 1
     c.deliveries[0].ack()  # a handler finishing late: processed, so it must not come again
     assert broker.queue_depth("q") == 0
+
+
+def test_close_with_running_consumer_keeps_its_acks(url: str) -> None:
+    b = EmbeddedBroker(url)
+    b.declare_queue("q", ["party.v1"])
+    b.publish_many([env(i) for i in range(100)])
+    seen: list[int] = []
+
+    def on(d: Delivery) -> None:
+        d.ack()
+        seen.append(1)
+        if len(seen) == 100:  # still holding unflushed acks when close() begins
+            wait_for(b._closed.is_set, what="close() started")
+
+    c = Consumer(b, "q", prefetch=100, on=on)
+    wait_for(lambda: len(seen) == 100, what="100 acked deliveries")
+    b.close()  # consumer still running: it must flush its acks before the leases are released
+    c.thread.join(10)
+    assert not c.thread.is_alive()
+    b2 = EmbeddedBroker(url)
+    assert b2.queue_depth("q") == 0
+    b2.close()
