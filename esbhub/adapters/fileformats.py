@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import functools
 import io
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -154,6 +155,12 @@ def decode_text(data: bytes, encoding: str) -> str:
 _BLANKS = " \t\u3000"
 
 
+@functools.lru_cache(maxsize=8192)
+def _date(text: str, fmt: str) -> str:
+    """ISO date of ``text`` (cached: a bank file repeats a handful of value dates)."""
+    return dt.datetime.strptime(text, fmt).date().isoformat()
+
+
 def _convert(col: FixedColumn, text: str, lineno: int) -> Any:
     if col.strip:
         text = text.strip(_BLANKS)
@@ -169,7 +176,7 @@ def _convert(col: FixedColumn, text: str, lineno: int) -> Any:
             if col.decimal and "." not in text:
                 value = value.scaleb(-col.decimal)
             return format(value, "f")
-        return dt.datetime.strptime(text, col.format).date().isoformat()
+        return _date(text, col.format)
     except (ValueError, decimal.InvalidOperation):
         raise FileFormatError(
             f"line {lineno}: column '{col.name}' (position {col.start}): {text[:40]!r} is not a valid {col.type}",

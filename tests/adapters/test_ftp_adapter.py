@@ -220,3 +220,12 @@ def test_slow_server_times_out_as_transient(ftpd, tmp_path):
     finally:
         proxy.delay = 0
         proxy.close()
+
+
+@pytest.mark.parametrize("name", ["ftp", "sftp"])
+def test_checked_in_reference_doc_is_up_to_date(name):
+    from esbhub.adapters.docs import render
+    from esbhub.adapters.registry import get_adapter
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "adapters" / f"{name}.md"
+    assert path.read_text(encoding="utf-8") == render(get_adapter(name)), "run: esbhub adapters docs"

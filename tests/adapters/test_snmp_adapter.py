@@ -250,3 +250,13 @@ def test_fast_reader_refuses_truncated_messages_without_crashing():
         except ValueError:
             pass
     assert parse_v2c_trap(bytes.fromhex("3006020100040161")) is None  # v1: not for the fast reader
+
+
+def test_checked_in_reference_doc_is_up_to_date():
+    from pathlib import Path
+
+    from esbhub.adapters.docs import render
+    from esbhub.adapters.registry import get_adapter
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "adapters" / "snmp.md"
+    assert path.read_text(encoding="utf-8") == render(get_adapter("snmp")), "run: esbhub adapters docs"

@@ -180,3 +180,13 @@ def test_config_validates_jmespath_and_refuses_inline_passwords():
         parse_config(SoapSinkConfig, {"wsdl": "x", "operation": "o", "fields": {"a": "payload.[["}})
     with pytest.raises(ConfigError, match="reference"):
         parse_config(SoapSinkConfig, {"wsdl": "x", "operation": "o", "wsse": {"username": "u", "password": "pw"}})
+
+
+def test_checked_in_reference_doc_is_up_to_date():
+    from pathlib import Path
+
+    from esbhub.adapters.docs import render
+    from esbhub.adapters.registry import get_adapter
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "adapters" / "soap.md"
+    assert path.read_text(encoding="utf-8") == render(get_adapter("soap")), "run: esbhub adapters docs"
