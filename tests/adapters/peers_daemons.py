@@ -229,14 +229,14 @@ class AsgiServer:
     """An ASGI app (FastAPI / Starlette) served by uvicorn in a thread on a free loopback port,
     optionally over TLS (``certfile``/``keyfile``)."""
 
-    def __init__(self, app, *, certfile: str | None = None, keyfile: str | None = None) -> None:
+    def __init__(self, app, *, certfile: str | None = None, keyfile: str | None = None, lifespan: str = "off") -> None:
         import threading
 
         import uvicorn
 
         self.port = free_port()
         self.scheme = "https" if certfile else "http"
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
                              ssl_certfile=certfile, ssl_keyfile=keyfile)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

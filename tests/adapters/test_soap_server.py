@@ -151,3 +151,38 @@ def test_wsdl_lists_the_operations_and_an_unknown_service_is_404(server):
     assert r.status_code == 200 and b'name="PushCustomer"' in r.content and b'name="PushBill"' in r.content
     assert f'location="{server.url}/soap/billing"'.encode() in r.content
     assert httpx.get(f"{server.url}/soap/nope?wsdl", timeout=5).status_code == 404
+
+
+def test_mounted_in_the_hub_api_a_zeep_call_is_durably_on_the_bus_under_its_api_key(tmp_path):
+    from esbhub.adapters import soap_server
+    from esbhub.api.app import create_app
+    from esbhub.auth.store import ApiKeyStore
+    from esbhub.config import Settings
+    from esbhub.db import upgrade
+
+    settings = Settings(data_dir=tmp_path / "var", publish_timeout=5)
+    upgrade(settings.effective_database_url)
+    _kid, key = ApiKeyStore(settings.effective_database_url).create("billing", scopes=["ingest"], types=["party.v1"])
+    app = create_app(settings)
+    app.include_router(soap_server.router)  # how the API mounts the inbound SOAP services
+    with AsgiServer(app, lifespan="on") as srv:
+        broker = app.state.hub.broker
+        broker.connect()
+        broker.declare_queue("soap.test", ["party.v1"])
+        import requests
+        from zeep.transports import Transport
+
+        s = requests.Session()
+        s.headers["X-API-Key"] = key
+        c = zeep.Client(f"{srv.url}/soap/party.v1?wsdl", transport=Transport(session=s, timeout=10))
+        resp = c.service.PublishParty(**PARTY)
+        d = broker.get("soap.test", timeout=10)
+        assert d is not None and d.envelope.id == resp.messageId and d.envelope.source == "billing"
+        assert d.envelope.payload["name"] == PARTY["name"]
+        d.ack()
+        r = httpx.post(f"{srv.url}/soap/bill.v1", headers={"X-API-Key": key, "Content-Type": "text/xml"}, timeout=10,
+                       content=ENV_HEAD + b'<PublishBill xmlns="urn:esbhub:soap:bill.v1"/></soap:Body></soap:Envelope>')
+        assert r.status_code == 403 and b"may not post 'bill.v1'" in r.content
+        r = httpx.post(f"{srv.url}/soap/party.v1", headers={"Content-Type": "text/xml"}, timeout=10,
+                       content=ENV_HEAD + b'<PublishParty xmlns="urn:esbhub:soap:party.v1"/></soap:Body></soap:Envelope>')
+        assert r.status_code == 401 and b"soap:Client" in r.content
