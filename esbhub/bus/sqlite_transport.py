@@ -28,6 +28,8 @@ Speed:
 * **batch lease** — one ``UPDATE … RETURNING`` leases up to ``prefetch`` rows;
 * **batched acks** — acks are collected and deleted in the same transaction as the
   next lease (a row stays leased until its ack commits, so batching is safe);
+* WAL checkpoints run on a background thread once the WAL passes 4 MB, off the
+  publish path (the automatic checkpoint stays as a backstop at 64 MB);
 * one process-wide lock per database file serialises this process's write
   transactions, so threads never spin in SQLite's busy handler against each other;
   other processes are waited for with ``busy_timeout``.
