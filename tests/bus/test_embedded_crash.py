@@ -136,6 +136,32 @@ def test_peer_consumer_takes_over_leases_of_a_killed_one_without_restart(
     broker.close()
 
 
+def test_competing_consumer_processes_each_get_disjoint_messages_while_publishing(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    sink = tmp_path / "sink.db"
+    broker = EmbeddedBroker(url)
+    broker.declare_queue("work", ["party.v1"])
+    workers = [start("consume", url, "work", str(sink)) for _ in range(2)]
+    procs.extend(workers)
+
+    def registered_consumers() -> int:
+        with broker.store.reader() as c:
+            return c.execute("SELECT count(*) FROM owners").fetchone()[0]
+
+    wait_for(lambda: registered_consumers() == 2, 60, "both workers consuming", workers)
+    envs = [Envelope.create("party.v1", {"i": i}, source="compete") for i in range(4_000)]
+    for i in range(0, len(envs), 20):  # the "API" publishes while both workers consume
+        broker.publish_many(envs[i : i + 20])
+    wait_for(lambda: sink_count(sink) == len(envs) and broker.queue_depth("work") == 0, 60, "all consumed", workers)
+    db = sqlite3.connect(sink)
+    processed = db.execute("SELECT count(*), count(DISTINCT id), count(DISTINCT pid) FROM processed").fetchone()
+    db.close()
+    assert processed == (len(envs), len(envs), 2)  # no message twice, both workers took part
+    broker.close()
+
+
 @pytest.mark.slow
 def test_soak_two_competing_consumer_processes_killed_repeatedly_lose_nothing(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
