@@ -59,6 +59,13 @@ class FtpHarness(_FileHarness):
     def down_sink_config(self):
         return {"host": "127.0.0.1", "port": free_port(), "timeout": 1, "directory": "/x"}
 
+    def peer_port(self):
+        self._conn()
+        return self.daemon.port
+
+    def sink_config_through(self, port):
+        return {**self.sink_config(), "port": port, "timeout": 1}
+
     def down_source_config(self):
         return {"host": "127.0.0.1", "port": free_port(), "timeout": 1, "directory": "/x", "format": {"type": "csv"},
                 "poll_interval": 0.1, "envelope": {"type": "party.v1", "source": "files"},
@@ -82,6 +89,15 @@ class SftpHarness(_FileHarness):
 
     def _remote(self, sub):
         return str(self._dir() / sub).rstrip("/")
+
+    def peer_port(self):
+        self._conn()
+        return self.daemon.port
+
+    def sink_config_through(self, port):
+        kh = self.tmp_path / "kh_proxy"
+        kh.write_text(self.daemon.known_hosts_line.replace(f"]:{self.daemon.port} ", f"]:{port} "))
+        return {**self.sink_config(), "port": port, "known_hosts": str(kh), "timeout": 1}
 
     def down_sink_config(self):
         self.mp.setenv("T_SFTP_DOWN_PW", "x")

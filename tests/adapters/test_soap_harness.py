@@ -25,6 +25,14 @@ class SoapHarness(Harness):
         self.server = AsgiServer(app).__enter__()
         return {"wsdl": f"{self.server.url}/soap/conf?wsdl", "operation": "PublishParty", "timeout": 3}
 
+    def peer_port(self):
+        if not hasattr(self, "server"):
+            self.sink_config()
+        return self.server.port
+
+    def sink_config_through(self, port):
+        return {"wsdl": f"http://127.0.0.1:{port}/soap/conf?wsdl", "operation": "PublishParty", "timeout": 1}
+
     def down_sink_config(self):
         return {"wsdl": f"http://127.0.0.1:{free_port()}/soap/x?wsdl", "operation": "PublishParty", "timeout": 1}
 
