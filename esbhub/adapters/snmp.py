@@ -678,6 +678,10 @@ def _v3_args(u: V3User, loc: str) -> tuple[Any, ...]:
 # poller with a per-target lease
 
 
+_AUTH_FAILURES = {"WrongDigest", "UnknownUserName", "UnknownSecurityName", "UnsupportedSecurityLevel",
+                  "UnsupportedSecurityModel", "AuthorizationError"}  # pysnmp error indications: fix the config
+
+
 class TargetLease:
     """One owner per key across processes: a row in ``adapter_state`` taken under a row lock."""
 
@@ -807,7 +811,10 @@ class SnmpPoller(PollingSource[SnmpSourceConfig]):
 
     def _check(self, err: Any, status: Any, index: Any) -> None:
         if err:
-            raise TransientError(f"snmp poll {self.target}: {err}")
+            text = str(err)
+            if type(err).__name__ in _AUTH_FAILURES:
+                raise PermanentError(f"snmp poll {self.target}: {text} (check the v3 user and keys)")
+            raise TransientError(f"snmp poll {self.target}: {text}")
         if status:
             raise PermanentError(f"snmp poll {self.target}: {status.prettyPrint()} at varbind {int(index)}")
 

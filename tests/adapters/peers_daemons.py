@@ -31,7 +31,8 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv of a test daemon
-            self.argv, stdout=subprocess.DEVNULL, stderr=self._errlog(), start_new_session=True
+            self.argv, stdout=subprocess.DEVNULL, stderr=self._errlog(), start_new_session=True,
+            env={**os.environ, **getattr(self, "env", {})},
         )
         self._ready()
 
@@ -191,7 +192,8 @@ LogLevel ERROR
 
 
 class Snmpd(Daemon):
-    """net-snmp agent on a free UDP port, v2c community ``public`` (read-only), with a
+    """net-snmp agent on a free UDP port, v2c community ``public`` (read-only) and the v3 user
+    ``nms`` (authPriv SHA/AES, pass phrases ``auth-pass-1`` / ``priv-pass-1``), with a
     ``sysLocation`` and ``sysContact`` set here so a GET has known answers."""
 
     def __init__(self, tmp: Path, community: str = "public") -> None:
@@ -204,7 +206,10 @@ class Snmpd(Daemon):
             "sysLocation esbhub-test-lab\n"
             "sysContact noc@example.net\n"
             "sysServices 72\n"
+            'createUser nms SHA "auth-pass-1" AES "priv-pass-1"\n'
+            "rouser nms authPriv\n"
         )
+        self.env = {"SNMP_PERSISTENT_DIR": str(self.dir / "persist")}  # never /var/lib/snmp
         self.argv = [
             "/usr/sbin/snmpd", "-f", "-Lo", "-C", "-c", str(self.dir / "snmpd.conf"),
             "-p", str(self.dir / "snmpd.pid"), "-M", "/usr/share/snmp/mibs", "-m", "",

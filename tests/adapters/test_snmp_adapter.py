@@ -11,7 +11,7 @@ import pytest
 
 from esbhub.adapters.base import parse_config
 from esbhub.adapters.snmp import SnmpPoller, SnmpSource, SnmpSourceConfig, SnmpTrapReceiver
-from esbhub.errors import TransientError
+from esbhub.errors import PermanentError, TransientError
 
 from .peers import free_port, wait_for
 from .peers_daemons import Snmpd
@@ -260,3 +260,19 @@ def test_checked_in_reference_doc_is_up_to_date():
 
     path = Path(__file__).resolve().parents[2] / "docs" / "adapters" / "snmp.md"
     assert path.read_text(encoding="utf-8") == render(get_adapter("snmp")), "run: esbhub adapters docs"
+
+
+def test_poller_speaks_v3_authpriv_and_a_wrong_auth_key_is_a_permanent_error(snmpd, tmp_path, secrets, monkeypatch):
+    v3 = {"version": "v3", "community": None, "walk_oids": [],
+          "v3_users": [{"user": "nms", "auth_protocol": "SHA", "auth_key": "${env:T_SNMP_AUTH}", "priv_protocol": "AES",
+                        "priv_key": "${env:T_SNMP_PRIV}"}]}
+    p = SnmpSource(poller_cfg(snmpd.port, tmp_path, **v3), name="v3")
+    got = Collect()
+    assert p.poll_once(got) == 1
+    assert {v["oid"]: v["value"] for v in got.envs[0].payload["values"]}["1.3.6.1.2.1.1.6.0"] == "esbhub-test-lab"
+    p.stop()
+    monkeypatch.setenv("T_SNMP_AUTH", "not-the-key")
+    bad = SnmpSource(poller_cfg(snmpd.port, tmp_path, timeout=0.5, state_url=f"sqlite:///{tmp_path}/l2.db", **v3))
+    with pytest.raises(PermanentError, match="check the v3 user"):
+        bad.poll_once(Collect())
+    bad.stop()
