@@ -32,11 +32,11 @@ tests, but kombu's virtual layer costs more than the database does: per message 
 base64-encodes the body, makes a uuid delivery tag, wraps a JSON envelope around the
 body and builds a ``Message`` plus QoS bookkeeping, and ``Producer.publish`` cannot share
 a commit between threads. Measured with ``bench/embedded_broker.py`` (both paths in the same
-run, 4 runs on a 2-core VM shared with other jobs, load 5-8): end to end in one process
+run, 5 runs on a 2-core VM shared with other jobs, load 5-8): end to end in one process
 direct 5,700-13,500 msg/s (p50 0.9-1.8 ms) against 2,000-6,100 msg/s through kombu —
-the direct path 1.5-3.3x faster in every run, and the kombu path below the 5,000 msg/s
-target in three of the four; stock kombu ``sqla+sqlite`` 26-119 msg/s and ``filesystem``
-284-428 msg/s end to end (neither redelivers after a consumer crash). Hence EmbeddedBroker
+the direct path 1.4-3.3x faster in every run, the kombu path below the 5,000 msg/s
+target in three of the five; stock kombu ``sqla+sqlite`` 26-119 msg/s and ``filesystem``
+284-813 msg/s end to end (neither redelivers after a consumer crash). Hence EmbeddedBroker
 uses the engine directly; figures are in docs/benchmarks.md.
 
 Durability: ``synchronous=NORMAL`` (default) survives the crash of any process; pass
