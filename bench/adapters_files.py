@@ -222,6 +222,26 @@ def bench_snmp(n: int, tmp: Path) -> None:
     broker.close()
 
 
+NOTES = """
+Reading the numbers:
+
+* **SFTP**: the transfer is not the cost — paramiko moves the 11.7 MB file in a fraction of a
+  second, faster than a `curl sftp://` process. The poller's time is per record: strict GB18030
+  decoding of each line and each byte-positioned column, decimal/date conversion (dates cached),
+  and building one validated `Envelope` with a stable id per record (about half of the time).
+  Into the embedded bus the durable commit adds roughly a third. The whole file is parsed before
+  the first emit, so a file with a bad line never puts half of its records on the bus.
+* **SNMP**: SNMPv2c traps of a known community are read by the adapter's own BER reader
+  (`fast_path`, on by default); informs, v1 and v3 go through the pysnmp engine, several times
+  slower per message. "no loss" rows are sustained rates; above them the receiver falls behind
+  and the kernel's UDP receive buffer overflows (the adapter asks for `receive_buffer` = 4 MiB,
+  which `net.core.rmem_max` allows on this host; each queued datagram costs about 1 KiB of it, so
+  a burst of a few thousand traps is absorbed, a sustained overload is not). Traps are
+  unconfirmed UDP: a sender that must not lose alarms under load should send informs
+  (acknowledged only after emit, retransmitted otherwise).
+"""
+
+
 def write_md(path: Path, args: argparse.Namespace) -> None:
     load = os.getloadavg()
     lines = [
@@ -237,7 +257,7 @@ def write_md(path: Path, args: argparse.Namespace) -> None:
     for a, d, w, n, s in ROWS:
         lines.append(f"| {a} | {d} | {w} | {n:,} | {s:.2f} | {n / s if s else 0:,.0f} |")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + NOTES, encoding="utf-8")
     print(f"wrote {path}")
 
 
