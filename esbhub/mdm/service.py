@@ -240,9 +240,16 @@ class MdmService:
         self._lock = threading.RLock()
         self._hier_keys: set[str] | None = None
         self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
-        self._load_index()
+        self._indexed = False  # the matcher index is loaded on first use (API processes may never need it)
+        self._seen_max = 0
 
     # ------------------------------------------------------------------ index
+    def _ensure_index(self) -> None:
+        with self._lock:
+            if not self._indexed:
+                self._load_index()
+                self._indexed = True
+
     def _load_index(self) -> int:
         n = 0
         with self.Session() as s:
@@ -278,6 +285,7 @@ class MdmService:
     def ingest_many(self, items: Sequence[tuple[Party, str, Envelope | None]]) -> list[Envelope]:
         """Ingest a batch in ONE transaction (bulk load); all or nothing."""
         undo: list[tuple[str, Any]] = []
+        self._ensure_index()
         with self._lock:
             try:
                 with self.Session.begin() as s:
@@ -968,6 +976,7 @@ class MdmService:
                 newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             self.matcher = matcher
             self._seen_max = int(newest or 0)
+            self._indexed = True
             return events
 
     # ------------------------------------------------------------------ reads
@@ -1164,6 +1173,7 @@ class MdmService:
 
     def explain(self, a: str, b: str) -> dict[str, Any]:
         """Per-field evidence for two source keys or golden ids (best-scoring member pair)."""
+        self._ensure_index()  # term frequencies come from the index
         with self.Session() as s:
             def keys(ref: str) -> list[str]:
                 if s.get(Golden, ref) is not None:
