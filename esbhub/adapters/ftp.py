@@ -32,6 +32,7 @@ import ftplib
 import hashlib
 import io
 import posixpath
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +151,7 @@ class RemoteFS(abc.ABC):
 
 
 _FTP_ERRORS: dict[type[BaseException], type[EsbhubError]] = {
+    ssl.SSLCertVerificationError: PermanentError,  # a configuration problem: retrying will not help
     ftplib.error_temp: TransientError,
     ftplib.error_reply: TransientError,
     ftplib.error_proto: TransientError,
@@ -164,8 +166,17 @@ def _mdtm(text: str) -> float:
 
 class FtpFS(RemoteFS):
     def __init__(self, cfg: FtpConnection) -> None:
-        cls = ftplib.FTP_TLS if cfg.tls else ftplib.FTP
-        ftp = cls(timeout=cfg.timeout, encoding=cfg.control_encoding)
+        if cfg.tls:
+            ctx = ssl.create_default_context(cafile=cfg.ca_file)
+            if not cfg.verify_tls:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            # ftplib's own default context verifies nothing: always pass one
+            ftp: ftplib.FTP = ftplib.FTP_TLS(  # noqa: S321 - FTP is what the peer speaks; FTPS when configured
+                timeout=cfg.timeout, encoding=cfg.control_encoding, context=ctx
+            )
+        else:
+            ftp = ftplib.FTP(timeout=cfg.timeout, encoding=cfg.control_encoding)  # noqa: S321 - the peer speaks FTP
         try:
             ftp.connect(cfg.host, cfg.port, timeout=cfg.timeout)
             pw = resolve(cfg.password, loc="password").get_secret_value() if cfg.password else ""
@@ -542,6 +553,8 @@ class FtpConnection(AdapterConfig):
     password: SecretRef | None = Field(default=None, description="Password, by reference (empty when null).")
     passive: bool = Field(default=True, description="Passive mode data connections (PASV).")
     tls: bool = Field(default=False, description="Explicit FTPS (AUTH TLS, protected data channel).")
+    verify_tls: bool = Field(default=True, description="FTPS: verify the server certificate and host name.")
+    ca_file: str | None = Field(default=None, description="FTPS: CA bundle (PEM) to verify the server with.")
     control_encoding: str = Field(default="utf-8", description="Encoding of file names on the control connection.")
 
 

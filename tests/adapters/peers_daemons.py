@@ -98,7 +98,7 @@ class Vsftpd(Daemon):
     """Anonymous FTP with write access below ``root/in`` (the root itself is read-only, as
     vsftpd insists). ``max_rate`` (bytes/s) slows transfers so a test can cut one mid-way."""
 
-    def __init__(self, tmp: Path, max_rate: int = 0) -> None:
+    def __init__(self, tmp: Path, max_rate: int = 0, tls: tuple[str, str] | None = None) -> None:
         self.dir = tmp / "vsftpd"
         self.root = self.dir / "root"
         self.inbox = self.root / "in"
@@ -108,6 +108,7 @@ class Vsftpd(Daemon):
         os.chmod(self.inbox, 0o777)
         self.port = free_port()
         self.max_rate = max_rate
+        self.tls = tls  # (cert, key): explicit FTPS required for every login and transfer
 
     def start(self) -> None:
         self._write_conf()
@@ -146,6 +147,9 @@ dirmessage_enable=NO
 use_localtime=NO
 pam_service_name=vsftpd
 """
+        if self.tls:
+            conf += (f"ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\nforce_anon_data_ssl=YES\n"
+                     f"require_ssl_reuse=NO\nrsa_cert_file={self.tls[0]}\nrsa_private_key_file={self.tls[1]}\n")
         (self.dir / "vsftpd.conf").write_text(conf)
         os.chmod(self.dir / "vsftpd.conf", 0o600)
         self.argv = ["/usr/sbin/vsftpd", str(self.dir / "vsftpd.conf")]
@@ -260,11 +264,12 @@ class AsgiServer:
         self.thread.join(10)
 
 
-def self_signed_cert(tmp: Path) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (cert path, key path)."""
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
+def self_signed_cert(tmp: Path, kind: str = "ec") -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (cert path, key path); ``kind`` 'ec' or 'rsa'."""
+    cert, key = tmp / f"cert-{kind}.pem", tmp / f"key-{kind}.pem"
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if kind == "ec" else ["-newkey", "rsa:2048"]
     subprocess.run(  # noqa: S603
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        ["openssl", "req", "-x509", *newkey, "-nodes",
          "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True, timeout=30,

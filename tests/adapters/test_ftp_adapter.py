@@ -229,3 +229,28 @@ def test_checked_in_reference_doc_is_up_to_date(name):
 
     path = Path(__file__).resolve().parents[2] / "docs" / "adapters" / f"{name}.md"
     assert path.read_text(encoding="utf-8") == render(get_adapter(name)), "run: esbhub adapters docs"
+
+
+def test_ftps_verifies_the_server_certificate_and_works_with_its_ca(tmp_path):
+    from esbhub.errors import PermanentError
+
+    from .peers_daemons import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path, "rsa")
+    with Vsftpd(tmp_path, tls=(cert, key)) as ftpd:
+        (ftpd.inbox / "p.txt").write_bytes(bank_file(2))
+        plain = FtpSource(cfg(ftpd, tmp_path), name="plain")
+        with pytest.raises(PermanentError):  # the server insists on TLS
+            plain.poll_once(Collect())
+        plain.close()
+        unverified = FtpSource(cfg(ftpd, tmp_path, tls=True), name="tls")
+        with pytest.raises(PermanentError, match="CERTIFICATE_VERIFY_FAILED"):
+            unverified.poll_once(Collect())
+        unverified.close()
+        src = FtpSource(cfg(ftpd, tmp_path, tls=True, ca_file=cert), name="tls")
+        got = Collect()
+        try:
+            poll_until(src, got, lambda: len(got.envs) == 2)
+        finally:
+            src.close()
+        assert (ftpd.inbox / "archive" / "p.txt").exists()
