@@ -238,7 +238,8 @@ class AsgiServer:
     """An ASGI app (FastAPI / Starlette) served by uvicorn in a thread on a free loopback port,
     optionally over TLS (``certfile``/``keyfile``)."""
 
-    def __init__(self, app, *, certfile: str | None = None, keyfile: str | None = None, lifespan: str = "off") -> None:
+    def __init__(self, app, *, certfile: str | None = None, keyfile: str | None = None, lifespan: str = "off",
+                 **uvicorn_options) -> None:
         import threading
 
         import uvicorn
@@ -246,7 +247,7 @@ class AsgiServer:
         self.port = free_port()
         self.scheme = "https" if certfile else "http"
         cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
-                             ssl_certfile=certfile, ssl_keyfile=keyfile)
+                             ssl_certfile=certfile, ssl_keyfile=keyfile, **uvicorn_options)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -190,3 +190,24 @@ def test_checked_in_reference_doc_is_up_to_date():
 
     path = Path(__file__).resolve().parents[2] / "docs" / "adapters" / "soap.md"
     assert path.read_text(encoding="utf-8") == render(get_adapter("soap")), "run: esbhub adapters docs"
+
+
+def test_mutual_tls_client_certificate_by_path(tmp_path):
+    import ssl
+
+    server_dir, client_dir = tmp_path / "srv", tmp_path / "cli"
+    server_dir.mkdir()
+    client_dir.mkdir()
+    cert, key = self_signed_cert(server_dir)
+    ccert, ckey = self_signed_cert(client_dir)
+    c = Canned()
+    with AsgiServer(c.app, certfile=cert, keyfile=key, ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=ccert) as srv:
+        url = f"{srv.url}/soap/crm"
+        anonymous, known = sink(url, ca_file=cert), sink(url, ca_file=cert, client_cert=ccert, client_key=ckey)
+        try:
+            with pytest.raises((TransientError, PermanentError)):
+                anonymous.send(party_env())  # the server refuses a client without a certificate
+            assert known.send(party_env())["response"]["status"] == "ok"
+        finally:
+            anonymous.close()
+            known.close()
