@@ -276,3 +276,15 @@ def test_poller_speaks_v3_authpriv_and_a_wrong_auth_key_is_a_permanent_error(snm
     with pytest.raises(PermanentError, match="check the v3 user"):
         bad.poll_once(Collect())
     bad.stop()
+
+
+def test_v1_trap_is_converted_to_an_alarm_with_its_v2_trap_oid(rx):
+    got = Collect()
+    r = rx(got)
+    res = subprocess.run(["/usr/bin/snmptrap", "-v1", "-c", "public", f"udp:127.0.0.1:{r.port}", "1.3.6.1.4.1.9999",
+                          "127.0.0.1", "2", "0", "", CIRCUIT, "s", "CIRC-V1"], capture_output=True, text=True, timeout=20)
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: len(got.envs) == 1, 10, what="the v1 trap")
+    p = got.envs[0].payload
+    assert p["trap_oid"] == LINK_DOWN and p["severity"] == "minor" and p["circuit_ids"] == ["CIRC-V1"]
+    assert got.envs[0].headers["snmp_version"] == "v1"
