@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from esbhub.adapters.base import (
     AdapterConfig,
@@ -82,12 +82,33 @@ class SqlSourceConfig(SqlConnection):
         default=None, description="watermark mode: database holding the position (default: the hub database)."
     )
     state_key: str | None = Field(default=None, description="watermark mode: position key (default: adapter name + table).")
+    settle_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=86400,
+        description="watermark mode with a timestamp column: read only rows at least this old, so a transaction "
+        "that commits late with an earlier timestamp is not skipped.",
+    )
+    watermark_timezone: str = Field(
+        default="UTC", description="Time zone of a timestamp watermark column without zone (e.g. 'Asia/Shanghai')."
+    )
     lease_until_column: str = Field(default="lease_until", description="outbox mode: column holding the lease expiry.")
     lease_token_column: str = Field(default="lease_token", description="outbox mode: column holding the lease owner token.")
     done_column: str | None = Field(
         default="processed_at", description="outbox mode: column stamped when emitted; null → rows are deleted."
     )
     lease_seconds: float = Field(default=60, gt=0, le=86400, description="outbox mode: how long a claim lasts.")
+
+    @field_validator("watermark_timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{v}'") from None
+        return v
 
     @model_validator(mode="after")
     def _mode_fields(self) -> SqlSourceConfig:
@@ -308,6 +329,13 @@ class SqlSource(_TableMixin, PollingSource[SqlSourceConfig]):
         if key.name not in {c.name for c in cols}:
             cols.append(key)
         q = sa.select(*cols).order_by(wm, key).limit(self.config.batch_size)
+        if self.config.settle_seconds and isinstance(wm.type, sa.DateTime):
+            from zoneinfo import ZoneInfo
+
+            cutoff = dt.datetime.now(ZoneInfo(self.config.watermark_timezone)) - dt.timedelta(
+                seconds=self.config.settle_seconds
+            )
+            q = q.where(wm <= (cutoff if wm.type.timezone else cutoff.replace(tzinfo=None)))
         pos = self.position()
         if pos is not None:
             last_wm, last_key = pos

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -383,3 +383,14 @@ def test_mariadb_slow_network_times_out_as_transient_then_cut_connection_recover
         with eng.begin() as c:
             c.execute(sa.text(f"DROP TABLE {unique}"))
         eng.dispose()
+
+
+def test_watermark_settle_window_holds_back_rows_too_recent_to_be_final(db_url, table, tmp_path):
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    insert_rows(db_url, table, range(1, 4), ts=(now - timedelta(hours=1)).isoformat(sep=" "))
+    insert_rows(db_url, table, range(4, 6), ts=now.isoformat(sep=" "))  # may still have late-committing peers
+    out = Collector()
+    src = source(db_url, table, tmp_path, watermark_column="updated_at", settle_seconds=600)
+    drain(src, out)
+    assert [e.payload["id"] for e in out.envs] == [1, 2, 3]
+    src.close()
