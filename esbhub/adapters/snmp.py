@@ -703,15 +703,20 @@ class TargetLease:
         stamp = datetime.now(UTC)
         try:
             with self.store.engine.begin() as c:
-                row = c.execute(sa.select(t.c.value).where(t.c.key == self.key).with_for_update()).first()
+                row = c.execute(
+                    sa.select(t.c.value, t.c.updated_at).where(t.c.key == self.key).with_for_update()
+                ).first()
                 if row is None:
                     c.execute(sa.insert(t).values(key=self.key, value=value, updated_at=stamp))
                     return True
                 cur = row[0] or {}
                 if cur.get("owner") != self.owner and float(cur.get("until", 0)) > now:
                     return False
-                c.execute(sa.update(t).where(t.c.key == self.key).values(value=value, updated_at=stamp))
-                return True
+                # compare-and-set on the version read: correct even where FOR UPDATE is a no-op (SQLite)
+                n = c.execute(
+                    sa.update(t).where(t.c.key == self.key, t.c.updated_at == row[1]).values(value=value, updated_at=stamp)
+                ).rowcount
+                return n == 1
         except (sa.exc.IntegrityError, sa.exc.OperationalError):
             return False  # another worker took it at the same moment (or the database is busy)
 

@@ -288,3 +288,39 @@ def test_v1_trap_is_converted_to_an_alarm_with_its_v2_trap_oid(rx):
     p = got.envs[0].payload
     assert p["trap_oid"] == LINK_DOWN and p["severity"] == "minor" and p["circuit_ids"] == ["CIRC-V1"]
     assert got.envs[0].headers["snmp_version"] == "v1"
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_target_lease_has_exactly_one_winner_when_workers_race(db, tmp_path, request, unique):
+    import sqlalchemy as sa
+
+    from esbhub.adapters.snmp import TargetLease
+    from esbhub.adapters.store import AdapterState
+
+    url = f"sqlite:///{tmp_path}/lease.db" if db == "sqlite" else request.getfixturevalue("pg_url")
+    key = f"snmp-poll:race-{unique}"
+    leases = [TargetLease(url, key, 60) for _ in range(4)]
+    t = AdapterState.__table__
+    try:
+        for i in range(6):
+            with leases[0].store.engine.begin() as c:  # no lease yet (insert race) / an expired one (update race)
+                if i % 2 == 0:
+                    c.execute(sa.delete(t).where(t.c.key == key))
+                else:
+                    c.execute(sa.update(t).where(t.c.key == key).values(value={"owner": "gone", "until": 0}))
+            barrier = threading.Barrier(len(leases))
+            wins: list[bool] = []
+
+            def go(lease: TargetLease) -> None:
+                barrier.wait(5)
+                wins.append(lease.acquire())
+
+            threads = [threading.Thread(target=go, args=(lease,)) for lease in leases]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(10)
+            assert wins.count(True) == 1, wins
+    finally:
+        with leases[0].store.engine.begin() as c:
+            c.execute(sa.delete(t).where(t.c.key == key))
