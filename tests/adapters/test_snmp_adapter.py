@@ -311,7 +311,7 @@ def test_target_lease_has_exactly_one_winner_when_workers_race(db, tmp_path, req
             barrier = threading.Barrier(len(leases))
             wins: list[bool] = []
 
-            def go(lease: TargetLease) -> None:
+            def go(lease: TargetLease, barrier: threading.Barrier = barrier, wins: list[bool] = wins) -> None:
                 barrier.wait(5)
                 wins.append(lease.acquire())
 
