@@ -104,25 +104,99 @@ def _goldens_of(s: Session, where: Any) -> dict[str, list[Xref]]:
     return out
 
 
-def _index_keys(s: Session, kind: str, values: list[str]) -> list[tuple[str, str]]:
-    if not values:
-        return []
-    return [
-        (r.source_system, r.source_id)
-        for r in s.execute(sa.select(KeyIndex).where(KeyIndex.kind == kind, KeyIndex.value.in_(values))).scalars()
-    ]
+class Lookup:
+    """The reads :func:`compute_edges` needs, batched and cached for one :func:`refresh`.
+
+    ``refresh`` of many golden records (a bulk batch) used to issue several queries per golden
+    record; this loads xref rows by core name, USCC, billing account and source key, and key
+    index rows, with one ``IN`` query per 500 values, and answers repeats from memory. Results
+    are ordered by (value, source key), so the evidence kept for an edge is deterministic.
+    Valid for one refresh only (the session must not change xref rows meanwhile).
+    """
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        self._by: dict[str, dict[str, list[Xref]]] = {"core_name": {}, "uscc": {}, "billing_account": {}}
+        self._idx: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._xref: dict[tuple[str, str], Xref | None] = {}
+
+    def _fill(self, col: str, values: Iterable[str]) -> dict[str, list[Xref]]:
+        cache = self._by[col]
+        missing = sorted({v for v in values if v and v not in cache})
+        for v in missing:
+            cache[v] = []
+        column = getattr(Xref, col)
+        for i in range(0, len(missing), 500):
+            for x in self.s.execute(sa.select(Xref).where(column.in_(missing[i : i + 500]))).scalars():
+                self._xref[(x.source_system, x.source_id)] = x
+                cache.setdefault(getattr(x, col), []).append(x)
+        for v in missing:
+            cache[v].sort(key=lambda x: (x.source_system, x.source_id))
+        return cache
+
+    def xrefs_by(self, col: str, values: Iterable[str]) -> list[Xref]:
+        vals = sorted({v for v in values if v})
+        cache = self._fill(col, vals)
+        return [x for v in vals for x in cache.get(v, [])]
+
+    def index_keys(self, kind: str, values: Iterable[str]) -> list[tuple[str, str]]:
+        vals = sorted({v for v in values if v})
+        missing = [v for v in vals if (kind, v) not in self._idx]
+        for v in missing:
+            self._idx[(kind, v)] = []
+        for i in range(0, len(missing), 500):
+            for r in self.s.execute(
+                sa.select(KeyIndex.value, KeyIndex.source_system, KeyIndex.source_id)
+                .where(KeyIndex.kind == kind, KeyIndex.value.in_(missing[i : i + 500]))
+            ).all():
+                self._idx.setdefault((kind, r[0]), []).append((r[1], r[2]))
+        for v in missing:
+            self._idx[(kind, v)].sort()
+        return [k for v in vals for k in self._idx[(kind, v)]]
+
+    def get_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Xref]:
+        wanted = list(dict.fromkeys(keys))
+        missing = [k for k in wanted if k not in self._xref]
+        by_sys: dict[str, list[str]] = {}
+        for sys_, sid in missing:
+            self._xref[(sys_, sid)] = None
+            by_sys.setdefault(sys_, []).append(sid)
+        for sys_, ids in by_sys.items():
+            for i in range(0, len(ids), 500):
+                for x in self.s.execute(
+                    sa.select(Xref).where(Xref.source_system == sys_, Xref.source_id.in_(ids[i : i + 500]))
+                ).scalars():
+                    self._xref[(x.source_system, x.source_id)] = x
+        return {k: x for k in wanted if (x := self._xref.get(k)) is not None}
+
+    def xrefs_for_keys(self, keys: list[tuple[str, str]]) -> list[Xref]:
+        got = self.get_many(keys)
+        return [got[k] for k in keys if k in got]
+
+    def prefetch(self, members: Iterable[Xref]) -> None:
+        """Load in bulk what computing the edges of these golden records' members will read."""
+        ms = list(members)
+        stds = [x.std or {} for x in ms]
+        self.xrefs_by("core_name", [d.get("core_name") for d in stds])  # type: ignore[misc]
+        found_by_uscc = self.xrefs_by("uscc", [d.get("uscc") for d in stds])  # type: ignore[misc]
+        self.xrefs_by("core_name", [(x.std or {}).get("core_name") for x in found_by_uscc])  # type: ignore[misc]
+        self.xrefs_by("billing_account", [x.parent_billing_account for x in ms])  # type: ignore[misc]
+        self.get_many(
+            (x.source_system, p) for x in ms
+            if (p := (x.std or {}).get("parent_source_id") or (x.raw or {}).get("parent_source_id"))
+        )
+        self.get_many(self.index_keys("parent_ba", [x.billing_account for x in ms])  # type: ignore[misc]
+                      + self.index_keys("parent_src", [x.key for x in ms]))
 
 
-def _xrefs_for_keys(s: Session, keys: list[tuple[str, str]]) -> list[Xref]:
-    out = []
-    for sys_, sid in keys:
-        x = s.get(Xref, (sys_, sid))
-        if x is not None:
-            out.append(x)
+def _goldens_by_core(lk: Lookup, cores: list[str]) -> dict[str, list[Xref]]:
+    out: dict[str, list[Xref]] = {}
+    for x in lk.xrefs_by("core_name", cores):
+        out.setdefault(x.golden_id, []).append(x)
     return out
 
 
-def _name_parents(s: Session, branch: Xref) -> set[str]:
+def _name_parents(lk: Lookup, branch: Xref) -> set[str]:
     """Golden ids of non-branch records a branch record names as its head office."""
     std = branch.std or {}
     ho = std.get("head_office_name_norm")
@@ -130,13 +204,15 @@ def _name_parents(s: Session, branch: Xref) -> set[str]:
         return set()
     return {
         y.golden_id
-        for y in s.execute(sa.select(Xref).where(Xref.core_name == std["core_name"])).scalars()
+        for y in lk.xrefs_by("core_name", [std["core_name"]])
         if y.golden_id != branch.golden_id and not (y.std or {}).get("branch") and _heads(ho, y.name_norm)
     }
 
 
-def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple[str, str, str, dict[str, Any]]]:
+def compute_edges(s: Session, golden_id: str, members: list[Xref],
+                  lookup: Lookup | None = None) -> list[tuple[str, str, str, dict[str, Any]]]:
     """Edges (parent, child, kind, evidence) in which ``golden_id`` takes part, either side."""
+    lk = lookup or Lookup(s)
     edges: list[tuple[str, str, str, dict[str, Any]]] = []
     live = [x for x in members if not x.deleted] or members
     stds = [x.std or {} for x in live]
@@ -149,36 +225,39 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple
         parents: set[str] = set()
         for x in live:
             if (x.std or {}).get("branch"):
-                parents |= _name_parents(s, x) - {golden_id}
+                parents |= _name_parents(lk, x) - {golden_id}
         for p in sorted(parents):
             edges.append((p, golden_id, "branch", {"rule": "branch_suffix", "head_office_name_norm": ho_names}))
         if not parents:
             usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
             if usccs:
-                for x in s.execute(sa.select(Xref).where(Xref.uscc.in_(usccs))).scalars():
+                for x in lk.xrefs_by("uscc", usccs):
                     if x.golden_id != golden_id and not (x.std or {}).get("branch"):
                         parents.add(x.golden_id)
                 for p in sorted(parents):
                     edges.append((p, golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
     pbas = sorted({x.parent_billing_account for x in live if x.parent_billing_account})
     if pbas:
-        for x in s.execute(sa.select(Xref).where(Xref.billing_account.in_(pbas))).scalars():
+        for x in lk.xrefs_by("billing_account", pbas):
             if x.golden_id != golden_id:
                 edges.append((x.golden_id, golden_id, "billing_parent", {"parent_billing_account": x.billing_account}))
-    for x in live:
-        parent = (x.std or {}).get("parent_source_id") or (x.raw or {}).get("parent_source_id")
-        if parent:
-            px = s.get(Xref, (x.source_system, parent))
-            if px is not None and px.golden_id != golden_id:
-                edges.append((px.golden_id, golden_id, "parent", {"source": source_key(x.source_system, parent)}))
+    parent_keys = [
+        (x.source_system, parent) for x in live
+        if (parent := (x.std or {}).get("parent_source_id") or (x.raw or {}).get("parent_source_id"))
+    ]
+    got = lk.get_many(parent_keys)
+    for k in parent_keys:
+        px = got.get(k)
+        if px is not None and px.golden_id != golden_id:
+            edges.append((px.golden_id, golden_id, "parent", {"source": source_key(*k)}))
     if not is_group and not is_branch and cores:
-        for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items():
+        for gid, xs in _goldens_by_core(lk, cores).items():
             if gid != golden_id and any((y.std or {}).get("is_group") for y in xs):
                 edges.append((gid, golden_id, "group_member", {"core_name": cores}))
     # as a parent ----------------------------------------------------------
     names = sorted({d.get("name_norm") for d in stds if d.get("name_norm")})
     if not is_branch:
-        for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items() if cores else []:
+        for gid, xs in _goldens_by_core(lk, cores).items() if cores else []:
             for y in xs:
                 ys = y.std or {}
                 if gid != golden_id and ys.get("branch") and any(_heads(ys.get("head_office_name_norm"), n) for n in names):
@@ -186,19 +265,19 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple
                                                              "head_office_name_norm": [ys.get("head_office_name_norm")]}))
         usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
         if usccs:
-            for x in s.execute(sa.select(Xref).where(Xref.uscc.in_(usccs))).scalars():
+            for x in lk.xrefs_by("uscc", usccs):
                 std = x.std or {}
-                if x.golden_id != golden_id and std.get("branch") and not _name_parents(s, x):
+                if x.golden_id != golden_id and std.get("branch") and not _name_parents(lk, x):
                     edges.append((golden_id, x.golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
     bas = sorted({x.billing_account for x in live if x.billing_account})
-    for x in _xrefs_for_keys(s, _index_keys(s, "parent_ba", bas)):
+    for x in lk.xrefs_for_keys(lk.index_keys("parent_ba", bas)):
         if x.golden_id != golden_id:
             edges.append((golden_id, x.golden_id, "billing_parent", {"parent_billing_account": x.parent_billing_account}))
-    for x in _xrefs_for_keys(s, _index_keys(s, "parent_src", [m.key for m in live])):
+    for x in lk.xrefs_for_keys(lk.index_keys("parent_src", [m.key for m in live])):
         if x.golden_id != golden_id:
             edges.append((golden_id, x.golden_id, "parent", {"source": x.key}))
     if is_group and cores:
-        for gid, xs in _goldens_of(s, Xref.core_name.in_(cores)).items():
+        for gid, xs in _goldens_by_core(lk, cores).items():
             if gid != golden_id and not any((y.std or {}).get("is_group") or (y.std or {}).get("branch") for y in xs):
                 edges.append((golden_id, gid, "group_member", {"core_name": cores}))
     # one edge per (parent, child, kind)
@@ -209,32 +288,47 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref]) -> list[tuple
 
 
 def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
-    """Recompute the hierarchy edges touching ``golden_ids`` (ended edges are kept)."""
+    """Recompute the hierarchy edges touching ``golden_ids`` (ended edges are kept).
+
+    Reads are batched over all ``golden_ids`` (:class:`Lookup`): a bulk batch costs a handful
+    of queries instead of several per golden record.
+    """
     ids = sorted(set(golden_ids))
     if not ids:
         return
-    current = {
-        (h.parent_golden, h.child_golden, h.kind): h
+    current: dict[tuple[str, str, str], Hierarchy] = {}
+    members: dict[str, list[Xref]] = {}
+    active: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
         for h in s.execute(
             sa.select(Hierarchy).where(
-                Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(ids), Hierarchy.child_golden.in_(ids))
+                Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(chunk), Hierarchy.child_golden.in_(chunk))
             )
-        ).scalars()
-    }
+        ).scalars():
+            current[(h.parent_golden, h.child_golden, h.kind)] = h
+        for gid, xs in _goldens_of(s, Xref.golden_id.in_(chunk)).items():
+            members.setdefault(gid, []).extend(xs)
+        active |= set(s.execute(
+            sa.select(Golden.golden_id).where(Golden.golden_id.in_(chunk), Golden.status != "retired")
+        ).scalars())
+    lk = Lookup(s)
+    lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
-    members = _goldens_of(s, Xref.golden_id.in_(ids))
-    active = set(s.execute(sa.select(Golden.golden_id).where(Golden.golden_id.in_(ids), Golden.status != "retired")).scalars())
     for gid in ids:
         if gid in active and gid in members:
-            for p, c, k, ev in compute_edges(s, gid, members[gid]):
+            for p, c, k, ev in compute_edges(s, gid, members[gid], lk):
                 wanted[(p, c, k)] = ev
     for key, h in current.items():
         if key not in wanted:
             h.active = False
             h.ended_at = now
-    for (p, c, k), ev in wanted.items():
-        if (p, c, k) not in current:
-            s.add(Hierarchy(parent_golden=p, child_golden=c, kind=k, evidence=ev, created_at=now, active=True))
+    new = [(p, c, k, ev) for (p, c, k), ev in wanted.items() if (p, c, k) not in current]
+    if new:
+        s.execute(sa.insert(Hierarchy), [
+            {"parent_golden": p, "child_golden": c, "kind": k, "evidence": ev, "created_at": now, "active": True}
+            for p, c, k, ev in new
+        ])
 
 
 def edges_of(s: Session, golden_id: str) -> dict[str, list[dict[str, Any]]]:
