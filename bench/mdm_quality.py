@@ -377,7 +377,6 @@ def bench_speed(n: int, probes: int = 2000, seed: int = 11) -> list[tuple[str, .
     t_index = time.perf_counter() - t0
     gc.collect()
     gc.freeze()  # the index is long-lived: keep it out of the cyclic GC's generations (no multi-ms pauses)
-    rss1 = proc.memory_info().rss
     lat = []
     for k, r in recs[len(recs) - probes:]:
         t1 = time.perf_counter()
@@ -390,13 +389,25 @@ def bench_speed(n: int, probes: int = 2000, seed: int = 11) -> list[tuple[str, .
     rate = 1000 / statistics.fmean(lat)
     n_idx = len(indexed)
     std_ms = t_std * 1000 / len(recs)
-    mb_per_m = (rss1 - rss_std) / 2**20 / n_idx * 1e6
-    std_mb_per_m = (rss_std - rss0) / 2**20 / len(recs) * 1e6
+    # RSS deltas are confounded by memory freed earlier (the generator's objects) being reused:
+    # measure the index's own allocations with tracemalloc on a sample and scale linearly.
+    import tracemalloc
+
+    sample = recs[: min(50_000, len(recs))]
+    tracemalloc.start()
+    m2 = Matcher(MatchModel())
+    for k, r in sample:
+        m2.add(k, r)
+    index_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del m2
+    mb_per_m = index_bytes / 2**20 / len(sample) * 1e6
+    std_mb_per_m = max(rss_std - rss0, 0) / 2**20 / len(recs) * 1e6
     bulk_1m = (std_ms / 1000 + t_index / n_idx + statistics.fmean(lat) / 1000) * 1e6 / 60
     return [
         ("speed", f"match+add vs {n_idx:,} indexed", f"p50 {p50:.2f} ms", f"p99 {p99:.2f} ms", f"{rate:,.0f} rec/s",
          f"standardize {std_ms:.2f} ms/rec; index add {n_idx / t_index:,.0f} rec/s; generate {t_gen:.0f}s"),
-        ("speed", "memory", f"matcher index {(rss1 - rss_std) / 2**20:,.0f} MB (≈{mb_per_m:,.0f} MB per 1M)",
+        ("speed", "memory", f"matcher index ≈{mb_per_m:,.0f} MB per 1M records (tracemalloc, {len(sample):,} sample)",
          f"StdParty objects ≈{std_mb_per_m:,.0f} MB per 1M (not kept by the matcher)", f"peak RSS {rss_mb():,.0f} MB",
          f"1M bulk (standardize + match + add, one core) ≈ {bulk_1m:.0f} min, linear extrapolation"),
     ]
