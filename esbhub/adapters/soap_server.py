@@ -11,6 +11,10 @@ canonical schema, and emitted **durably** before the answer goes out: the respon
 message id. Bad input → a ``soap:Client`` Fault whose detail names each bad field; the bus
 unavailable → a ``soap:Server`` Fault (retry later).
 
+A caller that may retry after a lost answer puts its own id in a ``<MessageId>`` SOAP header
+(any namespace): the envelope id is derived from it (and the caller), so the retry is the same
+message and the bus deduplicates it.
+
 Callers authenticate like every other ingest caller — an API key with the ``ingest`` scope,
 allowed to post the operation's type — given as ``X-API-Key`` / ``Authorization: Bearer`` or,
 for SOAP stacks that cannot set headers, as the password of a WS-Security UsernameToken
@@ -271,6 +275,21 @@ def _ws_username_token(root: etree._Element) -> tuple[str, str] | None:
     return user, pw.text or ""
 
 
+_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _upstream_message_id(root: etree._Element) -> str | None:
+    """``<soap:Header><MessageId>…</MessageId>`` (any namespace): the caller's idempotency key."""
+    header = root.find(f"{{{SOAP11}}}Header")
+    el = header.find("{*}MessageId") if header is not None else None
+    if el is None:
+        return None
+    value = (el.text or "").strip()
+    if not _ID_RE.match(value):
+        raise InvalidMessage("MessageId header: 1-128 characters of letters, digits and . _ : -")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # the router
 
@@ -345,6 +364,7 @@ def create_router(
                 known = ", ".join(o.name for o in svc.operations)
                 raise InvalidMessage(f"unknown operation '{local_name(req.tag)}' (known: {known})")
             token = _ws_username_token(root)
+            upstream_id = _upstream_message_id(root)
         except FileFormatError as exc:
             return fault_response("Client", f"malformed request: {exc}")
         except InvalidMessage as exc:
@@ -370,8 +390,14 @@ def create_router(
             fields = ", ".join(f"{d.loc}: {d.msg}" for d in details)
             return fault_response("Client", f"invalid {op.type}: {fields}" if fields else str(exc), details)
         source = getattr(principal, "name", None) or f"soap:{svc.name}"
-        env = Envelope.create(op.type, payload, source=source,
-                              headers={"soap_service": svc.name, "soap_operation": op.name})
+        headers = {"soap_service": svc.name, "soap_operation": op.name}
+        mid = None
+        if upstream_id:  # the caller's own id: a retry after a lost answer gets the same envelope id (deduped)
+            from esbhub.adapters.base import stable_id
+
+            mid = stable_id(f"soap:{source}:{op.type}:{upstream_id}")
+            headers["upstream_message_id"] = upstream_id
+        env = Envelope.create(op.type, payload, source=source, id=mid, headers=headers)
         try:
             result = (emit or (lambda e: _app_emit(request, e)))(env)
             if inspect.isawaitable(result):

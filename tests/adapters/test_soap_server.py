@@ -186,3 +186,22 @@ def test_mounted_in_the_hub_api_a_zeep_call_is_durably_on_the_bus_under_its_api_
         r = httpx.post(f"{srv.url}/soap/party.v1", headers={"Content-Type": "text/xml"}, timeout=10,
                        content=ENV_HEAD + b'<PublishParty xmlns="urn:esbhub:soap:party.v1"/></soap:Body></soap:Envelope>')
         assert r.status_code == 401 and b"soap:Client" in r.content
+
+
+def test_a_retry_carrying_the_callers_message_id_header_gets_the_same_envelope_id(server):
+    from lxml import etree
+
+    def hdr(value: str):
+        el = etree.Element("{urn:esbhub:upstream}MessageId")
+        el.text = value
+        return el
+
+    c = client(server)
+    first = c.service.PushCustomer(**PARTY, _soapheaders=[hdr("BILL-2026-000123")])
+    again = c.service.PushCustomer(**PARTY, _soapheaders=[hdr("BILL-2026-000123")])
+    other = c.service.PushCustomer(**PARTY, _soapheaders=[hdr("BILL-2026-000124")])
+    assert first.messageId == again.messageId != other.messageId
+    env = next(e for e in server.bus.envs if e.id == first.messageId)
+    assert env.headers["upstream_message_id"] == "BILL-2026-000123"
+    with pytest.raises(zeep.exceptions.Fault, match="MessageId header"):
+        c.service.PushCustomer(**PARTY, _soapheaders=[hdr("no spaces allowed")])
