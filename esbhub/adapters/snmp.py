@@ -157,6 +157,11 @@ class SnmpSourceConfig(AdapterConfig):
         description="trap: read SNMPv2c TRAPs of a known community with a built-in BER reader (several times "
         "faster than the pysnmp engine); everything else (v1, v3, informs, unknown communities) goes through pysnmp.",
     )
+    reuse_port: bool = Field(
+        default=False,
+        description="trap: SO_REUSEPORT, so every worker process can listen on the port (the kernel spreads "
+        "senders across them); off: a second listener on the port fails to start.",
+    )
     receive_buffer: int = Field(default=4 * 1024 * 1024, ge=65536, description="trap: UDP socket receive buffer, bytes.")
     # -- poll --
     target_host: str | None = Field(default=None, description="poll: agent address.")
@@ -456,6 +461,8 @@ class SnmpTrapReceiver(Source[SnmpSourceConfig]):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+        if self.config.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.config.listen_host, self.config.port))
         except OSError as exc:

@@ -324,3 +324,17 @@ def test_target_lease_has_exactly_one_winner_when_workers_race(db, tmp_path, req
     finally:
         with leases[0].store.engine.begin() as c:
             c.execute(sa.delete(t).where(t.c.key == key))
+
+
+def test_workers_share_the_trap_port_with_reuse_port_and_nothing_is_lost(rx):
+    from esbhub.errors import ConfigError
+
+    got = Collect()
+    a = rx(got, reuse_port=True)
+    b = rx(got, reuse_port=True, port=a.port)
+    for i in range(12):
+        assert send("snmptrap", a.port, "1.3.6.1.4.1.9999.0.1", "1.3.6.1.4.1.9999.1.1", "i", str(i)).returncode == 0
+    wait_for(lambda: len(got.envs) == 12, 10, what="all traps across both workers")
+    assert a.health().detail["received"] + b.health().detail["received"] == 12
+    with pytest.raises(ConfigError, match="cannot listen"):
+        rx(got, port=a.port)  # without reuse_port the port is taken
