@@ -1,0 +1,276 @@
+"""Simulated telecom systems around the hub, all built from one :class:`TelecomWorld`.
+
+* :class:`SimServer` — one local HTTP server (``ThreadingHTTPServer``, loopback) playing
+  **billing** (``GET /billing/customers/{id}``, ``GET /billing/groups/{account}``,
+  ``POST /billing/payments`` — postings are recorded, duplicates by ``Idempotency-Key``
+  counted) and the **alarm receiver** of the network-operations desk (``POST /notify/alarms``);
+* :func:`create_resource_db` — the **resource inventory**: customers, circuits and service
+  instances in any SQLAlchemy database (SQLite file in the demo);
+* :func:`write_bank_file` / :func:`read_bank_file` — the **bank**'s payment result file,
+  GB18030 fixed-width (read back with the adapters' fixed-width parser, as the SFTP source does);
+* native customer-change records of billing, resource and bank (:func:`billing_record` …)
+  and the **CRM**'s ``party.v1`` pushes; circuit-down **alarms** as ``alarm.v1``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta, timezone
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from esbhub.adapters.fileformats import FixedColumn, FixedWidthFormat, parse_records
+from esbhub.schemas.party import Party
+from esbhub.telecom.world import PERIOD, TelecomWorld
+
+# ------------------------------------------------------------------ native customer records
+
+
+def _phones(p: Party, k: str = "type", n: str = "no") -> list[dict[str, str]]:
+    return [{k: ph.kind, n: ph.number} for ph in p.phones]
+
+
+def _addrs(p: Party) -> list[dict[str, str]]:
+    return [{"type": a.kind, "text": a.text} for a in p.addresses]
+
+
+def billing_record(p: Party, monthly_fee: Decimal | None = None) -> dict[str, Any]:
+    """A billing customer as the billing system's customer service returns it."""
+    rec: dict[str, Any] = {
+        "cust_id": p.source_id, "cust_name": p.name, "cert_no": p.uscc, "prov": p.province, "city": p.city,
+        "tel": _phones(p), "addr": _addrs(p), "acct_no": p.attributes.billing_account,
+        "parent_cust_id": p.parent_source_id,
+    }
+    if monthly_fee is not None:
+        rec["monthly_fee"] = str(monthly_fee)
+    return rec
+
+
+def resource_record(p: Party) -> dict[str, Any]:
+    return {
+        "customer_code": p.source_id, "customer_name": p.name, "uscc": p.uscc, "province": p.province,
+        "city": p.city, "contact_phones": _phones(p, "kind", "number"),
+        "addresses": [{"kind": a.kind, "text": a.text} for a in p.addresses],
+        "circuits": list(p.attributes.circuit_ids), "parent_code": p.parent_source_id,
+    }
+
+
+def bank_record(p: Party) -> dict[str, Any]:
+    return {
+        "acct_no": p.source_id, "acct_name": p.name, "uscc": p.uscc, "bank_name": p.attributes.bank_name,
+        "province": p.province, "city": p.city, "phones": _phones(p, "kind", "number"),
+        "addresses": [{"kind": a.kind, "text": a.text} for a in p.addresses], "parent_acct_no": p.parent_source_id,
+    }
+
+
+def crm_party(p: Party) -> dict[str, Any]:
+    return p.model_dump(mode="json", exclude_none=True)
+
+
+def alarm_payload(a: Any) -> dict[str, Any]:
+    return {
+        "alarm_id": a.alarm_id, "source_address": a.source_address, "kind": "circuit_down", "severity": "critical",
+        "trap_oid": "1.3.6.1.4.1.99999.0.1", "circuit_ids": [a.circuit_id], "raised_at": a.raised_at.isoformat(),
+        "text": f"circuit {a.circuit_id} down",
+    }
+
+
+def payment_payload(p: dict[str, Any]) -> dict[str, Any]:
+    """payment.v1 from one record of the bank file."""
+    return {
+        "payment_id": p["payment_id"], "bank": p["bank"], "payer_name": p["payer_name"],
+        "payer_account": p["payer_account"], "billing_account": p["billing_account"], "amount": p["amount"],
+        "currency": "CNY", "paid_at": f"{p['paid_on']}T{p['paid_time'][:2]}:{p['paid_time'][2:4]}:00+08:00",
+        "status": "success" if p["status"] == "00" else "failed",
+    }
+
+
+# ------------------------------------------------------------------ resource inventory (SQL)
+meta = sa.MetaData()
+res_customers = sa.Table(
+    "tel_res_customers", meta,
+    sa.Column("customer_code", sa.String(64), primary_key=True),
+    sa.Column("customer_name", sa.String(500), nullable=False),
+    sa.Column("uscc", sa.String(18)),
+    sa.Column("city", sa.String(50)),
+)
+res_circuits = sa.Table(
+    "tel_res_circuits", meta,
+    sa.Column("circuit_id", sa.String(64), primary_key=True),
+    sa.Column("customer_code", sa.String(64), nullable=False, index=True),
+    sa.Column("bandwidth_mbps", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+)
+res_instances = sa.Table(
+    "tel_res_service_instances", meta,
+    sa.Column("instance_id", sa.String(64), primary_key=True),
+    sa.Column("circuit_id", sa.String(64), nullable=False),
+    sa.Column("product", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+)
+
+
+def create_resource_db(world: TelecomWorld, url: str) -> sa.Engine:
+    """(Re)create the resource inventory tables at ``url`` and fill them from the world."""
+    eng = sa.create_engine(url)
+    meta.drop_all(eng)
+    meta.create_all(eng)
+    with eng.begin() as c:
+        c.execute(res_customers.insert(), [
+            {"customer_code": p.source_id, "customer_name": p.name, "uscc": p.uscc, "city": p.city}
+            for p in world.resource
+        ])
+        circ = sorted(world.circuits.items())
+        c.execute(res_circuits.insert(), [
+            {"circuit_id": cid, "customer_code": code, "bandwidth_mbps": 100 * (1 + i % 10), "status": "active"}
+            for i, (cid, code) in enumerate(circ)
+        ])
+        c.execute(res_instances.insert(), [
+            {"instance_id": f"SI-{cid}", "circuit_id": cid, "product": ("MPLS-VPN", "DIA", "SDH")[i % 3],
+             "status": "active"}
+            for i, (cid, _code) in enumerate(circ)
+        ])
+    return eng
+
+
+# ------------------------------------------------------------------ bank file (GB18030 fixed width)
+CST = timezone(timedelta(hours=8))
+BANK_FORMAT = FixedWidthFormat(
+    type="fixed", width_unit="bytes", skip_lines=1, skip_trailer_lines=1, record_prefix="D",
+    columns=[
+        FixedColumn(name="payment_id", start=2, width=16),
+        FixedColumn(name="bank", start=18, width=6),
+        FixedColumn(name="payer_account", start=24, width=24),
+        FixedColumn(name="payer_name", start=48, width=80),
+        FixedColumn(name="billing_account", start=128, width=20),
+        FixedColumn(name="amount", start=148, width=15, type="decimal", decimal=2),
+        FixedColumn(name="paid_on", start=163, width=8, type="date"),
+        FixedColumn(name="paid_time", start=171, width=6),
+        FixedColumn(name="status", start=177, width=2),
+    ],
+)
+
+
+def _field(text: str, width: int, *, right: bool = False) -> bytes:
+    raw = text.encode("gb18030")
+    if len(raw) > width:  # cut on a character boundary
+        while len(raw) > width:
+            text = text[:-1]
+            raw = text.encode("gb18030")
+    pad = b" " * (width - len(raw))
+    return pad + raw if right else raw + pad
+
+
+def bank_file_bytes(world: TelecomWorld) -> bytes:
+    lines = [_field(f"H{world.seed:08d}{PERIOD.replace('-', '')}", 40)]
+    total = Decimal(0)
+    for p in world.payments:
+        local = p.paid_at.astimezone(CST)  # booked time, in the bank's local time (UTC+8)
+        cents = int((p.amount * 100).to_integral_value())
+        total += p.amount
+        lines.append(b"D" + _field(p.payment_id, 16) + _field(p.bank, 6) + _field(p.payer_account, 24)
+                     + _field(p.payer_name, 80) + _field(p.billing_account, 20) + _field(str(cents), 15, right=True)
+                     + _field(local.strftime("%Y%m%d"), 8) + _field(local.strftime("%H%M%S"), 6) + b"00")
+    lines.append(_field(f"T{len(world.payments):08d}{int(total * 100):015d}", 40))
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def write_bank_file(world: TelecomWorld, directory: Path) -> Path:
+    """The bank's payment result file, written with a temporary name then renamed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"PAY_{PERIOD.replace('-', '')}_{world.seed}.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(bank_file_bytes(world))
+    tmp.replace(path)
+    return path
+
+
+def read_bank_file(path: Path) -> list[dict[str, Any]]:
+    return [rec for _line, rec in parse_records(path.read_bytes(), BANK_FORMAT, "gb18030")]
+
+
+# ------------------------------------------------------------------ billing + alarm receiver (HTTP)
+class SimServer:
+    """Billing's HTTP service and the alarm webhook receiver, on one loopback port."""
+
+    def __init__(self, world: TelecomWorld, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.world = world
+        self.customers = {p.source_id: p for p in world.billing}
+        self.postings: dict[str, dict[str, Any]] = {}  # idempotency key -> posting
+        self.duplicate_posts = 0
+        self.alarms: dict[str, dict[str, Any]] = {}  # idempotency key -> alarm delivered
+        self.duplicate_alarms = 0
+        self.lock = threading.Lock()
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_a: Any) -> None:  # quiet
+                return
+
+            def _send(self, code: int, body: Any) -> None:
+                data = json.dumps(body, ensure_ascii=False).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:2] == ["billing", "customers"] and len(parts) == 3:
+                    p = sim.customers.get(parts[2])
+                    return self._send(200, billing_record(p)) if p else self._send(404, {"error": "no such customer"})
+                if parts[:2] == ["billing", "groups"] and len(parts) == 3:
+                    g = sim.world.groups.get(parts[2])
+                    if not g:
+                        return self._send(404, {"error": "no group agreement"})
+                    return self._send(200, {"account": parts[2], "members": [
+                        {"account": a, "share": str(s)} for a, s in sorted(g.items())]})
+                return self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                n = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(n) or b"{}")
+                except ValueError:
+                    return self._send(400, {"error": "bad json"})
+                key = self.headers.get("Idempotency-Key") or json.dumps(body, sort_keys=True)
+                path = self.path.split("?")[0].rstrip("/")
+                if path == "/billing/payments":
+                    with sim.lock:
+                        if key in sim.postings:
+                            sim.duplicate_posts += 1
+                        else:
+                            sim.postings[key] = body
+                    return self._send(200, {"status": "posted"})
+                if path == "/notify/alarms":
+                    with sim.lock:
+                        if key in sim.alarms:
+                            sim.duplicate_alarms += 1
+                        else:
+                            sim.alarms[key] = body
+                    return self._send(200, {"status": "received"})
+                return self._send(404, {"error": "not found"})
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> SimServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="telecom-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

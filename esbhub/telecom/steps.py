@@ -1,0 +1,67 @@
+"""Registered ``code`` steps of the telecom reference routes (entry points ``esbhub.steps``).
+
+* ``telecom.apportion`` — a payment whose billing account is a group agreement (looked up into
+  ``payload.group``) becomes one posting per member account, split by the agreed shares to the
+  cent (the remainder goes to the last account); other payments pass unchanged.
+* ``telecom.alarm_customers`` — turns the looked-up golden record (``payload.golden``) and the
+  circuit owner (``payload.owner``) into ``payload.customers`` (golden id, name, tier,
+  account manager) and removes the lookup scratch fields.
+
+Both raise :class:`TransientError` when the customer is not mastered yet (``require_customer``),
+so the route retries with backoff instead of posting a payment or an alarm without its customer.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from esbhub.errors import PermanentError, TransientError
+from esbhub.routes.registry import step
+from esbhub.telecom.world import apportion as split_amount
+
+
+def _value(attrs: dict[str, Any] | None, name: str) -> Any:
+    v = (attrs or {}).get(name)
+    return v.get("value") if isinstance(v, dict) and "value" in v else v
+
+
+@step("telecom.apportion")
+def apportion(message: dict[str, Any], config: dict[str, Any]) -> list[dict[str, Any]]:
+    p = message["payload"]
+    if config.get("require_customer", True) and not p.get(config.get("customer_field", "payer_golden")):
+        raise TransientError(f"payer of payment {p.get('payment_id')} is not mastered yet")
+    group = p.pop("group", None)
+    if not group or not group.get("members"):
+        return [message]
+    try:
+        shares = {m["account"]: Decimal(str(m["share"])) for m in group["members"]}
+        amount = Decimal(str(p["amount"]))
+    except (KeyError, TypeError, InvalidOperation) as exc:
+        raise PermanentError(f"group agreement of {p.get('billing_account')} is malformed: {exc}") from exc
+    if sum(shares.values()) <= 0:
+        raise PermanentError(f"group agreement of {p.get('billing_account')} has no positive share")
+    out = []
+    for acct, amt in split_amount(amount, shares).items():
+        part = {**message, "headers": dict(message.get("headers") or {}), "payload": dict(p)}
+        part["payload"].update(billing_account=acct, amount=str(amt), group_account=p.get("billing_account"))
+        part["headers"]["apportioned-from"] = str(p.get("billing_account"))
+        out.append(part)
+    return out
+
+
+@step("telecom.alarm_customers")
+def alarm_customers(message: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    p = message["payload"]
+    owner = p.pop("owner", None) or {}
+    golden = p.pop("golden", None)
+    if not golden:
+        if config.get("require_customer", True) and owner:
+            raise TransientError(f"customer {owner.get('customer_code')} of alarm {p.get('alarm_id')} is not mastered yet")
+        return message
+    attrs = golden.get("attributes") or {}
+    p["customers"] = [{
+        "golden_id": golden.get("golden_id"), "name": golden.get("name"), "tier": golden.get("tier"),
+        "account_manager": _value(attrs, "account_manager"), "resource_customer": owner.get("customer_code"),
+    }]
+    return message
