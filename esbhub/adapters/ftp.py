@@ -83,6 +83,10 @@ class FilePollFields(AdapterConfig):
         default="record", description="One envelope per record, or one per file (payload {file, records})."
     )
     emit_batch: int = Field(default=1000, ge=1, le=100_000, description="Envelopes handed to emit at once.")
+    max_file_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1,
+        description="Larger files are not read (a file is parsed whole before emitting): moved to error/ with the reason.",
+    )
     envelope: EnvelopeTemplate = Field(description="Type and source system of the envelopes made.")
     poll_interval: float = Field(default=5.0, gt=0, le=86400, description="Seconds between polls when idle.")
     state_url: str | None = Field(
@@ -390,6 +394,9 @@ class FileSource(_Connected, PollingSource[Any]):
     def _process(self, f: RemoteFile, key: str, emit: Emit) -> int:
         c = self.config
         path = _join(c.directory, f.name)
+        if f.size > c.max_file_bytes:
+            self._to_error(f, key, f"file of {f.size} bytes exceeds max_file_bytes ({c.max_file_bytes})")
+            return 0
         t0 = time.perf_counter()
         self.tracker.detail["transferring"] = path
 

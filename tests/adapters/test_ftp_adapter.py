@@ -92,20 +92,22 @@ def test_gb18030_bank_file_becomes_one_envelope_per_record_and_is_archived_once(
         src.close()
 
 
-def test_undecodable_gb18030_file_goes_to_error_dir_with_the_line_and_good_files_still_flow(ftpd, tmp_path):
+def test_undecodable_or_oversized_files_go_to_error_dir_with_the_reason_and_good_files_still_flow(ftpd, tmp_path):
     bad = bank_file(3).split(b"\r\n")
     bad[2] = bad[2][:10] + b"\xff\x30" + bad[2][12:]
     (ftpd.inbox / "a_bad.txt").write_bytes(b"\r\n".join(bad))
     (ftpd.inbox / "b_good.txt").write_bytes(bank_file(2))
-    src = FtpSource(cfg(ftpd, tmp_path), name="bank")
+    (ftpd.inbox / "c_huge.txt").write_bytes(bank_file(200))
+    src = FtpSource(cfg(ftpd, tmp_path, max_file_bytes=5000), name="bank")
     got = Collect()
     try:
-        poll_until(src, got, lambda: (ftpd.inbox / "error" / "a_bad.txt").exists() and len(got.envs) == 2)
+        poll_until(src, got, lambda: (ftpd.inbox / "error" / "c_huge.txt").exists() and len(got.envs) == 2)
+        assert "exceeds max_file_bytes" in (ftpd.inbox / "error" / "c_huge.txt.error.txt").read_text()
         reason = (ftpd.inbox / "error" / "a_bad.txt.error.txt").read_text()
         assert "line 3" in reason and "gb18030" in reason
         assert (ftpd.inbox / "error" / "a_bad.txt").read_bytes() == b"\r\n".join(bad), "the file is kept as it was"
         assert all(e.headers["file"] == "/in/b_good.txt" for e in got.envs)
-        assert "line 3" in (src.health().last_error or "")
+        assert "moved to error/" in (src.health().last_error or "")
     finally:
         src.close()
 
