@@ -187,6 +187,28 @@ def partition(
     return sorted((frozenset(m) for m in uf.members.values()), key=lambda c: min(c))
 
 
+class _Rows:
+    """Rows of append-only tables (source versions, key index, links, inbox) written with one
+    Core ``executemany`` per table instead of one ORM object each; :meth:`flush` before anything
+    reads them back in the same transaction."""
+
+    TABLES = (SourceVersion.__table__, KeyIndex.__table__, Link.__table__, Inbox.__table__)
+
+    def __init__(self) -> None:
+        self.rows: dict[Any, list[dict[str, Any]]] = {tbl: [] for tbl in self.TABLES}
+
+    def add(self, model: Any, **row: Any) -> None:
+        self.rows[model.__table__].append(row)
+
+    def flush(self, s: Session) -> None:
+        conn = None
+        for tbl, rows in self.rows.items():
+            if rows:
+                conn = conn or s.connection()
+                conn.execute(tbl.insert(), rows)
+                rows.clear()
+
+
 def _default_standardize() -> Callable[[Party], Any]:
     from esbhub.mdm.standardize import standardize
 
@@ -239,6 +261,7 @@ class MdmService:
         self.matcher = matcher if matcher is not None else _default_matcher(self.settings)
         self._lock = threading.RLock()
         self._hier_keys: set[str] | None = None
+        self._history_buf: dict[str, Any] = {"ids": set(), "close": {}, "rows": []}
         self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
         self._indexed = False  # the matcher index is loaded on first use (API processes may never need it)
         self._seen_max = 0
@@ -298,6 +321,7 @@ class MdmService:
                     seen: set[str] = set()
                     self._hier_keys = set()  # records whose hierarchy-relevant fields changed
                     pre = self._prefetch(s, items)
+                    rows: _Rows = pre["rows"]
                     for party, envelope_id, envelope in items:
                         if envelope_id in seen:
                             continue
@@ -308,8 +332,10 @@ class MdmService:
                             events += out  # redelivery: the events it produced the first time
                         elif out is not None:
                             staged.append((envelope_id, envelope, out))
+                    rows.flush(s)
                     if staged:
-                        events += self._finish(s, staged, seeds, reviews)
+                        events += self._finish(s, staged, seeds, reviews, rows)
+                    rows.flush(s)
                     s.flush()
                     newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             except BaseException:
@@ -324,7 +350,7 @@ class MdmService:
         return events
 
     def _finish(self, s: Session, staged: list[tuple[str, Envelope | None, str]], seeds: set[str],
-                reviews: list[tuple[str, str, Any]]) -> list[Envelope]:
+                reviews: list[tuple[str, str, Any]], rows: _Rows) -> list[Envelope]:
         """Re-cluster the region of every record staged in this transaction at once; the events go
         in the inbox row of the first envelope (the others point at it), so a replay of the batch
         returns them once, with the same ids."""
@@ -335,8 +361,8 @@ class MdmService:
         events = self._events(s, changes, now, actor="engine", reason=None,
                               cause=first_env if len(staged) == 1 else None, cause_id=first_id)
         for i, (envelope_id, _env, outcome) in enumerate(staged):
-            s.add(Inbox(envelope_id=envelope_id, at=now, outcome=outcome if i == 0 else f"{outcome}:batched",
-                        events=[e.model_dump(mode="json") for e in events] if i == 0 else []))
+            rows.add(Inbox, envelope_id=envelope_id, at=now, outcome=outcome if i == 0 else f"{outcome}:batched",
+                     events=[e.model_dump(mode="json") for e in events] if i == 0 else [])
         return events
 
     def _prefetch(self, s: Session, items: Sequence[tuple[Party, str, Envelope | None]]) -> dict[str, Any]:
@@ -347,7 +373,7 @@ class MdmService:
             for row in s.execute(sa.select(Inbox).where(Inbox.envelope_id.in_(ids[i : i + 500]))).scalars():
                 inbox[row.envelope_id] = row
         xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items})
-        return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items)}
+        return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items), "rows": _Rows()}
 
     def _stage(
         self, s: Session, party: Party, envelope_id: str, undo: list[tuple[str, Any]], seeds: set[str],
@@ -363,11 +389,13 @@ class MdmService:
         content_hash = _hash(raw)
         system, sid = party.source_system, party.source_id
         key = source_key(system, sid)
+        rows: _Rows = pre["rows"]
         if key in seeds:
-            s.flush()  # the same key twice in one batch: its first version's rows must be visible
+            rows.flush(s)  # the same key twice in one batch: its first version's rows must be visible
+            s.flush()
         x = pre["xref"].get(key)
         if x is not None and x.content_hash == content_hash:
-            s.add(Inbox(envelope_id=envelope_id, at=now, outcome="unchanged", events=[]))
+            rows.add(Inbox, envelope_id=envelope_id, at=now, outcome="unchanged", events=[])
             return None
         try:
             std = self._standardize(party)
@@ -375,11 +403,11 @@ class MdmService:
             raise InvalidMessage(f"party {key} cannot be standardized: {exc}") from exc
         stdj = self._std_dict(std)
         version = (x.version + 1) if x is not None else 1
-        sv = SourceVersion(
+        rows.add(
+            SourceVersion,
             source_system=system, source_id=sid, version=version, envelope_id=envelope_id, content_hash=content_hash,
             raw=raw, std=stdj, received_at=now, source_updated_at=party.source_updated_at, deleted=party.deleted,
         )
-        s.add(sv)
         # matcher: score against everything else, then index the new version
         old_std = self._load_std(x.std) if x is not None and not x.deleted else None
         undo.append((key, old_std))
@@ -418,7 +446,7 @@ class MdmService:
         if version > 1:
             s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
         for kind, value in sorted(set(hierarchy.index_entries(x))):
-            s.add(KeyIndex(kind=kind, value=value, source_system=system, source_id=sid))
+            rows.add(KeyIndex, kind=kind, value=value, source_system=system, source_id=sid)
         # links: supersede the old ones, keep the new with their evidence
         old_links = [] if version == 1 else s.execute(
             sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))
@@ -434,11 +462,12 @@ class MdmService:
             if other == key:
                 continue
             a, b = pair(key, other)
-            s.add(Link(
+            rows.add(
+                Link,
                 a_key=a, b_key=b, weight=float(r.weight), probability=float(r.probability), decision=r.decision,
                 hard=r.hard, evidence=[e.model_dump(mode="json") for e in r.evidence], actor="engine",
-                created_at=now, active=True,
-            ))
+                created_at=now, active=True, superseded_at=None,
+            )
             seeds.add(other)
             if r.decision == "review" or r.hard:
                 reviews.append((a, b, r))
@@ -542,6 +571,7 @@ class MdmService:
         actor: str, reason: str | None, cause: str | None,
     ) -> list[_Change]:
         """Give each cluster its golden id, survive attributes, write versions; return the changes."""
+        self._history_buf = {"ids": set(), "close": {}, "rows": []}  # nothing left over from a failed call
         keys = sorted(xs)
         founded: dict[str, Golden] = {}
         for i in range(0, len(keys), 500):
@@ -641,6 +671,7 @@ class MdmService:
                 unmerged_from=(came_from_active[0] if came_from_active and change == "unmerged" else None),
             ))
             touched.add(g.golden_id)
+        self._flush_history(s)
         if touched:
             s.flush()
             hierarchy.refresh(s, hier, now)
@@ -658,23 +689,39 @@ class MdmService:
         self, s: Session, g: Golden, status: str, merged_into: str | None, attrs: dict[str, Any], members: list[str],
         now: datetime, change: str, actor: str, reason: str | None, cause: str | None,
     ) -> None:
+        buf = self._history_buf
+        if g.golden_id in buf["ids"]:
+            self._flush_history(s)  # the same golden record twice before a flush: keep the order
+        buf["ids"].add(g.golden_id)
         if g.version:
-            s.execute(
-                sa.update(GoldenHistory)
-                .where(GoldenHistory.golden_id == g.golden_id, GoldenHistory.valid_to.is_(None))
-                .values(valid_to=now)
-            )
+            buf["close"].setdefault(now, []).append(g.golden_id)
         g.version = (g.version or 0) + 1
         g.status = status
         g.merged_into = merged_into
         g.attributes = attrs
         g.members = members
         g.updated_at = now
-        s.add(GoldenHistory(
+        buf["rows"].append(dict(
             golden_id=g.golden_id, version=g.version, change=change, status=status, merged_into=merged_into,
             attributes=attrs, members=members, valid_from=now, valid_to=None, actor=actor, reason=reason,
             cause=(cause or "")[:64] or None,
         ))
+
+    def _flush_history(self, s: Session) -> None:
+        """Close the open history versions of the golden records written (one UPDATE per 500),
+        then insert their new versions (one executemany)."""
+        buf = self._history_buf
+        for at, ids in buf["close"].items():
+            for i in range(0, len(ids), 500):
+                s.execute(
+                    sa.update(GoldenHistory)
+                    .where(GoldenHistory.golden_id.in_(ids[i : i + 500]), GoldenHistory.valid_to.is_(None))
+                    .values(valid_to=at),
+                    execution_options={"synchronize_session": False},
+                )
+        if buf["rows"]:
+            s.connection().execute(GoldenHistory.__table__.insert(), buf["rows"])
+        self._history_buf = {"ids": set(), "close": {}, "rows": []}
 
     def _golden_of_key(self, s: Session, key: str) -> str | None:
         sys_, sid = split_key(key)
