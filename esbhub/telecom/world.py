@@ -85,6 +85,11 @@ class TelecomWorld:
         """(payment id, billing account) → amount, for every posting billing must receive."""
         return {(p.payment_id, acct): amt for p in self.payments for acct, amt in p.expected.items()}
 
+    def customers_account(self, key: str) -> str | None:
+        """Billing account of a billing source key (``billing:<cust_id>``)."""
+        sid = key.partition(":")[2]
+        return next((a for a, c in self.account_customer.items() if c == sid), None)
+
     def expected_revenue(self) -> dict[str, Decimal]:
         """Billing account → revenue of ``PERIOD`` (bill totals)."""
         return {b["account"]: Decimal(b["total"]) for b in self.bills}

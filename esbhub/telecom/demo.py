@@ -1,0 +1,359 @@
+"""The demo main job: simulators + reference routes + a fixed volume of traffic + a checked summary.
+
+Used by ``esbhub serve --demo`` (the hub's worker processes consume; this module drives the
+traffic from a thread of the serve process and prints the summary) and by the end-to-end test
+(:func:`run_inprocess`: one Worker in the test process). Both go through :class:`Demo`:
+
+1. :meth:`Demo.prepare` — build the world (seeded), start the billing/alarm-receiver simulator
+   on a loopback port, create the resource inventory (SQLite under the data dir), write the bank
+   payment file (GB18030 fixed width), copy ``routes/telecom`` into the data dir with the
+   simulator's address filled in, and export ``ESBHUB_TELECOM_RESOURCE_DB`` /
+   ``ESBHUB_ROUTES_DIR`` / ``ESBHUB_DATABASE_URL`` for the worker processes.
+2. :meth:`Demo.drive` — three phases, each waited for until the bus is idle: customers from
+   every system (billing, resource, bank natively; CRM as ``party.v1`` over HTTP when a hub URL
+   is given), then the month's bills (revenue → tier), then the bank file's payments and the
+   circuit-down alarms.
+3. :meth:`Demo.summary` — golden records against the ground truth (pairwise precision/recall,
+   false merges), payments posted exactly once with the right amounts, alarms delivered with
+   their customers and on the 360 view, tiers, dead letters and the bus counts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from esbhub.bus.envelope import Envelope
+from esbhub.telecom import sims
+from esbhub.telecom.world import TelecomWorld, build
+
+ROUTES_SRC = Path(__file__).resolve().parents[2] / "routes" / "telecom"
+PLACEHOLDER_URL = "http://127.0.0.1:18930"
+ROUTE_NAMES = ("telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
+               "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms")
+QUEUES = tuple(f"route.{n}" for n in ROUTE_NAMES) + ("route.mdm",)
+
+Publish = Callable[[Sequence[Envelope]], None]
+
+
+@dataclass
+class DemoSummary:
+    companies: int = 0
+    source_records: int = 0
+    golden_records: int = 0
+    precision: float = 0.0
+    recall: float = 0.0
+    false_merges: int = 0  # golden records holding records of more than one real company
+    payments: int = 0
+    postings_expected: int = 0
+    postings_received: int = 0
+    postings_wrong_amount: int = 0
+    postings_missing: int = 0
+    postings_unexpected: int = 0
+    duplicate_posts: int = 0
+    payer_matched: int = 0  # single-account payments whose payer is the billing account's golden customer
+    payer_checked: int = 0
+    alarms: int = 0
+    alarms_delivered: int = 0
+    alarms_with_customer: int = 0
+    alarms_right_customer: int = 0
+    alarms_on_360: int = 0
+    duplicate_alarms: int = 0
+    tiers_checked: int = 0
+    tiers_right: int = 0
+    dead_letters: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def counts_reconcile(self) -> bool:
+        c = self.counts
+        return bool(c) and c.get("in_flight", 0) == 0 and c.get("retrying", 0) == 0 and c["accepted"] == (
+            c["delivered"] + c["dead_lettered"] + c.get("filtered", 0))
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        return [
+            f"golden records: {self.golden_records} from {self.source_records} source records of {self.companies} "
+            f"companies — pairwise precision {self.precision:.4f}, recall {self.recall:.4f}, "
+            f"false merges {self.false_merges}",
+            f"payments: {self.payments} in the bank file → {self.postings_received}/{self.postings_expected} postings "
+            f"at billing (missing {self.postings_missing}, unexpected {self.postings_unexpected}, wrong amount "
+            f"{self.postings_wrong_amount}, duplicates refused {self.duplicate_posts}); payer = billing customer "
+            f"{self.payer_matched}/{self.payer_checked}",
+            f"alarms: {self.alarms_delivered}/{self.alarms} delivered, {self.alarms_right_customer} with the right "
+            f"key customer, {self.alarms_on_360} on the 360 view (duplicates refused {self.duplicate_alarms})",
+            f"tiers: {self.tiers_right}/{self.tiers_checked} golden records tiered from their bills",
+            f"bus: accepted {c.get('accepted', 0)} = delivered {c.get('delivered', 0)} + filtered "
+            f"{c.get('filtered', 0)} + dead-lettered {c.get('dead_lettered', 0)} (in flight {c.get('in_flight', 0)}, "
+            f"retrying {c.get('retrying', 0)}) → {'reconciled' if self.counts_reconcile else 'NOT reconciled'}; "
+            f"dead letters {self.dead_letters}; {self.seconds:.1f} s",
+        ]
+
+
+class Demo:
+    def __init__(self, data_dir: Path, *, n_companies: int = 120, seed: int = 2026, sim_port: int = 0,
+                 database_url: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.n_companies, self.seed, self.sim_port = n_companies, seed, sim_port
+        self.database_url = database_url or f"sqlite:///{self.data_dir / 'hub.db'}"
+        self.world: TelecomWorld | None = None
+        self.sim: sims.SimServer | None = None
+        self.routes_dir = self.data_dir / "telecom-routes"
+        self.resource_url = f"sqlite:///{self.data_dir / 'telecom-resource.db'}"
+        self.bank_dir = self.data_dir / "bank-outbox"
+        self.bank_file: Path | None = None
+        self.env: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- set-up
+    def prepare(self) -> Demo:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.world = w = build(self.n_companies, self.seed)
+        self.sim = sims.SimServer(w, port=self.sim_port).start()
+        sims.create_resource_db(w, self.resource_url).dispose()
+        self.bank_file = sims.write_bank_file(w, self.bank_dir)
+        shutil.rmtree(self.routes_dir, ignore_errors=True)
+        self.routes_dir.mkdir(parents=True)
+        for f in sorted(ROUTES_SRC.glob("*.yaml")):
+            text = f.read_text(encoding="utf-8").replace(PLACEHOLDER_URL, self.sim.url)
+            (self.routes_dir / f.name).write_text(text, encoding="utf-8")
+        self.env = {
+            "ESBHUB_TELECOM_RESOURCE_DB": self.resource_url,
+            "ESBHUB_ROUTES_DIR": str(self.routes_dir),
+            "ESBHUB_DATABASE_URL": self.database_url,
+        }
+        os.environ.update(self.env)
+        return self
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+
+    # ---------------------------------------------------------------- traffic
+    def customer_messages(self) -> tuple[list[Envelope], list[dict[str, Any]]]:
+        """Native customer changes of billing, resource and bank, and the CRM's party.v1 payloads."""
+        w = self._w
+        envs = [Envelope.create("customer.billing.v1", sims.billing_record(p), source="billing") for p in w.billing]
+        envs += [Envelope.create("customer.resource.v1", sims.resource_record(p), source="resource") for p in w.resource]
+        envs += [Envelope.create("customer.bank.v1", sims.bank_record(p), source="bank") for p in w.bank]
+        return envs, [sims.crm_party(p) for p in w.crm]
+
+    def bill_messages(self) -> list[Envelope]:
+        return [Envelope.create("bill.v1", b, source="billing") for b in self._w.bills]
+
+    def payment_messages(self) -> list[Envelope]:
+        assert self.bank_file is not None
+        return [Envelope.create("payment.v1", sims.payment_payload(r), source="bank")
+                for r in sims.read_bank_file(self.bank_file)]
+
+    def alarm_messages(self) -> list[Envelope]:
+        return [Envelope.create("alarm.v1", sims.alarm_payload(a), source="nms") for a in self._w.alarms]
+
+    @property
+    def _w(self) -> TelecomWorld:
+        assert self.world is not None, "prepare() first"
+        return self.world
+
+    def drive(self, publish: Publish, store: Any, broker: Any, *, crm_post: Callable[[dict[str, Any]], None] | None = None,
+              timeout: float = 120.0, log: Callable[[str], None] = lambda _m: None) -> None:
+        """Send the three phases, waiting for the bus to be idle after each."""
+        envs, crm = self.customer_messages()
+        if crm_post is None:
+            envs += [Envelope.create("party.v1", p, source="crm") for p in crm]
+        else:
+            for p in crm:
+                crm_post(p)
+        _publish_batches(publish, envs)
+        log(f"phase 1: {len(envs) + (len(crm) if crm_post else 0)} customer changes from billing, resource, bank and CRM")
+        wait_idle(store, broker, timeout=timeout)
+        bills = self.bill_messages()
+        _publish_batches(publish, bills)
+        log(f"phase 2: {len(bills)} monthly bills (revenue → tier)")
+        wait_idle(store, broker, timeout=timeout)
+        pay, alarms = self.payment_messages(), self.alarm_messages()
+        _publish_batches(publish, pay + alarms)
+        log(f"phase 3: {len(pay)} bank payments from {self.bank_file.name if self.bank_file else '?'}, "
+            f"{len(alarms)} circuit-down alarms")
+        wait_idle(store, broker, timeout=timeout)
+
+    # ---------------------------------------------------------------- checks
+    def summary(self, store: Any, *, started: float | None = None) -> DemoSummary:
+        from esbhub.mdm.service import MdmService, NotFound
+
+        w = self._w
+        sim = self.sim
+        assert sim is not None
+        svc = MdmService(self.database_url, migrate=False)
+        s = DemoSummary(companies=len({e for e in w.truth.values()}), source_records=len(w.truth))
+        # golden records against the truth
+        part = [set(c) & set(w.truth) for c in svc.partition_now()]
+        part = [c for c in part if c]
+        s.golden_records = len(part)
+        got_pairs = {(a, b) for c in part for a in c for b in c if a < b}
+        true_pairs = {(a, b) for a in w.truth for b in w.truth if a < b and w.truth[a] == w.truth[b]}
+        tp = len(got_pairs & true_pairs)
+        s.precision = tp / len(got_pairs) if got_pairs else 1.0
+        s.recall = tp / len(true_pairs) if true_pairs else 1.0
+        s.false_merges = sum(1 for c in part if len({w.truth[k] for k in c}) > 1)
+        golden_of: dict[str, str | None] = {}  # source key -> current golden id (from the xref)
+
+        def gid_of(system: str, sid: str) -> str | None:
+            key = f"{system}:{sid}"
+            if key not in golden_of:
+                try:
+                    golden_of[key] = svc.xref(system, sid)["golden_id"]
+                except NotFound:
+                    golden_of[key] = None
+            return golden_of[key]
+
+        # payments
+        s.payments = len(w.payments)
+        expected = w.expected_postings()
+        s.postings_expected = len(expected)
+        received: dict[tuple[str, str], list[Decimal]] = {}
+        posted = list(sim.postings.values())
+        for body in posted:
+            received.setdefault((str(body.get("payment_id")), str(body.get("billing_account"))), []).append(
+                Decimal(str(body.get("amount"))))
+        s.postings_received = len(posted)
+        s.duplicate_posts = sim.duplicate_posts + sum(len(v) - 1 for v in received.values())
+        s.postings_missing = sum(1 for k in expected if k not in received)
+        s.postings_unexpected = sum(1 for k in received if k not in expected)
+        s.postings_wrong_amount = sum(1 for k, v in received.items() if k in expected and v[0] != expected[k])
+        by_payment = {p.payment_id: p for p in w.payments}
+        for body in posted:
+            p = by_payment.get(str(body.get("payment_id")))
+            if p is None or body.get("group_account"):
+                continue
+            s.payer_checked += 1
+            cust = w.account_customer.get(p.billing_account)
+            if cust and body.get("golden_id") and body.get("golden_id") == gid_of("billing", cust):
+                s.payer_matched += 1
+        # alarms
+        s.alarms = len(w.alarms)
+        delivered: dict[str, dict[str, Any]] = {}
+        for body in sim.alarms.values():
+            delivered.setdefault(str(body.get("alarm_id")), body)
+        s.duplicate_alarms = sim.duplicate_alarms + len(sim.alarms) - len(delivered)
+        for a in w.alarms:
+            body = delivered.get(a.alarm_id)
+            if body is None:
+                continue
+            s.alarms_delivered += 1
+            custs = body.get("customers") or []
+            if custs:
+                s.alarms_with_customer += 1
+            want = gid_of("resource", a.resource_customer)
+            if want and any(c.get("golden_id") == want for c in custs):
+                s.alarms_right_customer += 1
+                linked = svc.get_customer(want).get("linked", {}).get("alarm", [])
+                if any(x["ref"] == f"{a.alarm_id}@{want}" for x in linked):
+                    s.alarms_on_360 += 1
+        # tiers: each golden holding billing records, from the bills of its accounts
+        revenue = w.expected_revenue()
+        tiering = svc.settings.tiering
+        seen: set[str] = set()
+        for p in w.billing:
+            gid = gid_of("billing", p.source_id)
+            if not gid or gid in seen:
+                continue
+            seen.add(gid)
+            g = svc.golden(gid)
+            accts = {w.customers_account(k) for k in g["source_keys"] if k.startswith("billing:")}
+            rev = sum((revenue.get(a, Decimal(0)) for a in accts if a), Decimal(0))
+            if not any(a in revenue for a in accts if a):
+                continue
+            s.tiers_checked += 1
+            if g["tier"] == tiering.tier(float(rev)):
+                s.tiers_right += 1
+        # bus
+        store.flush()
+        s.dead_letters = len(store.dlq_list(limit=10_000))
+        s.counts = store.counts()
+        if started is not None:
+            s.seconds = time.monotonic() - started
+        return s
+
+
+def _publish_batches(publish: Publish, envs: list[Envelope], size: int = 200) -> None:
+    for i in range(0, len(envs), size):
+        publish(envs[i:i + size])
+
+
+def wait_idle(store: Any, broker: Any, *, timeout: float = 120.0, settle: int = 3) -> None:
+    """Return once nothing is queued, in flight or waiting for a retry (``settle`` checks in a row)."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while True:
+        store.flush()
+        c = store.counts()
+        depth = 0
+        for q in QUEUES:
+            try:
+                depth += broker.queue_depth(q)
+            except Exception:  # noqa: BLE001, S112 - a queue not declared yet holds nothing
+                continue
+        busy = c.get("in_flight", 0) + c.get("retrying", 0) + depth
+        quiet = quiet + 1 if busy == 0 else 0
+        if quiet >= settle:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bus not idle after {timeout:.0f}s: counts {c}, queued {depth}")
+        time.sleep(0.2)
+
+
+def direct_publisher(broker: Any, store: Any) -> Publish:
+    """Publish as a source adapter does: record the messages as accepted, then put them on the bus."""
+
+    def publish(envs: Sequence[Envelope]) -> None:
+        store.record_accepted(list(envs))
+        broker.publish_many(list(envs))
+
+    return publish
+
+
+def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, timeout: float = 90.0,
+                  log: Callable[[str], None] = lambda _m: None) -> tuple[Demo, DemoSummary]:
+    """Run the whole demo in this process (one Worker with the routes and the MDM) and summarize."""
+    from esbhub.bus.broker import create_broker
+    from esbhub.bus.store import BusStore
+    from esbhub.bus.worker import Worker
+    from esbhub.db import upgrade
+    from esbhub.mdm.service import subscriptions as mdm_subscriptions
+    from esbhub.routes import lookups
+    from esbhub.routes.runtime import RouteRuntime
+
+    started = time.monotonic()
+    db_url = settings.effective_database_url
+    demo = Demo(Path(settings.data_dir), n_companies=n_companies, seed=seed, database_url=db_url).prepare()
+    settings = settings.model_copy(update={"routes_dir": demo.routes_dir})
+    upgrade(db_url)
+    lookups._svc = None  # the MDM lookups read the database the settings name now
+    broker = create_broker(settings.effective_broker_url, exchange=settings.exchange)
+    broker.connect()
+    store = BusStore(db_url)
+    rt = RouteRuntime(settings, broker, store, watch=False)
+    worker = None
+    try:
+        applied = rt.sync_files()
+        if applied is not None and applied.errors:
+            raise RuntimeError(f"telecom routes invalid: {applied.errors[0]}")
+        subs = rt.load() + mdm_subscriptions(settings, broker)
+        worker = Worker(broker, store, subs, settings)
+        worker.start()
+        demo.drive(direct_publisher(broker, store), store, broker, timeout=timeout, log=log)
+        return demo, demo.summary(store, started=started)
+    finally:
+        if worker is not None:
+            worker.stop()
+        rt.stop()
+        store.close()
+        broker.close()
+        demo.stop()
+        lookups._svc = None

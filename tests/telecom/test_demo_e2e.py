@@ -1,0 +1,79 @@
+"""End to end: the demo's simulators, reference routes, bus and MDM, checked against the ground truth.
+
+One Worker in this process consumes the six telecom routes and the MDM on the embedded broker;
+the simulators' truth says which source records are one company, which postings billing must
+receive and which customer each alarm affects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from esbhub.config import Settings
+from esbhub.telecom.demo import DemoSummary, run_inprocess
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, DemoSummary]]:
+    mp = pytest.MonkeyPatch()
+    data = tmp_path_factory.mktemp("telecom-demo")
+    for k in ("ESBHUB_DATABASE_URL", "ESBHUB_BROKER_URL", "ESBHUB_ROUTES_DIR", "ESBHUB_TELECOM_RESOURCE_DB"):
+        mp.delenv(k, raising=False)
+    mp.setenv("ESBHUB_DATA_DIR", str(data))
+    mp.setenv("ESBHUB_LOG_LEVEL", "warning")
+    try:
+        yield run_inprocess(Settings(data_dir=data, log_level="warning"), n_companies=60, seed=2026, timeout=60)
+    finally:
+        mp.undo()
+
+
+def test_golden_records_match_the_ground_truth_without_false_merges(outcome: tuple[object, DemoSummary]) -> None:
+    _demo, s = outcome
+    assert s.source_records > 200 and s.companies > 60
+    assert s.false_merges == 0
+    assert s.precision >= 0.995
+    assert s.recall >= 0.95
+
+
+def test_every_bank_payment_is_posted_once_with_its_amount(outcome: tuple[object, DemoSummary]) -> None:
+    demo, s = outcome
+    groups = [p for p in demo.world.payments if p.billing_account in demo.world.groups]  # type: ignore[attr-defined]
+    assert groups, "the world holds at least one group payment to apportion"
+    assert s.postings_expected == sum(len(p.expected) for p in demo.world.payments)  # type: ignore[attr-defined]
+    assert s.postings_expected > s.payments  # group payments became one posting per member account
+    assert (s.postings_missing, s.postings_unexpected, s.postings_wrong_amount, s.duplicate_posts) == (0, 0, 0, 0)
+    assert s.postings_received == s.postings_expected
+
+
+def test_payer_is_matched_to_the_billing_customers_golden_record(outcome: tuple[object, DemoSummary]) -> None:
+    _demo, s = outcome
+    assert s.payer_checked > 20
+    assert s.payer_matched / s.payer_checked >= 0.9
+
+
+def test_every_alarm_is_delivered_with_its_key_customer_and_on_the_360_view(outcome: tuple[object, DemoSummary]) -> None:
+    _demo, s = outcome
+    assert s.alarms > 10
+    assert s.alarms_delivered == s.alarms_with_customer == s.alarms_right_customer == s.alarms_on_360 == s.alarms
+    assert s.duplicate_alarms == 0
+
+
+def test_golden_records_are_tiered_from_their_bills(outcome: tuple[object, DemoSummary]) -> None:
+    _demo, s = outcome
+    assert s.tiers_checked > 20
+    assert s.tiers_right == s.tiers_checked
+
+
+def test_no_dead_letters_and_bus_counts_reconcile(outcome: tuple[object, DemoSummary]) -> None:
+    demo, s = outcome
+    w = demo.world  # type: ignore[attr-defined]
+    assert s.dead_letters == 0
+    native = len(w.billing) + len(w.resource) + len(w.bank)
+    # every input, every party.v1 a route derived, every bill's customer change and its party.v1
+    assert s.counts["accepted"] == 2 * native + len(w.crm) + 3 * len(w.bills) + len(w.payments) + len(w.alarms)
+    c = s.counts
+    assert c["in_flight"] == 0 and c["retrying"] == 0 and c["dead_lettered"] == 0
+    assert c["accepted"] == c["delivered"] + c["dead_lettered"] + c["filtered"]
+    assert s.counts_reconcile
