@@ -28,14 +28,57 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from esbhub.db import Base
+
+
+class FastJSON(sa.types.TypeDecorator):  # type: ignore[type-arg]
+    """``JSON`` (same DDL, same values) serialized with orjson where the dialect stores text.
+
+    On SQLite the stock type runs ``json.dumps`` with ``ensure_ascii`` — Chinese text stored as
+    ``\\uXXXX`` escapes, three times its UTF-8 size — and ``json.loads`` on every row read; orjson
+    writes compact UTF-8 and reads several times faster. Values orjson cannot take (non-string
+    keys, NaN, huge ints) fall back to the stdlib; old rows written by the stdlib read the same.
+    PostgreSQL keeps the driver's own JSON handling.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> str:
+            try:
+                return orjson.dumps(value).decode()
+            except TypeError:
+                return json.dumps(value)
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if value is None or not isinstance(value, (str, bytes)):
+                return value
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return json.loads(value)
+
+        return process
+
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Ts = DateTime(timezone=True)
@@ -76,8 +119,8 @@ class SourceVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     envelope_id: Mapped[str | None] = mapped_column(String(64), index=True)
     content_hash: Mapped[str] = mapped_column(String(64))
-    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
-    std: Mapped[dict[str, Any]] = mapped_column(JSON)
+    raw: Mapped[dict[str, Any]] = mapped_column(FastJSON)
+    std: Mapped[dict[str, Any]] = mapped_column(FastJSON)
     received_at: Mapped[datetime] = mapped_column(Ts)
     source_updated_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -100,8 +143,8 @@ class Xref(Base):
     billing_account: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
     parent_billing_account: Mapped[str | None] = mapped_column(String(64), nullable=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
-    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
-    std: Mapped[dict[str, Any]] = mapped_column(JSON)
+    raw: Mapped[dict[str, Any]] = mapped_column(FastJSON)
+    std: Mapped[dict[str, Any]] = mapped_column(FastJSON)
     received_at: Mapped[datetime] = mapped_column(Ts)
     source_updated_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
     linked_at: Mapped[datetime] = mapped_column(Ts)
@@ -135,8 +178,8 @@ class Golden(Base):
     core_name: Mapped[str | None] = mapped_column(String(500), index=True, nullable=True)
     uscc: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
     tier: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
-    members: Mapped[list[str]] = mapped_column(JSON)
+    attributes: Mapped[dict[str, Any]] = mapped_column(FastJSON)
+    members: Mapped[list[str]] = mapped_column(FastJSON)
     created_at: Mapped[datetime] = mapped_column(Ts)
     updated_at: Mapped[datetime] = mapped_column(Ts)
 
@@ -151,8 +194,8 @@ class GoldenHistory(Base):
     change: Mapped[str] = mapped_column(String(16))  # created | updated | merged | unmerged
     status: Mapped[str] = mapped_column(String(16))
     merged_into: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
-    members: Mapped[list[str]] = mapped_column(JSON)
+    attributes: Mapped[dict[str, Any]] = mapped_column(FastJSON)
+    members: Mapped[list[str]] = mapped_column(FastJSON)
     valid_from: Mapped[datetime] = mapped_column(Ts)
     valid_to: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
     actor: Mapped[str] = mapped_column(String(100))
@@ -174,7 +217,7 @@ class Link(Base):
     probability: Mapped[float] = mapped_column(Float)
     decision: Mapped[str] = mapped_column(String(16))  # match | review
     hard: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(FastJSON)
     actor: Mapped[str] = mapped_column(String(100), default="engine")
     created_at: Mapped[datetime] = mapped_column(Ts)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -208,7 +251,7 @@ class Task(Base):
     golden_b: Mapped[str | None] = mapped_column(String(32), nullable=True)
     weight: Mapped[float] = mapped_column(Float)
     probability: Mapped[float] = mapped_column(Float)
-    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(FastJSON)
     status: Mapped[str] = mapped_column(String(16), index=True)  # open | decided | obsolete
     created_at: Mapped[datetime] = mapped_column(Ts)
     decided_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
@@ -226,7 +269,7 @@ class Audit(Base):
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(300))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    detail: Mapped[dict[str, Any]] = mapped_column(FastJSON)
 
 
 class Override(Base):
@@ -235,7 +278,7 @@ class Override(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     golden_id: Mapped[str] = mapped_column(String(32), index=True)
     attribute: Mapped[str] = mapped_column(String(64))
-    value: Mapped[Any] = mapped_column(JSON)
+    value: Mapped[Any] = mapped_column(FastJSON)
     actor: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     at: Mapped[datetime] = mapped_column(Ts)
@@ -249,7 +292,7 @@ class Hierarchy(Base):
     parent_golden: Mapped[str] = mapped_column(String(32), index=True)
     child_golden: Mapped[str] = mapped_column(String(32), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # branch | group_member | billing_parent | parent
-    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    evidence: Mapped[dict[str, Any]] = mapped_column(FastJSON)
     created_at: Mapped[datetime] = mapped_column(Ts)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     ended_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True)
@@ -270,7 +313,7 @@ class GoldenLink(Base):
     source_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(32))  # account | service | bill | payment | alarm | …
     ref: Mapped[str] = mapped_column(String(200))
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(FastJSON)
     at: Mapped[datetime] = mapped_column(Ts)
 
 
@@ -280,7 +323,7 @@ class Inbox(Base):
     envelope_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[datetime] = mapped_column(Ts)
     outcome: Mapped[str] = mapped_column(String(32))
-    events: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    events: Mapped[list[dict[str, Any]]] = mapped_column(FastJSON)
 
 
 class Outbox(Base):
@@ -290,7 +333,7 @@ class Outbox(Base):
     __tablename__ = "mdm_outbox"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    envelope: Mapped[dict[str, Any]] = mapped_column(FastJSON)
     created_at: Mapped[datetime] = mapped_column(Ts)
     published_at: Mapped[datetime | None] = mapped_column(Ts, nullable=True, index=True)
 
