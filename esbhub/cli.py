@@ -34,6 +34,7 @@ CONTRIB_GROUPS = {
     "routes": ("esbhub.routes.cli", "routes", "Routes: lint, test, deploy, reload (from the routes package)."),
     "mdm": ("esbhub.mdm.cli", "mdm", "Master data: golden records, matching, steward tasks (from the MDM package)."),
     "adapters": ("esbhub.adapters.cli", "adapters", "Adapters: list, describe, health (from the adapters package)."),
+    "docs": ("esbhub.docs", "docs", "Reference docs from the models: generate (--check in CI)."),
 }
 
 
