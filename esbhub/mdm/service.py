@@ -209,6 +209,47 @@ class _Rows:
                 rows.clear()
 
 
+_FROM_HISTORY = ("attributes", "source_keys")
+
+
+def _compact_event(e: Envelope) -> dict[str, Any]:
+    """An event as the inbox keeps it: without the golden attributes and member keys, which the
+    golden history row ``(golden_id, seq)`` holds already (rows never change but ``valid_to``)."""
+    d = e.model_dump(mode="json")
+    p = d.get("payload")
+    if isinstance(p, dict) and p.get("golden_id") and isinstance(p.get("seq"), int):
+        d["payload"] = {k: (None if k in _FROM_HISTORY else v) for k, v in p.items()}  # keeps the key order
+        return {"h": [p["golden_id"], p["seq"]], "env": d}
+    return d
+
+
+def _expand_events(s: Session, stored: list[dict[str, Any]]) -> list[Envelope]:
+    """The inbox's events as first returned: compact ones get their payload back from history."""
+    refs = [tuple(e["h"]) for e in stored if "h" in e and "env" in e]
+    hist: dict[tuple[str, int], tuple[Any, Any]] = {}
+    by_gid: dict[str, list[int]] = {}
+    for gid, seq in refs:
+        by_gid.setdefault(gid, []).append(seq)
+    gids = sorted(by_gid)
+    for i in range(0, len(gids), 500):
+        for gid, ver, attrs, members in s.execute(
+            sa.select(GoldenHistory.golden_id, GoldenHistory.version, GoldenHistory.attributes, GoldenHistory.members)
+            .where(GoldenHistory.golden_id.in_(gids[i : i + 500]))
+        ).all():
+            hist[(gid, ver)] = (attrs, members)
+    out = []
+    for e in stored:
+        if "h" in e and "env" in e:
+            attrs, members = hist[(e["h"][0], e["h"][1])]
+            d = dict(e["env"])
+            d["payload"] = {k: (attrs if k == "attributes" else list(members or []) if k == "source_keys" else v)
+                            for k, v in d["payload"].items()}
+            out.append(Envelope.model_validate(d))
+        else:
+            out.append(Envelope.model_validate(e))
+    return out
+
+
 def _default_standardize() -> Callable[[Party], Any]:
     from esbhub.mdm.standardize import standardize
 
@@ -362,7 +403,7 @@ class MdmService:
                               cause=first_env if len(staged) == 1 else None, cause_id=first_id)
         for i, (envelope_id, _env, outcome) in enumerate(staged):
             rows.add(Inbox, envelope_id=envelope_id, at=now, outcome=outcome if i == 0 else f"{outcome}:batched",
-                     events=[e.model_dump(mode="json") for e in events] if i == 0 else [])
+                     events=[_compact_event(e) for e in events] if i == 0 else [])
         return events
 
     def _prefetch(self, s: Session, items: Sequence[tuple[Party, str, Envelope | None]]) -> dict[str, Any]:
@@ -383,7 +424,7 @@ class MdmService:
         the end of the transaction. Returns stored events (redelivery), None (unchanged) or the outcome."""
         done = pre["inbox"].get(envelope_id)
         if done is not None:
-            return [Envelope.model_validate(e) for e in done.events]
+            return _expand_events(s, done.events)
         now = utcnow()
         raw = party.model_dump(mode="json", exclude_none=True)
         content_hash = _hash(raw)
