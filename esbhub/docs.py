@@ -179,8 +179,13 @@ def constraints(info: FieldInfo) -> str:
     return "; ".join(prefix + ", ".join(texts) for prefix, texts in groups.items() if texts).replace("|", "\\|")
 
 
+def _cell(text: str | None) -> str:
+    """Text on one line, safe inside a Markdown table cell."""
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
 def _desc(info: FieldInfo) -> str:
-    return " ".join((info.description or "").split()).replace("|", "\\|")
+    return _cell(info.description)
 
 
 def _models_in(ann: Any) -> list[type[BaseModel]]:
@@ -307,11 +312,9 @@ def render_schemas() -> str:
         if len(names) > 1:
             out += ["Also " + ", ".join(f"`{n}`" for n in names[1:]) + ": the same payload model.", ""]
         out += [f"Model: `{model.__module__}.{model.__qualname__}`.", ""]
-        module_doc = _doc(sys.modules[model.__module__])
-        if module_doc and model.__module__.startswith("esbhub.schemas."):
-            out += [module_doc, ""]
-        if _doc(model) and _doc(model) != _doc(BaseModel):
-            out += [_doc(model), ""]
+        for text in (_doc(sys.modules[model.__module__]), _doc(model)):  # the module tells the contract
+            if text:
+                out += [text, ""]
         out += FIELD_HEADER + field_rows(model) + [""]
         checks = _checks(model)
         if checks:
@@ -345,28 +348,23 @@ def _option_rows(model: type[BaseModel]) -> list[str]:
 
 
 def _cli_env_vars() -> list[str]:
-    """``| variable | option | command |`` for every option of the core CLI read from the environment."""
+    """``| variable | option | command | help |`` for every option of the core CLI read from the environment."""
     from esbhub.cli import main
 
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, str, str]] = []
 
     def walk(cmd: click.Command, path: str) -> None:
         for p in cmd.params:
             if isinstance(p, click.Option) and p.envvar:
                 for var in [p.envvar] if isinstance(p.envvar, str) else p.envvar:
-                    found.append((var, p.opts[0], path))
+                    found.append((var, p.opts[0], path, _cell(p.help)))
         if isinstance(cmd, click.Group):
             for name in sorted(cmd.commands):
                 walk(cmd.commands[name], f"{path} {name}")
 
     walk(main, "esbhub")
     rows = ["| variable | option | command | help |", "|---|---|---|---|"]
-    for var, opt, path in sorted(found):
-        cmd = main
-        for part in path.split()[1:]:
-            cmd = cmd.commands[part]  # type: ignore[attr-defined]
-        help_text = next((p.help or "" for p in cmd.params if isinstance(p, click.Option) and opt in p.opts), "")
-        rows.append(f"| `{var}` | `{opt}` | `{path}` | {' '.join(help_text.split()).replace('|', chr(92) + '|')} |")
+    rows += [f"| `{var}` | `{opt}` | `{path}` | {help_text} |" for var, opt, path, help_text in sorted(found)]
     return rows
 
 
