@@ -29,7 +29,7 @@ from esbhub.adapters.base import (
     Emit,
     EnvelopeTemplate,
     Sink,
-    Source,
+    ThreadedSource,
     backoff_delays,
     check_url_secret,
     mapped_errors,
@@ -108,7 +108,7 @@ def _release_quietly(conn: Any) -> None:
         conn.release()
 
 
-class AmqpSource(Source[AmqpSourceConfig]):
+class AmqpSource(ThreadedSource[AmqpSourceConfig]):
     adapter_name = "amqp"
 
     def __init__(self, config: AmqpSourceConfig, *, name: str = "") -> None:
@@ -117,8 +117,6 @@ class AmqpSource(Source[AmqpSourceConfig]):
             from esbhub.errors import ConfigError
 
             raise ConfigError("amqp source: 'envelope' (type, source) is required unless body is 'envelope'")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.conn: Any = None
 
     def to_envelope(self, body: bytes, props: dict[str, Any], headers: dict[str, Any]) -> Envelope:
@@ -220,23 +218,6 @@ class AmqpSource(Source[AmqpSourceConfig]):
         conn, self.conn = self.conn, None
         if conn is not None:
             _release_quietly(conn)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, emit: Emit) -> None:
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(emit,), name=f"amqp-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def health(self) -> Any:
         h = super().health()

@@ -599,7 +599,40 @@ class Source(_Adapter[ConfigT], abc.ABC):
         return self.tracker.snapshot(running=self.running)
 
 
-class PollingSource(Source[ConfigT]):
+class ThreadedSource(Source[ConfigT]):
+    """A source that runs :meth:`_loop` on its own thread until :meth:`stop` sets ``_stop``;
+    start/stop/running live here once for every threaded source."""
+
+    def __init__(self, config: ConfigT, *, name: str = "") -> None:
+        super().__init__(config, name=name)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @abc.abstractmethod
+    def _loop(self, emit: Emit) -> None:
+        """Run until ``self._stop`` is set; survive errors (record, back off, go on)."""
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, emit: Emit) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, args=(emit,), name=f"{self.adapter_name}-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+class PollingSource(ThreadedSource[ConfigT]):
     """A source that polls: subclasses implement :meth:`poll_once`; the loop, backoff on
     errors and stopping are here. ``poll_once(emit)`` returns how many records it emitted
     (it loops at once while that equals a full batch). Also callable from a scheduler
@@ -609,8 +642,6 @@ class PollingSource(Source[ConfigT]):
 
     def __init__(self, config: ConfigT, *, name: str = "") -> None:
         super().__init__(config, name=name)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.poll_interval = float(getattr(config, "poll_interval", self.poll_interval))
 
     @abc.abstractmethod
@@ -622,17 +653,6 @@ class PollingSource(Source[ConfigT]):
 
     def close(self) -> None:
         """Release connections (called when the loop ends)."""
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, emit: Emit) -> None:
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(emit,), name=f"source-{self.name}", daemon=True)
-        self._thread.start()
 
     def _loop(self, emit: Emit) -> None:
         delays = None
@@ -654,12 +674,6 @@ class PollingSource(Source[ConfigT]):
             with contextlib.suppress(Exception):
                 self.close()
             self.log.info("source_stopped")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
 
 class Sink(_Adapter[ConfigT], abc.ABC):

@@ -27,7 +27,7 @@ from esbhub.adapters.base import (
     Emit,
     EnvelopeTemplate,
     Sink,
-    Source,
+    ThreadedSource,
     backoff_delays,
     stable_id,
 )
@@ -106,7 +106,7 @@ def _connect_props(session_expiry: int) -> Any:
     return p
 
 
-class MqttSource(Source[MqttSourceConfig]):
+class MqttSource(ThreadedSource[MqttSourceConfig]):
     adapter_name = "mqtt"
 
     def __init__(self, config: MqttSourceConfig, *, name: str = "") -> None:
@@ -115,8 +115,6 @@ class MqttSource(Source[MqttSourceConfig]):
             from esbhub.errors import ConfigError
 
             raise ConfigError("mqtt source: 'envelope' (type, source) is required unless body is 'envelope'")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._q: queue.Queue[tuple[int, Any]] = queue.Queue()
         self._gen = 0
         self.client: Any = None
@@ -245,23 +243,6 @@ class MqttSource(Source[MqttSourceConfig]):
                 continue
         self.tracker.detail["connected"] = False
         self._close()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, emit: Emit) -> None:
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(emit,), name=f"mqtt-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def health(self) -> Any:
         h = super().health()

@@ -30,7 +30,7 @@ from esbhub.adapters.base import (
     Emit,
     EnvelopeTemplate,
     Sink,
-    Source,
+    ThreadedSource,
     backoff_delays,
     mapped_errors,
     stable_id,
@@ -132,15 +132,13 @@ async def _connect(cfg: NatsConnection, name: str, **kw: Any) -> Any:
     return nc, js
 
 
-class NatsSource(Source[NatsSourceConfig]):
+class NatsSource(ThreadedSource[NatsSourceConfig]):
     adapter_name = "nats"
 
     def __init__(self, config: NatsSourceConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
         if config.body != "envelope" and config.envelope is None:
             raise ConfigError("nats source: 'envelope' (type, source) is required unless body is 'envelope'")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.nc: Any = None
 
     def to_envelope(self, msg: Any) -> Envelope:
@@ -232,25 +230,8 @@ class NatsSource(Source[NatsSourceConfig]):
                 except Exception:  # noqa: BLE001, S110 - closing a dead connection
                     pass
 
-    def _main(self, emit: Emit) -> None:
+    def _loop(self, emit: Emit) -> None:
         asyncio.run(self._run(emit))
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, emit: Emit) -> None:
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._main, args=(emit,), name=f"nats-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def health(self) -> Any:
         h = super().health()

@@ -8,7 +8,6 @@ whose emit fails is retried with backoff until it succeeds or the source stops â
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,7 +19,7 @@ from esbhub.adapters.base import (
     AdapterSpec,
     Emit,
     EnvelopeTemplate,
-    Source,
+    ThreadedSource,
     backoff_delays,
     stable_id,
 )
@@ -121,13 +120,11 @@ class TimerSourceConfig(AdapterConfig):
         return self
 
 
-class TimerSource(Source[TimerSourceConfig]):
+class TimerSource(ThreadedSource[TimerSourceConfig]):
     adapter_name = "timer"
 
     def __init__(self, config: TimerSourceConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._cron = Cron(config.cron) if config.cron else None
         self.tz = ZoneInfo(config.timezone)
 
@@ -179,23 +176,6 @@ class TimerSource(Source[TimerSourceConfig]):
             now = datetime.now(UTC)
             while tick < now - timedelta(seconds=max(1.0, (self.config.interval or 60))):
                 tick = self.next_tick(tick)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, emit: Emit) -> None:
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(emit,), name=f"timer-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
 
 SPEC = AdapterSpec(
