@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Default retry policy of a subscription.")
     routes_dir: Path | None = Field(default=None, description="Directory of route YAML files.")
     workers: int = Field(default=1, ge=0, le=64, description="Worker processes 'serve' starts beside the API.")
-    log_level: str = Field(default="info")
+    log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
     log_payloads: bool = Field(default=False, description="Log message payloads (off: they may hold personal data).")
     admin_key_file: Path | None = Field(default=None, description="Where the first admin key is written (0600).")
 

@@ -54,6 +54,7 @@ class Envelope(BaseModel):
     @field_validator("type")
     @classmethod
     def _type_has_version(cls, v: str) -> str:
+        """type is a dotted lower-case name ending in a version, e.g. 'party.v1'."""
         if not TYPE_RE.match(v):
             raise ValueError("must be a dotted lower-case name ending in a version, e.g. 'party.v1'")
         return v

@@ -78,16 +78,17 @@ class Party(Strict):
     )
     province: str | None = Field(default=None, max_length=50, description="Province the record belongs to.")
     city: str | None = Field(default=None, max_length=50, description="City the record belongs to.")
-    addresses: list[Address] = Field(default_factory=list, max_length=20)
-    phones: list[Phone] = Field(default_factory=list, max_length=20)
-    emails: list[EmailStr] = Field(default_factory=list, max_length=20)
-    contacts: list[Contact] = Field(default_factory=list, max_length=50)
+    addresses: list[Address] = Field(default_factory=list, max_length=20, description="Addresses the source holds.")
+    phones: list[Phone] = Field(default_factory=list, max_length=20, description="Phone numbers, any format.")
+    emails: list[EmailStr] = Field(default_factory=list, max_length=20, description="E-mail addresses.")
+    contacts: list[Contact] = Field(default_factory=list, max_length=50, description="Contact persons.")
     status: Literal["active", "suspended", "closed"] = Field(default="active", description="Status in the source.")
     deleted: bool = Field(default=False, description="True when the source deleted the record.")
-    attributes: PartyAttributes = Field(default_factory=PartyAttributes)
+    attributes: PartyAttributes = Field(default_factory=PartyAttributes, description="System-specific attributes.")
 
     @model_validator(mode="after")
     def _person_fields(self) -> Party:
+        """A resident ID number is only allowed on a person."""
         if self.kind == "organization" and self.id_number:
             raise ValueError("id_number is only allowed for kind 'person'")
         return self
