@@ -92,6 +92,7 @@ def reference_markdown() -> str:
         _section(m.MdmLookup, "enrich.mdm", "####"),
         _section(m.SqlLookup, "enrich.sql", "####"),
         _section(m.HttpLookup, "enrich.http", "####"),
+        _section(m.SoapLookup, "enrich.soap", "####"),
         _section(m.CacheSpec, "enrich.cache", "####"),
         "### Route tests\n",
         _section(m.RouteTest, "tests[]", "####"),

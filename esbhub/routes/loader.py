@@ -44,6 +44,7 @@ from esbhub.routes.models import (
     SplitStep,
     ValidateStep,
     WireTapStep,
+    soap_lookup_config,
 )
 from esbhub.schemas import SCHEMAS, suggest
 from esbhub.secrets import is_reference
@@ -345,6 +346,15 @@ def _check_steps(ctx: _Ctx, steps: list[Any], loc: list[Any], *, top: bool) -> N
                 for k, v in s.http.params.items():
                     _check_expr(ctx, sl + ["http", "params", k], v)
                 _check_expr(ctx, sl + ["http", "body"], s.http.body)
+            if s.soap:
+                for k, v in s.soap.params.items():
+                    _check_expr(ctx, sl + ["soap", "params", k], v)
+                _check_expr(ctx, sl + ["soap", "select"], s.soap.select)
+                for key in ("request", "fields"):
+                    if key in s.soap.config:
+                        ctx.add(sl + ["soap", "config", key], f"'{key}' is not used by a SOAP lookup",
+                                type="extra_forbidden", hint="give the request parameters as 'soap.params'")
+                _check_adapter(ctx, sl + ["soap"], "soap", soap_lookup_config(s.soap.config), kind="sink")
         elif isinstance(s, ChoiceStep):
             for j, w in enumerate(s.when):
                 _check_expr(ctx, sl + ["when", j, "if"], w.if_)

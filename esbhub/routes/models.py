@@ -183,13 +183,38 @@ class HttpLookup(Model):
     timeout: float = Field(default=5.0, gt=0, le=120, description="Request timeout, seconds.")
 
 
+class SoapLookup(Model):
+    config: dict[str, Any] = Field(
+        description="The soap adapter's config (wsdl, operation, service, port, address, wsse, TLS, timeout, "
+        "fault_map …; see docs/adapters/soap.md) — checked against that adapter's model at lint time. "
+        "'request' and 'fields' are not used here: give 'params'."
+    )
+    params: dict[str, Expr] = Field(default_factory=dict, description="Request parameter of the operation ← expression.")
+    select: Expr | None = Field(
+        default=None, description="Expression over the (serialized) response giving the value; default: the whole response."
+    )
+    not_found_faults: list[str] = Field(
+        default_factory=list,
+        description="SOAP fault codes (local part, e.g. 'Client.NotFound', or its first segment) meaning "
+        "'no such record': the lookup gives null (see on_missing) instead of an error.",
+    )
+
+
+def soap_lookup_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The soap adapter config a SOAP lookup runs with: the request is the evaluated ``params``."""
+    out = {k: v for k, v in config.items() if k not in ("request", "fields")}
+    out.update(request="payload", result=True)
+    return out
+
+
 class EnrichStep(StepBase):
-    """Look a value up (MDM, SQL or HTTP) and put it at ``target``; results are cached with a TTL."""
+    """Look a value up (MDM, SQL, HTTP or SOAP) and put it at ``target``; results are cached with a TTL."""
 
     type: Literal["enrich"]
     mdm: MdmLookup | None = Field(default=None, description="Look up through a registered lookup function.")
     sql: SqlLookup | None = Field(default=None, description="Look up with a SQL query.")
     http: HttpLookup | None = Field(default=None, description="Look up with an HTTP call (JSON response).")
+    soap: SoapLookup | None = Field(default=None, description="Look up with a SOAP call (soap adapter: zeep, WS-Security, fault mapping).")
     target: str = Field(description="Where the result goes (e.g. 'payload.customer').")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Result cache.")
     on_missing: Literal["keep", "null", "fail"] = Field(
@@ -198,9 +223,9 @@ class EnrichStep(StepBase):
 
     @model_validator(mode="after")
     def _one_lookup(self) -> EnrichStep:
-        n = sum(x is not None for x in (self.mdm, self.sql, self.http))
+        n = sum(x is not None for x in (self.mdm, self.sql, self.http, self.soap))
         if n != 1:
-            raise ValueError("give exactly one of 'mdm', 'sql' or 'http'")
+            raise ValueError("give exactly one of 'mdm', 'sql', 'http' or 'soap'")
         _check_target(self.target)
         return self
 

@@ -249,9 +249,12 @@ class Enrich(Compiled):
         if s.mdm:
             self.key_expr = compile_expr(s.mdm.key)
         else:
-            ps = (s.sql.params if s.sql else s.http.params) if (s.sql or s.http) else {}
-            self.params = [(k, compile_expr(e)) for k, e in ps.items()]
+            lk = s.sql or s.http or s.soap
+            self.params = [(k, compile_expr(e)) for k, e in (lk.params if lk else {}).items()]
             self.body = compile_expr(s.http.body) if (s.http and s.http.body) else None
+            self.select = compile_expr(s.soap.select) if (s.soap and s.soap.select) else None
+        self._soap: Any = None
+        self._soap_lock = threading.Lock()
 
     def _mock(self, run: Run) -> Any:
         names = [self.s.name or "", f"mdm:{self.s.mdm.function}" if self.s.mdm else ""]
@@ -277,6 +280,8 @@ class Enrich(Compiled):
             return _from_mock(mock, next(iter(params.values()), None))
         if s.sql:
             return self.cache.get(("sql", ckey), lambda: self._sql(params))
+        if s.soap:
+            return self.cache.get(("soap", ckey), lambda: self._soap_call(params, msg))
         body = evaluate(self.body, msg.view) if self.body is not None else None
         return self.cache.get(("http", ckey, orjson.dumps(body)), lambda: self._http_call(params, body))
 
@@ -328,6 +333,39 @@ class Enrich(Compiled):
             return r.json()
         except ValueError as exc:
             raise PermanentError("enrich HTTP lookup returned no JSON") from exc
+
+    def _soap_sink(self) -> Any:
+        with self._soap_lock:
+            if self._soap is None:
+                from esbhub.adapters.base import parse_config
+                from esbhub.adapters.soap import SoapSink, SoapSinkConfig
+
+                assert self.s.soap is not None
+                cfg = parse_config(SoapSinkConfig, m.soap_lookup_config(self.s.soap.config), prefix="soap.config")
+                self._soap = SoapSink(cfg, name=self.s.name or f"enrich:{self.s.target}")
+            return self._soap
+
+    def _soap_call(self, params: dict[str, Any], msg: Msg) -> Any:
+        """One SOAP call through the soap adapter (its breaker, fault mapping, TLS, WS-Security)."""
+        from esbhub.adapters.soap import fault_kind
+
+        q = self.s.soap
+        assert q is not None
+        sink = self._soap_sink()
+        req = Envelope.create("soap.lookup.v1", params, source="route", correlation_id=msg.view.get("correlation_id"))
+        try:
+            out = sink.send(req)
+        except PermanentError as exc:
+            code = getattr(exc.__cause__, "code", None)
+            if code and q.not_found_faults and fault_kind(code, dict.fromkeys(q.not_found_faults, "invalid")) is InvalidMessage:
+                return None
+            raise
+        resp = (out or {}).get("response")
+        return evaluate(self.select, resp) if self.select is not None else resp
+
+    def close(self) -> None:
+        if self._soap is not None:
+            self._soap.close()
 
     def apply(self, msgs: list[Msg], run: Run) -> list[Msg]:
         for msg in msgs:
