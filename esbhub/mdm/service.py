@@ -318,8 +318,14 @@ class MdmService:
         n = 0
         with self.Session() as s:
             self._seen_max = int(s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar() or 0)
-            for x in s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars():
-                self.matcher.add(x.key, self._load_std(x.std))
+            # streamed, and only the columns the index needs: the index, not every xref row, stays in memory
+            rows = s.execute(
+                sa.select(Xref.source_system, Xref.source_id, Xref.std)
+                .where(Xref.deleted.is_(False)).order_by(Xref.first_seen)
+                .execution_options(yield_per=2000)
+            )
+            for system, sid, std in rows:
+                self.matcher.add(source_key(system, sid), self._load_std(std))
                 n += 1
         return n
 
