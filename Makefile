@@ -1,5 +1,5 @@
 # esbhub — two commands on a fresh machine:
-#   make run    venv + install + start the hub on embedded defaults (no external service)
+#   make run    venv + install + start the hub on embedded defaults with the telecom demo (no external service)
 #   make test   venv + test deps + start local services/peers + the whole suite
 PYTHON ?= python3
 VENV   := .venv
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/esbhub serve $(ARGS)
+	$(BIN)/esbhub serve --demo $(ARGS)
 
 services:
 	@scripts/services.sh

@@ -248,13 +248,20 @@ def _print_admin_key(key: str | None, path: Path) -> None:
               help="Run database migrations first [on for the embedded SQLite database].")
 @click.option("--create-admin-key/--no-create-admin-key", "admin_key", default=None,
               help="Create and print an admin key if none exists [on for embedded defaults].")
+@click.option("--demo", is_flag=True, help="Also run the telecom demo: simulators, reference routes and traffic "
+              "(fresh DATA_DIR/demo), then print a checked summary (esbhub.telecom.demo).")
 @pass_ctx
 def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, no_worker: bool,
-          http_workers: int, do_upgrade: bool | None, admin_key: bool | None) -> None:
+          http_workers: int, do_upgrade: bool | None, admin_key: bool | None, demo: bool = False) -> None:
     """Run the hub: migrations, admin key, worker processes and the HTTP API; prints its URL.
 
     SIGTERM / SIGINT (Ctrl-C) stop the API and the workers cleanly.
     """
+    if demo:  # the demo starts from nothing each time, in its own data dir
+        from esbhub.telecom.demo import demo_data_dir
+
+        c.overrides["data_dir"] = str(demo_data_dir(c.settings.data_dir))
+        c._settings = None
     if host:
         c.overrides["host"] = host
     if port:
@@ -292,6 +299,11 @@ def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, no_wo
         signal.signal(s, on_signal)
 
     n_workers = 0 if no_worker else (workers if workers is not None else settings.workers)
+    demo_run = None
+    if demo:  # before the workers start: they inherit the demo's environment (routes dir, resource DB)
+        from esbhub.telecom.demo import ServeDemo
+
+        demo_run = ServeDemo(settings)
     pool = WorkerPool([sys.executable, "-m", "esbhub.cli", *c.root_args(), "worker"], n_workers, dict(os.environ))
     if n_workers:
         pool.start()
@@ -302,8 +314,12 @@ def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, no_wo
     try:
         if stop_signals:
             return
+        if demo_run is not None:
+            demo_run.start(url)
         _run_http(settings, http_workers)
     finally:
+        if demo_run is not None:
+            demo_run.stop()
         pool.stop()
         click.echo("esbhub stopped")
 

@@ -127,6 +127,7 @@ class Demo:
             "ESBHUB_TELECOM_RESOURCE_DB": self.resource_url,
             "ESBHUB_ROUTES_DIR": str(self.routes_dir),
             "ESBHUB_DATABASE_URL": self.database_url,
+            "ESBHUB_DATA_DIR": str(self.data_dir),
         }
         os.environ.update(self.env)
         return self
@@ -163,6 +164,7 @@ class Demo:
     def drive(self, publish: Publish, store: Any, broker: Any, *, crm_post: Callable[[dict[str, Any]], None] | None = None,
               timeout: float = 120.0, log: Callable[[str], None] = lambda _m: None) -> None:
         """Send the three phases, waiting for the bus to be idle after each."""
+        self.declare_queues(broker)
         envs, crm = self.customer_messages()
         if crm_post is None:
             envs += [Envelope.create("party.v1", p, source="crm") for p in crm]
@@ -181,6 +183,18 @@ class Demo:
         log(f"phase 3: {len(pay)} bank payments from {self.bank_file.name if self.bank_file else '?'}, "
             f"{len(alarms)} circuit-down alarms")
         wait_idle(store, broker, timeout=timeout)
+
+    def declare_queues(self, broker: Any) -> None:
+        """Declare the routes' and the MDM's queues (as the workers do), so nothing published before
+        a worker process has started is unroutable."""
+        from esbhub.routes.loader import load_paths
+
+        res = load_paths([self.routes_dir])
+        if res.errors:
+            raise RuntimeError(f"telecom routes invalid: {res.errors[0]}")
+        for lr in res.routes:
+            broker.declare_queue(f"route.{lr.route.name}", list(lr.route.from_.topics))
+        broker.declare_queue("route.mdm", ["party.v1"])
 
     # ---------------------------------------------------------------- checks
     def summary(self, store: Any, *, started: float | None = None) -> DemoSummary:
@@ -331,6 +345,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
 
     started = time.monotonic()
     db_url = settings.effective_database_url
+    saved_env = dict(os.environ)
     demo = Demo(Path(settings.data_dir), n_companies=n_companies, seed=seed, database_url=db_url).prepare()
     settings = settings.model_copy(update={"routes_dir": demo.routes_dir})
     upgrade(db_url)
@@ -357,3 +372,115 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
         broker.close()
         demo.stop()
         lookups._svc = None
+        for k in demo.env:  # the demo's environment was for this run only
+            if k in saved_env:
+                os.environ[k] = saved_env[k]
+            else:
+                os.environ.pop(k, None)
+
+
+# ------------------------------------------------------------------ esbhub serve --demo
+def demo_data_dir(base: Path) -> Path:
+    """A fresh ``<data dir>/demo`` (the demo is deterministic: it starts from nothing each time)."""
+    d = Path(base) / "demo"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+class ServeDemo:
+    """The demo beside ``esbhub serve``: prepared before the workers start (they inherit the
+    environment), driven from a thread once the API answers, summary printed; the hub keeps
+    running afterwards (``ESBHUB_DEMO_EXIT=1``: stop it after the summary, for smoke tests)."""
+
+    def __init__(self, settings: Any, *, n_companies: int | None = None, seed: int | None = None) -> None:
+        self.settings = settings
+        n = n_companies or int(os.environ.get("ESBHUB_DEMO_COMPANIES", "120"))
+        sd = seed if seed is not None else int(os.environ.get("ESBHUB_DEMO_SEED", "2026"))
+        self.demo = Demo(Path(settings.data_dir), n_companies=n, seed=sd,
+                         database_url=settings.effective_database_url).prepare()
+        self._thread: Any = None
+        self.summary: DemoSummary | None = None
+        self.error: str | None = None
+
+    def start(self, url: str) -> None:
+        import threading
+
+        self._thread = threading.Thread(target=self._run, args=(url,), name="telecom-demo", daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str) -> None:
+        import signal
+
+        import click
+
+        try:
+            self._drive(url, click.echo)
+        except Exception as exc:  # noqa: BLE001 - the demo failing must not take the hub down; say why
+            self.error = f"{type(exc).__name__}: {exc}"
+            click.echo(f"demo: FAILED — {self.error}", err=True)
+        if os.environ.get("ESBHUB_DEMO_EXIT") == "1":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def _drive(self, url: str, echo: Callable[[str], None]) -> None:
+        import httpx
+
+        from esbhub.auth.store import admin_key_path
+        from esbhub.bus.broker import create_broker
+        from esbhub.bus.store import BusStore
+
+        started = time.monotonic()
+        deadline = started + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"hub at {url} not ready after 60 s")
+            time.sleep(0.2)
+        key_file = admin_key_path(self.settings)
+        key = key_file.read_text(encoding="utf-8").strip() if key_file.exists() else None
+        broker = create_broker(self.settings.effective_broker_url, exchange=self.settings.exchange)
+        broker.connect()
+        store = BusStore(self.settings.effective_database_url)
+        client = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            def crm_post(payload: dict[str, Any]) -> None:
+                r = client.post("/v1/messages/party.v1", json=payload)
+                if r.status_code != 202:
+                    raise RuntimeError(f"CRM push refused: {r.status_code} {r.text[:300]}")
+
+            echo(f"demo: {self.demo.n_companies} companies (seed {self.demo.seed}); simulators at {self.demo.sim.url if self.demo.sim else '?'}; "
+                 f"routes from {self.demo.routes_dir}")
+            self.demo.drive(direct_publisher(broker, store), store, broker, crm_post=crm_post if key else None,
+                            timeout=120, log=lambda m: echo(f"demo: {m}"))
+            self.summary = s = self.demo.summary(store, started=started)
+            bar = "-" * 78
+            echo(f"\n{bar}\n  esbhub demo — first pass done\n  hub: {url}   (API docs {url}/docs)\n"
+                 f"  admin key: {key or '(none created)'}   (file {key_file})")
+            for line in s.lines():
+                echo(f"  {line}")
+            gid = self._example_customer()
+            if gid:
+                echo(f"  try: curl -H 'Authorization: Bearer {key}' {url}/v1/customers/{gid}")
+            echo(bar)
+        finally:
+            client.close()
+            store.close()
+            broker.close()
+
+    def _example_customer(self) -> str | None:
+        from esbhub.mdm.service import MdmService, NotFound
+
+        w = self.demo.world
+        if not w or not w.alarms:
+            return None
+        try:
+            return MdmService(self.demo.database_url, migrate=False).xref("resource", w.alarms[0].resource_customer)["golden_id"]
+        except NotFound:
+            return None
+
+    def stop(self) -> None:
+        self.demo.stop()

@@ -7,6 +7,7 @@ receive and which customer each alarm affects.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from esbhub.telecom.demo import DemoSummary, run_inprocess
 
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, DemoSummary]]:
+    saved = {k: v for k, v in os.environ.items() if k.startswith("ESBHUB_")}
     mp = pytest.MonkeyPatch()
     data = tmp_path_factory.mktemp("telecom-demo")
     for k in ("ESBHUB_DATABASE_URL", "ESBHUB_BROKER_URL", "ESBHUB_ROUTES_DIR", "ESBHUB_TELECOM_RESOURCE_DB"):
@@ -27,6 +29,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, 
         yield run_inprocess(Settings(data_dir=data, log_level="warning"), n_companies=60, seed=2026, timeout=60)
     finally:
         mp.undo()
+        assert {k: v for k, v in os.environ.items() if k.startswith("ESBHUB_")} == saved, "the demo run leaves the environment as it found it"
 
 
 def test_golden_records_match_the_ground_truth_without_false_merges(outcome: tuple[object, DemoSummary]) -> None:
