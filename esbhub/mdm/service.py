@@ -76,6 +76,7 @@ from esbhub.mdm.store import (
     split_key,
     utcnow,
 )
+from esbhub.mdm.store import Sequence as Counter
 from esbhub.mdm.survivorship import Member, SurvivorshipConfig, survive
 from esbhub.schemas.party import Party
 
@@ -250,6 +251,17 @@ def _expand_events(s: Session, stored: list[dict[str, Any]]) -> list[Envelope]:
     return out
 
 
+def _bump_writer(s: Session) -> None:
+    """Take the cross-process MDM writer lock (see the module doc): one UPDATE of the ``writer``
+    counter row — its row lock on PostgreSQL, the write lock on SQLite — held to commit."""
+    res = s.execute(
+        sa.update(Counter).where(Counter.name == "writer").values(value=Counter.value + 1),
+        execution_options={"synchronize_session": False},
+    )
+    if res.rowcount == 0:  # type: ignore[attr-defined]
+        next_value(s, "writer")  # first writer ever: creates the row (race-safe)
+
+
 def _default_standardize() -> Callable[[Party], Any]:
     from esbhub.mdm.standardize import standardize
 
@@ -359,7 +371,7 @@ class MdmService:
         with self._lock:
             try:
                 with self.Session.begin() as s:
-                    next_value(s, "writer")  # serializes MDM writers across processes (see module doc)
+                    _bump_writer(s)  # serializes MDM writers across processes (see module doc)
                     self._catch_up(s)
                     events: list[Envelope] = []
                     staged: list[tuple[str, Envelope | None, str]] = []
@@ -499,22 +511,34 @@ class MdmService:
             sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))
         ).scalars().all()
         seeds.add(key)
-        for link in old_links:
-            seeds.add(link.a_key if link.b_key == key else link.b_key)
-            if not party.deleted:  # a deleted source record keeps its links: it stays in its golden record
-                link.active = False
-                link.superseded_at = now
+        new_links: list[tuple[str, str, Any, dict[str, Any]]] = []
         for r in results:
             other = r.b if r.a == key else r.a
             if other == key:
                 continue
             a, b = pair(key, other)
-            rows.add(
-                Link,
-                a_key=a, b_key=b, weight=float(r.weight), probability=float(r.probability), decision=r.decision,
-                hard=r.hard, evidence=[e.model_dump(mode="json") for e in r.evidence], actor="engine",
-                created_at=now, active=True, superseded_at=None,
-            )
+            new_links.append((a, b, r, {
+                "weight": float(r.weight), "probability": float(r.probability), "decision": r.decision,
+                "hard": r.hard, "evidence": [e.model_dump(mode="json") for e in r.evidence],
+            }))
+        unchanged: set[tuple[str, str]] = set()
+        by_pair = {(a, b): v for a, b, _r, v in new_links}
+        for link in old_links:
+            seeds.add(link.a_key if link.b_key == key else link.b_key)
+            if party.deleted:  # a deleted source record keeps its links: it stays in its golden record
+                continue
+            same = by_pair.get((link.a_key, link.b_key))
+            if (same is not None and link.actor == "engine" and (link.a_key, link.b_key) not in unchanged
+                    and (link.weight, link.probability, link.decision, link.hard, link.evidence)
+                    == (same["weight"], same["probability"], same["decision"], same["hard"], same["evidence"])):
+                unchanged.add((link.a_key, link.b_key))  # the same score and evidence: the link stands as it is
+                continue
+            link.active = False
+            link.superseded_at = now
+        for a, b, r, v in new_links:
+            other = b if a == key else a
+            if (a, b) not in unchanged:
+                rows.add(Link, a_key=a, b_key=b, **v, actor="engine", created_at=now, active=True, superseded_at=None)
             seeds.add(other)
             if r.decision == "review" or r.hard:
                 reviews.append((a, b, r))
@@ -849,7 +873,7 @@ class MdmService:
 
     def _steward(self, fn: Callable[[Session, datetime], list[_Change]], actor: str, reason: str | None, op: str) -> list[Envelope]:
         with self._lock, self.Session.begin() as s:
-            next_value(s, "writer")
+            _bump_writer(s)
             now = utcnow()
             changes = fn(s, now)
             events = self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
@@ -1032,7 +1056,7 @@ class MdmService:
             if matcher is None:
                 raise InvalidMessage("rematch needs a model or a matcher")
             with self.Session.begin() as s:
-                next_value(s, "writer")
+                _bump_writer(s)
                 now = utcnow()
                 rows = s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars().all()
                 stds = {x.key: self._load_std(x.std) for x in rows}

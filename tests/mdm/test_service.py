@@ -289,3 +289,24 @@ def test_a_second_service_on_the_same_database_sees_the_records_the_first_one_in
     other.ingest(crm1(), "e1")
     svc.ingest(bill1(), "e2")
     assert svc.partition_now() == {frozenset({"crm:1", "billing:A1"})}
+
+
+def test_a_change_that_does_not_move_the_score_keeps_its_link_and_one_that_does_supersedes_it(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+
+    def links():
+        with svc.Session() as s:
+            return s.execute(sa.select(Link.id, Link.active, Link.weight).order_by(Link.id)).all()
+
+    first = links()
+    assert [(a, w) for _i, a, w in first] == [(True, first[0].weight)]
+    svc.ingest(bill1(status="suspended"), "e3")  # status is not compared: same score, same evidence
+    assert links() == first
+    moved = party("billing", "A1", "华信科技(深圳)有限责任公司", uscc=U1, phones=["0755-11112222"], city="深圳",
+                  attributes={"billing_account": "BA1", "monthly_revenue": "1200000"})
+    svc.ingest(moved, "e4")  # the phones differ now: a new score
+    after = links()
+    assert [(i, a) for i, a, _w in after[:1]] == [(first[0].id, False)]
+    assert len(after) == 2 and after[1].active and after[1].weight != first[0].weight
+    assert svc.partition_now() == {frozenset({"crm:1", "billing:A1"})}
