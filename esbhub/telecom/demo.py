@@ -36,7 +36,8 @@ from esbhub.telecom.world import TelecomWorld, build
 ROUTES_SRC = Path(__file__).resolve().parents[2] / "routes" / "telecom"
 PLACEHOLDER_URL = "http://127.0.0.1:18930"
 ROUTE_NAMES = ("telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
-               "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms")
+               "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms", "telecom-service-orders")
+STATUS_QUEUE = "telecom-demo.order-status"  # the portal's view of service_order.status.v1 events
 QUEUES = tuple(f"route.{n}" for n in ROUTE_NAMES) + ("route.mdm",)
 
 Publish = Callable[[Sequence[Envelope]], None]
@@ -65,6 +66,13 @@ class DemoSummary:
     alarms_right_customer: int = 0
     alarms_on_360: int = 0
     duplicate_alarms: int = 0
+    orders: int = 0
+    orders_completed: int = 0
+    orders_failed: int = 0
+    orders_as_expected: int = 0
+    orders_compensated: int = 0  # billing refused after provisioning: provisioning cancelled
+    orders_inconsistent: int = 0  # provisioned and active at the end without a billing account
+    status_events: int = 0
     tiers_checked: int = 0
     tiers_right: int = 0
     dead_letters: int = 0
@@ -89,6 +97,9 @@ class DemoSummary:
             f"{self.payer_matched}/{self.payer_checked}",
             f"alarms: {self.alarms_delivered}/{self.alarms} delivered, {self.alarms_right_customer} with the right "
             f"key customer, {self.alarms_on_360} on the 360 view (duplicates refused {self.duplicate_alarms})",
+            f"service orders: {self.orders} → {self.orders_completed} completed, {self.orders_failed} failed "
+            f"({self.orders_compensated} compensated), {self.orders_as_expected} as expected, {self.orders_inconsistent} "
+            f"left inconsistent; {self.status_events} status events",
             f"tiers: {self.tiers_right}/{self.tiers_checked} golden records tiered from their bills",
             f"bus: accepted {c.get('accepted', 0)} = delivered {c.get('delivered', 0)} + filtered "
             f"{c.get('filtered', 0)} + dead-lettered {c.get('dead_lettered', 0)} (in flight {c.get('in_flight', 0)}, "
@@ -153,6 +164,9 @@ class Demo:
         return [Envelope.create("payment.v1", sims.payment_payload(r), source="bank")
                 for r in sims.read_bank_file(self.bank_file)]
 
+    def order_messages(self) -> list[Envelope]:
+        return [Envelope.create("service_order.v1", o.payload, source="portal") for o in self._w.orders]
+
     def alarm_messages(self) -> list[Envelope]:
         return [Envelope.create("alarm.v1", sims.alarm_payload(a), source="nms") for a in self._w.alarms]
 
@@ -178,10 +192,10 @@ class Demo:
         _publish_batches(publish, bills)
         log(f"phase 2: {len(bills)} monthly bills (revenue → tier)")
         wait_idle(store, broker, timeout=timeout)
-        pay, alarms = self.payment_messages(), self.alarm_messages()
-        _publish_batches(publish, pay + alarms)
+        pay, alarms, orders = self.payment_messages(), self.alarm_messages(), self.order_messages()
+        _publish_batches(publish, pay + alarms + orders)
         log(f"phase 3: {len(pay)} bank payments from {self.bank_file.name if self.bank_file else '?'}, "
-            f"{len(alarms)} circuit-down alarms")
+            f"{len(alarms)} circuit-down alarms, {len(orders)} service orders")
         wait_idle(store, broker, timeout=timeout)
 
     def declare_queues(self, broker: Any) -> None:
@@ -195,9 +209,18 @@ class Demo:
         for lr in res.routes:
             broker.declare_queue(f"route.{lr.route.name}", list(lr.route.from_.topics))
         broker.declare_queue("route.mdm", ["party.v1"])
+        broker.declare_queue(STATUS_QUEUE, ["service_order.status.v1"])
 
     # ---------------------------------------------------------------- checks
-    def summary(self, store: Any, *, started: float | None = None) -> DemoSummary:
+    def order_statuses(self, broker: Any) -> list[dict[str, Any]]:
+        """Drain the status events the order route sent back (in arrival order)."""
+        out = []
+        while (d := broker.get(STATUS_QUEUE, timeout=0.2)) is not None:
+            out.append(dict(d.envelope.payload))
+            d.ack()
+        return out
+
+    def summary(self, store: Any, *, started: float | None = None, broker: Any = None) -> DemoSummary:
         from esbhub.mdm.service import MdmService, NotFound
 
         w = self._w
@@ -269,6 +292,24 @@ class Demo:
                 linked = svc.get_customer(want).get("linked", {}).get("alarm", [])
                 if any(x["ref"] == f"{a.alarm_id}@{want}" for x in linked):
                     s.alarms_on_360 += 1
+        # service orders: final status as expected, compensation done, nothing left half-done
+        s.orders = len(w.orders)
+        events = self.order_statuses(broker) if broker is not None else []
+        s.status_events = len(events)
+        final = {e["order_id"]: e for e in events if e.get("status") in ("completed", "failed")}
+        for o in w.orders:
+            oid = o.payload["order_id"]
+            e = final.get(oid)
+            if e is None:
+                continue
+            s.orders_completed += e["status"] == "completed"
+            s.orders_failed += e["status"] == "failed"
+            if e["status"] == o.expected_status and (o.expected_reason or "") in (e.get("status_reason") or ""):
+                s.orders_as_expected += 1
+            if o.compensated and sim.provisioned.get(oid) == "cancelled":
+                s.orders_compensated += 1
+            if sim.provisioned.get(oid) == "active" and oid not in sim.accounts:
+                s.orders_inconsistent += 1
         # tiers: each golden holding billing records, from the bills of its accounts
         revenue = w.expected_revenue()
         tiering = svc.settings.tiering
@@ -363,7 +404,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
         worker = Worker(broker, store, subs, settings)
         worker.start()
         demo.drive(direct_publisher(broker, store), store, broker, timeout=timeout, log=log)
-        return demo, demo.summary(store, started=started)
+        return demo, demo.summary(store, started=started, broker=broker)
     finally:
         if worker is not None:
             worker.stop()
@@ -456,7 +497,7 @@ class ServeDemo:
                  f"routes from {self.demo.routes_dir}")
             self.demo.drive(direct_publisher(broker, store), store, broker, crm_post=crm_post if key else None,
                             timeout=120, log=lambda m: echo(f"demo: {m}"))
-            self.summary = s = self.demo.summary(store, started=started)
+            self.summary = s = self.demo.summary(store, started=started, broker=broker)
             bar = "-" * 78
             echo(f"\n{bar}\n  esbhub demo — first pass done\n  hub: {url}   (API docs {url}/docs)\n"
                  f"  admin key: {key or '(none created)'}   (file {key_file})")

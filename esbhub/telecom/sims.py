@@ -106,6 +106,11 @@ res_circuits = sa.Table(
     sa.Column("bandwidth_mbps", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
 )
+res_capacity = sa.Table(
+    "tel_res_capacity", meta,
+    sa.Column("product", sa.String(32), primary_key=True),
+    sa.Column("free_ports", sa.Integer, nullable=False),
+)
 res_instances = sa.Table(
     "tel_res_service_instances", meta,
     sa.Column("instance_id", sa.String(64), primary_key=True),
@@ -129,6 +134,9 @@ def create_resource_db(world: TelecomWorld, url: str) -> sa.Engine:
         c.execute(res_circuits.insert(), [
             {"circuit_id": cid, "customer_code": code, "bandwidth_mbps": 100 * (1 + i % 10), "status": "active"}
             for i, (cid, code) in enumerate(circ)
+        ])
+        c.execute(res_capacity.insert(), [
+            {"product": "MPLS-VPN", "free_ports": 500}, {"product": "DIA", "free_ports": 500}, {"product": "SDH", "free_ports": 50},
         ])
         c.execute(res_instances.insert(), [
             {"instance_id": f"SI-{cid}", "circuit_id": cid, "product": ("MPLS-VPN", "DIA", "SDH")[i % 3],
@@ -205,6 +213,9 @@ class SimServer:
         self.duplicate_posts = 0
         self.alarms: dict[str, dict[str, Any]] = {}  # idempotency key -> alarm delivered
         self.duplicate_alarms = 0
+        self.replies: dict[tuple[str, str], Any] = {}  # (path, idempotency key) -> answer given (same answer again)
+        self.provisioned: dict[str, str] = {}  # order id -> active / cancelled
+        self.accounts: dict[str, str] = {}  # order id -> billing account created
         self.lock = threading.Lock()
         sim = self
 
@@ -248,6 +259,12 @@ class SimServer:
                         else:
                             sim.postings[key] = body
                     return self._send(200, {"status": "posted"})
+                if path in ("/provisioning/orders", "/provisioning/cancel", "/billing/accounts"):
+                    with sim.lock:
+                        answer = sim.replies.get((path, key))
+                        if answer is None:
+                            answer = sim.replies[(path, key)] = sim.order_step(path, body)
+                    return self._send(200, answer)
                 if path == "/notify/alarms":
                     with sim.lock:
                         if key in sim.alarms:
@@ -260,6 +277,23 @@ class SimServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    def order_step(self, path: str, order: dict[str, Any]) -> dict[str, Any]:
+        """Provisioning and billing-account creation of a service order (business outcome, HTTP 200)."""
+        oid = str(order.get("order_id"))
+        if path == "/provisioning/orders":
+            if any((ln.get("bandwidth_mbps") or 0) > 10_000 for ln in order.get("lines") or []):
+                return {"status": "failed", "reason": "bandwidth above 10G cannot be provisioned on this access"}
+            self.provisioned[oid] = "active"
+            return {"status": "provisioned", "provision_id": f"PRV-{oid}"}
+        if path == "/provisioning/cancel":
+            if self.provisioned.get(oid) == "active":
+                self.provisioned[oid] = "cancelled"
+            return {"status": "cancelled", "provision_id": f"PRV-{oid}"}
+        if not order.get("customer_golden_id"):
+            return {"status": "rejected", "reason": "customer is not a mastered key customer"}
+        self.accounts[oid] = acct = f"BA-N-{oid}"
+        return {"status": "created", "account": acct}
 
     @property
     def url(self) -> str:

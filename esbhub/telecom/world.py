@@ -59,6 +59,14 @@ class Alarm:
 
 
 @dataclass
+class Order:
+    payload: dict[str, Any]  # service_order.v1
+    expected_status: str  # completed / failed
+    expected_reason: str | None  # text the failure reason contains
+    compensated: bool = False  # provisioning done, then cancelled because billing refused
+
+
+@dataclass
 class TelecomWorld:
     """What every simulated system holds, and the truth behind it."""
 
@@ -72,6 +80,7 @@ class TelecomWorld:
     groups: dict[str, dict[str, Decimal]]  # group account -> {member account: share}
     payments: list[Payment]
     alarms: list[Alarm]
+    orders: list[Order] = field(default_factory=list)
     circuits: dict[str, str] = field(default_factory=dict)  # circuit id -> resource customer code
     truth: dict[str, str] = field(default_factory=dict)  # "system:id" -> entity id
     account_entity: dict[str, str] = field(default_factory=dict)  # billing account -> entity id
@@ -208,7 +217,27 @@ def build(n_companies: int = 120, seed: int = 2026) -> TelecomWorld:
                 alarm_id=f"ALM{len(alarms) + 1:07d}", circuit_id=cid, source_address=f"10.{i % 200}.{i % 97}.1",
                 raised_at=t0 + timedelta(seconds=30 * i), resource_customer=code, entity_id=entity_of[f"resource:{code}"],
             ))
+    # one-stop service orders: most complete; some fail resource check, provisioning, or billing (compensated)
+    orders: list[Order] = []
+    t1 = datetime(2026, 11, 6, 10, 0, tzinfo=UTC)
+    for i, p in enumerate(by_sys["billing"][: max(8, len(by_sys["billing"]) // 4)]):
+        kind = ("ok", "ok", "ok", "no_resource", "ok", "provisioning", "ok", "billing")[i % 8]
+        line: dict[str, Any] = {"product": "DIA", "action": "add", "quantity": 1, "bandwidth_mbps": 100 * (1 + i % 10),
+                                "site_address": (p.addresses[0].text if p.addresses else None)}
+        src, sid = "billing", p.source_id
+        expected, reason, comp = "completed", None, False
+        if kind == "no_resource":
+            line["product"], expected, reason = "5G-SLICE", "failed", "no resource"
+        elif kind == "provisioning":
+            line["bandwidth_mbps"], expected, reason = 20_000, "failed", "provisioning failed"
+        elif kind == "billing":
+            src, sid, expected, reason, comp = "crm", f"CRM-NEW-{i:05d}", "failed", "billing account", True
+        orders.append(Order(payload={
+            "order_id": f"ORD{seed % 1000:03d}{i + 1:05d}", "customer_source": src, "customer_source_id": sid,
+            "channel": "portal", "lines": [line], "status": "received", "requested_at": (t1 + timedelta(minutes=i)).isoformat(),
+        }, expected_status=expected, expected_reason=reason, compensated=comp))
     return TelecomWorld(
+        orders=orders,
         seed=seed, dataset=ds, billing=by_sys["billing"], resource=by_sys["resource"], bank=by_sys["bank"],
         crm=by_sys["crm"], bills=bills, groups=groups, payments=payments, alarms=alarms, circuits=circuits,
         truth=truth, account_entity=account_entity, account_customer=account_customer,

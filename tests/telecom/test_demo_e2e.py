@@ -63,6 +63,19 @@ def test_every_alarm_is_delivered_with_its_key_customer_and_on_the_360_view(outc
     assert s.duplicate_alarms == 0
 
 
+def test_service_orders_end_as_expected_with_compensation_and_nothing_half_done(
+        outcome: tuple[object, DemoSummary]) -> None:
+    demo, s = outcome
+    w = demo.world  # type: ignore[attr-defined]
+    assert s.orders == len(w.orders) >= 8
+    assert s.orders_as_expected == s.orders
+    assert s.orders_completed == sum(o.expected_status == "completed" for o in w.orders) > 0
+    assert s.orders_compensated == sum(o.compensated for o in w.orders) > 0
+    assert s.orders_inconsistent == 0
+    # completed orders report resource_checked, provisioned and completed; failed ones fewer
+    assert s.status_events > s.orders
+
+
 def test_golden_records_are_tiered_from_their_bills(outcome: tuple[object, DemoSummary]) -> None:
     _demo, s = outcome
     assert s.tiers_checked > 20
@@ -75,7 +88,7 @@ def test_no_dead_letters_and_bus_counts_reconcile(outcome: tuple[object, DemoSum
     assert s.dead_letters == 0
     native = len(w.billing) + len(w.resource) + len(w.bank)
     # every input, every party.v1 a route derived, every bill's customer change and its party.v1
-    assert s.counts["accepted"] == 2 * native + len(w.crm) + 3 * len(w.bills) + len(w.payments) + len(w.alarms)
+    assert s.counts["accepted"] == 2 * native + len(w.crm) + 3 * len(w.bills) + len(w.payments) + len(w.alarms) + len(w.orders)
     c = s.counts
     assert c["in_flight"] == 0 and c["retrying"] == 0 and c["dead_lettered"] == 0
     assert c["accepted"] == c["delivered"] + c["dead_lettered"] + c["filtered"]

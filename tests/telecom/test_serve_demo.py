@@ -24,4 +24,5 @@ def test_serve_demo_prints_url_key_and_a_reconciled_summary(tmp_path: Path, free
     assert "false merges 0" in out
     assert "missing 0, unexpected 0, wrong amount 0" in out
     assert "→ reconciled; dead letters 0" in out
+    assert "0 left inconsistent" in out
     assert (tmp_path / "demo" / "hub.db").exists()  # the demo ran in its own fresh data dir
