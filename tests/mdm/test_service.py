@@ -310,3 +310,16 @@ def test_a_change_that_does_not_move_the_score_keeps_its_link_and_one_that_does_
     assert [(i, a) for i, a, _w in after[:1]] == [(first[0].id, False)]
     assert len(after) == 2 and after[1].active and after[1].weight != first[0].weight
     assert svc.partition_now() == {frozenset({"crm:1", "billing:A1"})}
+
+
+def test_the_loaded_matcher_index_is_kept_out_of_the_cyclic_garbage_collector(url):
+    import gc
+
+    MdmService(url).ingest(crm1(), "e1")
+    gc.unfreeze()
+    restarted = MdmService(url)
+    assert gc.get_freeze_count() == 0
+    restarted.ingest(bill1(), "e2")  # first use loads the index, then parks it in the permanent generation
+    assert gc.get_freeze_count() > 0
+    assert any(obj is restarted.matcher for obj in gc.get_objects()) is False  # frozen objects are not tracked
+    gc.unfreeze()
