@@ -113,6 +113,7 @@ class _Change:
     merged_ids: list[str] = field(default_factory=list)
     split_into: list[str] = field(default_factory=list)
     unmerged_from: str | None = None
+    golden: Any = None  # the Golden row as written (the session's identity map holds rows only weakly)
 
 
 def _canon(obj: Any) -> bytes:
@@ -700,7 +701,7 @@ class MdmService:
                 if r.status == "retired" and r.merged_into == g.golden_id:
                     continue
                 self._write_version(s, r, "retired", g.golden_id, r.attributes, [], now, "merged", actor, reason, cause)
-                changes.append(_Change(r.golden_id, "merged"))
+                changes.append(_Change(r.golden_id, "merged", golden=r))
                 touched.add(r.golden_id)
                 hier.add(r.golden_id)
         all_overrides: dict[str, dict[str, Any]] = {}
@@ -760,7 +761,7 @@ class MdmService:
                 hier.add(g.golden_id)
             self._write_version(s, g, status, None, attrs, members, now, change, actor, reason, cause)
             changes.append(_Change(
-                g.golden_id, change, merged_ids=absorbed, split_into=lost_to,
+                g.golden_id, change, merged_ids=absorbed, split_into=lost_to, golden=g,
                 unmerged_from=(came_from_active[0] if came_from_active and change == "unmerged" else None),
             ))
             touched.add(g.golden_id)
@@ -857,7 +858,7 @@ class MdmService:
     ) -> list[Envelope]:
         out = []
         for ch in changes:
-            g = s.get(Golden, ch.golden_id)
+            g = ch.golden if ch.golden is not None else s.get(Golden, ch.golden_id)
             assert g is not None
             payload = GoldenEvent(
                 golden_id=g.golden_id, seq=g.version, change=ch.change, status=g.status, merged_into=g.merged_into,  # type: ignore[arg-type]
