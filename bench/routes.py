@@ -150,7 +150,12 @@ def main() -> None:
     ap.add_argument("--bus-count", type=int, default=5000)
     ap.add_argument("--bus-rounds", type=int, default=5)
     ap.add_argument("--broker", default="sqlite", help="'sqlite' (embedded, temp file) or an amqp:// URL")
+    ap.add_argument("--log-level", default="info",
+                    help="as a worker runs (default info; structlog unconfigured would render every per-message debug line)")
     a = ap.parse_args()
+    from esbhub.logging import configure
+
+    configure(a.log_level)
 
     print(f"# route engine benchmark — Python {platform.python_version()}, {platform.machine()}")
     per_msg = engine_bench(a.engine_count)

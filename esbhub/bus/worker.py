@@ -50,8 +50,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ulid import ULID
-
 from esbhub.bus.broker import Broker, Delivery
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.store import BusStore
@@ -70,15 +68,37 @@ def queue_for(subscription: str) -> str:
     return f"route.{subscription}"
 
 
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as ULIDs use (either case accepted)
+_B32_DEC = {c: i for i, c in enumerate(_B32)} | {c.lower(): i for i, c in enumerate(_B32)}
+
+
+def _ulid_ms(uid: str) -> int | None:
+    """The 48-bit timestamp of a ULID string; None where ``ULID.from_str`` would refuse it."""
+    if len(uid) != 26:
+        return None
+    try:
+        vals = [_B32_DEC[c] for c in uid]
+    except KeyError:
+        return None
+    if vals[0] > 7:
+        return None
+    ms = 0
+    for v in vals[:10]:
+        ms = (ms << 5) | v
+    return ms
+
+
 def stable_id(parent_id: str, *parts: str) -> str:
     """A ULID with the parent's timestamp and randomness from a hash of (parent, parts):
-    the same input always derives the same ids."""
+    the same input always derives the same ids. (Same result as
+    ``str(ULID.from_bytes(ULID.from_str(parent).bytes[:6] + sha256(...)[:10]))``, without the
+    ULID objects: it runs for every derived message.)"""
     h = hashlib.sha256("\x1f".join((parent_id, *parts)).encode()).digest()
-    try:
-        ts = ULID.from_str(parent_id).bytes[:6]
-    except ValueError:
-        ts = int(time.time() * 1000).to_bytes(6, "big")
-    return str(ULID.from_bytes(ts + h[:10]))
+    ms = _ulid_ms(parent_id)
+    if ms is None:
+        ms = int(time.time() * 1000) & 0xFFFFFFFFFFFF
+    n = (ms << 80) | int.from_bytes(h[:10], "big")
+    return "".join([_B32[(n >> sh) & 31] for sh in range(125, -1, -5)])
 
 
 class HandlerContext:
@@ -93,10 +113,17 @@ class HandlerContext:
         self.outbox: list[tuple[Envelope, str | None, str | None]] = []
         self.outcome = "delivered"
 
-    def publish(self, env: Envelope, *, routing_key: str | None = None, queue: str | None = None) -> None:
-        """Queue a derived message; it is published when the handler returns successfully."""
-        if env.causation_id == self.envelope.id:
-            env = env.evolve(id=stable_id(self.envelope.id, self.subscription, str(len(self.outbox))))
+    def publish(
+        self, env: Envelope, *, routing_key: str | None = None, queue: str | None = None, keep_id: bool = False
+    ) -> None:
+        """Queue a derived message; it is published when the handler returns successfully.
+
+        A message caused by the input gets a deterministic id from (input id, subscription,
+        position). ``keep_id=True``: the handler already gave it an id derived deterministically
+        from the input (e.g. the route engine's), which is kept as it is."""
+        if not keep_id and env.causation_id == self.envelope.id:
+            # model_copy: only the id changes, and stable_id makes a valid ULID (no revalidation)
+            env = env.model_copy(update={"id": stable_id(self.envelope.id, self.subscription, str(len(self.outbox)))})
         self.outbox.append((env, routing_key, queue))
 
     def filtered(self) -> None:

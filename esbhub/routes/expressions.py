@@ -236,10 +236,12 @@ def truthy(v: Any) -> bool:
     return not (v is None or v is False or v == "" or v == [] or v == {})
 
 
-def _split(target: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _split(target: str) -> tuple[str, ...]:
+    """Target path → its parts (cached: a route's targets are a small, fixed set)."""
     if target.startswith("headers."):
-        return ["headers", target[len("headers.") :]]
-    return target.split(".")
+        return ("headers", target[len("headers.") :])
+    return tuple(target.split("."))
 
 
 def set_path(view: dict[str, Any], target: str, value: Any) -> None:

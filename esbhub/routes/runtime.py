@@ -253,7 +253,7 @@ class RouteRuntime:
                 self._sink(s).send(o.envelope)
         for env, topic in bus:
             if ctx is not None:
-                ctx.publish(env, routing_key=topic)
+                ctx.publish(env, routing_key=topic, keep_id=True)  # the engine derived its id from the input
             else:
                 self.broker.publish(env, routing_key=topic, timeout=self.settings.publish_timeout)
         for d in res.deferred:

@@ -71,11 +71,7 @@ def derive_id(parent: str, *parts: Any) -> str:
     if ms is None:
         ms = int(time.time() * 1000)
     n = (ms << 80) | int.from_bytes(h, "big")
-    out = []
-    for _ in range(26):
-        out.append(_B32[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+    return "".join([_B32[(n >> sh) & 31] for sh in range(125, -1, -5)])
 
 
 class Msg:
