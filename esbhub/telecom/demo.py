@@ -35,7 +35,8 @@ from esbhub.telecom.world import TelecomWorld, build
 
 ROUTES_SRC = Path(__file__).resolve().parents[2] / "routes" / "telecom"
 PLACEHOLDER_URL = "http://127.0.0.1:18930"
-ROUTE_NAMES = ("telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
+PLACEHOLDER_TRAP_PORT = "port: 18162"
+ROUTE_NAMES = ("telecom-nms-traps", "telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
                "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms", "telecom-service-orders")
 STATUS_QUEUE = "telecom-demo.order-status"  # the portal's view of service_order.status.v1 events
 QUEUES = tuple(f"route.{n}" for n in ROUTE_NAMES) + ("route.mdm",)
@@ -121,6 +122,8 @@ class Demo:
         self.bank_dir = self.data_dir / "bank-outbox"
         self.bank_file: Path | None = None
         self.env: dict[str, str] = {}
+        self.trap_port = 0
+        self.community = os.environ.get("ESBHUB_TELECOM_SNMP_COMMUNITY") or "public"
 
     # ---------------------------------------------------------------- set-up
     def prepare(self) -> Demo:
@@ -131,14 +134,17 @@ class Demo:
         self.bank_file = sims.write_bank_file(w, self.bank_dir)
         shutil.rmtree(self.routes_dir, ignore_errors=True)
         self.routes_dir.mkdir(parents=True)
+        self.trap_port = _free_udp_port()
         for f in sorted(ROUTES_SRC.glob("*.yaml")):
             text = f.read_text(encoding="utf-8").replace(PLACEHOLDER_URL, self.sim.url)
+            text = text.replace(PLACEHOLDER_TRAP_PORT, f"port: {self.trap_port}")
             (self.routes_dir / f.name).write_text(text, encoding="utf-8")
         self.env = {
             "ESBHUB_TELECOM_RESOURCE_DB": self.resource_url,
             "ESBHUB_ROUTES_DIR": str(self.routes_dir),
             "ESBHUB_DATABASE_URL": self.database_url,
             "ESBHUB_DATA_DIR": str(self.data_dir),
+            "ESBHUB_TELECOM_SNMP_COMMUNITY": self.community,
         }
         os.environ.update(self.env)
         return self
@@ -192,10 +198,19 @@ class Demo:
         _publish_batches(publish, bills)
         log(f"phase 2: {len(bills)} monthly bills (revenue → tier)")
         wait_idle(store, broker, timeout=timeout)
-        pay, alarms, orders = self.payment_messages(), self.alarm_messages(), self.order_messages()
-        _publish_batches(publish, pay + alarms + orders)
+        pay, orders = self.payment_messages(), self.order_messages()
+        _publish_batches(publish, pay + orders)
+        wait_udp_listener(self.trap_port, timeout=timeout)
+        alarms = self._w.alarms
+        sims.send_traps(alarms, self.trap_port, self.community)
         log(f"phase 3: {len(pay)} bank payments from {self.bank_file.name if self.bank_file else '?'}, "
-            f"{len(alarms)} circuit-down alarms, {len(orders)} service orders")
+            f"{len(alarms)} circuit-down SNMP traps to udp/{self.trap_port}, {len(orders)} service orders")
+        # traps are on the bus only once the receiver emitted them: wait for the desk to have them all
+        sim = self.sim
+        assert sim is not None
+        deadline = time.monotonic() + timeout
+        while len({b.get("alarm_id") for b in list(sim.alarms.values())}) < len(alarms) and time.monotonic() < deadline:
+            time.sleep(0.2)
         wait_idle(store, broker, timeout=timeout)
 
     def declare_queues(self, broker: Any) -> None:
@@ -336,6 +351,30 @@ class Demo:
         return s
 
 
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_udp_listener(port: int, *, timeout: float = 60.0) -> None:
+    """Wait until something listens on udp ``port`` of 127.0.0.1 (the trap receiver of a worker)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return  # taken: the receiver is up
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no SNMP trap receiver on udp/{port} after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
 def _publish_batches(publish: Publish, envs: list[Envelope], size: int = 200) -> None:
     for i in range(0, len(envs), size):
         publish(envs[i:i + size])
@@ -403,6 +442,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
         subs = rt.load() + mdm_subscriptions(settings, broker)
         worker = Worker(broker, store, subs, settings)
         worker.start()
+        rt.start()  # the route sources (the SNMP trap receiver)
         demo.drive(direct_publisher(broker, store), store, broker, timeout=timeout, log=log)
         return demo, demo.summary(store, started=started, broker=broker)
     finally:

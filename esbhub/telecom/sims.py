@@ -80,6 +80,47 @@ def alarm_payload(a: Any) -> dict[str, Any]:
     }
 
 
+# network management: SNMPv2c traps (linkDown with the NMS's alarm id, circuit id and text)
+LINK_DOWN = "1.3.6.1.6.3.1.1.5.3"
+NMS_ALARM_ID_OID = "1.3.6.1.4.1.99999.1.1"
+NMS_CIRCUIT_OID = "1.3.6.1.4.1.99999.1.2"
+NMS_TEXT_OID = "1.3.6.1.4.1.99999.1.3"
+
+
+def trap_packet(a: Any, community: str, request_id: int) -> bytes:
+    """One SNMPv2c linkDown trap for alarm ``a`` (BER, as a network element sends it)."""
+    from pyasn1.codec.ber import encoder
+    from pysnmp.proto.api import v2c
+
+    pdu = v2c.SNMPv2TrapPDU()
+    v2c.apiTrapPDU.set_defaults(pdu)
+    v2c.apiTrapPDU.set_request_id(pdu, request_id)
+    v2c.apiTrapPDU.set_varbinds(pdu, [
+        (v2c.ObjectIdentifier("1.3.6.1.2.1.1.3.0"), v2c.TimeTicks(request_id * 100)),
+        (v2c.ObjectIdentifier("1.3.6.1.6.3.1.1.4.1.0"), v2c.ObjectIdentifier(LINK_DOWN)),
+        (v2c.ObjectIdentifier(NMS_ALARM_ID_OID), v2c.OctetString(a.alarm_id.encode())),
+        (v2c.ObjectIdentifier(NMS_CIRCUIT_OID), v2c.OctetString(a.circuit_id.encode())),
+        (v2c.ObjectIdentifier(NMS_TEXT_OID), v2c.OctetString(f"电路 {a.circuit_id} 中断 (circuit down)".encode())),
+    ])
+    msg = v2c.Message()
+    v2c.apiMessage.set_defaults(msg)
+    v2c.apiMessage.set_community(msg, community)
+    v2c.apiMessage.set_pdu(msg, pdu)
+    return encoder.encode(msg)
+
+
+def send_traps(alarms: list[Any], port: int, community: str, host: str = "127.0.0.1", per_second: float = 2000) -> int:
+    """Send one trap per alarm over UDP (paced); returns how many were sent."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i, a in enumerate(alarms):
+            sock.sendto(trap_packet(a, community, i + 1), (host, port))
+            time.sleep(1.0 / per_second)
+    return len(alarms)
+
+
 def payment_payload(p: dict[str, Any]) -> dict[str, Any]:
     """payment.v1 from one record of the bank file."""
     return {
