@@ -1,9 +1,10 @@
 """Simulated telecom systems around the hub, all built from one :class:`TelecomWorld`.
 
 * :class:`SimServer` — one local HTTP server (``ThreadingHTTPServer``, loopback) playing
-  **billing** (``GET /billing/customers/{id}``, ``GET /billing/groups/{account}``,
-  ``POST /billing/payments`` — postings are recorded, duplicates by ``Idempotency-Key``
-  counted) and the **alarm receiver** of the network-operations desk (``POST /notify/alarms``);
+  **billing** (``GET /billing/customers/{id}``, ``GET /billing/groups/{account}``; the SOAP
+  payment service ``/billing/soap`` (``?wsdl``; operation ``PostPayment``) — postings are
+  recorded once per payment and account, repeats counted; provisioning and account creation of
+  service orders) and the **alarm receiver** of the network-operations desk (``POST /notify/alarms``);
 * :func:`create_resource_db` — the **resource inventory**: customers, circuits and service
   instances in any SQLAlchemy database (SQLite file in the demo);
 * :func:`write_bank_file` / :func:`read_bank_file` — the **bank**'s payment result file,
@@ -250,7 +251,7 @@ class SimServer:
     def __init__(self, world: TelecomWorld, host: str = "127.0.0.1", port: int = 0) -> None:
         self.world = world
         self.customers = {p.source_id: p for p in world.billing}
-        self.postings: dict[str, dict[str, Any]] = {}  # idempotency key -> posting
+        self.postings: dict[str, dict[str, Any]] = {}  # "<payment id>/<account>" -> posting (SOAP PostPayment)
         self.duplicate_posts = 0
         self.alarms: dict[str, dict[str, Any]] = {}  # idempotency key -> alarm delivered
         self.duplicate_alarms = 0
@@ -274,6 +275,8 @@ class SimServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 parts = self.path.split("?")[0].strip("/").split("/")
+                if parts == ["billing", "soap"]:
+                    return self._send_xml(200, sim.wsdl())
                 if parts[:2] == ["billing", "customers"] and len(parts) == 3:
                     p = sim.customers.get(parts[2])
                     return self._send(200, billing_record(p)) if p else self._send(404, {"error": "no such customer"})
@@ -285,21 +288,24 @@ class SimServer:
                         {"account": a, "share": str(s)} for a, s in sorted(g.items())]})
                 return self._send(404, {"error": "not found"})
 
+            def _send_xml(self, code: int, data: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "text/xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:  # noqa: N802
                 n = int(self.headers.get("Content-Length") or 0)
+                if self.path.split("?")[0].rstrip("/") == "/billing/soap":
+                    code, answer = sim.soap_post_payment(self.rfile.read(min(n, 1_000_000)))
+                    return self._send_xml(code, answer)
                 try:
                     body = json.loads(self.rfile.read(n) or b"{}")
                 except ValueError:
                     return self._send(400, {"error": "bad json"})
                 key = self.headers.get("Idempotency-Key") or json.dumps(body, sort_keys=True)
                 path = self.path.split("?")[0].rstrip("/")
-                if path == "/billing/payments":
-                    with sim.lock:
-                        if key in sim.postings:
-                            sim.duplicate_posts += 1
-                        else:
-                            sim.postings[key] = body
-                    return self._send(200, {"status": "posted"})
                 if path in ("/provisioning/orders", "/provisioning/cancel", "/billing/accounts"):
                     with sim.lock:
                         answer = sim.replies.get((path, key))
@@ -318,6 +324,43 @@ class SimServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    # -- billing's SOAP payment service (document/literal, WSDL from the hub's own renderer)
+    SOAP_SERVICE = "billing"
+
+    def wsdl(self) -> bytes:
+        from esbhub.adapters.soap_server import SoapOperation, SoapServiceConfig, render_wsdl
+
+        svc = SoapServiceConfig(name=self.SOAP_SERVICE, operations=[SoapOperation(name="PostPayment", type="payment.v1")])
+        return render_wsdl(svc, f"{self.url}/billing/soap")
+
+    def soap_post_payment(self, body: bytes) -> tuple[int, bytes]:
+        """Record one PostPayment call; the memo carries ``golden_id=…;group=…`` from the hub."""
+        from lxml import etree
+
+        ns = f"urn:esbhub:soap:{self.SOAP_SERVICE}"
+        env = "http://schemas.xmlsoap.org/soap/envelope/"
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
+        try:
+            root = etree.fromstring(body, parser)
+            req = next(el for el in root.iter() if isinstance(el.tag, str) and etree.QName(el).localname == "PostPayment")
+        except (etree.XMLSyntaxError, StopIteration):
+            return 500, (f'<soap:Envelope xmlns:soap="{env}"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode>'
+                         "<faultstring>not a PostPayment request</faultstring></soap:Fault></soap:Body></soap:Envelope>").encode()
+        fields = {etree.QName(el).localname: (el.text or "") for el in req if isinstance(el.tag, str)}
+        memo = dict(kv.split("=", 1) for kv in (fields.get("memo") or "").split(";") if "=" in kv)
+        posting = {"payment_id": fields.get("payment_id"), "billing_account": fields.get("billing_account"),
+                   "amount": fields.get("amount"), "golden_id": memo.get("golden_id") or None,
+                   "group_account": memo.get("group") or None, "bank": fields.get("bank")}
+        key = f"{posting['payment_id']}/{posting['billing_account']}"
+        with self.lock:
+            if key in self.postings:
+                self.duplicate_posts += 1
+            else:
+                self.postings[key] = posting
+        answer = (f'<soap:Envelope xmlns:soap="{env}"><soap:Body><PostPaymentResponse xmlns="{ns}">'
+                  f"<messageId>{key}</messageId><status>posted</status></PostPaymentResponse></soap:Body></soap:Envelope>")
+        return 200, answer.encode()
 
     def order_step(self, path: str, order: dict[str, Any]) -> dict[str, Any]:
         """Provisioning and billing-account creation of a service order (business outcome, HTTP 200)."""
