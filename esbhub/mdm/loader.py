@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from pydantic import ValidationError
 
 from esbhub.errors import InvalidMessage
 from esbhub.schemas.party import Party
+
+log = structlog.get_logger("esbhub.mdm.loader")
 
 TOP = {"source_system", "source_id", "kind", "name", "name_en", "uscc", "org_code", "id_number", "parent_source_id",
        "province", "city", "status", "source_updated_at", "deleted"}
@@ -156,38 +160,98 @@ def parties(rows: Iterator[tuple[str, dict[str, Any]]], default_system: str | No
             errors.append(RowError(where, msg))
 
 
+def _standardize_batch(fn: Any, items: list[tuple[str, Party]]) -> dict[str, Any]:
+    """Standardize a batch (in a worker process); a record that fails is left to the service,
+    which reports it as it would have without the worker."""
+    out = {}
+    for envelope_id, party in items:
+        try:
+            out[envelope_id] = fn(party)
+        except Exception:  # noqa: BLE001,S112 - the service standardizes it again and raises InvalidMessage
+            continue
+    return out
+
+
+def default_workers() -> int:
+    """Standardizing processes beside the ingesting one: one per spare CPU, at most 3."""
+    return max(0, min(3, (os.cpu_count() or 1) - 1))
+
+
 def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system: str | None = None,
-         batch: int = 500, publish: Any = None) -> dict[str, Any]:
+         batch: int = 500, publish: Any = None, workers: int | None = None) -> dict[str, Any]:
     """Run rows through the MDM pipeline in batches of ``batch`` records (one transaction each).
 
     ``publish(events)`` gets each batch's ``party.golden.*`` events (e.g. ``broker.publish_many``).
+    With ``workers`` > 0 (default: :func:`default_workers`), batch k+1 is standardized in worker
+    processes while batch k is matched, clustered and stored here — standardization is a pure
+    function of the record, so the outcome is the same as without workers.
     """
     errors: list[RowError] = []
-    buf: list[tuple[Party, str, None]] = []
     n = events = 0
+    workers = default_workers() if workers is None else workers
+    fn = getattr(svc, "standardizer", None)
+    pool: Any = None
 
-    def flush() -> None:
+    def ingest(buf: list[tuple[Party, str, None]], std: dict[str, Any] | None) -> None:
         nonlocal events
-        if not buf:
-            return
         try:
-            evs = svc.ingest_many(buf)
+            evs = svc.ingest_many(buf, std=std) if std else svc.ingest_many(buf)
         except InvalidMessage:  # one bad record must not sink its batch: find it, load the rest
             evs = []
             for item in buf:
                 try:
-                    evs += svc.ingest_many([item])
+                    evs += svc.ingest_many([item], std=std) if std else svc.ingest_many([item])
                 except InvalidMessage as exc:
                     errors.append(RowError(f"{item[0].source_system}:{item[0].source_id}", exc.message))
         events += len(evs)
         if publish is not None and evs:
             publish(evs)
-        buf.clear()
 
-    for p in parties(rows, default_system, errors):
-        buf.append((p, envelope_id_for(p), None))
-        n += 1
-        if len(buf) >= batch:
-            flush()
-    flush()
+    def standardized(buf: list[tuple[Party, str, None]]) -> Any:
+        nonlocal pool
+        if workers <= 0 or fn is None:
+            return None
+        if pool is None:  # started at the first full batch (a small load never pays for it), warming
+            import multiprocessing  # up while that batch is standardized and ingested here
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            return None
+        items = [(e, p) for p, e, _x in buf]
+        step = max(1, -(-len(items) // workers))
+        return [pool.submit(_standardize_batch, fn, items[i : i + step]) for i in range(0, len(items), step)]
+
+    def result(futs: Any) -> dict[str, Any] | None:
+        if futs is None:
+            return None
+        std: dict[str, Any] = {}
+        try:
+            for f in futs:
+                std.update(f.result())
+        except Exception as exc:  # noqa: BLE001 - a broken worker costs speed, never records
+            log.warning("mdm_load_standardize_worker_failed", error_type=type(exc).__name__, error=str(exc))
+            return None
+        return std
+
+    pending: tuple[list[tuple[Party, str, None]], Any] | None = None  # a batch being standardized
+    buf: list[tuple[Party, str, None]] = []
+    try:
+        for p in parties(rows, default_system, errors):
+            buf.append((p, envelope_id_for(p), None))
+            n += 1
+            if len(buf) >= batch:
+                ahead = (buf, standardized(buf))
+                if pending is not None:
+                    ingest(pending[0], result(pending[1]))
+                pending, buf = ahead, []
+        if buf:
+            ahead = (buf, standardized(buf))
+            if pending is not None:
+                ingest(pending[0], result(pending[1]))
+            pending = ahead
+        if pending is not None:
+            ingest(pending[0], result(pending[1]))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return {"records": n, "events": events, "errors": [e.__dict__ for e in errors]}

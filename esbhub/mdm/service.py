@@ -38,7 +38,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -378,6 +378,11 @@ class MdmService:
                 self.matcher.add(key, self._load_std(std))
             self._seen_max = vid
 
+    @property
+    def standardizer(self) -> Callable[[Party], Any] | None:
+        """The standardize function if it is the engine's default (importable in a worker process)."""
+        return self._standardize if self._standardize is _default_standardize() else None
+
     def _std_dict(self, std: Any) -> dict[str, Any]:
         return std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
 
@@ -386,8 +391,14 @@ class MdmService:
         """Take one source record; return the ``party.golden.*`` events it caused (maybe none)."""
         return self.ingest_many([(party, envelope_id, envelope)])
 
-    def ingest_many(self, items: Sequence[tuple[Party, str, Envelope | None]]) -> list[Envelope]:
-        """Ingest a batch in ONE transaction (bulk load); all or nothing."""
+    def ingest_many(self, items: Sequence[tuple[Party, str, Envelope | None]], *,
+                    std: Mapping[str, Any] | None = None) -> list[Envelope]:
+        """Ingest a batch in ONE transaction (bulk load); all or nothing.
+
+        ``std`` optionally maps envelope ids to the record's standardized form computed ahead
+        (e.g. by :func:`esbhub.mdm.loader.load` in another process, while the previous batch is
+        being ingested); it must be what this service's ``standardize`` returns for the record.
+        """
         undo: list[tuple[str, Any]] = []
         self._ensure_index()
         with self._lock:
@@ -402,6 +413,7 @@ class MdmService:
                     seen: set[str] = set()
                     self._hier_keys = set()  # records whose hierarchy-relevant fields changed
                     pre = self._prefetch(s, items)
+                    pre["std"] = std or {}
                     rows: _Rows = pre["rows"]
                     for party, envelope_id, envelope in items:
                         if envelope_id in seen:
@@ -480,7 +492,7 @@ class MdmService:
             rows.add(Inbox, envelope_id=envelope_id, at=now, outcome="unchanged", events=[])
             return None
         try:
-            std = self._standardize(party)
+            std = pre["std"].get(envelope_id) or self._standardize(party)
         except (ValueError, TypeError) as exc:
             raise InvalidMessage(f"party {key} cannot be standardized: {exc}") from exc
         stdj = self._std_dict(std)
