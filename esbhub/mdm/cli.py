@@ -48,12 +48,15 @@ def mdm() -> None:
 @click.option("--table", help="Table name for --sql.")
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000),
               help="Records per transaction.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Processes standardizing the next batch while this one is stored "
+                   "[default: one per spare CPU, at most 3; 0: none].")
 @click.option("--via-bus", is_flag=True,
               help="Publish party.v1 envelopes to the bus for the MDM worker instead of ingesting here.")
 @click.option("--publish/--no-publish", default=True, show_default=True,
               help="Publish the resulting party.golden.* events to the bus (direct mode).")
 def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str | None, table: str | None,
-             batch: int, via_bus: bool, publish: bool) -> None:
+             batch: int, workers: int | None, via_bus: bool, publish: bool) -> None:
     """Load CSV / Parquet FILES (or a SQL table) through the MDM pipeline, batched.
 
     Columns are party.v1 field names (see esbhub.mdm.loader); rows that do not validate are
@@ -80,7 +83,7 @@ def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str |
             broker = _broker() if publish else None
             try:
                 result = loader.load(_service(), rows(), default_system=default_system, batch=batch,
-                                     publish=broker.publish_many if broker is not None else None)
+                                     publish=broker.publish_many if broker is not None else None, workers=workers)
             finally:
                 if broker is not None:
                     broker.close()
