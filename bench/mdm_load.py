@@ -13,6 +13,11 @@ What is measured (one process, one core busy):
 * the extrapolation to 1,000,000 records two ways: (a) at the rate of the last tenth (optimistic
   if the cost keeps growing), (b) fitting per-record time t(n) = a + b·n over the tenths and
   integrating to 1M (honest if growth is linear; super-linear growth makes it optimistic too);
+* the per-record path over the first ``--per-record`` records (one ``ingest`` — one transaction —
+  per record, as a bus consumer takes them) against the bulk path over the same records into a
+  fresh store: the ratio is what batching buys on the same data in the same run;
+* the matcher index: RSS grown by rebuilding it from the store in a fresh service (what a
+  restarted worker holds), per record and extrapolated linearly to 1M; storage per record;
 * Splink (DuckDB) deduplicating the same standardized records in the same run: EM training +
   prediction + clustering, no store — a batch engine's lower bound, not the same job.
 """
@@ -32,6 +37,65 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 1e6
+
+
+def per_record_vs_bulk(records: list, batch: int, d: Path) -> dict:
+    """The same records through ``ingest`` one by one and through ``ingest_many`` in batches."""
+    from esbhub.mdm.loader import envelope_id_for
+    from esbhub.mdm.service import MdmService
+
+    one = MdmService(f"sqlite:///{d / 'per_record.db'}")
+    t = time.perf_counter()
+    for p in records:
+        one.ingest(p, envelope_id_for(p))
+    t_one = time.perf_counter() - t
+    bulk = MdmService(f"sqlite:///{d / 'bulk.db'}")
+    t = time.perf_counter()
+    for i in range(0, len(records), batch):
+        bulk.ingest_many([(p, envelope_id_for(p), None) for p in records[i : i + batch]])
+    t_bulk = time.perf_counter() - t
+    same = one.partition_now() == bulk.partition_now()
+    return {"n": len(records), "one_rate": len(records) / t_one, "bulk_rate": len(records) / t_bulk, "same": same}
+
+
+def index_memory(db: Path) -> dict:
+    """RSS grown by building the matcher index of everything stored, in a fresh process (as a
+    restarted worker does it): interpreter and imports are counted out, the index alone is in."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--index-rss", str(db)], capture_output=True, text=True,
+                         timeout=3600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _index_rss(db: str) -> None:
+    import gc
+    import json
+
+    import sqlalchemy as sa
+
+    from esbhub.mdm.service import MdmService
+    from esbhub.mdm.store import Xref
+
+    svc = MdmService(f"sqlite:///{db}", migrate=False)
+    with svc.Session() as s:
+        n = s.execute(sa.select(sa.func.count()).select_from(Xref).where(Xref.deleted.is_(False))).scalar()
+        s.execute(sa.select(Xref).limit(1)).all()  # warm up SQLAlchemy and the driver before measuring
+    gc.collect()
+    before = rss_mb()
+    t = time.perf_counter()
+    svc._ensure_index()
+    secs = time.perf_counter() - t
+    gc.collect()
+    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "peak_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KB on Linux
 
 
 def our_load(records: list, batch: int, db: Path) -> dict:
@@ -162,7 +226,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500, help="Records per transaction.")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--skip-splink", action="store_true")
+    ap.add_argument("--per-record", type=int, default=1000,
+                    help="Also load the first N records one transaction each and in batches (0: skip).")
+    ap.add_argument("--index-rss", metavar="DB", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.index_rss:
+        _index_rss(a.index_rss)
+        return
 
     from esbhub.mdm.standardize import standardize
     from esbhub.mdm.synth import generate
@@ -175,6 +245,8 @@ def main() -> None:
           f"true entities: {len(set(ds.truth.values()))}")
     with tempfile.TemporaryDirectory() as d:
         r = our_load(records, a.batch, Path(d) / "mdm.db")
+        mem = index_memory(Path(d) / "mdm.db")
+        cmp = per_record_vs_bulk(records[: a.per_record], a.batch, Path(d)) if a.per_record else None
     print("\n| tenth ends at | records/s in that tenth |\n|---:|---:|")
     for done, rate in r["marks"]:
         print(f"| {done} | {rate:,.0f} |")
@@ -186,6 +258,16 @@ def main() -> None:
           f"{mixed} golden records mix different companies (engine defaults, steward queue not worked)")
     print(f"real-time path after the load ({r['rt_n']} changed records, one transaction each, against "
           f"{r['records']} indexed): p50 {r['rt_p50']:.1f} ms, p99 {r['rt_p99']:.1f} ms")
+    print(f"storage: {r['db_mb'] * 1e6 / r['records'] / 1e3:.1f} KB per source record (SQLite file incl. history, "
+          f"links, inbox, indexes)")
+    print(f"matcher index rebuilt from the store: +{mem['mb']:.0f} MB RSS for {mem['n']} records "
+          f"({mem['mb'] * 1e6 / max(mem['n'], 1) / 1e3:.1f} KB each → ~{mem['mb'] / max(mem['n'], 1) * 1e6 / 1e3:,.1f} GB "
+          f"at 1M if linear) in {mem['seconds']:.1f} s (that process's peak RSS {mem['peak_mb']:.0f} MB); "
+          f"this process's peak RSS {peak_rss_mb():.0f} MB")
+    if cmp:
+        print(f"per-record path (one transaction per record) vs bulk path (batches of {a.batch}) on the same "
+              f"first {cmp['n']} records, fresh stores: {cmp['one_rate']:,.0f} vs {cmp['bulk_rate']:,.0f} records/s "
+              f"= ×{cmp['bulk_rate'] / cmp['one_rate']:.1f}; same golden records: {cmp['same']}")
     print(f"extrapolated to 1,000,000 records: {last / 60:,.0f} min at the last tenth's rate; "
           f"{linear / 60:,.0f} min with per-record time growing linearly (fit over the tenths) — target ≤ 15 min")
     if not a.skip_splink:
