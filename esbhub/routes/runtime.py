@@ -15,18 +15,22 @@ bus outputs to ``ctx.publish`` (published durably before the input is acked); fa
 through the route's ``on_error.retry`` policy, then the dead-letter store.
 
 Ordering (``ordering_key``): the route's queue only hash-partitions messages into
-``partitions`` sub-queues (``route.<name>.p<k>``), each consumed by one thread with prefetch 1,
-so messages of one key are processed in arrival order **within one worker process**. Two
-caveats, by design of the broker seam: with several worker processes each partition has
-competing consumers (run ordered routes on one worker, or give them their own worker); and a
-message that is retried is overtaken by later messages of its key (use ``max_attempts: 1`` to
-dead-letter instead of reordering).
+``partitions`` sub-queues (``route.<name>.p<k>``), each consumed by one thread with prefetch 1.
+Across worker processes, each of these queues (forwarder ``fwd`` and partitions ``p<k>``) is
+consumed by one process at a time: the holder of its lease in ``route_partition_leases``
+(renewed every second; a process takes at most its fair share of a route's slots; handover =
+stop consuming, then release; a dead process's slots are taken over when its lease expires;
+an unrenewed lease stops its consumer at half its TTL). A retried message is still overtaken
+by later messages of its key (use ``max_attempts: 1`` to dead-letter instead).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,6 +164,18 @@ def partition_name(route: str, k: int) -> str:
     return f"{route}.p{k}"
 
 
+FWD = "fwd"  # lease slot of an ordered route's forwarder (its entry queue)
+MEMBERS = "*members*"  # pseudo-route of the lease table: one row per live worker process
+
+
+def _slots(cr: CompiledRoute) -> list[str]:
+    return [FWD] + [f"p{k}" for k in range(cr.route.partitions)]
+
+
+def _slot_sub_name(route: str, slot: str) -> str:
+    return route if slot == FWD else partition_name(route, int(slot[1:]))
+
+
 # ---------------------------------------------------------------- runtime
 
 
@@ -176,6 +192,7 @@ class RouteRuntime:
         poll_interval: float = 1.0,
         sweep_interval: float = 1.0,
         watch: bool = True,
+        partition_lease_ttl: float = 40.0,
     ) -> None:
         url = settings.effective_database_url
         self.settings = settings
@@ -200,6 +217,14 @@ class RouteRuntime:
         self.deps = Deps(aggregates=self.aggregates, call=self._call, inline_delays=False)
         self.on_swap: list[Callable[[str, int], None]] = []
         self.refused: list[ErrorDetail] = []  # errors of the last refused file change (watcher)
+        # ordered routes: this process consumes a forwarder / partition queue only while it holds
+        # that slot's lease (route_partition_leases), so each has one consumer across processes
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = partition_lease_ttl
+        self.lease_interval = min(1.0, partition_lease_ttl / 4)
+        self._held: dict[tuple[str, str], float] = {}  # (route, slot) → monotonic time of the last renewal
+        self._member_slot = uuid.uuid4().hex[:16]  # this process's row among the live members
+        self._lease_lock = threading.Lock()
 
     # ------------------------------------------------------------ building
     def sync_files(self) -> ApplyResult | None:
@@ -233,11 +258,20 @@ class RouteRuntime:
         topics = r.from_.topics
         if r.ordering_key is None:
             return [Subscription(r.name, topics, RouteHandler(self, cr), retry=retry, concurrency=r.concurrency)]
-        # one forwarding thread keeps arrival order; parallelism comes from the partitions
-        subs = [Subscription(r.name, topics, Partitioner(self, r.name), retry=retry, concurrency=1)]
+        # one forwarding thread keeps arrival order; parallelism comes from the partitions.
+        # Only the slots whose lease this process holds (see leases()); the queues exist anyway,
+        # so messages published before any process holds a slot wait in them.
+        self.broker.declare_queue(queue_for(r.name), topics)
         for k in range(r.partitions):
-            subs.append(Subscription(partition_name(r.name, k), [], RouteHandler(self, cr), retry=retry, prefetch=1, concurrency=1))
-        return subs
+            self.broker.declare_queue(queue_for(partition_name(r.name, k)), [])
+        return [self._slot_sub(cr, slot) for slot in _slots(cr) if (r.name, slot) in self._held]
+
+    def _slot_sub(self, cr: CompiledRoute, slot: str) -> Subscription:
+        r = cr.route
+        retry = r.on_error.retry
+        if slot == FWD:
+            return Subscription(r.name, r.from_.topics, Partitioner(self, r.name), retry=retry, concurrency=1)
+        return Subscription(_slot_sub_name(r.name, slot), [], RouteHandler(self, cr), retry=retry, prefetch=1, concurrency=1)
 
     # ------------------------------------------------------------ delivery
     def deliver(self, cr: CompiledRoute, res: RunResult, ctx: HandlerContext | None) -> None:
@@ -313,7 +347,9 @@ class RouteRuntime:
         cr = self.current.get(name)
         if cr is None or cr.route.ordering_key is None:
             return [name]
-        return [name] + [partition_name(name, k) for k in range(cr.route.partitions)]
+        # an ordered route's queues are consumed here only while their leases are held
+        have = set(self.worker.subscriptions()) if self.worker is not None else set()
+        return [n for n in [name] + [partition_name(name, k) for k in range(cr.route.partitions)] if n in have]
 
     def reload(self) -> list[tuple[str, int]]:
         """Swap every route whose active version changed; returns the (route, version) swapped."""
@@ -352,6 +388,9 @@ class RouteRuntime:
         if self.worker is not None:
             subs = self.subscriptions_for(cr)
             existing = set(self.worker.subscriptions())
+            if cr.route.ordering_key is not None and (cr.name, FWD) not in self._held and cr.name in existing:
+                self.worker.remove(cr.name)  # became ordered: its entry queue now needs the forwarder lease
+                existing.discard(cr.name)
             for s in subs:
                 if s.name in existing:
                     self.worker.replace(s)
@@ -373,7 +412,8 @@ class RouteRuntime:
             return
         self._stop.clear()
         self._threads = [threading.Thread(target=self._poll_loop, name="routes-poll", daemon=True),
-                         threading.Thread(target=self._sweep_loop, name="routes-sweep", daemon=True)]
+                         threading.Thread(target=self._sweep_loop, name="routes-sweep", daemon=True),
+                         threading.Thread(target=self._lease_loop, name="routes-leases", daemon=True)]
         if self.watch and self.settings.routes_dir and Path(self.settings.routes_dir).exists():
             self._watch_seen = self._snapshot()  # taken now, so a change right after start() is not missed
             self._threads.append(threading.Thread(target=self._watch_loop, name="routes-watch", daemon=True))
@@ -386,6 +426,13 @@ class RouteRuntime:
         for t in self._threads:
             t.join(10)
         self._threads = []
+        with self._lease_lock:
+            for key in list(self._held):
+                self._drop_slot(key, release=True)  # consumers stopped first, then the lease: hand over at once
+            try:
+                self.store.release_slot(MEMBERS, self._member_slot, self.owner)
+            except Exception as exc:  # noqa: BLE001 - it expires after its TTL
+                log.warning("route_member_release_failed", error_type=type(exc).__name__)
         for s in self._sources.values():
             try:
                 s.stop()
@@ -394,6 +441,89 @@ class RouteRuntime:
         self._sources.clear()
         if self._reply is not None:
             self._reply.stop()
+
+    # ------------------------------------------------------------ ordered routes across processes
+    def leases(self) -> bool:
+        """One lease round: renew held slots, take at most one free slot, stop consuming a slot
+        whose lease was lost or not renewed for half its TTL (before anyone else may take it).
+        True if a slot was taken (the next round comes sooner)."""
+        if self.worker is None:
+            return False
+        with self._lease_lock:
+            now = time.monotonic()
+            with self._lock:
+                routes = {n: cr for n, cr in self.current.items() if cr.route.ordering_key is not None and n not in self.paused}
+            wanted = {(n, slot) for n, cr in routes.items() for slot in _slots(cr)}
+            for key in [k for k in self._held if k not in wanted]:
+                self._drop_slot(key, release=True)  # route gone, paused, unordered or fewer partitions
+            # fair share: live worker processes announce themselves; each holds at most
+            # ceil(slots / processes) of a route's slots and hands extras over (stop, then release)
+            try:
+                self.store.acquire_slot(MEMBERS, self._member_slot, self.owner, self.lease_ttl)
+                members = max(1, len(self.store.slot_holders(MEMBERS)))
+            except Exception:  # noqa: BLE001 - the store is down: renewals below fail and fence too
+                members = 1
+            took = False
+            for n, cr in routes.items():
+                mine = sorted(k for k in self._held if k[0] == n)
+                if len(mine) > -(-len(_slots(cr)) // members):
+                    self._drop_slot(mine[-1], release=True)
+            for key in sorted(wanted):
+                held = key in self._held
+                share = -(-len(_slots(routes[key[0]])) // members)
+                if not held and (took or sum(1 for k in self._held if k[0] == key[0]) >= share):
+                    continue  # one new slot per round, up to this process's share
+                try:
+                    ok = self.store.acquire_slot(key[0], key[1], self.owner, self.lease_ttl)
+                except Exception as exc:  # noqa: BLE001 - the store may be briefly unavailable; fenced below
+                    log.warning("route_lease_failed", route=key[0], slot=key[1], error_type=type(exc).__name__)
+                    continue
+                if ok:
+                    self._held[key] = now
+                    if not held:
+                        took = True
+                        self._start_slot(routes[key[0]], key[1])
+                elif held:
+                    self._drop_slot(key, release=False)  # taken over: our lease had expired
+            for key, t in list(self._held.items()):
+                if now - t > self.lease_ttl / 2:
+                    log.warning("route_lease_not_renewed", route=key[0], slot=key[1])
+                    self._drop_slot(key, release=False)
+            return took
+
+    def _start_slot(self, cr: CompiledRoute, slot: str) -> None:
+        if slot == FWD:  # the forwarder publishes to every partition queue: they must exist
+            for k in range(cr.route.partitions):
+                self.broker.declare_queue(queue_for(partition_name(cr.name, k)), [])
+        sub = self._slot_sub(cr, slot)
+        (self.worker.replace if sub.name in self.worker.subscriptions() else self.worker.add)(sub)
+        log.info("route_slot_acquired", route=cr.name, slot=slot, owner=self.owner)
+
+    def _drop_slot(self, key: tuple[str, str], *, release: bool) -> None:
+        self._held.pop(key, None)
+        name, slot = key
+        cr = self.current.get(name)
+        still_ordered = cr is not None and cr.route.ordering_key is not None
+        if self.worker is not None and (slot != FWD or still_ordered or cr is None):
+            try:
+                self.worker.remove(_slot_sub_name(name, slot))  # returns once its in-flight message finished
+            except KeyError:
+                pass
+        if release:
+            try:
+                self.store.release_slot(name, slot, self.owner)
+            except Exception as exc:  # noqa: BLE001 - it then expires after its TTL
+                log.warning("route_lease_release_failed", route=name, slot=slot, error_type=type(exc).__name__)
+        log.info("route_slot_released", route=name, slot=slot, owner=self.owner, released=release)
+
+    def _lease_loop(self) -> None:
+        while not self._stop.is_set():
+            took = False
+            try:
+                took = self.leases()
+            except Exception as exc:  # noqa: BLE001 - next round retries
+                log.warning("route_leases_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+            self._stop.wait(0.05 if took else self.lease_interval)
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
@@ -503,11 +633,16 @@ def load_subscriptions(settings: Any, broker: Any, store: Any) -> list[Subscript
     url = settings.effective_database_url
     if not inspect(engine_for(url)).has_table("route_versions"):
         upgrade(url)
-    rt = RouteRuntime(settings, broker, store)
+    import atexit
+
+    # ESBHUB_ROUTE_LEASE_TTL: seconds before another process takes over a dead one's ordered-route
+    # queues; keep it above the broker's redelivery time for a frozen consumer (embedded: 30 s)
+    rt = RouteRuntime(settings, broker, store, partition_lease_ttl=float(os.environ.get("ESBHUB_ROUTE_LEASE_TTL", "40")))
     rt.sync_files()
     subs = rt.load()
     _runtimes.append(rt)
     rt.start()
+    atexit.register(rt.stop)  # on a clean exit, hand ordered-route leases over at once
     return subs
 
 

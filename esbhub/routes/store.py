@@ -7,6 +7,8 @@
 * ``route_aggregate_groups`` / ``route_aggregate_members`` — open aggregation groups, so a
   worker restart loses nothing and a timeout still completes a group after the restart.
 * ``route_idempotency`` — business idempotency keys already seen per route.
+* ``route_partition_leases`` — which worker process may consume each ordered-route queue
+  (the forwarder ``fwd`` and the partitions ``p<k>``): one holder at a time, by lease.
 
 Workers notice a change by polling :meth:`RouteStore.change_stamp` (two indexed MAX queries).
 """
@@ -97,6 +99,15 @@ class IdempotencyRow(Base):
     key: Mapped[str] = mapped_column(String(500), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class PartitionLeaseRow(Base):
+    __tablename__ = "route_partition_leases"
+
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(16), primary_key=True)  # 'fwd' or 'p<k>'
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 @contextlib.contextmanager
@@ -227,6 +238,46 @@ class RouteStore:
             a = c.execute(select(func.max(RouteVersionRow.id))).scalar() or 0
             b = c.execute(select(func.max(RouteStateRow.seq))).scalar() or 0
             return int(a), int(b)
+
+    # partition leases (ordering across worker processes)
+    def acquire_slot(self, route: str, slot: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease on ``route``/``slot`` for ``owner``: a compare-and-set that
+        succeeds if the slot is free, expired or already ``owner``'s. True if ``owner`` holds it."""
+        now = time.time()
+        with _tx(self.engine) as c:
+            n = c.execute(
+                update(PartitionLeaseRow)
+                .where(PartitionLeaseRow.route == route, PartitionLeaseRow.slot == slot,
+                       (PartitionLeaseRow.owner == owner) | (PartitionLeaseRow.expires_at < now))
+                .values(owner=owner, expires_at=now + ttl)
+            ).rowcount
+            if n:
+                return True
+            if c.execute(select(PartitionLeaseRow.owner).where(PartitionLeaseRow.route == route, PartitionLeaseRow.slot == slot)).first():
+                return False
+            try:
+                with c.begin_nested():
+                    c.execute(sa.insert(PartitionLeaseRow).values(route=route, slot=slot, owner=owner, expires_at=now + ttl))
+            except IntegrityError:
+                return False
+            return True
+
+    def release_slot(self, route: str, slot: str, owner: str) -> None:
+        """Give the lease up at once (after the consumer stopped), if ``owner`` still holds it."""
+        with _tx(self.engine) as c:
+            c.execute(
+                update(PartitionLeaseRow)
+                .where(PartitionLeaseRow.route == route, PartitionLeaseRow.slot == slot, PartitionLeaseRow.owner == owner)
+                .values(expires_at=0.0)
+            )
+
+    def slot_holders(self, route: str) -> dict[str, str]:
+        """slot → owner, for leases not expired."""
+        now = time.time()
+        with _tx(self.engine) as c:
+            rows = c.execute(select(PartitionLeaseRow.slot, PartitionLeaseRow.owner)
+                             .where(PartitionLeaseRow.route == route, PartitionLeaseRow.expires_at >= now))
+            return {r[0]: r[1] for r in rows}
 
     # idempotency
     def claim_key(self, route: str, key: str, message_id: str) -> bool:

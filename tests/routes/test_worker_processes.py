@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from esbhub.bus.broker import create_broker
@@ -78,3 +79,75 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
     assert {e.headers["rev"] for e in got[:20]} == {"1"}
     assert all(e.headers["esbhub-route"] == f"procs@v{e.headers['rev']}" for e in got)
     assert sorted(e.payload["i"] for e in got) == list(range(len(got)))  # nothing lost or duplicated
+
+
+ORDERED = ("name: ordp\nfrom: {topic: ordp.in.v1}\nordering_key: payload.k\npartitions: 3\n"
+           "steps:\n  - type: map\n    values: {headers.seen: 'y'}\nto: [{topic: ordp.out.v1}]\n")
+
+
+def test_ordering_key_holds_across_two_worker_processes_and_survives_a_kill(tmp_path: Path, unique: str):
+    """Each ordered-route queue (forwarder, partitions) is consumed by one process at a time
+    (a lease per queue); the slots spread over both processes; after one is killed -9 the other
+    takes its slots over once their lease expires, and every key stays in order throughout."""
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    burl = f"sqlite:///{tmp_path / 'broker.db'}"
+    upgrade(db)
+    store = RouteStore(db)
+    assert apply_text(store, ORDERED, author="t").ok
+    broker = create_broker(burl, exchange=unique)
+    broker.connect()
+    broker.declare_queue("ordp.out", ["ordp.out.v1"])
+    broker.declare_queue("route.ordp", ["ordp.in.v1"])
+    env = {**os.environ, "ESBHUB_DATABASE_URL": db, "ESBHUB_BROKER_URL": burl, "ESBHUB_EXCHANGE": unique,
+           "ESBHUB_DATA_DIR": str(tmp_path / "var"), "ESBHUB_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1",
+           "ESBHUB_ROUTE_LEASE_TTL": "3"}
+    logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+    procs = [subprocess.Popen([sys.executable, "-m", "esbhub.cli", "worker"], env=env, stdout=f, stderr=f) for f in logs]
+    got: list[Envelope] = []
+
+    def drain() -> int:
+        while (d := broker.get("ordp.out", timeout=0.05)) is not None:
+            got.append(d.envelope)
+            d.ack()
+        return len({e.causation_id for e in got})
+
+    def send(lo: int, hi: int) -> None:
+        broker.publish_many([Envelope.create("ordp.in.v1", {"k": f"K{i % 7}", "i": i}, source="t") for i in range(lo, hi)],
+                            timeout=10)
+
+    def slots_of(i: int) -> set[str]:
+        text = (tmp_path / f"worker{i}.log").read_text(errors="replace")
+        return {ln.split('"slot": "')[1].split('"')[0] for ln in text.splitlines() if '"route_slot_acquired"' in ln}
+
+    try:
+        send(0, 100)  # waits in the route's queue until a process holds the forwarder slot
+        # the first process up takes every slot, then hands half over when the second one appears
+        wait_until(lambda: (h := store.slot_holders("ordp")).keys() == {"fwd", "p0", "p1", "p2"}
+                   and sorted(Counter(h.values()).values()) == [2, 2], timeout=60, what="slots shared 2 + 2")
+        send(100, 300)
+        wait_until(lambda: drain() >= 300, timeout=60, what="first 300 outputs")
+        assert slots_of(0) and slots_of(1), "both processes consumed"
+        procs[0].kill()  # -9: no lease released, its in-flight message comes back from the broker
+        procs[0].wait(10)
+        send(300, 500)
+        wait_until(lambda: drain() >= 500, timeout=60, what="outputs after the takeover")
+        assert slots_of(1) == {"fwd", "p0", "p1", "p2"}, "the survivor took every slot over"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.close()
+        for f in logs:
+            f.close()
+    first: dict[str, Envelope] = {}
+    for e in got:  # a message redelivered after the kill comes out again with the same id
+        first.setdefault(e.id, e)
+    outs = list(first.values())
+    assert sorted(e.payload["i"] for e in outs) == list(range(500))  # nothing lost
+    for k in range(7):
+        seq = [e.payload["i"] for e in outs if e.payload["k"] == f"K{k}"]
+        assert seq == sorted(seq), f"K{k} out of order: {seq}"
