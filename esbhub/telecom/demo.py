@@ -121,6 +121,7 @@ class Demo:
         self.resource_url = f"sqlite:///{self.data_dir / 'telecom-resource.db'}"
         self.bank_dir = self.data_dir / "bank-outbox"
         self.bank_file: Path | None = None
+        self.bill_file: Path | None = None
         self.env: dict[str, str] = {}
         self.trap_port = 0
         self.community = os.environ.get("ESBHUB_TELECOM_SNMP_COMMUNITY") or "public"
@@ -132,6 +133,7 @@ class Demo:
         self.sim = sims.SimServer(w, port=self.sim_port).start()
         sims.create_resource_db(w, self.resource_url).dispose()
         self.bank_file = sims.write_bank_file(w, self.bank_dir)
+        self.bill_file = sims.write_bill_file(w, self.data_dir / "billing-outbox")
         shutil.rmtree(self.routes_dir, ignore_errors=True)
         self.routes_dir.mkdir(parents=True)
         self.trap_port = _free_udp_port()
@@ -163,7 +165,8 @@ class Demo:
         return envs, [sims.crm_party(p) for p in w.crm]
 
     def bill_messages(self) -> list[Envelope]:
-        return [Envelope.create("bill.v1", b, source="billing") for b in self._w.bills]
+        assert self.bill_file is not None
+        return [Envelope.create("bill.v1", b, source="billing") for b in sims.read_bill_file(self.bill_file)]
 
     def payment_messages(self) -> list[Envelope]:
         assert self.bank_file is not None
@@ -196,7 +199,7 @@ class Demo:
         wait_idle(store, broker, timeout=timeout)
         bills = self.bill_messages()
         _publish_batches(publish, bills)
-        log(f"phase 2: {len(bills)} monthly bills (revenue → tier)")
+        log(f"phase 2: {len(bills)} monthly bills from {self.bill_file.name if self.bill_file else '?'} (revenue → tier)")
         wait_idle(store, broker, timeout=timeout)
         pay, orders = self.payment_messages(), self.order_messages()
         _publish_batches(publish, pay + orders)

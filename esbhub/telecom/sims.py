@@ -7,6 +7,8 @@
   service orders) and the **alarm receiver** of the network-operations desk (``POST /notify/alarms``);
 * :func:`create_resource_db` — the **resource inventory**: customers, circuits and service
   instances in any SQLAlchemy database (SQLite file in the demo);
+* :func:`write_bill_file` / :func:`read_bill_file` — **billing**'s daily bill file (GBK, ``|``
+  separated, one line per bill item);
 * :func:`write_bank_file` / :func:`read_bank_file` — the **bank**'s payment result file,
   GB18030 fixed-width (read back with the adapters' fixed-width parser, as the SFTP source does);
 * native customer-change records of billing, resource and bank (:func:`billing_record` …)
@@ -25,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from esbhub.adapters.fileformats import FixedColumn, FixedWidthFormat, parse_records
+from esbhub.adapters.fileformats import CsvFormat, FixedColumn, FixedWidthFormat, parse_records
 from esbhub.schemas.party import Party
 from esbhub.telecom.world import PERIOD, TelecomWorld
 
@@ -242,6 +244,38 @@ def write_bank_file(world: TelecomWorld, directory: Path) -> Path:
 
 def read_bank_file(path: Path) -> list[dict[str, Any]]:
     return [rec for _line, rec in parse_records(path.read_bytes(), BANK_FORMAT, "gb18030")]
+
+
+# ------------------------------------------------------------------ billing's daily bill file (GBK, '|' separated)
+BILL_FORMAT = CsvFormat(type="csv", delimiter="|", header=True)
+BILL_COLUMNS = ("bill_id", "account", "customer_source_id", "period", "issued_on", "item_code", "item_amount")
+
+
+def write_bill_file(world: TelecomWorld, directory: Path) -> Path:
+    """Billing's daily bill file: one line per bill item, GBK, temporary name then rename."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"BILL_{PERIOD.replace('-', '')}_{world.seed}.txt"
+    lines = ["|".join(BILL_COLUMNS)]
+    for b in world.bills:
+        for it in b["items"]:
+            lines.append("|".join((b["bill_id"], b["account"], b["customer_source_id"], b["period"], b["issued_on"],
+                                   it["code"], it["amount"])))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(("\r\n".join(lines) + "\r\n").encode("gbk"))
+    tmp.replace(path)
+    return path
+
+
+def read_bill_file(path: Path) -> list[dict[str, Any]]:
+    """bill.v1 payloads from a bill file (items of one bill grouped, total = their sum)."""
+    bills: dict[str, dict[str, Any]] = {}
+    for _line, r in parse_records(path.read_bytes(), BILL_FORMAT, "gbk"):
+        b = bills.setdefault(r["bill_id"], {
+            "bill_id": r["bill_id"], "account": r["account"], "customer_source_id": r["customer_source_id"],
+            "period": r["period"], "issued_on": r["issued_on"], "items": [], "total": Decimal(0)})
+        b["items"].append({"code": r["item_code"], "amount": r["item_amount"]})
+        b["total"] += Decimal(r["item_amount"])
+    return [{**b, "total": str(b["total"])} for b in bills.values()]
 
 
 # ------------------------------------------------------------------ billing + alarm receiver (HTTP)
