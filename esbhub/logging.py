@@ -24,6 +24,11 @@ def configure(level: str = "info", *, json: bool = True) -> None:
     global _configured
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=lvl, format="%(message)s")
+    # Client libraries log every request at INFO (httpx: "HTTP Request: …"); the hub logs
+    # what matters itself, with ids bound, so they speak only on warnings.
+    for noisy in ("httpx", "httpcore", "zeep", "paramiko", "pysnmp", "kombu", "amqp", "urllib3", "alembic"):
+        if lvl > logging.DEBUG:
+            logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
