@@ -507,12 +507,15 @@ class ServeDemo:
             os.kill(os.getpid(), signal.SIGINT)
 
     def _drive(self, url: str, echo: Callable[[str], None]) -> None:
+        import logging
+
         import httpx
 
         from esbhub.auth.store import admin_key_path
         from esbhub.bus.broker import create_broker
         from esbhub.bus.store import BusStore
 
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per CRM push
         started = time.monotonic()
         deadline = started + 60
         while True:
