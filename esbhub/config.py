@@ -12,6 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from esbhub.secrets import check_url_secret
+
 
 class RetryPolicy(BaseModel):
     """Redelivery policy: exponential backoff with jitter, then dead-letter."""
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
     log_payloads: bool = Field(default=False, description="Log message payloads (off: they may hold personal data).")
     admin_key_file: Path | None = Field(default=None, description="Where the first admin key is written (0600).")
+
+    @field_validator("broker_url", "database_url")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        return check_url_secret(v)
 
     @field_validator("data_dir")
     @classmethod

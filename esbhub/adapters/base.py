@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import re
 import socket
 import threading
 import time
@@ -70,7 +69,7 @@ from esbhub.errors import (
     TransientError,
 )
 from esbhub.logging import get_logger
-from esbhub.secrets import REF_RE, _check_ref, resolve
+from esbhub.secrets import _check_ref, check_url_secret, redact_url, resolve_url
 
 # ---------------------------------------------------------------------------------------------
 # config
@@ -105,41 +104,6 @@ class AdapterConfig(BaseModel):
 
 
 ConfigT = TypeVar("ConfigT", bound=AdapterConfig)
-
-_URL_PASSWORD_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
-
-
-def check_url_secret(url: str) -> str:
-    """Validator for URL fields: a password inside the URL must itself be a reference.
-
-    ``postgresql+psycopg://app:${env:PGPASS}@db/x`` is fine; ``…//app:hunter2@db/x`` is refused.
-    """
-    m = _URL_PASSWORD_RE.match(url)
-    if m and m.group("pw") and not REF_RE.match(m.group("pw")):
-        raise ValueError(
-            "the password in this URL must be a reference, e.g. 'scheme://user:${env:NAME}@host/…', never inline"
-        )
-    return url
-
-
-def resolve_url(url: str, *, loc: str = "url") -> str:
-    """The URL with a ``${env:…}`` / ``${file:…}`` password replaced by the secret (URL-quoted)."""
-    from urllib.parse import quote
-
-    m = _URL_PASSWORD_RE.match(url)
-    if not m or not REF_RE.match(m.group("pw")):
-        return url
-    secret = resolve(m.group("pw"), loc=loc).get_secret_value()
-    return f"{m.group('scheme')}{m.group('user')}:{quote(secret, safe='')}@" + url[m.end():]
-
-
-def redact_url(url: str) -> str:
-    """The URL fit for a log line or health output (password masked)."""
-    m = _URL_PASSWORD_RE.match(url)
-    if not m:
-        return url
-    return f"{m.group('scheme')}{m.group('user')}:***@" + url[m.end():]
-
 
 def _annotation_is_secret(ann: Any) -> bool:
     if typing.get_origin(ann) is typing.Annotated:

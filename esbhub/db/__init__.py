@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+from esbhub.secrets import resolve_url
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -43,7 +45,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str, **kw: Any) -> Engine:
-    """An engine with sane defaults: WAL + busy timeout on SQLite, pre-ping and timeouts elsewhere."""
+    """An engine with sane defaults: WAL + busy timeout on SQLite, pre-ping and timeouts elsewhere.
+
+    A password in the URL may be a reference (``postgresql+psycopg://hub:${env:PG_PASSWORD}@db/hub``),
+    resolved here; the resolved URL is never logged (SQLAlchemy masks it in reprs).
+    """
+    url = resolve_url(url, loc="database_url")
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -103,7 +103,7 @@ def test_sync_mode_gets_the_reply_from_a_real_worker_and_504_when_none(real, uni
 
 
 def test_unreachable_rabbitmq_answers_503_with_retry_after(tmp_path):
-    settings = Settings(data_dir=tmp_path / "var", broker_url="amqp://guest:guest@127.0.0.1:1//", publish_timeout=1)
+    settings = Settings(data_dir=tmp_path / "var", broker_url="amqp://guest@127.0.0.1:1//", publish_timeout=1)
     upgrade(settings.effective_database_url)
     _kid, admin = ApiKeyStore(settings.effective_database_url).create("admin", scopes=["admin"])
     with TestClient(create_app(settings)) as client:
