@@ -3,7 +3,9 @@
 ``GET /v1/routes`` · ``GET /v1/routes/{name}`` (active version + history) ·
 ``GET /v1/routes/{name}/versions/{version}`` · ``PUT /v1/routes/{name}`` (YAML body; validated
 first, refused with file:line errors, else stored as a new version that workers swap to) ·
-``POST /v1/routes/{name}/pause|resume|rollback``.
+``POST /v1/routes/{name}/pause|resume|rollback`` · ``DELETE /v1/routes/{name}`` (workers drain
+its queues, then stop it; the version history stays, with who deleted it and when; a rollback
+brings it back).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from esbhub.api.errors import ApiError
 from esbhub.auth import require
 from esbhub.routes.runtime import apply_text
-from esbhub.routes.store import RouteStore
+from esbhub.routes.store import DELETE_ACTION, RouteStore
 
 router = APIRouter(prefix="/v1/routes", tags=["routes"])
 _lock = threading.Lock()
@@ -43,6 +45,8 @@ def _active(st: RouteStore, name: str) -> dict[str, Any]:
     v = st.get(name)
     if v is None:
         raise ApiError(404, "not_found", f"no route '{name}'")
+    if v["action"] == DELETE_ACTION:
+        raise ApiError(404, "not_found", f"route '{name}' was deleted by {v['author']} at {v['created_at']}")
     return v
 
 
@@ -63,9 +67,28 @@ def list_routes(request: Request, _p: Any = Depends(require("read"))) -> dict[st
 def get_route(name: str, request: Request, _p: Any = Depends(require("read"))) -> dict[str, Any]:
     """The active version (YAML content) and the whole version history (who, when, diff)."""
     st = _store(request)
-    v = _active(st, name)
-    return {"name": name, "version": v["version"], "content": v["content"], "paused": name in st.paused(),
-            "history": st.versions(name)}
+    v = st.get(name)
+    if v is None:
+        raise ApiError(404, "not_found", f"no route '{name}'")
+    if v["action"] == DELETE_ACTION:  # gone, but its history stays readable
+        return {"name": name, "deleted": True, "deleted_by": v["author"], "deleted_at": v["created_at"],
+                "version": None, "content": None, "paused": False, "history": st.versions(name)}
+    return {"name": name, "deleted": False, "version": v["version"], "content": v["content"],
+            "paused": name in st.paused(), "history": st.versions(name)}
+
+
+@router.delete("/{name}")
+def delete_route(name: str, request: Request, principal: Any = Depends(require("routes"))) -> dict[str, Any]:
+    """Delete a route: workers drain its queues (everything accepted before now is processed),
+    then stop it and remove its queues. Its version history stays, ending with the deletion
+    (who, when); ``POST …/rollback`` brings the last version back."""
+    st = _store(request)
+    _active(st, name)
+    try:
+        v = st.delete(name, by=principal.name)
+    except KeyError:
+        raise ApiError(404, "not_found", f"no route '{name}'") from None
+    return {"name": name, "deleted": True, "version": v["version"], "deleted_by": v["author"], "deleted_at": v["created_at"]}
 
 
 @router.get("/{name}/versions/{version}")
@@ -114,7 +137,8 @@ def rollback_route(
     principal: Any = Depends(require("routes")),
 ) -> dict[str, Any]:
     st = _store(request)
-    _active(st, name)
+    if st.get(name) is None:  # a deleted route can be rolled back (brought back)
+        raise ApiError(404, "not_found", f"no route '{name}'")
     try:
         v = st.rollback(name, to, author=principal.name)
     except (KeyError, ValueError) as exc:

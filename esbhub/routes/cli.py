@@ -1,4 +1,4 @@
-"""``esbhub routes …`` — lint, schema, docs, test, try, apply, rollback, list, history, pause, resume.
+"""``esbhub routes …`` — lint, schema, docs, test, try, apply, rollback, delete, list, history, pause, resume.
 
 Offline commands (lint, schema, docs, test, try) need no hub; the others use the hub database
 (``--database-url`` / settings): a change is validated, stored as a new version, and every
@@ -205,6 +205,23 @@ def rollback(ctx: click.Context, name: str, to: int | None, author: str | None) 
     except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
     click.echo(f"{name}: v{v['version']} active ({v['comment']})")
+
+
+@routes.command()
+@click.argument("name")
+@click.option("--author", help="Who deletes (default: the OS user).")
+@click.option("--comment", default="", help="Why (kept in the history).")
+@click.pass_context
+def delete(ctx: click.Context, name: str, author: str | None, comment: str) -> None:
+    """Delete a route: workers drain its queue (everything accepted before now is processed), then
+    stop it and remove its queue. The version history stays, ending with the deletion (who, when);
+    `routes rollback NAME` brings the last version back. Remove its file from routes_dir too, or
+    the file watcher applies it again."""
+    try:
+        v = _store(ctx).delete(name, by=_author(author), comment=comment)
+    except KeyError:
+        raise click.ClickException(f"no route '{name}'") from None
+    click.echo(f"{name}: deleted (v{v['version']} by {v['author']} at {v['created_at']}); workers drain it, then stop it")
 
 
 @routes.command("list")

@@ -224,6 +224,7 @@ class RouteRuntime:
         self.lease_interval = min(1.0, partition_lease_ttl / 4)
         self._held: dict[tuple[str, str], float] = {}  # (route, slot) → monotonic time of the last renewal
         self._member_slot = uuid.uuid4().hex[:16]  # this process's row among the live members
+        self._draining: set[str] = set()  # deleted routes whose queues are being drained
         self._lease_lock = threading.Lock()
 
     # ------------------------------------------------------------ building
@@ -359,8 +360,15 @@ class RouteRuntime:
                 return []
             self._stamp = stamp
             swapped = []
-            for name, v in sorted(self.store.active().items()):
+            active = self.store.active()
+            for name in sorted(set(self.current) - set(active) - self._draining):
+                self._draining.add(name)  # deleted: drain its queues, then stop (see _drain)
+                log.info("route_draining", route=name, version=self.current[name].version)
+                threading.Thread(target=self._drain, args=(name,), name=f"routes-drain-{name}", daemon=True).start()
+            for name, v in sorted(active.items()):
                 cur = self.current.get(name)
+                if name in self._draining:
+                    continue  # re-created while draining: picked up once the drain finished
                 if cur is not None and cur.version == v["version"]:
                     continue
                 try:
@@ -441,6 +449,53 @@ class RouteRuntime:
         self._sources.clear()
         if self._reply is not None:
             self._reply.stop()
+
+    # ------------------------------------------------------------ deletion
+    def _queues_of(self, cr: CompiledRoute) -> list[str]:
+        qs = [queue_for(cr.name)]
+        if cr.route.ordering_key is not None:
+            qs += [queue_for(partition_name(cr.name, k)) for k in range(cr.route.partitions)]
+        return qs
+
+    def _depth(self, queues: list[str]) -> int:
+        return sum(self.broker.queue_depth(q) for q in queues)  # ready + delayed + unacked, in any process
+
+    def _drain(self, name: str, poll: float = 0.2) -> None:
+        """A deleted route: keep consuming (last version) until its queues hold nothing — ready,
+        delayed retries or unacked in any process — then stop its consumers, check once more
+        and delete its queues (and so its bindings). Messages published after the deletion are
+        not the route's any more; everything accepted before it is processed."""
+        cr = self.current[name]
+        queues = self._queues_of(cr)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._depth(queues) == 0:
+                        with self._lock:
+                            subs = self._sub_names(name) if self.worker is not None else []
+                            for sub in subs:
+                                self.worker.remove(sub)  # finishes its in-flight message
+                            if self._depth(queues) == 0:
+                                for q in queues:
+                                    try:
+                                        self.broker.delete_queue(q)
+                                    except Exception as exc:  # noqa: BLE001 - another worker deleted it first
+                                        log.info("route_queue_delete_skipped", route=name, queue=q, error_type=type(exc).__name__)
+                                self.current.pop(name, None)
+                                src = self._sources.pop(name, None)
+                                if src is not None:
+                                    src.stop()
+                                log.info("route_deleted_drained", route=name, version=cr.version, queues=queues)
+                                self._stamp = None  # a re-creation during the drain is picked up now
+                                return
+                            for sub in self.subscriptions_for(cr):  # a retry came back: keep draining
+                                self.worker.add(sub)
+                except Exception as exc:  # noqa: BLE001 - broker/store hiccup: try again
+                    log.warning("route_drain_failed", route=name, error_type=type(exc).__name__, error=str(exc)[:300])
+                self._stop.wait(poll)
+        finally:
+            with self._lock:
+                self._draining.discard(name)
 
     # ------------------------------------------------------------ ordered routes across processes
     def leases(self) -> bool:

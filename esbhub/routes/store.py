@@ -110,6 +110,9 @@ class PartitionLeaseRow(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
 
+DELETE_ACTION = "delete"
+
+
 @contextlib.contextmanager
 def _tx(engine: Any) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as s, s.begin():
@@ -197,24 +200,41 @@ class RouteStore:
             return _version_dict(r) if r else None
 
     def active(self) -> dict[str, dict[str, Any]]:
-        """The newest version of every route."""
+        """The newest version of every route not deleted."""
         sub = select(RouteVersionRow.route, func.max(RouteVersionRow.version).label("v")).group_by(RouteVersionRow.route).subquery()
         q = select(RouteVersionRow).join(sub, (RouteVersionRow.route == sub.c.route) & (RouteVersionRow.version == sub.c.v))
+        q = q.where(RouteVersionRow.action != DELETE_ACTION)
         with _tx(self.engine) as c:
             return {r.route: _version_dict(r) for r in c.execute(q).scalars()}
+
+    def delete(self, name: str, *, by: str, comment: str = "") -> dict[str, Any]:
+        """Delete a route: a tombstone version (action ``delete``, no content, who/when) is
+        appended — the history stays, workers drain and stop the route. Applying or rolling
+        back later makes it live again as a new version. KeyError if no such live route."""
+        cur = self.get(name)
+        if cur is None or cur["action"] == DELETE_ACTION:
+            raise KeyError(name)
+        self.set_paused(name, False, by=by)  # a paused route could not drain
+        v = self.apply(name, "", author=by, action=DELETE_ACTION, comment=comment or "deleted")
+        if v is None:  # cannot happen: a live version has content
+            raise KeyError(name)
+        return v
 
     def rollback(self, name: str, to: int | None = None, *, author: str) -> dict[str, Any]:
         """Make version ``to`` (default: the one before the active one) active again, as a new version."""
         vs = self.versions(name)
         if not vs:
             raise KeyError(name)
-        if to is None:
-            if len(vs) < 2:
+        if to is None:  # the newest live version before the current one (after a deletion: undo it)
+            earlier = [v for v in vs[:-1] if v["action"] != DELETE_ACTION]
+            if not earlier:
                 raise ValueError(f"route '{name}' has only one version")
-            to = vs[-2]["version"]
+            to = earlier[-1]["version"]
         old = self.get(name, to)
         if old is None:
             raise KeyError(f"{name}@v{to}")
+        if old["action"] == DELETE_ACTION:
+            raise ValueError(f"version {to} of route '{name}' is its deletion")
         new = self.apply(name, old["content"], author=author, action="rollback", comment=f"rollback to v{to}")
         return new or self.get(name)  # type: ignore[return-value]
 

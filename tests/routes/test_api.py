@@ -65,3 +65,21 @@ def test_pause_resume_rollback_and_scopes(api):
     assert c.post("/v1/routes/apir/resume", headers=admin).json()["paused"] is False
     assert c.post("/v1/routes/nope/pause", headers=admin).status_code == 404
     assert c.get("/v1/routes", headers={}).status_code == 401
+
+
+def test_delete_keeps_history_audits_who_and_when_and_rollback_brings_it_back(api):
+    c, admin, reader = api
+    c.put("/v1/routes/apir", content=ROUTE, headers=admin)
+    assert c.delete("/v1/routes/apir", headers=reader).status_code == 403
+    r = c.delete("/v1/routes/apir", headers=admin)
+    assert r.status_code == 200 and r.json()["deleted"] and r.json()["deleted_by"] == "ops" and r.json()["version"] == 2
+    assert c.get("/v1/routes", headers=reader).json()["routes"] == []
+    one = c.get("/v1/routes/apir", headers=reader).json()
+    assert one["deleted"] and one["deleted_by"] == "ops" and one["deleted_at"] and one["content"] is None
+    assert [(h["version"], h["action"], h["author"]) for h in one["history"]] == [(1, "apply", "ops"), (2, "delete", "ops")]
+    assert c.delete("/v1/routes/apir", headers=admin).status_code == 404  # already deleted
+    assert c.post("/v1/routes/apir/pause", headers=admin).status_code == 404
+    assert c.delete("/v1/routes/nope", headers=admin).status_code == 404
+    r = c.post("/v1/routes/apir/rollback", headers=admin)
+    assert r.status_code == 200 and r.json()["version"] == 3 and r.json()["comment"] == "rollback to v1"
+    assert c.get("/v1/routes/apir", headers=reader).json()["content"] == ROUTE

@@ -94,6 +94,11 @@ def test_apply_rollback_list_history_pause_resume(cli, tmp_path: Path):
     assert rows == [{"route": "clir", "version": 3, "author": "carol", "created_at": rows[0]["created_at"], "paused": True}]
     assert cli("resume", "clir").exit_code == 0 and not json.loads(cli("list", "--json").output)[0]["paused"]
     assert cli("pause", "nope").exit_code != 0
+    r = cli("delete", "clir", "--author", "dave", "--comment", "replaced by clir2")
+    assert r.exit_code == 0 and "clir: deleted (v4 by dave" in r.output
+    assert json.loads(cli("list", "--json").output) == []
+    assert "v4 delete by dave" in cli("history", "clir").output and "replaced by clir2" in cli("history", "clir").output
+    assert cli("delete", "clir").exit_code != 0  # already deleted
 
 
 def test_docs_reference_in_the_repo_is_up_to_date(tmp_path: Path):

@@ -343,3 +343,27 @@ def test_in_flight_message_finishes_on_the_old_version_the_next_runs_on_the_new(
     release.set()
     got = wait_until(lambda: len(memory_sink(sink)) == 2 and memory_sink(sink), what="both messages")
     assert [(e.payload["i"], e.headers["rev"], e.headers["esbhub-route"]) for e in got] == [(0, "1", "swap@v1"), (1, "2", "swap@v2")]
+
+
+def test_delete_drains_what_was_accepted_then_stops_and_removes_the_queue(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("gone", sink)).ok
+    hub.routes.set_paused("gone", True, by="t")  # messages pile up in the queue
+    rt = hub.start()
+    wait_until(lambda: hub.workers[0].subscriptions().get("gone", {}).get("paused"), what="paused")
+    hub.publish([msg(i) for i in range(30)])
+    wait_until(lambda: hub.broker.queue_depth("route.gone") == 30, what="queued")
+    v = hub.routes.delete("gone", by="ops", comment="retired")
+    assert v["action"] == "delete" and v["author"] == "ops"
+    # the deleted (and paused) route is drained: everything accepted before the deletion is processed
+    wait_until(lambda: "gone" not in rt.current and "gone" not in hub.workers[0].subscriptions(), what="drained and stopped")
+    assert sorted(e.payload["i"] for e in memory_sink(sink)) == list(range(30))
+    hub.publish([msg(99)])  # its queue (and binding) is gone: this one is not the route's any more
+    assert hub.broker.queue_depth("route.gone") == 0
+    assert [x["action"] for x in hub.routes.versions("gone")] == ["apply", "delete"]
+    # brought back by a rollback: a new version, consumed again
+    hub.routes.rollback("gone", author="ops")
+    wait_until(lambda: "gone" in hub.workers[0].subscriptions(), what="route back after rollback")
+    hub.publish([msg(100)])
+    wait_until(lambda: len(memory_sink(sink)) == 31, what="message on the restored route")
+    assert memory_sink(sink)[-1].payload["i"] == 100 and memory_sink(sink)[-1].headers["esbhub-route"] == "gone@v3"
