@@ -89,7 +89,7 @@ def _index_rss(db: str) -> None:
     svc._ensure_index()
     secs = time.perf_counter() - t
     gc.collect()
-    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "peak_mb": peak_rss_mb()}))
+    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "rss_mb": rss_mb()}))
 
 
 def peak_rss_mb() -> float:
@@ -262,7 +262,7 @@ def main() -> None:
           f"links, inbox, indexes)")
     print(f"matcher index rebuilt from the store: +{mem['mb']:.0f} MB RSS for {mem['n']} records "
           f"({mem['mb'] * 1e6 / max(mem['n'], 1) / 1e3:.1f} KB each → ~{mem['mb'] / max(mem['n'], 1) * 1e6 / 1e3:,.1f} GB "
-          f"at 1M if linear) in {mem['seconds']:.1f} s (that process's peak RSS {mem['peak_mb']:.0f} MB); "
+          f"at 1M if linear) in {mem['seconds']:.1f} s (that process's RSS then {mem['rss_mb']:.0f} MB); "
           f"this process's peak RSS {peak_rss_mb():.0f} MB")
     if cmp:
         print(f"per-record path (one transaction per record) vs bulk path (batches of {a.batch}) on the same "
