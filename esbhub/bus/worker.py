@@ -35,7 +35,8 @@ cost of one commit per message.
 
 Derived messages and replies get ids computed from (input id, subscription, position), so a
 handler that runs again after a crash republishes the *same* ids and downstream dedup drops
-the copies.
+the copies. A handler that already derives its ids deterministically from the input (the
+route engine does) passes ``ctx.publish(..., keep_id=True)`` and its ids are kept.
 """
 
 from __future__ import annotations
