@@ -5,7 +5,8 @@
 
 For each configuration: start the server on a free loopback port, warm up, run wrk for
 `--duration` seconds with a Lua script POSTing a valid payment.v1 (each with a new
-payment_id) with an API key, and report accepted (2xx) req/s, p50/p99 latency and errors.
+payment_id) with an API key, and report accepted (2xx) req/s, p50/p99 latency and errors,
+and the RSS of the API process tree (its uvicorn workers included) sampled every 0.2 s.
 The baseline is a bare FastAPI endpoint on the same uvicorn settings that answers 202
 without parsing, validating or publishing — the ceiling of the HTTP stack on this machine.
 Not a test: numbers depend on the machine; record them in docs/benchmarks.md.
@@ -103,16 +104,30 @@ def parse_wrk(out: str, duration: float) -> dict:
     }
 
 
-def run_wrk(url: str, key: str, duration: int, connections: int, threads: int, lua: Path) -> dict:
+def run_wrk(url: str, key: str, duration: int, connections: int, threads: int, lua: Path,
+            pid: int | None = None) -> dict:
     env = {**os.environ, "ESBHUB_BENCH_KEY": key}
     # warm-up (JIT-free Python still needs imports, caches, first SQLite pages)
     subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", str(lua), url], env=env, capture_output=True, check=True)
     load_before = os.getloadavg()[0]
+    sampler = None
+    if pid is not None:  # RSS of the API process tree (uvicorn workers included) during the load
+        from api_memory import RssSampler
+
+        sampler = RssSampler(pid)
+        sampler.start()
+        time.sleep(0.3)
+        sampler.phase = "load"
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
          "-s", str(lua), url], env=env, capture_output=True, text=True, check=True,
     ).stdout
     res = parse_wrk(out, duration)
+    if sampler is not None:
+        sampler.stop()
+        m = sampler.summary()
+        res["rss_mb"] = {k: m[k] for k in ("processes", "start_mb", "peak_mb", "end_mb", "pss_peak_mb",
+                                          "largest_process_peak_mb")}
     # other processes on the machine compete with server and wrk for the 2 cores: say how busy it was
     res["loadavg_1m_before"] = round(load_before, 2)
     res["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
@@ -154,7 +169,7 @@ def bench_hub(backend: str, http_workers: int, with_worker: bool, args: argparse
     try:
         wait_healthy(url, proc)
         key = (data / "admin.key").read_text().strip()
-        res = run_wrk(url, key, args.duration, args.connections, args.threads, lua)
+        res = run_wrk(url, key, args.duration, args.connections, args.threads, lua, pid=proc.pid)
         # sanity: the hub really stored them (embedded: queue rows; any: state of the last one)
         res.update({"config": f"esbhub {backend}, {http_workers} http worker(s), "
                               f"{'1 bus worker' if with_worker else 'no bus worker'}"})
@@ -220,10 +235,12 @@ def main() -> None:
     head = (f"HTTP ingest, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPU, "
             f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, payment.v1 with API key, loopback")
     print("\n" + head)
-    print(f"{'configuration':<62} {'accepted/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'load1m':>7}")
+    print(f"{'configuration':<62} {'accepted/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'load1m':>7} "
+          f"{'RSS peak MB (sum/largest)':>26}")
     for r in results:
+        rss = f"{r['rss_mb']['peak_mb']}/{r['rss_mb']['largest_process_peak_mb']}" if "rss_mb" in r else "-"
         print(f"{r['config']:<62} {r['accepted_rps']:>10} {r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f} "
-              f"{r['non_2xx']:>8} {r['loadavg_1m_before']:>7.2f}")
+              f"{r['non_2xx']:>8} {r['loadavg_1m_before']:>7.2f} {rss:>26}")
     if args.json:
         args.json.write_text(json.dumps({"header": head, "results": results}, indent=2))
 
