@@ -488,8 +488,10 @@ class RouteRuntime:
                                 log.info("route_deleted_drained", route=name, version=cr.version, queues=queues)
                                 self._stamp = None  # a re-creation during the drain is picked up now
                                 return
-                            for sub in self.subscriptions_for(cr):  # a retry came back: keep draining
-                                self.worker.add(sub)
+                            have = set(self.worker.subscriptions()) if self.worker is not None else set()
+                            for sub in self.subscriptions_for(cr) if self.worker is not None else []:
+                                # a retry came back: keep draining
+                                (self.worker.replace if sub.name in have else self.worker.add)(sub)
                 except Exception as exc:  # noqa: BLE001 - broker/store hiccup: try again
                     log.warning("route_drain_failed", route=name, error_type=type(exc).__name__, error=str(exc)[:300])
                 self._stop.wait(poll)

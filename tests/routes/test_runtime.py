@@ -367,3 +367,21 @@ def test_delete_drains_what_was_accepted_then_stops_and_removes_the_queue(hub: H
     hub.publish([msg(100)])
     wait_until(lambda: len(memory_sink(sink)) == 31, what="message on the restored route")
     assert memory_sink(sink)[-1].payload["i"] == 100 and memory_sink(sink)[-1].headers["esbhub-route"] == "gone@v3"
+
+
+def test_delete_of_an_ordered_route_drains_its_partitions_and_releases_their_leases(hub: Hub):
+    sink = hub.unique
+    assert hub.apply(route_yaml("ordd", sink, extra="ordering_key: payload.k\npartitions: 2\n")).ok
+    hub.routes.set_paused("ordd", True, by="t")
+    rt = hub.start()
+    hub.publish([msg(i, k=f"K{i % 3}") for i in range(30)])
+    wait_until(lambda: hub.broker.queue_depth("route.ordd") == 30, what="queued while paused")
+    hub.routes.delete("ordd", by="ops")
+    wait_until(lambda: "ordd" not in rt.current and not any(n.startswith("ordd") for n in hub.workers[0].subscriptions()),
+               what="drained and stopped")
+    got = memory_sink(sink)
+    assert sorted(e.payload["i"] for e in got) == list(range(30))
+    for k in range(3):
+        seq = [e.payload["i"] for e in got if e.payload["k"] == f"K{k}"]
+        assert seq == sorted(seq)
+    wait_until(lambda: hub.routes.slot_holders("ordd") == {}, what="leases released")
