@@ -5,14 +5,19 @@ traffic from a thread of the serve process and prints the summary) and by the en
 (:func:`run_inprocess`: one Worker in the test process). Both go through :class:`Demo`:
 
 1. :meth:`Demo.prepare` — build the world (seeded), start the billing/alarm-receiver simulator
-   on a loopback port, create the resource inventory (SQLite under the data dir), write the bank
-   payment file (GB18030 fixed width), copy ``routes/telecom`` into the data dir with the
-   simulator's address filled in, and export ``ESBHUB_TELECOM_RESOURCE_DB`` /
-   ``ESBHUB_ROUTES_DIR`` / ``ESBHUB_DATABASE_URL`` for the worker processes.
+   on a loopback port, the bank's SFTP server and billing's FTP server (in-process peers,
+   :mod:`esbhub.telecom.peers`, free loopback ports, host key and passwords generated per run),
+   create the resource inventory (SQLite under the data dir), copy ``routes/telecom`` into the
+   data dir with the simulator's address, the peers' ports and the known_hosts path filled in,
+   and export ``ESBHUB_TELECOM_RESOURCE_DB`` / ``ESBHUB_TELECOM_SFTP_PASSWORD`` /
+   ``ESBHUB_TELECOM_FTP_PASSWORD`` / ``ESBHUB_ROUTES_DIR`` / ``ESBHUB_DATABASE_URL`` for the
+   worker processes (whose sftp/ftp sources poll the peers).
 2. :meth:`Demo.drive` — three phases, each waited for until the bus is idle: customers from
    every system (billing, resource, bank natively; CRM as ``party.v1`` over HTTP when a hub URL
-   is given), then the month's bills (revenue → tier), then the bank file's payments and the
-   circuit-down alarms.
+   is given), then billing's daily bill file dropped on the FTP peer (revenue → tier), then the
+   bank's payment file dropped on the SFTP peer, the circuit-down traps and the service orders.
+   A file phase waits until the hub archived the file on its peer (the source does that only
+   after the file's envelopes are on the bus), then for the bus to be idle.
 3. :meth:`Demo.summary` — golden records against the ground truth (pairwise precision/recall,
    false merges), payments posted exactly once with the right amounts, alarms delivered with
    their customers and on the 360 view, tiers, dead letters and the bus counts.
@@ -21,6 +26,7 @@ traffic from a thread of the serve process and prints the summary) and by the en
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -30,13 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from esbhub.bus.envelope import Envelope
-from esbhub.telecom import sims
+from esbhub.telecom import peers, sims
 from esbhub.telecom.world import TelecomWorld, build
 
 ROUTES_SRC = Path(__file__).resolve().parents[2] / "routes" / "telecom"
 PLACEHOLDER_URL = "http://127.0.0.1:18930"
 PLACEHOLDER_TRAP_PORT = "port: 18162"
-ROUTE_NAMES = ("telecom-nms-traps", "telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
+PLACEHOLDER_SFTP_PORT = "port: 18922"
+PLACEHOLDER_FTP_PORT = "port: 18921"
+PLACEHOLDER_KEYS_DIR = "/etc/esbhub/telecom/"
+PEER_DIRECTORY = "outbox"  # the directory both file routes poll on their peer
+ROUTE_NAMES = ("telecom-nms-traps", "telecom-bank-payment-file", "telecom-bill-file", "telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
                "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms", "telecom-service-orders")
 STATUS_QUEUE = "telecom-demo.order-status"  # the portal's view of service_order.status.v1 events
 QUEUES = tuple(f"route.{n}" for n in ROUTE_NAMES) + ("route.mdm",)
@@ -74,6 +84,8 @@ class DemoSummary:
     orders_compensated: int = 0  # billing refused after provisioning: provisioning cancelled
     orders_inconsistent: int = 0  # provisioned and active at the end without a billing account
     status_events: int = 0
+    bank_file_via_sftp: bool = False  # archived on the SFTP peer by the hub, nothing left or rejected
+    bill_file_via_ftp: bool = False  # archived on the FTP peer by the hub, nothing left or rejected
     tiers_checked: int = 0
     tiers_right: int = 0
     dead_letters: int = 0
@@ -92,6 +104,8 @@ class DemoSummary:
             f"golden records: {self.golden_records} from {self.source_records} source records of {self.companies} "
             f"companies — pairwise precision {self.precision:.4f}, recall {self.recall:.4f}, "
             f"false merges {self.false_merges}",
+            f"files: bank {'over SFTP, archived' if self.bank_file_via_sftp else 'NOT archived over SFTP'}; "
+            f"bills {'over FTP, archived' if self.bill_file_via_ftp else 'NOT archived over FTP'}",
             f"payments: {self.payments} in the bank file → {self.postings_received}/{self.postings_expected} postings "
             f"at billing (missing {self.postings_missing}, unexpected {self.postings_unexpected}, wrong amount "
             f"{self.postings_wrong_amount}, duplicates refused {self.duplicate_posts}); payer = billing customer "
@@ -119,9 +133,10 @@ class Demo:
         self.sim: sims.SimServer | None = None
         self.routes_dir = self.data_dir / "telecom-routes"
         self.resource_url = f"sqlite:///{self.data_dir / 'telecom-resource.db'}"
-        self.bank_dir = self.data_dir / "bank-outbox"
-        self.bank_file: Path | None = None
-        self.bill_file: Path | None = None
+        self.sftp: peers.SftpPeer | None = None
+        self.ftp: peers.FtpPeer | None = None
+        self.bank_file: Path | None = None  # where the bank file was dropped on the SFTP peer
+        self.bill_file: Path | None = None  # where the bill file was dropped on the FTP peer
         self.env: dict[str, str] = {}
         self.trap_port = 0
         self.community = os.environ.get("ESBHUB_TELECOM_SNMP_COMMUNITY") or "public"
@@ -132,16 +147,29 @@ class Demo:
         self.world = w = build(self.n_companies, self.seed)
         self.sim = sims.SimServer(w, port=self.sim_port).start()
         sims.create_resource_db(w, self.resource_url).dispose()
-        self.bank_file = sims.write_bank_file(w, self.bank_dir)
-        self.bill_file = sims.write_bill_file(w, self.data_dir / "billing-outbox")
+        sftp_password, ftp_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        shutil.rmtree(self.data_dir / "bank-sftp", ignore_errors=True)
+        shutil.rmtree(self.data_dir / "billing-ftp", ignore_errors=True)
+        self.sftp = peers.SftpPeer(self.data_dir / "bank-sftp", self.data_dir / "bank-sftp-keys", username="bank",
+                                   password=sftp_password).start()
+        self.ftp = peers.FtpPeer(self.data_dir / "billing-ftp", username="billing", password=ftp_password).start()
+        (self.sftp.root / PEER_DIRECTORY).mkdir(parents=True, exist_ok=True)
+        (self.ftp.root / PEER_DIRECTORY).mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.routes_dir, ignore_errors=True)
         self.routes_dir.mkdir(parents=True)
         self.trap_port = _free_udp_port()
+        keys_dir = str(self.sftp.known_hosts.parent) + "/"
         for f in sorted(ROUTES_SRC.glob("*.yaml")):
             text = f.read_text(encoding="utf-8").replace(PLACEHOLDER_URL, self.sim.url)
             text = text.replace(PLACEHOLDER_TRAP_PORT, f"port: {self.trap_port}")
+            text = text.replace(PLACEHOLDER_SFTP_PORT, f"port: {self.sftp.port}")
+            text = text.replace(PLACEHOLDER_FTP_PORT, f"port: {self.ftp.port}")
+            text = text.replace(PLACEHOLDER_KEYS_DIR + "bank_known_hosts", str(self.sftp.known_hosts))
+            text = text.replace(PLACEHOLDER_KEYS_DIR, keys_dir)
             (self.routes_dir / f.name).write_text(text, encoding="utf-8")
         self.env = {
+            "ESBHUB_TELECOM_SFTP_PASSWORD": sftp_password,
+            "ESBHUB_TELECOM_FTP_PASSWORD": ftp_password,
             "ESBHUB_TELECOM_RESOURCE_DB": self.resource_url,
             "ESBHUB_ROUTES_DIR": str(self.routes_dir),
             "ESBHUB_DATABASE_URL": self.database_url,
@@ -152,8 +180,9 @@ class Demo:
         return self
 
     def stop(self) -> None:
-        if self.sim is not None:
-            self.sim.stop()
+        for peer in (self.sim, self.sftp, self.ftp):
+            if peer is not None:
+                peer.stop()
 
     # ---------------------------------------------------------------- traffic
     def customer_messages(self) -> tuple[list[Envelope], list[dict[str, Any]]]:
@@ -164,14 +193,36 @@ class Demo:
         envs += [Envelope.create("customer.bank.v1", sims.bank_record(p), source="bank") for p in w.bank]
         return envs, [sims.crm_party(p) for p in w.crm]
 
-    def bill_messages(self) -> list[Envelope]:
-        assert self.bill_file is not None
-        return [Envelope.create("bill.v1", b, source="billing") for b in sims.read_bill_file(self.bill_file)]
+    def drop_bill_file(self) -> Path:
+        """Billing puts its daily bill file on its FTP server (temporary name, then rename)."""
+        assert self.ftp is not None, "prepare() first"
+        self.bill_file = sims.write_bill_file(self._w, self.ftp.root / PEER_DIRECTORY)
+        return self.bill_file
 
-    def payment_messages(self) -> list[Envelope]:
-        assert self.bank_file is not None
-        return [Envelope.create("payment.v1", sims.payment_payload(r), source="bank")
-                for r in sims.read_bank_file(self.bank_file)]
+    def drop_bank_file(self) -> Path:
+        """The bank puts its payment result file on its SFTP server (temporary name, rename, done marker)."""
+        assert self.sftp is not None, "prepare() first"
+        name = f"PAY_{sims.PERIOD.replace('-', '')}_{self._w.seed}.txt"
+        self.bank_file = self.sftp.drop(name, sims.bank_file_bytes(self._w), directory=PEER_DIRECTORY, marker=".done")
+        return self.bank_file
+
+    @staticmethod
+    def archived(path: Path | None) -> bool:
+        """The hub took ``path`` off its peer: moved to archive/, not left in place nor rejected to error/."""
+        if path is None:
+            return False
+        d = path.parent
+        return (d / "archive" / path.name).exists() and not path.exists() and not (d / "error" / path.name).exists()
+
+    def wait_archived(self, path: Path, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.archived(path):
+            rejected = path.parent / "error" / f"{path.name}.error.txt"
+            if rejected.exists():
+                raise RuntimeError(f"the hub rejected {path.name}: {rejected.read_text(encoding='utf-8')[:300]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path.name} not archived by the hub after {timeout:.0f}s")
+            time.sleep(0.2)
 
     def order_messages(self) -> list[Envelope]:
         return [Envelope.create("service_order.v1", o.payload, source="portal") for o in self._w.orders]
@@ -197,17 +248,22 @@ class Demo:
         _publish_batches(publish, envs)
         log(f"phase 1: {len(envs) + (len(crm) if crm_post else 0)} customer changes from billing, resource, bank and CRM")
         wait_idle(store, broker, timeout=timeout)
-        bills = self.bill_messages()
-        _publish_batches(publish, bills)
-        log(f"phase 2: {len(bills)} monthly bills from {self.bill_file.name if self.bill_file else '?'} (revenue → tier)")
+        bill_file = self.drop_bill_file()
+        assert self.ftp is not None and self.sftp is not None
+        log(f"phase 2: {len(self._w.bills)} monthly bills in {bill_file.name} on billing's FTP server "
+            f"(ftp://127.0.0.1:{self.ftp.port}/{PEER_DIRECTORY}; revenue → tier)")
+        self.wait_archived(bill_file, timeout=timeout)
         wait_idle(store, broker, timeout=timeout)
-        pay, orders = self.payment_messages(), self.order_messages()
-        _publish_batches(publish, pay + orders)
+        orders = self.order_messages()
+        bank_file = self.drop_bank_file()
+        _publish_batches(publish, orders)
         wait_udp_listener(self.trap_port, timeout=timeout)
         alarms = self._w.alarms
         sims.send_traps(alarms, self.trap_port, self.community)
-        log(f"phase 3: {len(pay)} bank payments from {self.bank_file.name if self.bank_file else '?'}, "
-            f"{len(alarms)} circuit-down SNMP traps to udp/{self.trap_port}, {len(orders)} service orders")
+        log(f"phase 3: {len(self._w.payments)} bank payments in {bank_file.name} on the bank's SFTP server "
+            f"(sftp://127.0.0.1:{self.sftp.port}/{PEER_DIRECTORY}), {len(alarms)} circuit-down SNMP traps to "
+            f"udp/{self.trap_port}, {len(orders)} service orders")
+        self.wait_archived(bank_file, timeout=timeout)
         # traps are on the bus only once the receiver emitted them: wait for the desk to have them all
         sim = self.sim
         assert sim is not None
@@ -267,6 +323,11 @@ class Demo:
                     golden_of[key] = None
             return golden_of[key]
 
+        # files: taken off their peers by the hub's ftp/sftp sources
+        s.bank_file_via_sftp = self.sftp is not None and self.archived(self.bank_file) and self.bank_file is not None \
+            and self.bank_file.is_relative_to(self.sftp.root)
+        s.bill_file_via_ftp = self.ftp is not None and self.archived(self.bill_file) and self.bill_file is not None \
+            and self.bill_file.is_relative_to(self.ftp.root)
         # payments
         s.payments = len(w.payments)
         expected = w.expected_postings()

@@ -6,6 +6,9 @@
 * ``telecom.alarm_customers`` — turns the looked-up golden record (``payload.golden``) and the
   circuit owner (``payload.owner``) into ``payload.customers`` (golden id, name, tier,
   account manager) and removes the lookup scratch fields.
+* ``telecom.bills_from_items`` — billing's bill file read per file (``payload.records``: one
+  record per bill item) → ``payload.bills``: one bill.v1 payload per bill, items in file order,
+  total = their exact decimal sum.
 
 Both raise :class:`TransientError` when the customer is not mastered yet (``require_customer``),
 so the route retries with backoff instead of posting a payment or an alarm without its customer.
@@ -64,4 +67,21 @@ def alarm_customers(message: dict[str, Any], config: dict[str, Any]) -> dict[str
         "golden_id": golden.get("golden_id"), "name": golden.get("name"), "tier": golden.get("tier"),
         "account_manager": _value(attrs, "account_manager"), "resource_customer": owner.get("customer_code"),
     }]
+    return message
+
+
+@step("telecom.bills_from_items")
+def bills_from_items(message: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    p = message["payload"]
+    bills: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(p.get("records") or [], 1):
+        try:
+            b = bills.setdefault(r["bill_id"], {
+                "bill_id": r["bill_id"], "account": r["account"], "customer_source_id": r.get("customer_source_id"),
+                "period": r["period"], "issued_on": r.get("issued_on"), "items": [], "total": Decimal(0)})
+            b["items"].append({"code": r["item_code"], "amount": r["item_amount"]})
+            b["total"] += Decimal(str(r["item_amount"]))
+        except (KeyError, TypeError, InvalidOperation) as exc:
+            raise PermanentError(f"bill file {p.get('file')}: item {i} is malformed: {type(exc).__name__} {exc}") from exc
+    message["payload"] = {"file": p.get("file"), "bills": [{**b, "total": str(b["total"])} for b in bills.values()]}
     return message

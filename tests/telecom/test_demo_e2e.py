@@ -1,6 +1,8 @@
 """End to end: the demo's simulators, reference routes, bus and MDM, checked against the ground truth.
 
-One Worker in this process consumes the six telecom routes and the MDM on the embedded broker;
+One Worker in this process consumes the telecom routes and the MDM on the embedded broker; the
+route sources in this process poll the bank's SFTP and billing's FTP peers (in-process servers)
+and receive the NMS's SNMP traps;
 the simulators' truth says which source records are one company, which postings billing must
 receive and which customer each alarm affects.
 """
@@ -50,6 +52,18 @@ def test_every_bank_payment_is_posted_once_with_its_amount(outcome: tuple[object
     assert s.postings_received == s.postings_expected
 
 
+def test_bank_file_came_over_sftp_and_bill_file_over_ftp_each_archived_once(outcome: tuple[object, DemoSummary]) -> None:
+    demo, s = outcome
+    assert s.bank_file_via_sftp and s.bill_file_via_ftp
+    for f in (demo.bank_file, demo.bill_file):  # type: ignore[attr-defined]
+        assert f is not None and not f.exists()
+        assert [p.name for p in (f.parent / "archive").iterdir()] == [f.name]  # archived exactly once, nothing else
+        assert not (f.parent / "error").exists()
+    assert not (demo.bank_file.parent / f"{demo.bank_file.name}.done").exists()  # type: ignore[attr-defined]
+    # the files are on their peers, not in a local outbox the driver parsed itself
+    assert demo.bank_file.is_relative_to(demo.sftp.root) and demo.bill_file.is_relative_to(demo.ftp.root)  # type: ignore[attr-defined]
+
+
 def test_payer_is_matched_to_the_billing_customers_golden_record(outcome: tuple[object, DemoSummary]) -> None:
     _demo, s = outcome
     assert s.payer_checked > 20
@@ -88,8 +102,10 @@ def test_no_dead_letters_and_bus_counts_reconcile(outcome: tuple[object, DemoSum
     assert s.dead_letters == 0
     native = len(w.billing) + len(w.resource) + len(w.bank)
     # every input, every party.v1 a route derived, every bill's customer change and its party.v1,
-    # every trap the receiver made and the alarm.v1 derived from it
-    assert s.counts["accepted"] == 2 * native + len(w.crm) + 3 * len(w.bills) + len(w.payments) + 2 * len(w.alarms) + len(w.orders)
+    # every trap the receiver made and the alarm.v1 derived from it, the bill file's one envelope
+    # (per file) and each bill.v1 split from it, each bank file record and the payment.v1 made of it
+    assert s.counts["accepted"] == (2 * native + len(w.crm) + 1 + 3 * len(w.bills) + 2 * len(w.payments)
+                                    + 2 * len(w.alarms) + len(w.orders))
     c = s.counts
     assert c["in_flight"] == 0 and c["retrying"] == 0 and c["dead_lettered"] == 0
     assert c["accepted"] == c["delivered"] + c["dead_lettered"] + c["filtered"]

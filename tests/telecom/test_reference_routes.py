@@ -14,10 +14,10 @@ ROUTES = Path(__file__).resolve().parents[2] / "routes" / "telecom"
 def test_telecom_routes_lint_clean() -> None:
     r = CliRunner().invoke(main, ["routes", "lint", str(ROUTES)])
     assert r.exit_code == 0, r.output
-    assert "8 route(s) OK" in r.output
+    assert "10 route(s) OK" in r.output
 
 
 def test_telecom_route_tests_pass() -> None:
     r = CliRunner().invoke(main, ["routes", "test", str(ROUTES)])
     assert r.exit_code == 0, r.output
-    assert "= 22 passed in" in r.output
+    assert "= 27 passed in" in r.output
