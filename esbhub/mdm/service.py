@@ -513,6 +513,7 @@ class MdmService:
             self.matcher.add(key, std)
         old_golden = x.golden_id if x is not None else None
         old_sig = _hier_signature(x) if x is not None else None
+        old_entries = set(hierarchy.index_entries(x)) if x is not None else set()
         attrs = raw.get("attributes") or {}
         if x is None:
             if pre["arrival"] is None:  # arrival order of new records: one counter bump per batch
@@ -537,10 +538,12 @@ class MdmService:
         x.source_updated_at = party.source_updated_at
         if self._hier_keys is not None and _hier_signature(x) != old_sig:
             self._hier_keys.add(key)
-        if version > 1:
-            s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
-        for kind, value in sorted(set(hierarchy.index_entries(x))):
-            rows.add(KeyIndex, kind=kind, value=value, source_system=system, source_id=sid)
+        entries = set(hierarchy.index_entries(x))
+        if version == 1 or entries != old_entries:  # look-up keys unchanged (most updates): nothing to rewrite
+            if version > 1:
+                s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
+            for kind, value in sorted(entries):
+                rows.add(KeyIndex, kind=kind, value=value, source_system=system, source_id=sid)
         # links: supersede the old ones, keep the new with their evidence
         old_links = [] if version == 1 else s.execute(
             sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))

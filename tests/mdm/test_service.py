@@ -323,3 +323,21 @@ def test_the_loaded_matcher_index_is_kept_out_of_the_cyclic_garbage_collector(ur
     assert gc.get_freeze_count() > 0
     assert any(obj is restarted.matcher for obj in gc.get_objects()) is False  # frozen objects are not tracked
     gc.unfreeze()
+
+
+def test_look_up_keys_follow_the_current_version_of_a_source_record(svc):
+    from esbhub.mdm.store import KeyIndex
+
+    def phones():
+        with svc.Session() as s:
+            return s.execute(sa.select(KeyIndex.value).where(KeyIndex.kind == "phone", KeyIndex.source_id == "1")).scalars().all()
+
+    svc.ingest(crm1(), "e1")
+    first = phones()
+    assert len(first) == 1 and first[0].endswith("88886666")
+    svc.ingest(crm1(status="suspended"), "e2")  # no look-up key changed
+    assert phones() == first
+    svc.ingest(party("crm", "1", "深圳市华信科技有限公司", uscc=U1, phones=["0755-11112222"], city="深圳"), "e3")
+    assert [p[-8:] for p in phones()] == ["11112222"]
+    assert svc.search("0755-11112222")[0]["source_keys"] == ["crm:1"]
+    assert svc.search("0755-88886666") == [] or svc.search("0755-88886666")[0]["matched_on"] != "phone"
