@@ -31,6 +31,15 @@ index mirrors the committed database: it is rolled back with a failed transactio
 writing transaction first indexes the source versions other processes committed since (so a
 bulk ``esbhub mdm load`` beside a running worker is seen by it). One ingesting consumer per
 process (subscription concurrency 1).
+
+Cost (``bench/mdm_load.py``): a batch is one transaction whatever its size — append-only rows
+(source versions, key index, links, inbox, golden history) go in with one ``executemany`` per
+table, hierarchy edges are recomputed with a handful of ``IN`` queries for the whole batch, and
+events are built from the rows just written; so ``ingest_many`` of 500 records costs ~80 SQL
+statements, not ~250, and the bulk path runs ~10× the per-record one. A real-time record is ~25
+statements: unchanged links and look-up keys are left as they are. The inbox keeps events
+without the golden payload (rebuilt from history on redelivery, byte for byte). The loaded
+matcher index is frozen out of the cyclic GC (:meth:`MdmService._freeze_index`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 * ``mdm_hierarchy`` — head office ↔ branch, group ↔ member, billing parent edges.
 * ``mdm_golden_link`` — accounts, services, bills, payments, alarms that routes attach to a
   golden id or a source key (shown in the 360 view).
-* ``mdm_inbox`` — processed envelope ids with the events they produced (idempotent redelivery).
+* ``mdm_inbox`` — processed envelope ids with the events they produced (idempotent redelivery);
+  an event is kept without its golden attributes and member keys, which the history row
+  ``(golden_id, seq)`` holds (``esbhub.mdm.service._compact_event``).
 * ``mdm_outbox`` — events of steward actions until they are published.
 * ``mdm_sequence`` — named counters (golden id sequence, change counter).
 """
