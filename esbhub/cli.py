@@ -318,9 +318,9 @@ def serve(c: Ctx, host: str | None, port: int | None, workers: int | None, no_wo
             demo_run.start(url)
         _run_http(settings, http_workers)
     finally:
+        pool.stop()  # the workers first: their route sources poll the demo's peers until they stop
         if demo_run is not None:
             demo_run.stop()
-        pool.stop()
         click.echo("esbhub stopped")
 
 

@@ -233,7 +233,8 @@ class FtpPeer:
         auth = DummyAuthorizer()
         auth.add_user(username, password, str(self.root), perm="elradfmwMT")
         handler = type("TelecomFtpHandler", (FTPHandler,), {"authorizer": auth, "banner": "billing ftp",
-                                                             "timeout": 60, "passive_ports": None})
+                                                             "timeout": 60, "passive_ports": None,
+                                                             "auth_failed_timeout": 0.5})
         self.server = ThreadedFTPServer((host, 0), handler)
         self.port = int(self.server.address[1])
         self._thread: threading.Thread | None = None

@@ -1,10 +1,12 @@
 """Simulated telecom systems around the hub, all built from one :class:`TelecomWorld`.
 
 * :class:`SimServer` — one local HTTP server (``ThreadingHTTPServer``, loopback) playing
-  **billing** (``GET /billing/customers/{id}``, ``GET /billing/groups/{account}``; the SOAP
-  payment service ``/billing/soap`` (``?wsdl``; operation ``PostPayment``) — postings are
-  recorded once per payment and account, repeats counted; provisioning and account creation of
-  service orders) and the **alarm receiver** of the network-operations desk (``POST /notify/alarms``);
+  **billing** (its SOAP service ``/billing/soap`` (``?wsdl``): ``PostPayment`` — postings are
+  recorded once per payment and account, repeats counted —, ``QueryCustomer`` (customer by
+  ``cust_id``) and ``QueryAccount`` (account by ``acct_no``: owner and group agreement
+  members with shares), unknown keys answered with the fault ``Client.NotFound``; the same
+  queries over HTTP/JSON ``GET /billing/customers/{id}``, ``GET /billing/groups/{account}``;
+  provisioning and account creation of service orders) and the **alarm receiver** of the network-operations desk (``POST /notify/alarms``);
 * :func:`create_resource_db` — the **resource inventory**: customers, circuits and service
   instances in any SQLAlchemy database (SQLite file in the demo);
 * :func:`write_bill_file` / :func:`read_bill_file` — **billing**'s daily bill file (GBK, ``|``
@@ -279,6 +281,58 @@ def read_bill_file(path: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ billing + alarm receiver (HTTP)
+_SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+_XSD = "http://www.w3.org/2001/XMLSchema"
+# billing's query operations: request and response elements (document/literal wrapped)
+_QUERY_XSD = """<xsd:schema xmlns:xsd="{xsd}" xmlns:tns="{ns}">
+  <xsd:complexType name="BillingPhone"><xsd:sequence>
+    <xsd:element name="type" type="xsd:string" minOccurs="0"/><xsd:element name="no" type="xsd:string"/>
+  </xsd:sequence></xsd:complexType>
+  <xsd:complexType name="BillingAddress"><xsd:sequence>
+    <xsd:element name="type" type="xsd:string" minOccurs="0"/><xsd:element name="text" type="xsd:string"/>
+  </xsd:sequence></xsd:complexType>
+  <xsd:complexType name="BillingCustomer"><xsd:sequence>
+    <xsd:element name="cust_id" type="xsd:string"/>
+    <xsd:element name="cust_name" type="xsd:string"/>
+    <xsd:element name="cert_no" type="xsd:string" minOccurs="0" nillable="true"/>
+    <xsd:element name="prov" type="xsd:string" minOccurs="0" nillable="true"/>
+    <xsd:element name="city" type="xsd:string" minOccurs="0" nillable="true"/>
+    <xsd:element name="tel" type="tns:BillingPhone" minOccurs="0" maxOccurs="unbounded"/>
+    <xsd:element name="addr" type="tns:BillingAddress" minOccurs="0" maxOccurs="unbounded"/>
+    <xsd:element name="acct_no" type="xsd:string" minOccurs="0" nillable="true"/>
+    <xsd:element name="parent_cust_id" type="xsd:string" minOccurs="0" nillable="true"/>
+  </xsd:sequence></xsd:complexType>
+  <xsd:complexType name="GroupMember"><xsd:sequence>
+    <xsd:element name="account" type="xsd:string"/><xsd:element name="share" type="xsd:decimal"/>
+  </xsd:sequence></xsd:complexType>
+  <xsd:complexType name="BillingAccount"><xsd:sequence>
+    <xsd:element name="account" type="xsd:string"/>
+    <xsd:element name="cust_id" type="xsd:string" minOccurs="0" nillable="true"/>
+    <xsd:element name="members" type="tns:GroupMember" minOccurs="0" maxOccurs="unbounded"/>
+  </xsd:sequence></xsd:complexType>
+  <xsd:element name="QueryCustomer"><xsd:complexType><xsd:sequence>
+    <xsd:element name="cust_id" type="xsd:string"/></xsd:sequence></xsd:complexType></xsd:element>
+  <xsd:element name="QueryCustomerResponse"><xsd:complexType><xsd:sequence>
+    <xsd:element name="customer" type="tns:BillingCustomer"/></xsd:sequence></xsd:complexType></xsd:element>
+  <xsd:element name="QueryAccount"><xsd:complexType><xsd:sequence>
+    <xsd:element name="acct_no" type="xsd:string"/></xsd:sequence></xsd:complexType></xsd:element>
+  <xsd:element name="QueryAccountResponse"><xsd:complexType><xsd:sequence>
+    <xsd:element name="account" type="tns:BillingAccount"/></xsd:sequence></xsd:complexType></xsd:element>
+</xsd:schema>"""
+
+
+def _x(tag: str, value: Any) -> str:
+    """One element with escaped text; a None value is omitted (the XSD makes those optional)."""
+    from xml.sax.saxutils import escape
+
+    return "" if value is None else f"<{tag}>{escape(str(value))}</{tag}>"
+
+
+def _soap_fault(code: str, text: str) -> bytes:
+    from xml.sax.saxutils import escape
+
+    return (f'<soap:Envelope xmlns:soap="{_SOAP_ENV}"><soap:Body><soap:Fault><faultcode>{escape(code)}</faultcode>'
+            f"<faultstring>{escape(text)}</faultstring></soap:Fault></soap:Body></soap:Envelope>").encode()
 class SimServer:
     """Billing's HTTP service and the alarm webhook receiver, on one loopback port."""
 
@@ -332,7 +386,7 @@ class SimServer:
             def do_POST(self) -> None:  # noqa: N802
                 n = int(self.headers.get("Content-Length") or 0)
                 if self.path.split("?")[0].rstrip("/") == "/billing/soap":
-                    code, answer = sim.soap_post_payment(self.rfile.read(min(n, 1_000_000)))
+                    code, answer = sim.soap_call(self.rfile.read(min(n, 1_000_000)))
                     return self._send_xml(code, answer)
                 try:
                     body = json.loads(self.rfile.read(n) or b"{}")
@@ -363,25 +417,83 @@ class SimServer:
     SOAP_SERVICE = "billing"
 
     def wsdl(self) -> bytes:
-        from esbhub.adapters.soap_server import SoapOperation, SoapServiceConfig, render_wsdl
-
-        svc = SoapServiceConfig(name=self.SOAP_SERVICE, operations=[SoapOperation(name="PostPayment", type="payment.v1")])
-        return render_wsdl(svc, f"{self.url}/billing/soap")
-
-    def soap_post_payment(self, body: bytes) -> tuple[int, bytes]:
-        """Record one PostPayment call; the memo carries ``golden_id=…;group=…`` from the hub."""
+        """PostPayment rendered by the hub's WSDL renderer, plus the query operations (their
+        response types are billing's own, so they are added to the same document here)."""
         from lxml import etree
 
-        ns = f"urn:esbhub:soap:{self.SOAP_SERVICE}"
-        env = "http://schemas.xmlsoap.org/soap/envelope/"
+        from esbhub.adapters.soap_server import WSDL, WSDL_SOAP, SoapOperation, SoapServiceConfig, render_wsdl
+
+        svc = SoapServiceConfig(name=self.SOAP_SERVICE, operations=[SoapOperation(name="PostPayment", type="payment.v1")])
+        doc = etree.fromstring(render_wsdl(svc, f"{self.url}/billing/soap"),
+                               etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+        ns = svc.ns
+        schema = doc.find(f"{{{WSDL}}}types/{{{_XSD}}}schema")
+        for el in etree.fromstring(_QUERY_XSD.format(xsd=_XSD, ns=ns)):
+            schema.append(el)
+        first_pt = doc.find(f"{{{WSDL}}}portType")
+        binding = doc.find(f"{{{WSDL}}}binding")
+        for op in ("QueryCustomer", "QueryAccount"):
+            for suffix, el in (("Request", op), ("Response", f"{op}Response")):
+                msg = etree.Element(f"{{{WSDL}}}message", name=f"{op}{suffix}")
+                etree.SubElement(msg, f"{{{WSDL}}}part", name="parameters", element=f"tns:{el}")
+                first_pt.addprevious(msg)
+            o = etree.SubElement(first_pt, f"{{{WSDL}}}operation", name=op)
+            etree.SubElement(o, f"{{{WSDL}}}input", message=f"tns:{op}Request")
+            etree.SubElement(o, f"{{{WSDL}}}output", message=f"tns:{op}Response")
+            b = etree.SubElement(binding, f"{{{WSDL}}}operation", name=op)
+            etree.SubElement(b, f"{{{WSDL_SOAP}}}operation", soapAction=f"{ns}#{op}")
+            for io in ("input", "output"):
+                etree.SubElement(etree.SubElement(b, f"{{{WSDL}}}{io}"), f"{{{WSDL_SOAP}}}body", use="literal")
+        return etree.tostring(doc, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+    def soap_call(self, body: bytes) -> tuple[int, bytes]:
+        """One SOAP request to billing: the operation is the Body's first element (hardened parse)."""
+        from lxml import etree
+
         parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
         try:
             root = etree.fromstring(body, parser)
-            req = next(el for el in root.iter() if isinstance(el.tag, str) and etree.QName(el).localname == "PostPayment")
+            req = next(el for el in root.iter() if isinstance(el.tag, str)
+                       and etree.QName(el).localname in ("PostPayment", "QueryCustomer", "QueryAccount"))
         except (etree.XMLSyntaxError, StopIteration):
-            return 500, (f'<soap:Envelope xmlns:soap="{env}"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode>'
-                         "<faultstring>not a PostPayment request</faultstring></soap:Fault></soap:Body></soap:Envelope>").encode()
+            return 500, _soap_fault("soap:Client", "not a billing request (PostPayment, QueryCustomer, QueryAccount)")
         fields = {etree.QName(el).localname: (el.text or "") for el in req if isinstance(el.tag, str)}
+        op = etree.QName(req).localname
+        if op == "QueryCustomer":
+            return self.soap_query_customer(fields.get("cust_id", ""))
+        if op == "QueryAccount":
+            return self.soap_query_account(fields.get("acct_no", ""))
+        return self.soap_post_payment(fields)
+
+    def soap_query_customer(self, cust_id: str) -> tuple[int, bytes]:
+        p = self.customers.get(cust_id)
+        if p is None:
+            return 500, _soap_fault("soap:Client.NotFound", f"no billing customer {cust_id}")
+        r = billing_record(p)
+        parts = [_x("cust_id", r["cust_id"]), _x("cust_name", r["cust_name"]), _x("cert_no", r["cert_no"]),
+                 _x("prov", r["prov"]), _x("city", r["city"])]
+        parts += [f"<tel>{_x('type', t['type'])}{_x('no', t['no'])}</tel>" for t in r["tel"]]
+        parts += [f"<addr>{_x('type', a['type'])}{_x('text', a['text'])}</addr>" for a in r["addr"]]
+        parts += [_x("acct_no", r["acct_no"]), _x("parent_cust_id", r["parent_cust_id"])]
+        return 200, self._soap_answer("QueryCustomerResponse", f"<customer>{''.join(parts)}</customer>")
+
+    def soap_query_account(self, acct_no: str) -> tuple[int, bytes]:
+        w = self.world
+        owner = w.account_customer.get(acct_no)
+        group = w.groups.get(acct_no) or {}
+        if owner is None and not group:
+            return 500, _soap_fault("soap:Client.NotFound", f"no billing account {acct_no}")
+        members = "".join(f"<members>{_x('account', a)}{_x('share', str(sh))}</members>" for a, sh in sorted(group.items()))
+        inner = f"<account>{_x('account', acct_no)}{_x('cust_id', owner)}{members}</account>"
+        return 200, self._soap_answer("QueryAccountResponse", inner)
+
+    def _soap_answer(self, element: str, inner: str) -> bytes:
+        ns = f"urn:esbhub:soap:{self.SOAP_SERVICE}"
+        return (f'<soap:Envelope xmlns:soap="{_SOAP_ENV}"><soap:Body><{element} xmlns="{ns}">{inner}</{element}>'
+                "</soap:Body></soap:Envelope>").encode()
+
+    def soap_post_payment(self, fields: dict[str, str]) -> tuple[int, bytes]:
+        """Record one PostPayment call; the memo carries ``golden_id=…;group=…`` from the hub."""
         memo = dict(kv.split("=", 1) for kv in (fields.get("memo") or "").split(";") if "=" in kv)
         posting = {"payment_id": fields.get("payment_id"), "billing_account": fields.get("billing_account"),
                    "amount": fields.get("amount"), "golden_id": memo.get("golden_id") or None,
@@ -392,9 +504,7 @@ class SimServer:
                 self.duplicate_posts += 1
             else:
                 self.postings[key] = posting
-        answer = (f'<soap:Envelope xmlns:soap="{env}"><soap:Body><PostPaymentResponse xmlns="{ns}">'
-                  f"<messageId>{key}</messageId><status>posted</status></PostPaymentResponse></soap:Body></soap:Envelope>")
-        return 200, answer.encode()
+        return 200, self._soap_answer("PostPaymentResponse", f"{_x('messageId', key)}<status>posted</status>")
 
     def order_step(self, path: str, order: dict[str, Any]) -> dict[str, Any]:
         """Provisioning and billing-account creation of a service order (business outcome, HTTP 200)."""
