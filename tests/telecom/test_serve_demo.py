@@ -25,4 +25,6 @@ def test_serve_demo_prints_url_key_and_a_reconciled_summary(tmp_path: Path, free
     assert "missing 0, unexpected 0, wrong amount 0" in out
     assert "→ reconciled; dead letters 0" in out
     assert "0 left inconsistent" in out
+    assert "files: bank over SFTP, archived; bills over FTP, archived" in out  # through the workers' sftp/ftp sources
+    assert (tmp_path / "demo" / "bank-sftp" / "outbox" / "archive").is_dir()
     assert (tmp_path / "demo" / "hub.db").exists()  # the demo ran in its own fresh data dir
