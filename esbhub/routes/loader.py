@@ -53,6 +53,8 @@ SECRET_KEY_RE = re.compile(r"(password|passwd|pwd|secret|token|api[_-]?key|priva
 EMBEDDED_REF_RE = re.compile(r"\$\{(env|file):[^}]+\}")
 URL_PASSWORD_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[^/:@\s]+:([^@\s]+)@", re.I)
 SKIP_SECRET_SCAN = {"tests", "set", "rename", "remove", "params", "if", "expression", "correlation"}
+# a key naming where a secret lives (a file, a path), not the secret itself: 'private_key_file'
+PATH_KEY_RE = re.compile(r"(_file|_path|_dir|_files)$", re.I)
 
 
 @dataclass
@@ -250,7 +252,14 @@ def _scan_secrets(ctx: _Ctx, node: Any, loc: list[Any]) -> None:
             ks = str(k)
             if ks in SKIP_SECRET_SCAN:
                 continue
-            if isinstance(v, str) and SECRET_KEY_RE.search(ks) and v and not is_reference(v) and not EMBEDDED_REF_RE.search(v):
+            if (
+                isinstance(v, str)
+                and SECRET_KEY_RE.search(ks)
+                and not PATH_KEY_RE.search(ks)
+                and v
+                and not is_reference(v)
+                and not EMBEDDED_REF_RE.search(v)
+            ):
                 ctx.add(
                     loc + [k],
                     f"inline secret in '{ks}'",

@@ -106,6 +106,14 @@ def test_secret_by_reference_is_accepted_by_the_scan():
     assert not any(e.type == "inline_secret" for e in errs)  # only the unknown key is reported
 
 
+def test_a_key_naming_a_secrets_file_is_not_an_inline_secret():
+    snippet = "  - adapter: memory\n    config: {name: x, private_key_file: /etc/esbhub/bank_id_ed25519}"
+    errs = errors_of(GOOD.replace("  - topic: out.v1", snippet))
+    assert not any(e.type == "inline_secret" for e in errs), [str(e) for e in errs]
+    snippet = "  - adapter: memory\n    config: {name: x, private_key: '-----BEGIN OPENSSH PRIVATE KEY-----'}"
+    assert any(e.type == "inline_secret" for e in errors_of(GOOD.replace("  - topic: out.v1", snippet)))
+
+
 def test_bad_expression_is_reported_with_its_line():
     e = one(GOOD.replace('if: "payload.x"', 'if: "payload.x =="'))
     assert (e.line, e.loc, e.type) == (5, "steps[0].if", "expression")
