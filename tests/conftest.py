@@ -85,3 +85,14 @@ def mysql_url() -> str:
     if not port_open(3306):
         pytest.fail("MariaDB is not running on 127.0.0.1:3306 (run scripts/services.sh)")
     return MYSQL_ADMIN_URL
+
+
+@pytest.fixture(autouse=True)
+def _adapter_registry_restored() -> Iterator[None]:
+    """Adapters a test registers (registry.register) do not leak into later tests."""
+    from esbhub.adapters import registry
+
+    before = None if registry._cache is None else dict(registry._cache)
+    yield
+    with registry._lock:
+        registry._cache = before
