@@ -12,7 +12,6 @@ policy decides); a choice without a match raises :class:`~esbhub.routes.steps.No
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +80,7 @@ class Run:
         self.tracing = trace
         self.result = RunResult()
         self._branch: dict[int, str] = {}
-        self._sent: dict[tuple[str, str], int] = defaultdict(int)
+        self._sent: dict[tuple[str, str], int] = {}
 
     def run_steps(self, steps: list[Compiled], msgs: list[Msg]) -> list[Msg]:
         if not self.tracing:
@@ -106,7 +105,7 @@ class Run:
 
     def envelope_for(self, msg: Msg, sink_label: str, *, copy: bool = False) -> Envelope:
         k = (msg.view["id"], sink_label)
-        n = self._sent[k]
+        n = self._sent.get(k, 0)
         self._sent[k] = n + 1
         return msg.to_envelope(
             id=derive_id(msg.view["id"], self.route_name, sink_label, n),
@@ -149,6 +148,11 @@ class CompiledRoute:
         self.deps = deps or Deps()
         self.steps = compile_steps(route.steps)
         self.copy_payload = any(_mutates(s) for s in route.steps)
+        # A first step that validates with normalize replaces the payload with a fresh JSON tree
+        # before anything can change it: no copy of the input payload needed then.
+        self.copy_from_1 = self.copy_payload and not (
+            route.steps and route.steps[0].type == "validate" and route.steps[0].normalize
+        )
         self.idempotency = compile_expr(route.idempotency_key) if route.idempotency_key else None
         self.ordering = compile_expr(route.ordering_key) if route.ordering_key else None
 
@@ -162,7 +166,7 @@ class CompiledRoute:
         if start > len(self.steps):
             raise PermanentError(f"route '{self.name}' has no step {start} to resume at")
         run = Run(self, deps or self.deps, env, trace)
-        msgs = run.run_steps(self.steps[start:], [Msg.from_envelope(env, copy=self.copy_payload)])
+        msgs = run.run_steps(self.steps[start:], [Msg.from_envelope(env, copy=self.copy_payload if start else self.copy_from_1)])
         self._finish(run, msgs)
         return run.result
 

@@ -82,6 +82,84 @@ def _is_false(v: Any) -> bool:
     return v is None or v is False or v == "" or v == [] or v == {}
 
 
+def _field_chain(keys: tuple[str, ...]) -> Callable[[Any], Any]:
+    """``a.b.c`` as one closure: a non-object or null on the way gives null (as jmespath)."""
+    if len(keys) == 2:
+        k1, k2 = keys
+
+        def two(v: Any) -> Any:
+            if isinstance(v, dict):
+                v = v.get(k1)
+                if isinstance(v, dict):
+                    return v.get(k2)
+            return None
+
+        return two
+    if len(keys) == 3:
+        k1, k2, k3 = keys
+
+        def three(v: Any) -> Any:
+            if isinstance(v, dict):
+                v = v.get(k1)
+                if isinstance(v, dict):
+                    v = v.get(k2)
+                    if isinstance(v, dict):
+                        return v.get(k3)
+            return None
+
+        return three
+
+    def chain(v: Any) -> Any:
+        for k in keys:
+            if not isinstance(v, dict):
+                return None
+            v = v.get(k)
+        return v
+
+    return chain
+
+
+def _function_call(name: str, args: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """A function call with its signature checked up front where that is cheap (plain types,
+    fixed arity, one element type for arrays); anything the quick check does not accept goes
+    through jmespath's own ``call_function``, which gives its exact result or error."""
+    funcs = _OPTIONS.custom_functions
+    spec = funcs.FUNCTION_TABLE.get(name)
+    sig = spec["signature"] if spec else None
+    checks: list[tuple[frozenset[str], frozenset[str] | None] | None] = []
+    if sig is None or len(sig) != len(args) or any(a.get("variadic") for a in sig):
+        checks_ok = False
+    else:
+        checks_ok = True
+        for a in sig:
+            if not a["types"]:
+                checks.append(None)
+                continue
+            allowed, subtypes = funcs._get_allowed_pytypes(a["types"])
+            if len(subtypes) > 1 or (subtypes and len(a["types"]) > 1):
+                checks_ok = False
+                break
+            checks.append((frozenset(allowed), frozenset(subtypes[0]) if subtypes else None))
+    if not checks_ok or spec is None:
+        return lambda v: funcs.call_function(name, [a(v) for a in args])
+    fn = spec["function"]
+    plan = list(zip(args, checks, strict=True))
+
+    def call(v: Any) -> Any:
+        vals = []
+        for a, chk in plan:
+            x = a(v)
+            if chk is not None:
+                if type(x).__name__ not in chk[0] or (
+                    chk[1] is not None and any(type(e).__name__ not in chk[1] for e in x)
+                ):
+                    return funcs.call_function(name, [a(v) for a, _ in plan])
+            vals.append(x)
+        return fn(funcs, *vals)
+
+    return call
+
+
 def _compile_node(node: dict[str, Any]) -> Callable[[Any], Any]:
     """A JMESPath AST node → a Python closure (same results as jmespath's TreeInterpreter).
 
@@ -94,6 +172,8 @@ def _compile_node(node: dict[str, Any]) -> Callable[[Any], Any]:
         key = node["value"]
         return lambda v: v.get(key) if isinstance(v, dict) else None
     if t == "subexpression":
+        if all(c["type"] == "field" for c in ch):
+            return _field_chain(tuple(c["value"] for c in ch))
         parts = [_compile_node(c) for c in ch]
 
         def sub(v: Any) -> Any:
@@ -147,8 +227,7 @@ def _compile_node(node: dict[str, Any]) -> Callable[[Any], Any]:
     if t == "function_expression" and all(c["type"] != "expref" for c in ch):
         name = node["value"]
         args = [_compile_node(c) for c in ch]
-        funcs = _OPTIONS.custom_functions
-        return lambda v: funcs.call_function(name, [a(v) for a in args])
+        return _function_call(name, args)
     if t == "multi_select_list":
         items = [_compile_node(c) for c in ch]
         return lambda v: None if v is None else [f(v) for f in items]
@@ -261,6 +340,46 @@ def set_path(view: dict[str, Any], target: str, value: Any) -> None:
             cur[p] = nxt
         cur = nxt
     cur[parts[-1]] = value
+
+
+def evaluate_all(exprs: list[Any], data: Any) -> list[Any]:
+    """:func:`evaluate` of several compiled expressions over the same data (one error guard)."""
+    try:
+        return [e._fn(data) for e in exprs]
+    except jmex.JMESPathError as exc:
+        raise PermanentError(f"expression failed: {exc}") from None
+    except TypeError as exc:
+        raise PermanentError(f"expression failed: {exc}") from None
+
+
+def setter(target: str) -> Callable[[dict[str, Any], Any], None]:
+    """``set_path(view, target, value)`` specialised for one target, compiled once per route version."""
+    parts = _split(target)
+    if parts[0] == "headers":
+        name = parts[1]
+
+        def set_header(view: dict[str, Any], value: Any) -> None:
+            view["headers"][name] = "" if value is None else (value if isinstance(value, str) else str(value))
+
+        return set_header
+    if len(parts) == 1:
+        top = parts[0]
+
+        def set_top(view: dict[str, Any], value: Any) -> None:
+            view[top] = value
+
+        return set_top
+    if len(parts) == 2:
+        p0, p1 = parts
+
+        def set_two(view: dict[str, Any], value: Any) -> None:
+            cur = view.get(p0)
+            if not isinstance(cur, dict):
+                cur = view[p0] = {}
+            cur[p1] = value
+
+        return set_two
+    return lambda view, value: set_path(view, target, value)
 
 
 def get_path(view: dict[str, Any], target: str) -> tuple[bool, Any]:

@@ -10,6 +10,7 @@ lookup mocks) comes from :class:`Deps`, so the same code runs in a worker, in
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,13 +19,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import ValidationError
 
 from esbhub.bus.envelope import TYPE_RE, Envelope
 from esbhub.errors import InvalidMessage, PermanentError, TransientError
 from esbhub.routes import models as m
 from esbhub.routes import registry
-from esbhub.routes.expressions import compile_expr, evaluate, get_path, remove_path, set_path, truthy
-from esbhub.schemas import validate_payload
+from esbhub.routes.expressions import (
+    compile_expr,
+    evaluate,
+    evaluate_all,
+    get_path,
+    remove_path,
+    set_path,
+    setter,
+    truthy,
+)
+from esbhub.schemas import SCHEMAS, validate_payload
 
 if TYPE_CHECKING:
     from esbhub.routes.engine import Run
@@ -46,6 +57,9 @@ def copy_json(v: Any) -> Any:
 
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as ULIDs use
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10-bit value → its two characters
+# what _ulid_ms accepts: 10 Crockford characters (either case) of a timestamp below 2**48
+_ULID_HEAD = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{9}")
 _B32_DEC = {c: i for i, c in enumerate(_B32)} | {c.lower(): i for i, c in enumerate(_B32)}
 
 
@@ -67,11 +81,35 @@ def derive_id(parent: str, *parts: Any) -> str:
     a redelivered input yields duplicates downstream dedup recognises): the parent's
     timestamp, then 80 bits of a hash of (parent, parts)."""
     h = hashlib.blake2b(("|".join([parent, *map(str, parts)])).encode(), digest_size=10).digest()
-    ms = _ulid_ms(parent)
-    if ms is None:
+    if len(parent) == 26 and _ULID_HEAD.match(parent):
+        # the parent's 10 timestamp characters are the encoding of its timestamp (up to case)
+        head = parent[:10].upper()
+    else:
         ms = int(time.time() * 1000)
-    n = (ms << 80) | int.from_bytes(h, "big")
-    return "".join([_B32[(n >> sh) & 31] for sh in range(125, -1, -5)])
+        head = "".join([_B32[(ms >> sh) & 31] for sh in range(45, -1, -5)])
+    # the 80 hash bits are exactly the last 16 characters, two per 10-bit chunk
+    n = int.from_bytes(h, "big")
+    return head + "".join([_B32_PAIRS[(n >> sh) & 1023] for sh in range(70, -1, -10)])
+
+
+# An output envelope is the input's with a few fields replaced by values the route already
+# checked (a derived ULID, a type matching TYPE_RE, the JSON payload and str headers the steps
+# produce): copy the frozen model's field dict directly, as model_copy(update=) does, minus
+# its generic copying of extras and private attributes, which Envelope does not have.
+_FAST_COPY = not Envelope.__private_attributes__ and Envelope.model_config.get("extra") == "forbid"
+
+
+def _copy_env(env: Envelope, update: dict[str, Any]) -> Envelope:
+    if not _FAST_COPY:
+        return env.model_copy(update=update)
+    new = Envelope.__new__(Envelope)
+    d = env.__dict__.copy()
+    d.update(update)
+    object.__setattr__(new, "__dict__", d)
+    object.__setattr__(new, "__pydantic_fields_set__", env.__pydantic_fields_set__ | update.keys())
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 class Msg:
@@ -116,8 +154,9 @@ class Msg:
             raise PermanentError(f"route set an invalid message type {t!r}")
         h = {**v["headers"], **headers} if headers else (dict(v["headers"]) if copy else v["headers"])
         mid = id or v["id"]
-        return self.env.model_copy(
-            update={
+        return _copy_env(
+            self.env,
+            {
                 "id": mid,
                 "type": t,
                 "payload": copy_json(v["payload"]) if copy else v["payload"],
@@ -191,9 +230,19 @@ class Validate(Compiled):
 
     def apply(self, msgs: list[Msg], run: Run) -> list[Msg]:
         for msg in msgs:
-            out = validate_payload(self.schema or msg.view["type"], msg.view["payload"])
-            if self.normalize:
-                msg.view["payload"] = out
+            name = self.schema or msg.view["type"]
+            model = SCHEMAS.get(name)
+            if model is None:
+                validate_payload(name, msg.view["payload"])  # raises the unknown-type error
+                continue
+            payload = msg.view["payload"]
+            try:  # the schema's core validator and serializer: what validate_payload does, minus its wrappers
+                obj = model.__pydantic_validator__.validate_python(payload)
+            except ValidationError:
+                validate_payload(name, payload)  # raises InvalidMessage with every wrong field, as before
+                raise
+            if self.normalize:  # a fresh JSON tree: the payload the route works on from here
+                msg.view["payload"] = model.__pydantic_serializer__.to_python(obj, mode="json", exclude_none=True)
         return msgs
 
 
@@ -210,14 +259,21 @@ class Filter(Compiled):
 class Map(Compiled):
     def __init__(self, s: m.MapStep) -> None:
         self.sets = [(t, compile_expr(e)) for t, e in s.set.items()]
+        self.exprs = [e for _, e in self.sets]
+        self.setters = [setter(t) for t, _ in self.sets]
         self.values = list(s.values.items())
         self.remove = list(s.remove)
         self.rename = list(s.rename.items())
         self.replace = s.replace
+        self.simple = not (self.values or self.remove or self.rename or self.replace)
 
     def apply(self, msgs: list[Msg], run: Run) -> list[Msg]:
         for msg in msgs:
             v = msg.view
+            if self.simple:  # the common case: only 'set' (values computed first, then written)
+                for put, val in zip(self.setters, evaluate_all(self.exprs, v), strict=True):
+                    put(v, val)
+                continue
             computed = [(t, evaluate(e, v)) for t, e in self.sets]
             if self.replace:
                 v["payload"] = {}
