@@ -20,6 +20,7 @@ from esbhub.schemas.bill import Bill
 from esbhub.schemas.party import Party
 from esbhub.schemas.payment import Payment
 from esbhub.schemas.service_order import ServiceOrder
+from esbhub.telecom.schemas import BillingCustomer
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "party.v1": Party,
@@ -27,6 +28,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "payment.v1": Payment,
     "alarm.v1": Alarm,
     "service_order.v1": ServiceOrder,
+    "customer.billing.v1": BillingCustomer,  # billing pushes it over SOAP (telecom pack)
 }
 
 

@@ -45,6 +45,7 @@ PLACEHOLDER_TRAP_PORT = "port: 18162"
 PLACEHOLDER_SFTP_PORT = "port: 18922"
 PLACEHOLDER_FTP_PORT = "port: 18921"
 PLACEHOLDER_KEYS_DIR = "/etc/esbhub/telecom/"
+PLACEHOLDER_RESOURCE_URL = "sqlite:///telecom-resource.db"  # the sql source's URL in resource-customers.yaml
 PEER_DIRECTORY = "outbox"  # the directory both file routes poll on their peer
 ROUTE_NAMES = ("telecom-nms-traps", "telecom-bank-payment-file", "telecom-bill-file", "telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
                "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms", "telecom-service-orders")
@@ -86,6 +87,10 @@ class DemoSummary:
     status_events: int = 0
     bank_file_via_sftp: bool = False  # archived on the SFTP peer by the hub, nothing left or rejected
     bill_file_via_ftp: bool = False  # archived on the FTP peer by the hub, nothing left or rejected
+    billing_changes: int = 0
+    billing_via_soap: int = 0  # billing changes the hub's SOAP endpoint answered with an id that the bus delivered
+    resource_changes: int = 0
+    resource_via_sql: int = 0  # outbox rows the sql source stamped processed and whose envelope the bus delivered
     tiers_checked: int = 0
     tiers_right: int = 0
     dead_letters: int = 0
@@ -105,7 +110,9 @@ class DemoSummary:
             f"companies — pairwise precision {self.precision:.4f}, recall {self.recall:.4f}, "
             f"false merges {self.false_merges}",
             f"files: bank {'over SFTP, archived' if self.bank_file_via_sftp else 'NOT archived over SFTP'}; "
-            f"bills {'over FTP, archived' if self.bill_file_via_ftp else 'NOT archived over FTP'}",
+            f"bills {'over FTP, archived' if self.bill_file_via_ftp else 'NOT archived over FTP'}; "
+            f"billing customer changes over SOAP {self.billing_via_soap}/{self.billing_changes}; "
+            f"resource customer changes by SQL polling {self.resource_via_sql}/{self.resource_changes}",
             f"payments: {self.payments} in the bank file → {self.postings_received}/{self.postings_expected} postings "
             f"at billing (missing {self.postings_missing}, unexpected {self.postings_unexpected}, wrong amount "
             f"{self.postings_wrong_amount}, duplicates refused {self.duplicate_posts}); payer = billing customer "
@@ -138,6 +145,8 @@ class Demo:
         self.bank_file: Path | None = None  # where the bank file was dropped on the SFTP peer
         self.bill_file: Path | None = None  # where the bill file was dropped on the FTP peer
         self.env: dict[str, str] = {}
+        self.billing_accepted: dict[str, str] = {}  # billing customer id -> message id the hub's SOAP endpoint answered
+        self.resource_change_ids: list[int] = []  # rows the demo wrote into the inventory's change outbox
         self.trap_port = 0
         self.community = os.environ.get("ESBHUB_TELECOM_SNMP_COMMUNITY") or "public"
 
@@ -166,6 +175,7 @@ class Demo:
             text = text.replace(PLACEHOLDER_FTP_PORT, f"port: {self.ftp.port}")
             text = text.replace(PLACEHOLDER_KEYS_DIR + "bank_known_hosts", str(self.sftp.known_hosts))
             text = text.replace(PLACEHOLDER_KEYS_DIR, keys_dir)
+            text = text.replace(PLACEHOLDER_RESOURCE_URL, self.resource_url)
             (self.routes_dir / f.name).write_text(text, encoding="utf-8")
         self.env = {
             "ESBHUB_TELECOM_SFTP_PASSWORD": sftp_password,
@@ -186,12 +196,38 @@ class Demo:
 
     # ---------------------------------------------------------------- traffic
     def customer_messages(self) -> tuple[list[Envelope], list[dict[str, Any]]]:
-        """Native customer changes of billing, resource and bank, and the CRM's party.v1 payloads."""
+        """The bank's native customer changes (published as its source adapter would) and the CRM's
+        party.v1 payloads. Billing's go over SOAP (:meth:`push_billing_changes`), resource's through
+        the inventory's outbox table (:meth:`write_resource_changes`)."""
         w = self._w
-        envs = [Envelope.create("customer.billing.v1", sims.billing_record(p), source="billing") for p in w.billing]
-        envs += [Envelope.create("customer.resource.v1", sims.resource_record(p), source="resource") for p in w.resource]
-        envs += [Envelope.create("customer.bank.v1", sims.bank_record(p), source="bank") for p in w.bank]
+        envs = [Envelope.create("customer.bank.v1", sims.bank_record(p), source="bank") for p in w.bank]
         return envs, [sims.crm_party(p) for p in w.crm]
+
+    def push_billing_changes(self, hub_url: str, api_key: str) -> int:
+        """Billing pushes each customer change to the hub's SOAP endpoint (zeep, from the WSDL)."""
+        client = sims.BillingSoapClient(hub_url, api_key)
+        try:
+            for i, p in enumerate(self._w.billing, 1):
+                client.push(sims.billing_record(p), f"BILCHG-{self.seed}-{i:06d}")
+        finally:
+            client.close()
+        self.billing_accepted = dict(client.accepted)
+        return len(client.accepted)
+
+    def write_resource_changes(self) -> int:
+        """The inventory writes one outbox row per customer change; the hub's sql source polls them."""
+        self.resource_change_ids = sims.write_resource_changes(self._w, self.resource_url)
+        return len(self.resource_change_ids)
+
+    def wait_resource_changes_taken(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            _total, pending = sims.resource_changes_pending(self.resource_url)
+            if pending == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{pending} resource change rows not taken by the hub's sql source after {timeout:.0f}s")
+            time.sleep(0.2)
 
     def drop_bill_file(self) -> Path:
         """Billing puts its daily bill file on its FTP server (temporary name, then rename)."""
@@ -235,10 +271,14 @@ class Demo:
         assert self.world is not None, "prepare() first"
         return self.world
 
-    def drive(self, publish: Publish, store: Any, broker: Any, *, crm_post: Callable[[dict[str, Any]], None] | None = None,
+    def drive(self, publish: Publish, store: Any, broker: Any, *, soap_url: str, soap_key: str,
+              crm_post: Callable[[dict[str, Any]], None] | None = None,
               timeout: float = 120.0, log: Callable[[str], None] = lambda _m: None) -> None:
-        """Send the three phases, waiting for the bus to be idle after each."""
+        """Send the three phases, waiting for the bus to be idle after each. ``soap_url`` is the
+        hub (its ``/soap/customer.billing.v1`` endpoint), ``soap_key`` billing's API key there."""
         self.declare_queues(broker)
+        n_res = self.write_resource_changes()
+        n_bil = self.push_billing_changes(soap_url, soap_key)
         envs, crm = self.customer_messages()
         if crm_post is None:
             envs += [Envelope.create("party.v1", p, source="crm") for p in crm]
@@ -246,7 +286,10 @@ class Demo:
             for p in crm:
                 crm_post(p)
         _publish_batches(publish, envs)
-        log(f"phase 1: {len(envs) + (len(crm) if crm_post else 0)} customer changes from billing, resource, bank and CRM")
+        log(f"phase 1: customer changes — {n_bil} from billing over SOAP ({soap_url}/soap/customer.billing.v1), "
+            f"{n_res} rows in the resource inventory's change outbox (polled by the sql source), "
+            f"{len(self._w.bank)} from the bank, {len(crm)} from the CRM")
+        self.wait_resource_changes_taken(timeout=timeout)
         wait_idle(store, broker, timeout=timeout)
         bill_file = self.drop_bill_file()
         assert self.ftp is not None and self.sftp is not None
@@ -328,6 +371,21 @@ class Demo:
             and self.bank_file.is_relative_to(self.sftp.root)
         s.bill_file_via_ftp = self.ftp is not None and self.archived(self.bill_file) and self.bill_file is not None \
             and self.bill_file.is_relative_to(self.ftp.root)
+        # customer changes: billing's answered over SOAP, resource's taken from the outbox by the sql source
+        from esbhub.adapters.base import stable_id
+
+        def delivered(mid: str, type_: str) -> bool:
+            m = store.get_message(mid)
+            return m is not None and m["type"] == type_ and m["state"] == "delivered"
+
+        s.billing_changes = len(w.billing)
+        s.billing_via_soap = sum(1 for p in w.billing if p.source_id in self.billing_accepted
+                                 and delivered(self.billing_accepted[p.source_id], "customer.billing.v1"))
+        s.resource_changes = len(w.resource)
+        total, pending = sims.resource_changes_pending(self.resource_url)
+        if total == len(self.resource_change_ids) and pending == 0:
+            s.resource_via_sql = sum(1 for cid in self.resource_change_ids
+                                     if delivered(stable_id(f"{sims.res_changes.name}:{cid}"), "customer.resource.v1"))
         # payments
         s.payments = len(w.payments)
         expected = w.expected_postings()
@@ -476,6 +534,68 @@ def direct_publisher(broker: Any, store: Any) -> Publish:
     return publish
 
 
+class InprocessSoapEndpoint:
+    """The hub's inbound SOAP endpoint (:func:`esbhub.adapters.soap_server.create_router`) served by
+    uvicorn from a thread of this process, for :func:`run_inprocess` (which runs no API app):
+    the ``customer.billing.v1`` service, API keys checked against the hub database's key store,
+    each accepted message published through ``publish`` (durable) before the answer."""
+
+    def __init__(self, publish: Publish, database_url: str) -> None:
+        from esbhub.auth.store import ApiKeyStore
+
+        self.publish = publish
+        self.keys = ApiKeyStore(database_url)
+        self.port = _free_tcp_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+        self._thread: Any = None
+
+    def create_key(self) -> str:
+        _kid, key = self.keys.create("billing", scopes=["ingest"], types=[sims.BillingSoapClient.SERVICE],
+                                     created_by="telecom-demo")
+        return key
+
+    def start(self, timeout: float = 20.0) -> InprocessSoapEndpoint:
+        import asyncio
+        import threading
+
+        import uvicorn
+        from fastapi import FastAPI
+
+        from esbhub.adapters.soap_server import create_router, default_services
+
+        async def emit(env: Envelope) -> None:
+            await asyncio.to_thread(self.publish, [env])
+
+        app = FastAPI()
+        app.state.keys = self.keys
+        app.include_router(create_router([s for s in default_services() if s.name == sims.BillingSoapClient.SERVICE],
+                                         emit=emit))
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                     lifespan="off", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, name="telecom-soap", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the in-process SOAP endpoint did not start on port {self.port}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, timeout: float = 90.0,
                   log: Callable[[str], None] = lambda _m: None) -> tuple[Demo, DemoSummary]:
     """Run the whole demo in this process (one Worker with the routes and the MDM) and summarize."""
@@ -499,6 +619,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
     store = BusStore(db_url)
     rt = RouteRuntime(settings, broker, store, watch=False)
     worker = None
+    soap: InprocessSoapEndpoint | None = None
     try:
         applied = rt.sync_files()
         if applied is not None and applied.errors:
@@ -507,9 +628,13 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
         worker = Worker(broker, store, subs, settings)
         worker.start()
         rt.start()  # the route sources (the SNMP trap receiver)
-        demo.drive(direct_publisher(broker, store), store, broker, timeout=timeout, log=log)
+        publish = direct_publisher(broker, store)
+        soap = InprocessSoapEndpoint(publish, db_url).start()
+        demo.drive(publish, store, broker, soap_url=soap.url, soap_key=soap.create_key(), timeout=timeout, log=log)
         return demo, demo.summary(store, started=started, broker=broker)
     finally:
+        if soap is not None:
+            soap.stop()
         if worker is not None:
             worker.stop()
         rt.stop()
@@ -600,10 +725,17 @@ class ServeDemo:
                 if r.status_code != 202:
                     raise RuntimeError(f"CRM push refused: {r.status_code} {r.text[:300]}")
 
+            if not key:
+                raise RuntimeError("no admin key to create billing's API key with (the demo needs the admin key file)")
+            r = client.post("/v1/keys", json={"name": "billing", "scopes": ["ingest"],
+                                              "types": [sims.BillingSoapClient.SERVICE]})
+            if r.status_code != 201:
+                raise RuntimeError(f"could not create billing's API key: {r.status_code} {r.text[:300]}")
+            billing_key = r.json()["key"]
             echo(f"demo: {self.demo.n_companies} companies (seed {self.demo.seed}); simulators at {self.demo.sim.url if self.demo.sim else '?'}; "
                  f"routes from {self.demo.routes_dir}")
-            self.demo.drive(direct_publisher(broker, store), store, broker, crm_post=crm_post if key else None,
-                            timeout=120, log=lambda m: echo(f"demo: {m}"))
+            self.demo.drive(direct_publisher(broker, store), store, broker, soap_url=url, soap_key=billing_key,
+                            crm_post=crm_post, timeout=120, log=lambda m: echo(f"demo: {m}"))
             self.summary = s = self.demo.summary(store, started=started, broker=broker)
             bar = "-" * 78
             echo(f"\n{bar}\n  esbhub demo — first pass done\n  hub: {url}   (API docs {url}/docs)\n"

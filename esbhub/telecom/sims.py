@@ -164,6 +164,26 @@ res_instances = sa.Table(
     sa.Column("product", sa.String(32), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
 )
+# The inventory's customer change outbox: its application (or a trigger) writes one row per
+# customer change, the hub's ``sql`` source claims rows with a lease, emits them and stamps
+# processed_at (route telecom-resource-customers). Lists are JSON text.
+res_changes = sa.Table(
+    "tel_res_customer_changes", meta,
+    sa.Column("change_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_code", sa.String(64), nullable=False),
+    sa.Column("customer_name", sa.String(500)),
+    sa.Column("uscc", sa.String(18)),
+    sa.Column("province", sa.String(50)),
+    sa.Column("city", sa.String(50)),
+    sa.Column("parent_code", sa.String(64)),
+    sa.Column("contact_phones", sa.Text),
+    sa.Column("addresses", sa.Text),
+    sa.Column("circuits", sa.Text),
+    sa.Column("changed_at", sa.DateTime, nullable=False),
+    sa.Column("lease_until", sa.DateTime),
+    sa.Column("lease_token", sa.String(64)),
+    sa.Column("processed_at", sa.DateTime),
+)
 
 
 def create_resource_db(world: TelecomWorld, url: str) -> sa.Engine:
@@ -190,6 +210,75 @@ def create_resource_db(world: TelecomWorld, url: str) -> sa.Engine:
             for i, (cid, _code) in enumerate(circ)
         ])
     return eng
+
+
+def write_resource_changes(world: TelecomWorld, url: str) -> list[int]:
+    """The inventory records a change for each of its customers in its outbox; returns the change ids."""
+    from datetime import UTC, datetime
+
+    eng = sa.create_engine(url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        with eng.begin() as c:
+            ids = []
+            for p in world.resource:
+                r = resource_record(p)
+                row = {k: r[k] for k in ("customer_code", "customer_name", "uscc", "province", "city", "parent_code")}
+                row.update({k: json.dumps(r[k], ensure_ascii=False) for k in ("contact_phones", "addresses", "circuits")})
+                ids.append(int(c.execute(res_changes.insert().values(**row, changed_at=now)).inserted_primary_key[0]))
+        return ids
+    finally:
+        eng.dispose()
+
+
+def resource_changes_pending(url: str) -> tuple[int, int]:
+    """(rows in the change outbox, rows the hub has not taken yet)."""
+    eng = sa.create_engine(url)
+    try:
+        with eng.connect() as c:
+            total = c.execute(sa.select(sa.func.count()).select_from(res_changes)).scalar_one()
+            pending = c.execute(sa.select(sa.func.count()).select_from(res_changes)
+                                .where(res_changes.c.processed_at.is_(None))).scalar_one()
+        return int(total), int(pending)
+    finally:
+        eng.dispose()
+
+
+class BillingSoapClient:
+    """Billing pushing its customer changes to the hub's inbound SOAP endpoint as an upstream
+    system does: a zeep client built from the hub's WSDL (``/soap/customer.billing.v1?wsdl``),
+    the API key in ``X-API-Key``, and its own change id in a ``<MessageId>`` SOAP header so a
+    retry after a lost answer is the same message. Each answer's message id is kept."""
+
+    SERVICE = "customer.billing.v1"
+
+    def __init__(self, hub_url: str, api_key: str, *, timeout: float = 10.0) -> None:
+        import requests
+        from zeep import Client, Settings
+        from zeep.transports import Transport
+
+        session = requests.Session()
+        session.headers["X-API-Key"] = api_key
+        self._session = session
+        self.client = Client(f"{hub_url.rstrip('/')}/soap/{self.SERVICE}?wsdl",
+                             transport=Transport(session=session, timeout=timeout, operation_timeout=timeout),
+                             settings=Settings(strict=True, xml_huge_tree=False))
+        self.accepted: dict[str, str] = {}  # billing customer id -> the hub's message id
+
+    def push(self, record: dict[str, Any], change_id: str) -> str:
+        from lxml import etree
+
+        hdr = etree.Element("{urn:telecom:billing}MessageId")
+        hdr.text = change_id
+        body = {k: v for k, v in record.items() if v is not None}
+        resp = self.client.service.PublishCustomerBilling(**body, _soapheaders=[hdr])
+        if resp is None or resp["status"] != "accepted" or not resp["messageId"]:
+            raise RuntimeError(f"billing change {change_id}: the hub did not accept it ({resp!r})")
+        self.accepted[str(record["cust_id"])] = str(resp["messageId"])
+        return str(resp["messageId"])
+
+    def close(self) -> None:
+        self._session.close()
 
 
 # ------------------------------------------------------------------ bank file (GB18030 fixed width)

@@ -9,6 +9,8 @@
 * ``telecom.bills_from_items`` — billing's bill file read per file (``payload.records``: one
   record per bill item) → ``payload.bills``: one bill.v1 payload per bill, items in file order,
   total = their exact decimal sum.
+* ``telecom.resource_change_row`` — a row of the resource inventory's customer change outbox
+  (read by the ``sql`` source): its JSON text columns become lists.
 
 Both raise :class:`TransientError` when the customer is not mastered yet (``require_customer``),
 so the route retries with backoff instead of posting a payment or an alarm without its customer.
@@ -84,4 +86,25 @@ def bills_from_items(message: dict[str, Any], config: dict[str, Any]) -> dict[st
         except (KeyError, TypeError, InvalidOperation) as exc:
             raise PermanentError(f"bill file {p.get('file')}: item {i} is malformed: {type(exc).__name__} {exc}") from exc
     message["payload"] = {"file": p.get("file"), "bills": [{**b, "total": str(b["total"])} for b in bills.values()]}
+    return message
+
+
+RESOURCE_JSON_COLUMNS = ("contact_phones", "addresses", "circuits")
+
+
+@step("telecom.resource_change_row")
+def resource_change_row(message: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A row of the resource inventory's customer change outbox (read by the ``sql`` source) →
+    the inventory's customer record: its JSON text columns (phones, addresses, circuits) become
+    lists. A payload that already holds lists passes unchanged; bad JSON is a permanent error."""
+    import json
+
+    p = message["payload"]
+    for col in config.get("json_columns", RESOURCE_JSON_COLUMNS):
+        v = p.get(col)
+        if isinstance(v, str):
+            try:
+                p[col] = json.loads(v) if v.strip() else []
+            except ValueError as exc:
+                raise PermanentError(f"resource change {p.get('change_id')}: column {col} is not JSON: {exc}") from exc
     return message

@@ -64,6 +64,20 @@ def test_bank_file_came_over_sftp_and_bill_file_over_ftp_each_archived_once(outc
     assert demo.bank_file.is_relative_to(demo.sftp.root) and demo.bill_file.is_relative_to(demo.ftp.root)  # type: ignore[attr-defined]
 
 
+def test_billing_changes_came_over_soap_and_resource_changes_by_sql_polling(outcome: tuple[object, DemoSummary]) -> None:
+    demo, s = outcome
+    w = demo.world  # type: ignore[attr-defined]
+    # billing: every change answered by the hub's SOAP endpoint with its own message id, which the bus delivered
+    assert s.billing_changes == len(w.billing) > 20
+    assert s.billing_via_soap == s.billing_changes
+    assert len(set(demo.billing_accepted.values())) == len(w.billing)  # type: ignore[attr-defined]
+    # resource: one outbox row per change, every row taken (processed_at stamped) by the sql source,
+    # and the envelope it made of each row (id from table + key) delivered
+    assert s.resource_changes == len(w.resource) > 20
+    assert len(demo.resource_change_ids) == len(w.resource)  # type: ignore[attr-defined]
+    assert s.resource_via_sql == s.resource_changes
+
+
 def test_payer_is_matched_to_the_billing_customers_golden_record(outcome: tuple[object, DemoSummary]) -> None:
     _demo, s = outcome
     assert s.payer_checked > 20

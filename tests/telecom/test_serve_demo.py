@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,5 +27,11 @@ def test_serve_demo_prints_url_key_and_a_reconciled_summary(tmp_path: Path, free
     assert "→ reconciled; dead letters 0" in out
     assert "0 left inconsistent" in out
     assert "files: bank over SFTP, archived; bills over FTP, archived" in out  # through the workers' sftp/ftp sources
+    # billing's changes through the API's /soap endpoint (zeep client, its own API key), resource's
+    # from the inventory's outbox table through the workers' sql source: all of them, none another way
+    soap = re.search(r"billing customer changes over SOAP (\d+)/(\d+)", out)
+    sql = re.search(r"resource customer changes by SQL polling (\d+)/(\d+)", out)
+    assert soap and sql, out[-3000:]
+    assert soap.group(1) == soap.group(2) != "0" and sql.group(1) == sql.group(2) != "0", out[-3000:]
     assert (tmp_path / "demo" / "bank-sftp" / "outbox" / "archive").is_dir()
     assert (tmp_path / "demo" / "hub.db").exists()  # the demo ran in its own fresh data dir
