@@ -20,7 +20,6 @@ from esbhub.schemas.bill import Bill
 from esbhub.schemas.party import Party
 from esbhub.schemas.payment import Payment
 from esbhub.schemas.service_order import ServiceOrder
-from esbhub.telecom.schemas import BillingCustomer
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "party.v1": Party,
@@ -28,13 +27,38 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "payment.v1": Payment,
     "alarm.v1": Alarm,
     "service_order.v1": ServiceOrder,
-    "customer.billing.v1": BillingCustomer,  # billing pushes it over SOAP (telecom pack)
 }
+
+
+ENTRY_POINT_GROUP = "esbhub.schemas"
+
+
+def _load_plugin_schemas() -> None:
+    """Types other packages declare: ``[project.entry-points."esbhub.schemas"]
+    "customer.billing.v1" = "pkg.module:Model"`` (the telecom pack registers billing's native
+    customer type this way). Loaded once, at import, so every consumer (ingest, the SOAP
+    endpoint's service list, route lint, the docs) sees the same set."""
+    import warnings
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            model = ep.load()
+        except Exception as exc:  # noqa: BLE001 — one broken plug-in must not take every type down
+            warnings.warn(f"schema plug-in '{ep.name}' ({ep.value}) failed to load: {exc!r}", stacklevel=2)
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            warnings.warn(f"schema plug-in '{ep.name}' ({ep.value}) is not a pydantic model", stacklevel=2)
+            continue
+        SCHEMAS.setdefault(ep.name, model)
 
 
 def register_schema(type_name: str, model: type[BaseModel]) -> None:
     """Register an extra canonical type (e.g. from a plug-in)."""
     SCHEMAS[type_name] = model
+
+
+_load_plugin_schemas()
 
 
 def suggest(name: str, choices: list[str] | set[str] | dict[str, Any]) -> str | None:

@@ -4,7 +4,7 @@ Registered as a message type (``esbhub.schemas.SCHEMAS``) so that billing can pu
 hub's inbound SOAP endpoint (``POST /soap/customer.billing.v1``, operation
 ``PublishCustomerBilling``): the endpoint validates it against this model and the reference route
 ``telecom-billing-customers`` maps it to ``party.v1``. Only pydantic here: imported by
-``esbhub.schemas`` itself.
+the ``esbhub.schemas`` entry point (pyproject.toml).
 """
 
 from __future__ import annotations

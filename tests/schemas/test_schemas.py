@@ -35,3 +35,13 @@ def test_bill_total_must_equal_sum_of_items():
         validate_payload("bill.v1", bill)
     bill["total"] = "9.00"
     assert validate_payload("bill.v1", bill)["total"] == "9.00"
+
+
+def test_a_type_declared_by_a_package_entry_point_is_registered_without_core_importing_it():
+    import esbhub.schemas as core
+
+    # the telecom pack declares billing's native customer type in pyproject.toml; core code
+    # never imports esbhub.telecom
+    assert "customer.billing.v1" in SCHEMAS
+    assert "esbhub.telecom" not in open(core.__file__, encoding="utf-8").read()
+    assert SCHEMAS["customer.billing.v1"].__module__ == "esbhub.telecom.schemas"
