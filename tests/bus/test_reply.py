@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from esbhub.bus.broker import Broker, create_broker
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.reply import RequestReply
-from esbhub.bus.store import BusStore
-from esbhub.bus.worker import ERROR_REPLY_TYPE, Subscription, Worker, queue_for
+from esbhub.bus.worker import ERROR_REPLY_TYPE, Subscription, Worker
 from esbhub.config import RetryPolicy
-from esbhub.db import upgrade
 from esbhub.errors import PermanentError
 from esbhub.monitoring import metrics
 
 from .memory_broker import wait_until
-
-
-@pytest.fixture
-def broker(broker_url: str, unique: str) -> Iterator[Broker]:
-    rabbit = broker_url.startswith("amqp")
-    kw = {"unrouted_queue": f"{unique}.unrouted"} if rabbit else {}
-    b = create_broker(broker_url, exchange=unique, **kw)
-    b.connect()
-    yield b
-    b.close()
-    if rabbit:
-        c = create_broker(broker_url, exchange=unique, unrouted_queue=f"{unique}.unrouted")
-        for q in (queue_for(unique), f"{unique}.unrouted"):
-            c.delete_queue(q)
-        c._control(lambda ch: (ch.exchange_delete(unique), ch.exchange_delete(f"{unique}.unrouted")), what="cleanup")
-        c.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[BusStore]:
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    upgrade(url)
-    s = BusStore(url)
-    yield s
-    s.close()
 
 
 def test_request_gets_reply_timeout_raises_and_late_reply_is_discarded_and_counted(broker, store, settings, unique):
