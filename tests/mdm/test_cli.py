@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from esbhub.cli import main
@@ -76,7 +75,7 @@ def test_rematch_keeps_the_partition_and_ids(tmp_path):
 
 
 def test_load_reads_parquet_and_sql_tables_like_csv(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import sqlalchemy as sa
 
