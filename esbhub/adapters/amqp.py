@@ -30,6 +30,7 @@ from esbhub.adapters.base import (
     EnvelopeTemplate,
     Sink,
     ThreadedSource,
+    WrapsMessageBodies,
     backoff_delays,
     check_url_secret,
     mapped_errors,
@@ -60,7 +61,7 @@ class AmqpConnection(AdapterConfig):
     heartbeat: int = Field(default=30, ge=0, le=600, description="AMQP heartbeat seconds (0 = off).")
 
 
-class AmqpSourceConfig(AmqpConnection):
+class AmqpSourceConfig(AmqpConnection, WrapsMessageBodies):
     """Consumes a queue on a foreign RabbitMQ topology."""
 
     queue: str = Field(description="Queue to consume.", min_length=1)
@@ -113,10 +114,6 @@ class AmqpSource(ThreadedSource[AmqpSourceConfig]):
 
     def __init__(self, config: AmqpSourceConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
-        if config.body != "envelope" and config.envelope is None:
-            from esbhub.errors import ConfigError
-
-            raise ConfigError("amqp source: 'envelope' (type, source) is required unless body is 'envelope'")
         self.conn: Any = None
 
     def to_envelope(self, body: bytes, props: dict[str, Any], headers: dict[str, Any]) -> Envelope:

@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ulid import ULID
 
 from esbhub.bus.envelope import Envelope
@@ -512,6 +512,18 @@ class EnvelopeTemplate(BaseModel):
         h = dict(self.headers)
         h.update(headers or {})
         return Envelope.create(self.type, payload, source=self.source, id=id, headers=h)
+
+
+class WrapsMessageBodies(BaseModel):
+    """Mixin for source configs that read message bodies (``body``) and wrap them with an
+    ``envelope`` template: the template is required unless the bodies are envelopes already.
+    Checked when the config is parsed, so a route lint names the field."""
+
+    @model_validator(mode="after")
+    def _envelope_template_needed(self) -> Any:
+        if getattr(self, "body", "envelope") != "envelope" and getattr(self, "envelope", None) is None:
+            raise ValueError("'envelope' (type, source) is required unless body is 'envelope'")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

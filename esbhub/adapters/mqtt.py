@@ -28,6 +28,7 @@ from esbhub.adapters.base import (
     EnvelopeTemplate,
     Sink,
     ThreadedSource,
+    WrapsMessageBodies,
     backoff_delays,
     stable_id,
 )
@@ -47,7 +48,7 @@ class MqttConnection(AdapterConfig):
     ca_file: str | None = Field(default=None, description="CA bundle (PEM) for TLS.")
 
 
-class MqttSourceConfig(MqttConnection):
+class MqttSourceConfig(MqttConnection, WrapsMessageBodies):
     """Subscribes to topics with a persistent session; acks after emit."""
 
     topics: list[str] = Field(description="Topic filters to subscribe to (QoS 1).", min_length=1)
@@ -111,10 +112,6 @@ class MqttSource(ThreadedSource[MqttSourceConfig]):
 
     def __init__(self, config: MqttSourceConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
-        if config.body != "envelope" and config.envelope is None:
-            from esbhub.errors import ConfigError
-
-            raise ConfigError("mqtt source: 'envelope' (type, source) is required unless body is 'envelope'")
         self._q: queue.Queue[tuple[int, Any]] = queue.Queue()
         self._gen = 0
         self.client: Any = None

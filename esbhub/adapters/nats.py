@@ -31,6 +31,7 @@ from esbhub.adapters.base import (
     EnvelopeTemplate,
     Sink,
     ThreadedSource,
+    WrapsMessageBodies,
     backoff_delays,
     mapped_errors,
     stable_id,
@@ -55,7 +56,7 @@ class NatsConnection(AdapterConfig):
     subjects: list[str] = Field(default_factory=list, description="Subjects of the stream when it is created.")
 
 
-class NatsSourceConfig(NatsConnection):
+class NatsSourceConfig(NatsConnection, WrapsMessageBodies):
     """Durable pull consumer on a JetStream stream."""
 
     durable: str = Field(description="Durable consumer name (the position survives restarts).", min_length=1)
@@ -137,8 +138,6 @@ class NatsSource(ThreadedSource[NatsSourceConfig]):
 
     def __init__(self, config: NatsSourceConfig, *, name: str = "") -> None:
         super().__init__(config, name=name)
-        if config.body != "envelope" and config.envelope is None:
-            raise ConfigError("nats source: 'envelope' (type, source) is required unless body is 'envelope'")
         self.nc: Any = None
 
     def to_envelope(self, msg: Any) -> Envelope:

@@ -183,3 +183,21 @@ def test_registry_unknown_adapter_suggests_the_closest_name():
     assert isinstance(spec.sink({"host": "h"}), FlakySink)
     with pytest.raises(ConfigError):
         spec.source({})
+
+
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("amqp", {"url": "amqp://guest@127.0.0.1:5672//", "queue": "q"}),
+        ("mqtt", {"client_id": "c", "topics": ["a/b"]}),
+        ("nats", {"servers": ["nats://127.0.0.1:4222"], "stream": "s", "subjects": ["x"], "durable": "d"}),
+    ],
+)
+def test_message_source_config_needs_an_envelope_template_unless_bodies_are_envelopes(name, config):
+    from esbhub.adapters.registry import get_adapter
+
+    spec = get_adapter(name)
+    with pytest.raises(ConfigError, match="'envelope' \\(type, source\\) is required"):
+        spec.parse_config(config, "source")
+    spec.parse_config({**config, "body": "envelope"}, "source")
+    spec.parse_config({**config, "envelope": {"type": "party.v1", "source": "crm"}}, "source")
