@@ -174,14 +174,20 @@ def test_concurrent_publishers_and_competing_consumers_deliver_each_message_once
     envs = [env(i) for i in range(800)]
     threads = [threading.Thread(target=lambda k=k: [broker.publish_many(envs[j:j + 20]) for j in range(k * 200, k * 200 + 200, 20)])
                for k in range(4)]
-    consumers = [Consumer(broker, q, prefetch=32) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    wait_until(lambda: sum(len(c.got) for c in consumers) >= 800, timeout=60, what="all consumed")
-    for c in consumers:
-        c.close()
-    ids = [d.envelope.id for c in consumers for d in c.got]
+    # The first consumer holds its prefetch unacked, so the second must compete for the rest:
+    # both take part whatever the scheduling, and prefetch bounds what one consumer holds.
+    holder = Consumer(broker, q, prefetch=32, ack=False)
+    wait_until(lambda: len(holder.got) == 32, timeout=60, what="the first consumer filled its prefetch")
+    other = Consumer(broker, q, prefetch=32)
+    wait_until(lambda: len(other.got) >= 800 - 32, timeout=60, what="the second consumer took the rest")
+    assert len(holder.got) == 32
+    for d in holder.got:
+        d.ack()
+    holder.close()
+    other.close()
+    ids = [d.envelope.id for c in (holder, other) for d in c.got]
     assert len(ids) == 800 and set(ids) == {e.id for e in envs}
-    assert all(c.got for c in consumers)  # both consumers took part
