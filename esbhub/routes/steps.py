@@ -9,6 +9,7 @@ lookup mocks) comes from :class:`Deps`, so the same code runs in a worker, in
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import threading
@@ -57,7 +58,7 @@ def copy_json(v: Any) -> Any:
 
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as ULIDs use
-_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10-bit value → its two characters
+_RFC_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _B32.encode())
 # what _ulid_ms accepts: 10 Crockford characters (either case) of a timestamp below 2**48
 _ULID_HEAD = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{9}")
 _B32_DEC = {c: i for i, c in enumerate(_B32)} | {c.lower(): i for i, c in enumerate(_B32)}
@@ -87,9 +88,9 @@ def derive_id(parent: str, *parts: Any) -> str:
     else:
         ms = int(time.time() * 1000)
         head = "".join([_B32[(ms >> sh) & 31] for sh in range(45, -1, -5)])
-    # the 80 hash bits are exactly the last 16 characters, two per 10-bit chunk
-    n = int.from_bytes(h, "big")
-    return head + "".join([_B32_PAIRS[(n >> sh) & 1023] for sh in range(70, -1, -10)])
+    # the 80 hash bits are exactly the last 16 characters: base32 of the 10 bytes (big-endian
+    # 5-bit groups, no padding), mapped from the RFC 4648 alphabet to Crockford's
+    return head + base64.b32encode(h).translate(_RFC_TO_CROCKFORD).decode()
 
 
 # An output envelope is the input's with a few fields replaced by values the route already

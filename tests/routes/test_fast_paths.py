@@ -77,3 +77,60 @@ def test_an_output_envelope_equals_the_model_copy_of_the_input():
                                "type": "party.v1", "payload": {"a": 1}})
     assert out == ref and out.to_bytes() == ref.to_bytes() and out.model_fields_set == ref.model_fields_set
     assert type(out).model_validate(out.model_dump()) == out
+
+
+def _outcome(r: object) -> object:
+    if isinstance(r, Exception):
+        return (type(r).__name__, str(r))
+    return ([(o.sink.label, o.envelope) for o in r.outputs], r.filtered, r.split_empty, r.aggregated,
+            [d.envelope for d in r.deferred], r.final)
+
+
+def test_a_batch_run_step_by_step_gives_each_input_exactly_what_running_it_alone_gives():
+    from esbhub.routes.engine import RESUME_HEADER
+
+    cr = CompiledRoute(route_of("""\
+name: mix
+from: {topic: party.v1}
+steps:
+  - type: validate
+  - type: filter
+    if: "payload.attributes.monthly_revenue != null"
+  - type: map
+    set: {payload.rev: "to_number(payload.attributes.monthly_revenue)", headers.who: payload.source_id}
+  - type: choice
+    when:
+      - if: "payload.rev >= `100000`"
+        steps:
+          - {type: map, values: {headers.tier: gold}}
+      - if: "payload.rev >= `10`"
+        steps: []
+  - type: split
+    expression: "payload.attributes.circuit_ids"
+to: [{topic: out.v1}]
+"""), 1)
+    def party(i: int, **attrs: object) -> dict:
+        return {**PARTY, "source_id": f"C{i}", "attributes": {**PARTY["attributes"], **attrs}}
+
+    inputs = [
+        env(payload=party(1, circuit_ids=["a", "b"])),            # two parts
+        env(payload={"kind": "organization"}),                     # invalid: missing fields
+        env(payload=party(2, monthly_revenue=None)),               # filtered out
+        env(payload=party(3, monthly_revenue=5, circuit_ids=["x"])),  # choice matches nothing
+        env(payload=party(4, circuit_ids=[])),                     # split to nothing
+        env(payload=party(5, monthly_revenue=50, circuit_ids=["c"])),
+        env(payload=party(6, circuit_ids=["d"]), headers={RESUME_HEADER: "2"}),  # resumes at map
+        env(payload=party(7), headers={RESUME_HEADER: "9"}),       # no such step
+    ]
+    alone = [_outcome(_run_or_error(cr, e)) for e in inputs]
+    together = [_outcome(r) for r in cr.run_many(inputs)]
+    assert together == alone
+    kinds = [a[0] if isinstance(a[0], str) else "ok" for a in alone]
+    assert kinds == ["ok", "InvalidMessage", "ok", "NoRouteMatched", "ok", "ok", "ok", "PermanentError"]
+
+
+def _run_or_error(cr: CompiledRoute, e: object) -> object:
+    try:
+        return cr.run(e)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001
+        return exc
