@@ -1,36 +1,46 @@
 """Bulk initial load through the FULL MDM pipeline into SQLite, against Splink's batch dedupe.
 
-    .venv/bin/python bench/mdm_load.py [--companies 3000] [--batch 500] [--skip-splink]
+    .venv/bin/python bench/mdm_load.py [--records N | --companies N] [--batch 500] [--workers 1]
+        [--keep DIR] [--baseline-tree DIR --baseline-companies 13000] [--skip-splink]
 
-What is measured (one process, one core busy):
+What is measured:
 
-* our load: synthetic Chinese enterprise records (``esbhub.mdm.synth``) → ``MdmService.ingest_many``
-  in batches (standardize → block/score against everything loaded so far → cluster with
-  constraints → survivorship with lineage → history, xref, hierarchy → events), committed to
-  SQLite — the same code path as ``esbhub mdm load``;
-* throughput per tenth of the load, so the growth of the per-record cost with the size of the
-  index is visible;
-* the extrapolation to 1,000,000 records two ways: (a) at the rate of the last tenth (optimistic
-  if the cost keeps growing), (b) fitting per-record time t(n) = a + b·n over the tenths and
-  integrating to 1M (honest if growth is linear; super-linear growth makes it optimistic too);
-* the per-record path over the first ``--per-record`` records (one ``ingest`` — one transaction —
-  per record, as a bus consumer takes them) against the bulk path over the same records into a
-  fresh store: the ratio is what batching buys on the same data in the same run;
-* the matcher index: RSS grown by rebuilding it from the store in a fresh service (what a
-  restarted worker holds), per record and extrapolated linearly to 1M; storage per record;
-* Splink (DuckDB) deduplicating the same standardized records in the same run: EM training +
-  prediction + clustering, no store — a batch engine's lower bound, not the same job.
+* our load: synthetic Chinese enterprise records (``esbhub.mdm.synth``; ``--records`` takes the
+  first N of a set generated big enough) through :func:`esbhub.mdm.loader.load_parties` — the
+  path of ``esbhub mdm load`` — in batches (standardize, in ``--workers`` processes ahead of the
+  ingesting one → block/score against everything loaded so far → cluster with constraints →
+  survivorship with lineage → history, xref, hierarchy → events), committed to SQLite;
+* wall time of the whole load and throughput per tenth, so any growth of the per-record cost
+  with the size of the store and index shows;
+* peak RSS of this process (the ingesting one) and the matcher index: RSS grown by rebuilding
+  it from the store in a fresh process (what a restarted worker holds); storage on disk;
+* ``--baseline-tree``: another checkout (``git worktree add /tmp/wt-old <commit>``) loading the
+  same ``--baseline-companies`` set, alternated with this tree, each in a fresh process and
+  store: old and new code in the same conditions (each tree's own bulk path);
+* the per-record path over the first ``--per-record`` records (one ``ingest`` per record, as a
+  bus consumer takes them) against the bulk path over the same records into a fresh store;
+* Splink (DuckDB) deduplicating the same standardized records (read back from the store) in
+  the same run, in a child process: EM training + prediction + clustering, no store — a batch
+  engine's lower bound, not the same job. If it fails (memory, time) at the full size, that is
+  reported and it is tried on halves until it manages.
+
+``--keep DIR`` keeps the loaded store as ``DIR/hub.db`` with the match model as
+``DIR/mdm_model.json`` and writes ``DIR/READY`` saying how to open it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 def rss_mb() -> float:
@@ -39,9 +49,83 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KB on Linux
+
+
+def loadavg() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def dataset(records: int | None, companies: int | None, seed: int) -> tuple[list, dict[str, str]]:
+    """The synthetic set: ``companies`` base companies, or the first ``records`` records of a set
+    generated big enough (≈ 3.9 records per base company)."""
+    from esbhub.mdm.synth import generate
+
+    if records:
+        ds = generate(int(records / 3.85) + 50, seed=seed)
+        recs = ds.records[:records]
+    else:
+        ds = generate(companies or 3000, seed=seed)
+        recs = ds.records
+    keys = {f"{p.source_system}:{p.source_id}" for p in recs}
+    return recs, {k: e for k, e in ds.truth.items() if k in keys}
+
+
+def db_mb(db: Path) -> float:
+    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
+
+
+def our_load(records: list, batch: int, workers: int, db: Path) -> dict:
+    from esbhub.mdm.loader import load_parties
+    from esbhub.mdm.service import MdmService
+
+    svc = MdmService(f"sqlite:///{db}")
+    n = len(records)
+    tenth = max(batch, n // 10)
+    marks: list[tuple[int, float, str]] = []
+    state = {"done": 0, "last_n": 0, "last_t": time.perf_counter()}
+    ingest_many = svc.ingest_many
+
+    def timed(items: Any, **kw: Any) -> Any:
+        out = ingest_many(items, **kw)
+        state["done"] += len(items)
+        if state["done"] - state["last_n"] >= tenth or state["done"] == n:
+            now = time.perf_counter()
+            marks.append((state["done"], (state["done"] - state["last_n"]) / (now - state["last_t"]), loadavg()))
+            print(f"  … {state['done']:>9,} records, {marks[-1][1]:,.0f}/s in the last tenth, load {loadavg()}",
+                  flush=True)
+            state["last_t"], state["last_n"] = now, state["done"]
+        return out
+
+    svc.ingest_many = timed  # type: ignore[method-assign]
+    t0 = state["last_t"] = time.perf_counter()
+    out = load_parties(svc, records, batch=batch, workers=workers)
+    total = time.perf_counter() - t0
+    svc.ingest_many = ingest_many  # type: ignore[method-assign]
+    peak = peak_rss_mb()
+    rss = rss_mb()
+    index_n = len(svc.matcher)
+    partition = svc.partition_now()
+    # the real-time path afterwards: one changed record per transaction (as the bus delivers them)
+    lat = []
+    for j, p in enumerate(records[: min(300, n)]):
+        changed = p.model_copy(update={"status": "suspended" if p.status != "suspended" else "active"})
+        t = time.perf_counter()
+        svc.ingest(changed, f"rt-{j}")
+        lat.append((time.perf_counter() - t) * 1000)
+    lat.sort()
+    return {"records": n, "seconds": total, "rate": n / total, "marks": marks, "goldens": len(partition),
+            "partition": partition, "db_mb": db_mb(db), "rss_mb": rss, "peak_mb": peak, "index_n": index_n,
+            "errors": out["errors"], "svc": svc,
+            "rt_p50": lat[len(lat) // 2], "rt_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "rt_n": len(lat)}
+
+
 def per_record_vs_bulk(records: list, batch: int, d: Path) -> dict:
-    """The same records through ``ingest`` one by one and through ``ingest_many`` in batches."""
-    from esbhub.mdm.loader import envelope_id_for
+    """The same records through ``ingest`` one by one and through the bulk path in batches."""
+    from esbhub.mdm.loader import envelope_id_for, load_parties
     from esbhub.mdm.service import MdmService
 
     one = MdmService(f"sqlite:///{d / 'per_record.db'}")
@@ -51,8 +135,7 @@ def per_record_vs_bulk(records: list, batch: int, d: Path) -> dict:
     t_one = time.perf_counter() - t
     bulk = MdmService(f"sqlite:///{d / 'bulk.db'}")
     t = time.perf_counter()
-    for i in range(0, len(records), batch):
-        bulk.ingest_many([(p, envelope_id_for(p), None) for p in records[i : i + batch]])
+    load_parties(bulk, records, batch=batch, workers=0)
     t_bulk = time.perf_counter() - t
     same = one.partition_now() == bulk.partition_now()
     return {"n": len(records), "one_rate": len(records) / t_one, "bulk_rate": len(records) / t_bulk, "same": same}
@@ -61,10 +144,6 @@ def per_record_vs_bulk(records: list, batch: int, d: Path) -> dict:
 def index_memory(db: Path) -> dict:
     """RSS grown by building the matcher index of everything stored, in a fresh process (as a
     restarted worker does it): interpreter and imports are counted out, the index alone is in."""
-    import json
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, __file__, "--index-rss", str(db)], capture_output=True, text=True,
                          timeout=3600, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,7 +151,6 @@ def index_memory(db: Path) -> dict:
 
 def _index_rss(db: str) -> None:
     import gc
-    import json
 
     import sqlalchemy as sa
 
@@ -89,105 +167,55 @@ def _index_rss(db: str) -> None:
     svc._ensure_index()
     secs = time.perf_counter() - t
     gc.collect()
-    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "rss_mb": rss_mb()}))
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KB on Linux
-
-
-def our_load(records: list, batch: int, db: Path) -> dict:
-    from esbhub.mdm.loader import envelope_id_for
-    from esbhub.mdm.service import MdmService
-
-    svc = MdmService(f"sqlite:///{db}")
-    n = len(records)
-    tenth = max(batch, n // 10)
-    marks: list[tuple[int, float]] = []
-    t0 = time.perf_counter()
-    last_t, last_n = t0, 0
-    for i in range(0, n, batch):
-        chunk = records[i : i + batch]
-        svc.ingest_many([(p, envelope_id_for(p), None) for p in chunk])
-        done = i + len(chunk)
-        if done - last_n >= tenth or done == n:
-            now = time.perf_counter()
-            marks.append((done, (done - last_n) / (now - last_t)))
-            last_t, last_n = now, done
-    total = time.perf_counter() - t0
-    partition = svc.partition_now()
-    goldens = len(partition)
-    # the real-time path afterwards: one changed record per transaction (as the bus delivers them)
-    lat = []
-    for j, p in enumerate(records[: min(300, n)]):
-        changed = p.model_copy(update={"status": "suspended" if p.status != "suspended" else "active"})
-        t = time.perf_counter()
-        svc.ingest(changed, f"rt-{j}")
-        lat.append((time.perf_counter() - t) * 1000)
-    lat.sort()
-    return {"records": n, "seconds": total, "rate": n / total, "marks": marks, "goldens": goldens, "partition": partition,
-            "db_mb": db.stat().st_size / 1e6, "rss_mb": rss_mb(),
-            "rt_p50": lat[len(lat) // 2], "rt_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "rt_n": len(lat)}
-
-
-def extrapolate(marks: list[tuple[int, float]], target: int = 1_000_000) -> tuple[float, float]:
-    """(seconds at the last tenth's rate, seconds with per-record time linear in n)."""
-    import numpy as np
-
-    last_rate = marks[-1][1]
-    xs, ys, prev = [], [], 0
-    for done, rate in marks:
-        xs.append((prev + done) / 2)
-        ys.append(1.0 / rate)
-        prev = done
-    if len(xs) >= 2:
-        b, a = np.polyfit(xs, ys, 1)
-        b = max(b, 0.0)
-    else:
-        a, b = ys[0], 0.0
-    return target / last_rate, a * target + b * target * target / 2
+    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "rss_mb": rss_mb(),
+                      "peak_mb": peak_rss_mb()}))
 
 
 def pairwise(partition: set, truth: dict[str, str]) -> tuple[float, float, float, int]:
     """Pairwise precision, recall, F1 of the golden records against the generator's truth, and
     how many golden records mix two or more real companies (false merges)."""
-    def pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
-        out = set()
-        for g in groups:
-            g = sorted(g)
-            out |= {(g[i], g[j]) for i in range(len(g)) for j in range(i + 1, len(g))}
-        return out
+    from collections import Counter
 
-    by: dict[str, list[str]] = {}
-    for k, e in truth.items():
-        by.setdefault(e, []).append(k)
-    true, pred = pairs(list(by.values())), pairs([list(c) for c in partition])
-    tp = len(true & pred)
-    p = tp / len(pred) if pred else 1.0
-    r = tp / len(true) if true else 1.0
+    def n_pairs(sizes: Any) -> int:
+        return sum(k * (k - 1) // 2 for k in sizes)
+
+    true = n_pairs(Counter(truth.values()).values())
+    pred = n_pairs(len(c) for c in partition)
+    tp = n_pairs(n for c in partition for n in Counter(truth.get(k) for k in c).values())
+    p = tp / pred if pred else 1.0
+    r = tp / true if true else 1.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     mixed = sum(1 for c in partition if len({truth.get(k) for k in c}) > 1)
     return p, r, f, mixed
 
 
-def splink_dedupe(stds: list) -> dict:
+# ---------------------------------------------------------------------------------- Splink
+def _splink_frame(db: str, limit: int | None) -> Any:
+    """The standardized records as the load stored them (``mdm_xref.std``), in arrival order."""
+    import sqlite3
+
     import pandas as pd
+
+    q = ("SELECT source_system || ':' || source_id AS unique_id, NULLIF(core_name, '') AS core_name, "
+         "NULLIF(name_norm, '') AS name_norm, uscc, json_extract(std, '$.city') AS city, "
+         "json_extract(std, '$.phones[0]') AS phone, json_extract(std, '$.address') AS address, "
+         "NULLIF(json_extract(std, '$.pinyin_key'), '') AS pinyin_key FROM mdm_xref ORDER BY first_seen")
+    if limit:
+        q += f" LIMIT {int(limit)}"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return pd.read_sql_query(q, conn)
+
+
+def _splink_child(db: str, limit: int | None) -> None:
+    df = _splink_frame(db, limit)
+    print(json.dumps(splink_dedupe(df)))
+
+
+def splink_dedupe(df: Any) -> dict:
     import splink
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
-    df = pd.DataFrame([{
-        "unique_id": f"{s.source_system}:{s.source_id}",
-        "core_name": s.core_name or None,
-        "name_norm": s.name_norm or None,
-        "uscc": s.uscc,
-        "city": s.city,
-        "phone": s.phones[0] if s.phones else None,
-        "address": s.address,
-        "pinyin_key": s.pinyin_key or None,
-    } for s in stds])
     t0 = time.perf_counter()
     settings = SettingsCreator(
         link_type="dedupe_only",
@@ -216,69 +244,225 @@ def splink_dedupe(stds: list) -> dict:
     preds = linker.inference.predict(threshold_match_probability=0.9)
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(preds, 0.99).as_pandas_dataframe()
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "rate": len(stds) / dt, "clusters": clusters["cluster_id"].nunique(),
-            "version": splink.__version__}
+    return {"seconds": dt, "rate": len(df) / dt, "records": len(df), "clusters": int(clusters["cluster_id"].nunique()),
+            "version": splink.__version__, "peak_mb": peak_rss_mb()}
+
+
+def splink_run(db: Path, n: int, timeout: float) -> list[dict]:
+    """Splink on the stored records in a child process; on failure, again on half as many."""
+    tries: list[dict] = []
+    limit: int | None = None
+    while True:
+        t = time.perf_counter()
+        try:
+            out = subprocess.run([sys.executable, __file__, "--splink-child", str(db), "--splink-limit", str(limit or 0)],
+                                 capture_output=True, text=True, timeout=timeout)
+            if out.returncode == 0:
+                tries.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                return tries
+            why = f"exit {out.returncode}: {(out.stderr.strip().splitlines() or ['?'])[-1][:300]}"
+        except subprocess.TimeoutExpired:
+            why = f"not done after {timeout:.0f} s (stopped)"
+        except ImportError:
+            return [{"error": "Splink not installed: pip install 'esbhub[bench]'"}]
+        tries.append({"records": limit or n, "error": why, "seconds": time.perf_counter() - t})
+        limit = (limit or n) // 2
+        if limit < 10_000:
+            return tries
+
+
+# ---------------------------------------------------------------------------------- old vs new
+def _tree_child(tree: str, companies: int, seed: int, batch: int, workers: int, db: str) -> None:
+    """Run in a child whose ``sys.path`` starts with ``tree``: load the set with that tree's bulk path."""
+    from esbhub.mdm import loader, service
+    from esbhub.mdm.service import MdmService
+    from esbhub.mdm.synth import generate
+
+    assert service.__file__.startswith(str(Path(tree).resolve())), service.__file__  # the tree asked for
+    records = generate(companies, seed=seed).records
+    svc = MdmService(f"sqlite:///{db}")
+    t = time.perf_counter()
+    if hasattr(loader, "load_parties"):
+        loader.load_parties(svc, records, batch=batch, workers=workers)
+        path = f"load_parties, {workers} standardizing worker(s)"
+    else:  # the old tree: what its bench ran (the loader took only flat rows then)
+        for i in range(0, len(records), batch):
+            svc.ingest_many([(p, loader.envelope_id_for(p), None) for p in records[i : i + batch]])
+        path = "ingest_many batches"
+    secs = time.perf_counter() - t
+    digest = state_digest(svc)
+    print(json.dumps({"records": len(records), "seconds": secs, "rate": len(records) / secs, "path": path,
+                      "state": digest.hexdigest()[:16], "load": loadavg()}))
+
+
+def untimed(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: untimed(x) for k, x in v.items() if k != "source_updated_at"}
+    return [untimed(x) for x in v] if isinstance(v, list) else v
+
+
+def state_digest(svc: Any) -> Any:
+    """A hash of the golden records (status, members, attribute values with their lineage, tier)
+    and of the xref, without wall-clock times (lineage of undated sources carries the load time)."""
+    import hashlib
+
+    import orjson
+    import sqlalchemy as sa
+
+    from esbhub.mdm.store import Golden, Xref
+
+    h = hashlib.sha256()
+    with svc.Session() as s:
+        for row in s.execute(sa.select(Golden.golden_id, Golden.status, Golden.merged_into, Golden.members,
+                                       Golden.attributes, Golden.tier).order_by(Golden.golden_id)):
+            h.update(orjson.dumps([row.golden_id, row.status, row.merged_into, row.members, untimed(row.attributes), row.tier],
+                                  option=orjson.OPT_SORT_KEYS))
+        for row in s.execute(sa.select(Xref.source_system, Xref.source_id, Xref.golden_id)
+                             .order_by(Xref.source_system, Xref.source_id)):
+            h.update(orjson.dumps(list(row)))
+    return h
+
+
+def baseline(trees: list[tuple[str, str]], companies: int, seed: int, batch: int, workers: int, rounds: int) -> list:
+    out = []
+    for r in range(rounds):
+        for label, tree in (trees if r % 2 == 0 else trees[::-1]):
+            with tempfile.TemporaryDirectory() as d:
+                args = [sys.executable, __file__, "--tree-child", tree, "--companies", str(companies), "--seed", str(seed),
+                        "--batch", str(batch), "--workers", str(workers), "--keep", d + "/b.db"]
+                env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}  # that tree's esbhub, not the installed one
+                res = subprocess.run(args, capture_output=True, text=True, cwd=tree, env=env, timeout=7200, check=True)
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                row["tree"] = label
+                out.append(row)
+                print(f"  baseline {label}: {row['rate']:,.0f} records/s ({row['path']}), load {row['load']}", flush=True)
+    return out
+
+
+def keep_store(r: dict, model_json: str, db: Path, keep: Path) -> None:
+    import shutil
+
+    keep.mkdir(parents=True, exist_ok=True)
+    svc = r["svc"]
+    svc.Session.kw["bind"].dispose()
+    for f in db.parent.glob(db.name + "*"):
+        shutil.move(str(f), keep / f.name.replace(db.name, "hub.db"))
+    (keep / "mdm_model.json").write_text(model_json, encoding="utf-8")
+    url = f"sqlite:///{keep / 'hub.db'}"
+    (keep / "READY").write_text(
+        f"database_url: {url}\n"
+        f"model: {keep / 'mdm_model.json'} (the engine's default MatchModel the load used)\n"
+        f"records: {r['records']} source records, {r['goldens']} golden records "
+        f"(synthetic CN set from bench/mdm_load.py, loaded {datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
+        "Open it (the matcher index, ~1M records, is built from the store on first use, a few minutes):\n\n"
+        "    from pathlib import Path\n"
+        "    from esbhub.mdm.service import MdmService, MdmSettings\n"
+        f"    svc = MdmService({url!r}, settings=MdmSettings(model_path=Path({str(keep / 'mdm_model.json')!r})),\n"
+        "                     migrate=False)\n"
+        "    svc._ensure_index()  # optional: build the index now rather than on the first ingest\n"
+        "    svc.ingest(party, envelope_id)  # the real-time path\n\n"
+        "Copy hub.db* before writing to it if others need the pristine 1M store.\n",
+        encoding="utf-8")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--companies", type=int, default=3000, help="Synthetic base companies (records ≈ 3.5×).")
+    ap.add_argument("--companies", type=int, default=3000, help="Synthetic base companies (records ≈ 3.9×).")
+    ap.add_argument("--records", type=int, default=0, help="Load exactly this many records (overrides --companies).")
     ap.add_argument("--batch", type=int, default=500, help="Records per transaction.")
+    ap.add_argument("--workers", type=int, default=1, help="Standardizing processes beside the ingesting one.")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--skip-splink", action="store_true")
+    ap.add_argument("--splink-timeout", type=float, default=3600.0, help="Seconds Splink may take per try.")
     ap.add_argument("--per-record", type=int, default=1000,
                     help="Also load the first N records one transaction each and in batches (0: skip).")
+    ap.add_argument("--keep", type=Path, help="Keep the loaded store here (hub.db, mdm_model.json, READY).")
+    ap.add_argument("--baseline-tree", help="Another checkout to compare with (e.g. a git worktree of the old commit).")
+    ap.add_argument("--baseline-companies", type=int, default=13000, help="Base companies of the old-vs-new set.")
+    ap.add_argument("--baseline-rounds", type=int, default=2, help="Alternations of old and new.")
     ap.add_argument("--index-rss", metavar="DB", help=argparse.SUPPRESS)
+    ap.add_argument("--splink-child", metavar="DB", help=argparse.SUPPRESS)
+    ap.add_argument("--splink-limit", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--tree-child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.tree_child:
+        _tree_child(a.tree_child, a.companies, a.seed, a.batch, a.workers, str(a.keep))
+        return
     if a.index_rss:
         _index_rss(a.index_rss)
         return
+    if a.splink_child:
+        _splink_child(a.splink_child, a.splink_limit or None)
+        return
 
-    from esbhub.mdm.standardize import standardize
-    from esbhub.mdm.synth import generate
-
-    ds = generate(a.companies, seed=a.seed)
-    records = ds.records
     print(f"# MDM bulk load — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"records: {len(records)} from {a.companies} base companies (synthetic CN set, seed {a.seed}), "
-          f"true entities: {len(set(ds.truth.values()))}")
-    with tempfile.TemporaryDirectory() as d:
-        r = our_load(records, a.batch, Path(d) / "mdm.db")
-        mem = index_memory(Path(d) / "mdm.db")
-        cmp = per_record_vs_bulk(records[: a.per_record], a.batch, Path(d)) if a.per_record else None
-    print("\n| tenth ends at | records/s in that tenth |\n|---:|---:|")
-    for done, rate in r["marks"]:
-        print(f"| {done} | {rate:,.0f} |")
-    last, linear = extrapolate(r["marks"])
-    print(f"\nesbhub full pipeline into SQLite: {r['records']} records in {r['seconds']:.1f} s = "
-          f"{r['rate']:,.0f} records/s; {r['goldens']} golden records; DB {r['db_mb']:.0f} MB; RSS {r['rss_mb']:.0f} MB")
-    p, rc, f, mixed = pairwise(r["partition"], ds.truth)
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {loadavg()}", flush=True)
+    base = None
+    if a.baseline_tree:
+        here = str(Path(__file__).resolve().parent.parent)
+        print(f"old vs new: {a.baseline_companies} base companies (seed {a.seed}), batches of {a.batch}, "
+              f"{a.baseline_rounds} alternations, each a fresh process and store", flush=True)
+        base = baseline([("old", a.baseline_tree), ("new", here)], a.baseline_companies, a.seed, a.batch, a.workers,
+                        a.baseline_rounds)
+    t = time.perf_counter()
+    records, truth = dataset(a.records, a.companies, a.seed)
+    print(f"records: {len(records):,} (synthetic CN set, seed {a.seed}, generated in {time.perf_counter() - t:.0f} s), "
+          f"true entities: {len(set(truth.values())):,}; batches of {a.batch}, {a.workers} standardizing worker(s)",
+          flush=True)
+    d = Path(tempfile.mkdtemp(prefix="mdm_load_", dir=str(a.keep.parent) if a.keep else None))
+    db = d / "mdm.db"
+    r = our_load(records, a.batch, a.workers, db)
+    print("\n| tenth ends at | records/s in that tenth | load average then |\n|---:|---:|---|")
+    for done, rate, la in r["marks"]:
+        print(f"| {done:,} | {rate:,.0f} | {la} |")
+    print(f"\nesbhub full pipeline into SQLite: {r['records']:,} records in {r['seconds']:,.1f} s "
+          f"({r['seconds'] / 60:.1f} min) = {r['rate']:,.0f} records/s; {r['goldens']:,} golden records; "
+          f"{len(r['errors'])} rows rejected")
+    print(f"ingesting process: peak RSS {r['peak_mb']:,.0f} MB, RSS after the load {r['rss_mb']:,.0f} MB "
+          f"(matcher index of {r['index_n']:,} records inside); storage {r['db_mb']:,.0f} MB "
+          f"= {r['db_mb'] * 1e3 / r['records']:.1f} KB per source record (SQLite file + WAL)")
+    p, rc, f, mixed = pairwise(r["partition"], truth)
     print(f"golden records vs the generator's truth: pairwise precision {p:.4f}, recall {rc:.4f}, F1 {f:.4f}; "
           f"{mixed} golden records mix different companies (engine defaults, steward queue not worked)")
     print(f"real-time path after the load ({r['rt_n']} changed records, one transaction each, against "
-          f"{r['records']} indexed): p50 {r['rt_p50']:.1f} ms, p99 {r['rt_p99']:.1f} ms")
-    print(f"storage: {r['db_mb'] * 1e6 / r['records'] / 1e3:.1f} KB per source record (SQLite file incl. history, "
-          f"links, inbox, indexes)")
-    print(f"matcher index rebuilt from the store: +{mem['mb']:.0f} MB RSS for {mem['n']} records "
-          f"({mem['mb'] * 1e6 / max(mem['n'], 1) / 1e3:.1f} KB each → ~{mem['mb'] / max(mem['n'], 1) * 1e6 / 1e3:,.1f} GB "
-          f"at 1M if linear) in {mem['seconds']:.1f} s (that process's RSS then {mem['rss_mb']:.0f} MB); "
-          f"this process's peak RSS {peak_rss_mb():.0f} MB")
-    if cmp:
+          f"{r['records']:,} indexed): p50 {r['rt_p50']:.1f} ms, p99 {r['rt_p99']:.1f} ms", flush=True)
+    model_json = r["svc"].matcher.model.to_json()
+    del r["svc"].matcher  # the index is measured in a fresh process next; free this one's
+    mem = index_memory(db)
+    print(f"matcher index rebuilt from the store in a fresh process: +{mem['mb']:,.0f} MB RSS for {mem['n']:,} records "
+          f"({mem['mb'] * 1e3 / max(mem['n'], 1):.2f} KB each) in {mem['seconds']:.0f} s; that process's RSS then "
+          f"{mem['rss_mb']:,.0f} MB, peak {mem['peak_mb']:,.0f} MB — target ≤ 4 GB", flush=True)
+    if a.per_record:
+        cmp = per_record_vs_bulk(records[: a.per_record], a.batch, d)
         print(f"per-record path (one transaction per record) vs bulk path (batches of {a.batch}) on the same "
               f"first {cmp['n']} records, fresh stores: {cmp['one_rate']:,.0f} vs {cmp['bulk_rate']:,.0f} records/s "
-              f"= ×{cmp['bulk_rate'] / cmp['one_rate']:.1f}; same golden records: {cmp['same']}")
-    print(f"extrapolated to 1,000,000 records: {last / 60:,.0f} min at the last tenth's rate; "
-          f"{linear / 60:,.0f} min with per-record time growing linearly (fit over the tenths) — target ≤ 15 min")
+              f"= ×{cmp['bulk_rate'] / cmp['one_rate']:.1f}; same golden records: {cmp['same']}", flush=True)
+    if base:
+        print("\n| run | tree | path | records | records/s | state digest | load average |\n|---:|---|---|---:|---:|---|---|")
+        for i, row in enumerate(base, 1):
+            print(f"| {i} | {row['tree']} | {row['path']} | {row['records']:,} | {row['rate']:,.0f} | {row['state']} "
+                  f"| {row['load']} |")
+        old = [x["rate"] for x in base if x["tree"] == "old"]
+        new = [x["rate"] for x in base if x["tree"] == "new"]
+        print(f"new/old: ×{min(new) / max(old):.2f}–×{max(new) / min(old):.2f} (mean ×{sum(new) / len(new) / (sum(old) / len(old)):.2f}); "
+              f"same golden records and xref in every run: {len({x['state'] for x in base}) == 1}")
     if not a.skip_splink:
-        try:
-            stds = [standardize(p) for p in records]
-            sp = splink_dedupe(stds)
-            print(f"Splink {sp['version']} (DuckDB) batch dedupe of the same standardized records: "
-                  f"{sp['seconds']:.1f} s = {sp['rate']:,.0f} records/s, {sp['clusters']} clusters "
-                  f"(training + predict + cluster; no store, history, lineage or events)")
-        except ImportError:
-            print("Splink not installed: pip install 'esbhub[bench]' to compare")
+        for sp in splink_run(db, len(records), a.splink_timeout):
+            if "error" in sp:
+                print(f"Splink on {sp.get('records', 0):,} records: FAILED — {sp['error']}")
+            else:
+                print(f"Splink {sp['version']} (DuckDB) batch dedupe of the same standardized records "
+                      f"({sp['records']:,}): {sp['seconds']:,.1f} s = {sp['rate']:,.0f} records/s, {sp['clusters']:,} "
+                      f"clusters, peak RSS {sp['peak_mb']:,.0f} MB (training + predict + cluster; no store, history, "
+                      f"lineage or events)")
+    if a.keep:
+        keep_store(r, model_json, db, a.keep)
+        print(f"store kept: {a.keep}/hub.db (+ mdm_model.json, READY)")
+    else:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"load average at the end {loadavg()}")
 
 
 if __name__ == "__main__":

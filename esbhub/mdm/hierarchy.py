@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, Xref, source_key
+from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, Xref, session_xrefs, source_key
 
 
 class TieringConfig(BaseModel):
@@ -97,9 +97,9 @@ def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
     return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
 
 
-def _goldens_of(s: Session, where: Any) -> dict[str, list[Xref]]:
+def _goldens_of(lk: Lookup, where: Any) -> dict[str, list[Xref]]:
     out: dict[str, list[Xref]] = {}
-    for x in s.execute(sa.select(Xref).where(where)).scalars():
+    for x in lk.xrefs_where(where):
         out.setdefault(x.golden_id, []).append(x)
     return out
 
@@ -127,8 +127,7 @@ class Lookup:
             cache[v] = []
         column = getattr(Xref, col)
         for i in range(0, len(missing), 500):
-            for x in self.s.execute(sa.select(Xref).where(column.in_(missing[i : i + 500]))).scalars():
-                self._xref[(x.source_system, x.source_id)] = x
+            for x in self.xrefs_where(column.in_(missing[i : i + 500])):
                 cache.setdefault(getattr(x, col), []).append(x)
         for v in missing:
             cache[v].sort(key=lambda x: (x.source_system, x.source_id))
@@ -154,19 +153,30 @@ class Lookup:
             self._idx[(kind, v)].sort()
         return [k for v in vals for k in self._idx[(kind, v)]]
 
+    def xrefs_where(self, where: Any) -> list[Xref]:
+        """Xref rows matching ``where`` in the query's order: only their keys are read, and rows
+        the session already holds are not loaded (nor their JSON parsed) again."""
+        keys = [(a, b) for a, b in self.s.execute(sa.select(Xref.source_system, Xref.source_id).where(where))]
+        got = self.get_many(keys)
+        return [got[k] for k in keys if k in got]
+
     def get_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Xref]:
         wanted = list(dict.fromkeys(keys))
-        missing = [k for k in wanted if k not in self._xref]
+        known = session_xrefs(self.s)
         by_sys: dict[str, list[str]] = {}
-        for sys_, sid in missing:
-            self._xref[(sys_, sid)] = None
-            by_sys.setdefault(sys_, []).append(sid)
+        for sys_, sid in wanted:
+            if (sys_, sid) in self._xref:
+                continue
+            x = known.get(source_key(sys_, sid))
+            self._xref[(sys_, sid)] = x
+            if x is None:
+                by_sys.setdefault(sys_, []).append(sid)
         for sys_, ids in by_sys.items():
             for i in range(0, len(ids), 500):
                 for x in self.s.execute(
                     sa.select(Xref).where(Xref.source_system == sys_, Xref.source_id.in_(ids[i : i + 500]))
                 ).scalars():
-                    self._xref[(x.source_system, x.source_id)] = x
+                    self._xref[(x.source_system, x.source_id)] = known[x.key] = x
         return {k: x for k in wanted if (x := self._xref.get(k)) is not None}
 
     def xrefs_for_keys(self, keys: list[tuple[str, str]]) -> list[Xref]:
@@ -299,6 +309,7 @@ def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
     current: dict[tuple[str, str, str], Hierarchy] = {}
     members: dict[str, list[Xref]] = {}
     active: set[str] = set()
+    lk = Lookup(s)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         for h in s.execute(
@@ -307,12 +318,11 @@ def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
             )
         ).scalars():
             current[(h.parent_golden, h.child_golden, h.kind)] = h
-        for gid, xs in _goldens_of(s, Xref.golden_id.in_(chunk)).items():
+        for gid, xs in _goldens_of(lk, Xref.golden_id.in_(chunk)).items():
             members.setdefault(gid, []).extend(xs)
         active |= set(s.execute(
             sa.select(Golden.golden_id).where(Golden.golden_id.in_(chunk), Golden.status != "retired")
         ).scalars())
-    lk = Lookup(s)
     lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
     for gid in ids:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,13 +160,15 @@ def parties(rows: Iterator[tuple[str, dict[str, Any]]], default_system: str | No
             errors.append(RowError(where, msg))
 
 
-def _standardize_batch(fn: Any, items: list[tuple[str, Party]]) -> dict[str, Any]:
-    """Standardize a batch (in a worker process); a record that fails is left to the service,
-    which reports it as it would have without the worker."""
+def _standardize_batch(fn: Any, items: list[tuple[str, bytes]]) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Standardize a batch in a worker process: each record comes as its canonical ``party.v1``
+    JSON (cheaper to send than a pickled model) and goes back as (standardized form, its JSON).
+    A record that fails is left to the service, which reports it as it would have without the worker."""
     out = {}
-    for envelope_id, party in items:
+    for envelope_id, canon in items:
         try:
-            out[envelope_id] = fn(party)
+            std = fn(Party.model_validate_json(canon))
+            out[envelope_id] = (std, std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std))
         except Exception:  # noqa: BLE001,S112 - the service standardizes it again and raises InvalidMessage
             continue
     return out
@@ -179,36 +181,75 @@ def default_workers() -> int:
 
 def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system: str | None = None,
          batch: int = 500, publish: Any = None, workers: int | None = None) -> dict[str, Any]:
-    """Run rows through the MDM pipeline in batches of ``batch`` records (one transaction each).
+    """Run rows through the MDM pipeline in batches of ``batch`` records (one transaction each);
+    rows that do not validate are reported in ``errors`` and skipped (see :func:`load_parties`)."""
+    errors: list[RowError] = []
+    out = load_parties(svc, parties(rows, default_system, errors), batch=batch, publish=publish, workers=workers,
+                       errors=errors)
+    out["errors"] = [e.__dict__ for e in errors]
+    return out
+
+
+class _Item:
+    """One record on its way in: the party, its envelope id and what the service would compute
+    from it alone (raw JSON and content hash here, the standardized form in a worker)."""
+
+    __slots__ = ("canon", "envelope_id", "party", "prepared")
+
+    def __init__(self, party: Party) -> None:
+        from esbhub.mdm.service import Prepared, content_hash
+
+        raw = party.model_dump(mode="json", exclude_none=True)
+        h, self.canon = content_hash(raw)
+        self.party = party
+        self.envelope_id = "load-" + h[:40]  # = envelope_id_for(party), without dumping it twice
+        self.prepared = Prepared(raw=raw, content_hash=h)
+
+
+def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publish: Any = None,
+                 workers: int | None = None, errors: list[RowError] | None = None) -> dict[str, Any]:
+    """Run ``party.v1`` records through the MDM pipeline in batches of ``batch`` records (one
+    transaction each) — the bulk initial load.
 
     ``publish(events)`` gets each batch's ``party.golden.*`` events (e.g. ``broker.publish_many``).
-    With ``workers`` > 0 (default: :func:`default_workers`), batch k+1 is standardized in worker
-    processes while batch k is matched, clustered and stored here — standardization is a pure
-    function of the record, so the outcome is the same as without workers.
+    Each record's raw JSON and content hash are computed once here (its envelope id is derived
+    from the hash, as :func:`envelope_id_for`). With ``workers`` > 0 (default:
+    :func:`default_workers`), batch k+1 is standardized in worker processes while batch k is
+    matched, clustered and stored here — standardization is a pure function of the record (the
+    worker gets the record's canonical JSON, which validates back to the same record), so the
+    outcome is the same as without workers.
     """
-    errors: list[RowError] = []
+    from esbhub.mdm.service import Prepared
+
+    errors = [] if errors is None else errors
     n = events = 0
     workers = default_workers() if workers is None else workers
     fn = getattr(svc, "standardizer", None)
     pool: Any = None
 
-    def ingest(buf: list[tuple[Party, str, None]], std: dict[str, Any] | None) -> None:
+    def ingest(buf: list[_Item], stds: dict[str, tuple[Any, dict[str, Any]]] | None) -> None:
         nonlocal events
+        ahead: dict[str, Prepared] = {}
+        for it in buf:
+            got = stds.get(it.envelope_id) if stds else None
+            ahead[it.envelope_id] = it.prepared if got is None else \
+                Prepared(raw=it.prepared.raw, content_hash=it.prepared.content_hash, std=got[0], stdj=got[1])
+        items = [(it.party, it.envelope_id, None) for it in buf]
         try:
-            evs = svc.ingest_many(buf, std=std) if std else svc.ingest_many(buf)
+            evs = svc.ingest_many(items, std=ahead)
         except InvalidMessage:  # one bad record must not sink its batch: find it, load the rest
             evs = []
-            for item in buf:
+            for item in items:
                 try:
-                    evs += svc.ingest_many([item], std=std) if std else svc.ingest_many([item])
+                    evs += svc.ingest_many([item], std=ahead)
                 except InvalidMessage as exc:
                     errors.append(RowError(f"{item[0].source_system}:{item[0].source_id}", exc.message))
         events += len(evs)
         if publish is not None and evs:
             publish(evs)
 
-    def standardized(buf: list[tuple[Party, str, None]]) -> Any:
-        nonlocal pool
+    def standardized(buf: list[_Item]) -> Any:
+        nonlocal pool, workers
         if workers <= 0 or fn is None:
             return None
         if pool is None:  # started at the first full batch (a small load never pays for it), warming
@@ -217,14 +258,19 @@ def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system
 
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             return None
-        items = [(e, p) for p, e, _x in buf]
+        items = [(it.envelope_id, it.canon) for it in buf]
         step = max(1, -(-len(items) // workers))
-        return [pool.submit(_standardize_batch, fn, items[i : i + step]) for i in range(0, len(items), step)]
+        try:
+            return [pool.submit(_standardize_batch, fn, items[i : i + step]) for i in range(0, len(items), step)]
+        except Exception as exc:  # noqa: BLE001 - a broken pool costs speed, never records: go on without it
+            log.warning("mdm_load_standardize_pool_failed", error_type=type(exc).__name__, error=str(exc))
+            workers = 0
+            return None
 
-    def result(futs: Any) -> dict[str, Any] | None:
+    def result(futs: Any) -> dict[str, tuple[Any, dict[str, Any]]] | None:
         if futs is None:
             return None
-        std: dict[str, Any] = {}
+        std: dict[str, tuple[Any, dict[str, Any]]] = {}
         try:
             for f in futs:
                 std.update(f.result())
@@ -233,11 +279,11 @@ def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system
             return None
         return std
 
-    pending: tuple[list[tuple[Party, str, None]], Any] | None = None  # a batch being standardized
-    buf: list[tuple[Party, str, None]] = []
+    pending: tuple[list[_Item], Any] | None = None  # a batch being standardized
+    buf: list[_Item] = []
     try:
-        for p in parties(rows, default_system, errors):
-            buf.append((p, envelope_id_for(p), None))
+        for p in records:
+            buf.append(_Item(p))
             n += 1
             if len(buf) >= batch:
                 ahead = (buf, standardized(buf))

@@ -82,6 +82,7 @@ from esbhub.mdm.store import (
     golden_id_for,
     next_value,
     pair,
+    session_xrefs,
     source_key,
     split_key,
     utcnow,
@@ -125,12 +126,31 @@ class _Change:
     golden: Any = None  # the Golden row as written (the session's identity map holds rows only weakly)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`MdmService.ingest_many` computes from a record alone, computed ahead (e.g. by
+    :func:`esbhub.mdm.loader.load_parties`, partly in another process): the raw ``party.v1``
+    JSON, its content hash (:func:`content_hash`), and optionally
+    the standardized form with its JSON. They must be what the service would compute itself."""
+
+    raw: dict[str, Any]
+    content_hash: str
+    std: Any = None
+    stdj: dict[str, Any] | None = None
+
+
 def _canon(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(_canon(obj)).hexdigest()
+
+
+def content_hash(raw: dict[str, Any]) -> tuple[str, bytes]:
+    """The content hash of a record's raw JSON (sha256 hex of its canonical form) and that form."""
+    canon = _canon(raw)
+    return hashlib.sha256(canon).hexdigest(), canon
 
 
 def _hier_signature(x: Xref) -> tuple[Any, ...]:
@@ -221,6 +241,13 @@ class _Rows:
                 rows.clear()
 
 
+def _insert_rows(s: Session, model: Any, objs: list[Any]) -> None:
+    """Insert new rows, built as (transient) ORM objects, with one Core ``executemany``."""
+    if objs:
+        cols = [(a.key, a.columns[0].key) for a in sa.inspect(model).column_attrs]
+        s.connection().execute(model.__table__.insert(), [{c: getattr(o, k) for k, c in cols} for o in objs])
+
+
 _FROM_HISTORY = ("attributes", "source_keys")
 
 
@@ -271,6 +298,19 @@ def _bump_writer(s: Session) -> None:
     )
     if res.rowcount == 0:  # type: ignore[attr-defined]
         next_value(s, "writer")  # first writer ever: creates the row (race-safe)
+
+
+SQLITE_CACHE_KIB = 131_072
+
+
+def _tune_sqlite(s: Session) -> None:
+    """A 128 MiB page cache for each SQLite connection that ingests (SQLite's default is 2 MiB):
+    at a million records the indexes the pipeline probes (xref by key, golden id, core name,
+    USCC; links by key) are far larger than that, and every page missed is a read system call."""
+    conn = s.connection()
+    if conn.dialect.name == "sqlite" and not conn.info.get("mdm_tuned"):
+        conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        conn.info["mdm_tuned"] = True
 
 
 def _default_standardize() -> Callable[[Party], Any]:
@@ -406,7 +446,8 @@ class MdmService:
 
         ``std`` optionally maps envelope ids to the record's standardized form computed ahead
         (e.g. by :func:`esbhub.mdm.loader.load` in another process, while the previous batch is
-        being ingested); it must be what this service's ``standardize`` returns for the record.
+        being ingested) or to a :class:`Prepared`; it must be what this service's
+        ``standardize`` returns for the record.
         """
         undo: list[tuple[str, Any]] = []
         self._ensure_index()
@@ -414,6 +455,7 @@ class MdmService:
             try:
                 with self.Session.begin() as s:
                     _bump_writer(s)  # serializes MDM writers across processes (see module doc)
+                    _tune_sqlite(s)
                     self._catch_up(s)
                     events: list[Envelope] = []
                     staged: list[tuple[str, Envelope | None, str]] = []
@@ -438,6 +480,7 @@ class MdmService:
                     if staged:
                         events += self._finish(s, staged, seeds, reviews, rows)
                     rows.flush(s)
+                    s.add_all(s.info.pop("mdm_new_xrefs", []))
                     s.flush()
                     newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
             except BaseException:
@@ -488,8 +531,12 @@ class MdmService:
         if done is not None:
             return _expand_events(s, done.events)
         now = utcnow()
-        raw = party.model_dump(mode="json", exclude_none=True)
-        content_hash = _hash(raw)
+        ahead = pre["std"].get(envelope_id)
+        if isinstance(ahead, Prepared):
+            raw, content_hash, std = ahead.raw, ahead.content_hash, ahead.std
+        else:
+            raw = party.model_dump(mode="json", exclude_none=True)
+            content_hash, std = _hash(raw), ahead
         system, sid = party.source_system, party.source_id
         key = source_key(system, sid)
         rows: _Rows = pre["rows"]
@@ -501,10 +548,11 @@ class MdmService:
             rows.add(Inbox, envelope_id=envelope_id, at=now, outcome="unchanged", events=[])
             return None
         try:
-            std = pre["std"].get(envelope_id) or self._standardize(party)
+            std = std or self._standardize(party)
         except (ValueError, TypeError) as exc:
             raise InvalidMessage(f"party {key} cannot be standardized: {exc}") from exc
-        stdj = self._std_dict(std)
+        stdj = ahead.stdj if isinstance(ahead, Prepared) and ahead.stdj is not None and ahead.std is std \
+            else self._std_dict(std)
         version = (x.version + 1) if x is not None else 1
         rows.add(
             SourceVersion,
@@ -529,8 +577,10 @@ class MdmService:
                 pre["arrival"] = next_value(s, "arrival", pre["n"])
             x = Xref(source_system=system, source_id=sid, golden_id="", first_seen=pre["arrival"], linked_at=now)
             pre["arrival"] += 1
-            pre["xref"][key] = x
-            s.add(x)
+            pre["xref"][key] = session_xrefs(s)[key] = x
+            # added to the session once its golden id is known (:meth:`_apply`): one INSERT with
+            # the final row instead of an INSERT now and an UPDATE of ``golden_id`` later
+            s.info.setdefault("mdm_new_xrefs", []).append(x)
         x.version = version
         x.content_hash = content_hash
         x.kind = party.kind
@@ -602,9 +652,16 @@ class MdmService:
         return {source_key(a, b) for a, b in rows}
 
     def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
+        """Xref rows by source key; rows this session already holds are not read (and their JSON
+        not parsed) again (:func:`esbhub.mdm.store.session_xrefs`)."""
+        known = session_xrefs(s)
         out: dict[str, Xref] = {}
         by_sys: dict[str, list[str]] = {}
         for k in keys:
+            x = known.get(k)
+            if x is not None:
+                out[k] = x
+                continue
             sys_, sid = split_key(k)
             by_sys.setdefault(sys_, []).append(sid)
         for sys_, ids in by_sys.items():
@@ -612,20 +669,20 @@ class MdmService:
                 for x in s.execute(
                     sa.select(Xref).where(Xref.source_system == sys_, Xref.source_id.in_(ids[i : i + 500]))
                 ).scalars():
-                    out[x.key] = x
+                    out[x.key] = known[x.key] = x
         return out
 
-    def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Link], list[Constraint]]:
-        links: list[Link] = []
+    def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Any], list[Constraint]]:
+        links: list[Any] = []
         cons: list[Constraint] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            links += s.execute(
-                sa.select(Link).where(
+            links += s.execute(  # the columns clustering needs, not the evidence JSON
+                sa.select(Link.id, Link.a_key, Link.b_key, Link.weight).where(
                     Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
                     sa.or_(Link.a_key.in_(chunk), Link.b_key.in_(chunk)),
                 )
-            ).scalars().all()
+            ).all()
             cons += s.execute(
                 sa.select(Constraint).where(
                     Constraint.active.is_(True), sa.or_(Constraint.a_key.in_(chunk), Constraint.b_key.in_(chunk))
@@ -633,11 +690,11 @@ class MdmService:
             ).scalars().all()
         return links, cons
 
-    def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Link], list[Constraint]]:
+    def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Any], list[Constraint]]:
         """Close ``seeds`` under match links, steward 'same' pairs and golden membership."""
         region: set[str] = set()
         frontier = set(seeds)
-        links: dict[int, Link] = {}
+        links: dict[int, Any] = {}
         cons: dict[int, Constraint] = {}
         self._region_xrefs: dict[str, Xref] = {}
         while frontier:
@@ -704,7 +761,16 @@ class MdmService:
                 assigned.append((gs[0], c, gs[1:]))
             else:
                 new_clusters.append(c)
+        all_overrides: dict[str, dict[str, Any]] = {}
+        ids = [g.golden_id for g, _c, _r in assigned if g.version]
+        for i in range(0, len(ids), 500):
+            for o in s.execute(
+                sa.select(Override).where(Override.golden_id.in_(ids[i : i + 500]), Override.active.is_(True))
+                .order_by(Override.id)
+            ).scalars():
+                all_overrides.setdefault(o.golden_id, {})[o.attribute] = o.value
         seq = next_value(s, "golden_id", len(new_clusters)) - 1 if new_clusters else 0
+        new_goldens: list[Golden] = []
         for c in sorted(new_clusters, key=lambda c: min((xs[k].first_seen, k) for k in c)):
             founder = min(c, key=lambda k: (xs[k].first_seen, k))
             seq += 1
@@ -712,9 +778,8 @@ class MdmService:
                 golden_id=golden_id_for(seq), seq_no=seq, status="new", merged_into=None, version=0,
                 kind=xs[founder].kind, founder=founder, attributes={}, members=[], created_at=now, updated_at=now,
             )
-            s.add(g)
+            new_goldens.append(g)  # inserted once written, below
             assigned.append((g, c, []))
-        s.flush()
         owner = {k: g.golden_id for g, c, _ in assigned for k in c}
         changes: list[_Change] = []
         touched: set[str] = set()
@@ -728,14 +793,6 @@ class MdmService:
                 changes.append(_Change(r.golden_id, "merged", golden=r))
                 touched.add(r.golden_id)
                 hier.add(r.golden_id)
-        all_overrides: dict[str, dict[str, Any]] = {}
-        ids = [g.golden_id for g, _c, _r in assigned if g.version]
-        for i in range(0, len(ids), 500):
-            for o in s.execute(
-                sa.select(Override).where(Override.golden_id.in_(ids[i : i + 500]), Override.active.is_(True))
-                .order_by(Override.id)
-            ).scalars():
-                all_overrides.setdefault(o.golden_id, {})[o.attribute] = o.value
         for g, c, retired in assigned:
             members = sorted(c)
             ms = [xs[k] for k in members]
@@ -789,6 +846,11 @@ class MdmService:
                 unmerged_from=(came_from_active[0] if came_from_active and change == "unmerged" else None),
             ))
             touched.add(g.golden_id)
+        # new golden records and new source records, with their final values: one Core INSERT
+        # each (no INSERT now and UPDATE later, no ORM unit of work; nothing changes them later
+        # in this transaction — a later read loads them from the database)
+        _insert_rows(s, Golden, new_goldens)
+        _insert_rows(s, Xref, s.info.pop("mdm_new_xrefs", []))
         self._flush_history(s)
         if touched:
             s.flush()
@@ -831,11 +893,10 @@ class MdmService:
         buf = self._history_buf
         for at, ids in buf["close"].items():
             for i in range(0, len(ids), 500):
-                s.execute(
-                    sa.update(GoldenHistory)
+                s.connection().execute(  # Core, not the session: no autoflush of golden rows half written
+                    sa.update(GoldenHistory.__table__)
                     .where(GoldenHistory.golden_id.in_(ids[i : i + 500]), GoldenHistory.valid_to.is_(None))
-                    .values(valid_to=at),
-                    execution_options={"synchronize_session": False},
+                    .values(valid_to=at)
                 )
         if buf["rows"]:
             s.connection().execute(GoldenHistory.__table__.insert(), buf["rows"])

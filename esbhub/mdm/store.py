@@ -107,6 +107,14 @@ def split_key(key: str) -> tuple[str, str]:
     return system, sid
 
 
+def session_xrefs(s: Session) -> dict[str, Any]:
+    """The xref rows (ORM objects, key → :class:`Xref`) this session has loaded or added, so a
+    later read of the same rows in the same transaction takes them from memory instead of
+    re-reading them and re-parsing their JSON. Sound because xref rows are only ever changed
+    through these objects (never by a Core UPDATE), and a session is one transaction here."""
+    return s.info.setdefault("mdm_xrefs", {})  # type: ignore[no-any-return]
+
+
 def pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
 
