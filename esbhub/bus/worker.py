@@ -37,16 +37,41 @@ Derived messages and replies get ids computed from (input id, subscription, posi
 handler that runs again after a crash republishes the *same* ids and downstream dedup drops
 the copies. A handler that already derives its ids deterministically from the input (the
 route engine does) passes ``ctx.publish(..., keep_id=True)`` and its ids are kept.
+
+Micro-batched handlers (opt-in: ``Subscription(batch_handler=…, batch_max=N)``, N > 1). A
+handler whose work has a large fixed cost per call (a database transaction) can take the
+deliveries that are *already waiting* in one call — group commit for handlers. Each consumer
+thread then hands its deliveries to a batch thread, which takes what is queued (at most
+``batch_max``; it never waits for a batch to fill, so at low load a batch is one message and
+latency is unchanged; under backlog batches grow and so does throughput) and calls
+``batch_handler([(envelope, ctx), …])`` once. Per message the guarantees stay those above:
+
+* duplicates are skipped (and acked) before the call; a message whose handler part failed is
+  marked by the batch handler with ``ctx.fail(exc)`` and goes alone through the normal
+  retry / dead-letter path while its neighbours succeed;
+* after the call the derived messages of the successful messages are published durably, in
+  the order the batch handler published them (one ``publish_many``), then the replies, then
+  every message's state is recorded and its dedup mark committed — one commit for the batch —
+  and only then is each delivery acked;
+* if the batch handler raises (or the batch's publish fails), each message of the batch is
+  run again through the per-message ``handler``: a poison message is isolated and gets the
+  normal retry → dead-letter path, the others are delivered. The per-message handler must
+  therefore do the same work for one message (handlers are idempotent anyway: redelivery);
+* stop/pause let the running batch finish and hand the queued, unstarted deliveries back to
+  the broker; a crash redelivers every unacked message (at most a batch plus what was queued
+  per consumer thread runs its handler again — the same bound as ``ack_batch``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,13 +131,18 @@ class HandlerContext:
     """What a handler gets besides the envelope: who it runs for, the delivery, a bound log,
     and ``publish`` for derived messages (buffered; published durably before the input is acked)."""
 
-    def __init__(self, envelope: Envelope, subscription: str, delivery: Delivery, log: Any) -> None:
+    def __init__(
+        self, envelope: Envelope, subscription: str, delivery: Delivery, log: Any,
+        batch_outbox: list[tuple[HandlerContext, Envelope, str | None, str | None]] | None = None,
+    ) -> None:
         self.envelope = envelope
         self.subscription = subscription
         self.delivery = delivery
         self.log = log
         self.outbox: list[tuple[Envelope, str | None, str | None]] = []
         self.outcome = "delivered"
+        self.error: Exception | None = None
+        self._batch_outbox = batch_outbox  # shared by the contexts of one batch: publish order
 
     def publish(
         self, env: Envelope, *, routing_key: str | None = None, queue: str | None = None, keep_id: bool = False
@@ -126,13 +156,25 @@ class HandlerContext:
             # model_copy: only the id changes, and stable_id makes a valid ULID (no revalidation)
             env = env.model_copy(update={"id": stable_id(self.envelope.id, self.subscription, str(len(self.outbox)))})
         self.outbox.append((env, routing_key, queue))
+        if self._batch_outbox is not None:
+            self._batch_outbox.append((self, env, routing_key, queue))
 
     def filtered(self) -> None:
         """Mark the message as filtered out by this subscription (state ``filtered``, not ``delivered``)."""
         self.outcome = "filtered"
 
+    def fail(self, exc: Exception) -> None:
+        """This message failed (e.g. invalid input inside a batch): what it published is dropped
+        and the worker takes it through retry / dead-letter alone, as if its handler had raised
+        ``exc``; the other messages of the batch are not affected."""
+        self.error = exc
+        self.outbox.clear()
+
 
 Handler = Callable[[Envelope, HandlerContext], Envelope | None]
+BatchHandler = Callable[[Sequence[tuple[Envelope, HandlerContext]]], Sequence[Envelope | None] | None]
+"""``batch_handler(items) -> replies | None``: ``items`` in delivery order; the result, if not
+None, has one reply (or None) per item, as ``handler`` would return for it."""
 
 
 @dataclass
@@ -145,10 +187,22 @@ class Subscription:
     prefetch: int | None = None
     concurrency: int = 1
     ack_batch: int | None = None  # successes per consumer thread whose dedup marks commit in one go
+    batch_handler: BatchHandler | None = None  # opt-in micro-batching (module docstring); needs batch_max > 1
+    batch_max: int = 64  # most deliveries per batch_handler call; never waited for
 
     @property
     def queue(self) -> str:
         return queue_for(self.name)
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_handler is not None and self.batch_max > 1
+
+    def effective_prefetch(self, default: int) -> int:
+        """Unacked deliveries per consumer: batching keeps the next batch queued while one runs."""
+        if self.prefetch:
+            return self.prefetch
+        return max(default, 2 * self.batch_max) if self.batching else default
 
 
 class _Runtime:
@@ -165,6 +219,16 @@ class _Runtime:
         self.active = 0  # callbacks running now
         # handled, acked once their dedup mark is committed: (generation, monotonic time, delivery)
         self.pending: list[tuple[int, float, Delivery]] = []
+        # batching: per consumer thread, deliveries received and not yet taken by its batch thread
+        self.feeds: list[deque[Delivery]] = []
+
+    def forget_queued(self) -> None:
+        """Drop what batch threads have not taken (call with stop set). They stay unsettled: the
+        end of ``broker.consume`` gives them back (redelivered). Rejecting them while the consumer
+        still runs would only make the broker hand them straight back to it."""
+        with self.lock:
+            for feed in self.feeds:
+                feed.clear()
 
     def ack_committed(self, committed: int, older_than: float | None = None) -> int:
         """Ack the deliveries whose dedup mark is committed (only those queued before
@@ -267,7 +331,8 @@ class Worker:
     def replace(self, sub: Subscription) -> None:
         """Swap a subscription's definition atomically: a message being handled finishes on
         the old handler, the next one uses the new. Consumers restart only when prefetch or
-        concurrency change (their unacked, unhandled messages go back to the queue)."""
+        concurrency change or batching is switched on or off (their unacked, unhandled messages
+        go back to the queue); a new ``batch_max`` applies from the next batch."""
         with self._lock:
             rt = self._subs.get(sub.name)
             if rt is None:
@@ -277,7 +342,7 @@ class Worker:
                 # Note: the broker seam has no unbind; bindings only removed by delete_queue.
                 self.broker.declare_queue(sub.queue, sub.binding_keys)
             rt.sub = sub
-            if (sub.concurrency, sub.prefetch) != (old.concurrency, old.prefetch) and rt.threads:
+            if self._shape(sub) != self._shape(old) and rt.threads:
                 self._stop_threads(rt)
                 self._start_threads(rt)
         _log.info("subscription_replaced", subscription=sub.name)
@@ -325,16 +390,29 @@ class Worker:
             raise KeyError(f"no subscription '{name}'")
         return rt
 
+    def _shape(self, sub: Subscription) -> tuple[int, int, bool]:
+        """What the consumer threads are built from (a change restarts them)."""
+        return sub.concurrency, sub.effective_prefetch(self.settings.prefetch), sub.batching
+
     def _start_threads(self, rt: _Runtime) -> None:
         rt.stop = threading.Event()
         rt.consume_stop = threading.Event()
         rt.threads = []
+        rt.feeds = []
+        batching = rt.sub.batching
         for i in range(max(1, rt.sub.concurrency)):
-            t = threading.Thread(
-                target=self._consume_loop, args=(rt, rt.stop, rt.consume_stop), name=f"consumer-{rt.sub.name}-{i}",
-                daemon=True,
-            )
-            rt.threads.append(t)
+            feed: deque[Delivery] | None = None
+            if batching:
+                feed = deque()
+                rt.feeds.append(feed)
+                rt.threads.append(threading.Thread(
+                    target=self._batch_loop, args=(rt, rt.stop, feed), name=f"batcher-{rt.sub.name}-{i}", daemon=True,
+                ))
+            rt.threads.append(threading.Thread(
+                target=self._consume_loop, args=(rt, rt.stop, rt.consume_stop, feed),
+                name=f"consumer-{rt.sub.name}-{i}", daemon=True,
+            ))
+        for t in rt.threads:
             t.start()
 
     def _stop_threads(self, rt: _Runtime, timeout: float = 30.0) -> None:
@@ -349,8 +427,10 @@ class Worker:
             rt.stop.set()
         for rt in rts:
             with rt.lock:
+                rt.lock.notify_all()  # idle batch threads see the stop at once
                 while rt.active and time.monotonic() < deadline:
                     rt.lock.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            rt.forget_queued()  # received by a batching consumer, never started: back when consume ends
         try:
             self.store.flush()  # commits marks and states
             for rt in rts:  # then acks what waited for them, before the consumers close
@@ -365,16 +445,21 @@ class Worker:
                     t.join(max(0.0, deadline - time.monotonic()))
             rt.threads = []
 
-    def _consume_loop(self, rt: _Runtime, stop: threading.Event, consume_stop: threading.Event) -> None:
+    def _consume_loop(
+        self, rt: _Runtime, stop: threading.Event, consume_stop: threading.Event, feed: deque[Delivery] | None = None
+    ) -> None:
         backoff = 0.5
+        if feed is None:
+            def on_delivery(d: Delivery) -> None:
+                self._on_delivery(rt, stop, d)
+        else:
+            def on_delivery(d: Delivery) -> None:
+                self._enqueue(rt, stop, feed, d)
         while not consume_stop.is_set():
             sub = rt.sub
-            prefetch = sub.prefetch or self.settings.prefetch
+            prefetch = sub.effective_prefetch(self.settings.prefetch)
             try:
-                self.broker.consume(
-                    sub.queue, lambda d: self._on_delivery(rt, stop, d), prefetch=prefetch, stop=consume_stop,
-                    idle_timeout=0.05,
-                )
+                self.broker.consume(sub.queue, on_delivery, prefetch=prefetch, stop=consume_stop, idle_timeout=0.05)
                 backoff = 0.5
             except Exception as exc:  # noqa: BLE001 - a consumer never dies; reconnect with backoff
                 _log.error("consumer_failed", subscription=sub.name, error_type=type(exc).__name__, error=str(exc)[:300])
@@ -398,17 +483,23 @@ class Worker:
                 delivery.reject(True)
                 return
             rt.active += 1
+        self._guarded(rt, stop, [delivery], lambda: self._handle(rt, stop, delivery))
+
+    def _guarded(self, rt: _Runtime, stop: threading.Event, deliveries: list[Delivery], work: Callable[[], None]) -> None:
+        """Run ``work`` on deliveries counted in ``rt.active``; if it fails outside the handler's
+        own error mapping (e.g. the dedup lookup), back off and hand back what it did not settle."""
         try:
             rt.ack_committed(self.store.committed_generation)
-            self._handle(rt, stop, delivery)
-        except Exception as exc:  # noqa: BLE001 - e.g. the dedup lookup failed: back off, hand it back
+            work()
+        except Exception as exc:  # noqa: BLE001 - back off, hand them back
             _log.error(
-                "delivery_processing_failed", subscription=rt.sub.name, message_id=delivery.envelope.id,
-                error_type=type(exc).__name__, error=str(exc)[:300],
+                "delivery_processing_failed", subscription=rt.sub.name, message_id=deliveries[0].envelope.id,
+                batch_size=len(deliveries), error_type=type(exc).__name__, error=str(exc)[:300],
             )
             stop.wait(1.0)
-            if not delivery.settled:
-                delivery.reject(True)
+            for d in deliveries:
+                if not d.settled:
+                    d.reject(True)
         finally:
             with rt.lock:
                 rt.active -= 1
@@ -432,6 +523,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             result = sub.handler(env, ctx)
+            if ctx.error is not None:
+                raise ctx.error
             reply = self._reply_for(env, sub.name, result) if delivery.reply_to else None
             self._publish_outbox(ctx)
             if reply is not None:
@@ -441,18 +534,13 @@ class Worker:
             self._on_failure(rt, stop, sub, delivery, env, exc, log)
             return
         metrics.HANDLER_SECONDS.labels(subscription=sub.name).observe(time.perf_counter() - t0)
-        self.store.record_state(env.id, sub.name, ctx.outcome, env.attempt + 1)
-        metrics.MESSAGES_DELIVERED.labels(subscription=sub.name).inc()
-        log.debug("message_delivered", outcome=ctx.outcome, attempt=env.attempt + 1)
-        if not sub.dedup:
-            delivery.ack()
+        gen = self._delivered(rt, sub, delivery, ctx)
+        if gen is None:
             return
         # Ack only once the dedup mark is committed. Marks are group-committed: up to
         # ack_batch successes per thread wait together (the flusher also commits every
         # flush_interval and its commit listener acks stragglers when the queue goes quiet).
-        gen = self.store.mark_processed(sub.name, env.id, wait=False)
         with rt.lock:
-            rt.pending.append((gen, time.monotonic(), delivery))
             waiting = len(rt.pending)
         prefetch = sub.prefetch or self.settings.prefetch
         batch = sub.ack_batch or max(1, min(32, prefetch // 2))
@@ -464,6 +552,129 @@ class Worker:
                 stop.wait(1.0)
                 return
             rt.ack_committed(self.store.committed_generation)
+
+    # ------------------------------------------------------------------ micro-batches
+    def _enqueue(self, rt: _Runtime, stop: threading.Event, feed: deque[Delivery], delivery: Delivery) -> None:
+        """Consumer-thread callback in batch mode: queue the delivery for this thread's batcher
+        and return at once, so the broker hands over what else is waiting (up to prefetch).
+        When winding down it is left unsettled: the end of ``consume`` gives it back."""
+        with rt.lock:
+            if not stop.is_set():
+                feed.append(delivery)
+                rt.lock.notify_all()
+
+    def _batch_loop(self, rt: _Runtime, stop: threading.Event, feed: deque[Delivery]) -> None:
+        """Take what is queued — at most ``batch_max``, never waiting for more — and run it."""
+        while True:
+            with rt.lock:
+                while not feed and not stop.is_set():
+                    rt.lock.wait(0.5)
+                if stop.is_set():
+                    return  # what is still queued goes back to the broker when consume ends
+                n = max(1, rt.sub.batch_max)
+                batch = [feed.popleft() for _ in range(min(n, len(feed)))]
+                rt.active += 1
+            self._guarded(rt, stop, batch, functools.partial(self._handle_batch, rt, stop, batch))
+
+    def _handle_batch(self, rt: _Runtime, stop: threading.Event, batch: list[Delivery]) -> None:
+        sub = rt.sub  # the whole batch runs on the definition current now (hot reload)
+        if sub.batch_handler is None:
+            for d in batch:
+                self._handle(rt, stop, d)
+            return
+        hold = rt.resume_at - time.monotonic()
+        if hold > 0 and stop.wait(hold):
+            for d in batch:
+                d.reject(True)
+            return
+        order: list[tuple[HandlerContext, Envelope, str | None, str | None]] = []
+        work: list[tuple[Delivery, HandlerContext]] = []
+        again: list[Delivery] = []  # the same id twice in one batch: run after it, dedup decides
+        ids: set[str] = set()
+        for d in batch:
+            env = d.envelope
+            if env.id in ids:
+                again.append(d)
+                continue
+            log = _log.bind(message_id=env.id, correlation_id=env.correlation_id, subscription=sub.name, route=sub.name)
+            if sub.dedup and self.store.seen(sub.name, env.id):
+                metrics.MESSAGES_DUPLICATE.labels(subscription=sub.name).inc()
+                log.info("message_duplicate_skipped", redelivered=d.redelivered)
+                d.ack()
+                continue
+            ids.add(env.id)
+            self.store.record_state(env.id, sub.name, "in_flight", env.attempt + 1, envelope=env)
+            work.append((d, HandlerContext(env, sub.name, d, log, order)))
+        if work:
+            self._run_batch(rt, stop, sub, work, order)
+        for d in again:
+            self._handle(rt, stop, d)
+
+    def _run_batch(
+        self,
+        rt: _Runtime,
+        stop: threading.Event,
+        sub: Subscription,
+        work: list[tuple[Delivery, HandlerContext]],
+        order: list[tuple[HandlerContext, Envelope, str | None, str | None]],
+    ) -> None:
+        assert sub.batch_handler is not None
+        t0 = time.perf_counter()
+        try:
+            results = sub.batch_handler([(ctx.envelope, ctx) for _d, ctx in work])
+            if results is not None and len(results) != len(work):
+                raise TypeError(f"batch handler of '{sub.name}' returned {len(results)} replies for {len(work)} messages")
+            replies: list[tuple[Envelope, str]] = []
+            for i, (d, ctx) in enumerate(work):
+                if d.reply_to and ctx.error is None:
+                    reply = self._reply_for(ctx.envelope, sub.name, results[i] if results is not None else None)
+                    if reply is not None:
+                        replies.append((reply, d.reply_to))
+            self._publish_entries([(env, rk, q) for ctx, env, rk, q in order if ctx.error is None])
+            for reply, reply_to in replies:
+                self._publish(reply, queue=reply_to)
+        except Exception as exc:  # noqa: BLE001 - isolate the poison: each message alone on the normal path
+            _log.warning(
+                "batch_failed_running_one_by_one", subscription=sub.name, batch_size=len(work),
+                error_type=type(exc).__name__, error=str(exc)[:300],
+            )
+            for d, _ctx in work:
+                self._handle(rt, stop, d)
+            return
+        per = (time.perf_counter() - t0) / len(work)
+        gen = None
+        for d, ctx in work:
+            env = ctx.envelope
+            metrics.HANDLER_SECONDS.labels(subscription=sub.name).observe(per)
+            if ctx.error is not None:
+                self._on_failure(rt, stop, sub, d, env, ctx.error, ctx.log)
+                continue
+            g = self._delivered(rt, sub, d, ctx, batch_size=len(work))
+            gen = gen if g is None else g
+        if gen is None:
+            return
+        try:  # one commit for the batch's dedup marks, then every delivery is acked
+            self.store.wait_committed(gen)
+        except Exception as exc:  # noqa: BLE001 - not acked: acked after a later commit, or redelivered
+            _log.error("dedup_mark_failed", subscription=sub.name, error_type=type(exc).__name__, error=str(exc)[:300])
+            stop.wait(1.0)
+            return
+        rt.ack_committed(self.store.committed_generation)
+
+    def _delivered(self, rt: _Runtime, sub: Subscription, delivery: Delivery, ctx: HandlerContext, **log_kw: Any) -> int | None:
+        """Record a success; ack at once without dedup, else queue the ack behind the dedup mark
+        and return the mark's write generation."""
+        env = ctx.envelope
+        self.store.record_state(env.id, sub.name, ctx.outcome, env.attempt + 1)
+        metrics.MESSAGES_DELIVERED.labels(subscription=sub.name).inc()
+        ctx.log.debug("message_delivered", outcome=ctx.outcome, attempt=env.attempt + 1, **log_kw)
+        if not sub.dedup:
+            delivery.ack()
+            return None
+        gen = self.store.mark_processed(sub.name, env.id, wait=False)
+        with rt.lock:
+            rt.pending.append((gen, time.monotonic(), delivery))
+        return gen
 
     @staticmethod
     def _reply_for(request: Envelope, subscription: str, result: Envelope | None) -> Envelope | None:
@@ -482,10 +693,14 @@ class Worker:
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
 
     def _publish_outbox(self, ctx: HandlerContext) -> None:
-        if not ctx.outbox:
+        self._publish_entries(ctx.outbox)
+
+    def _publish_entries(self, entries: Sequence[tuple[Envelope, str | None, str | None]]) -> None:
+        """Publish derived messages durably: one ``publish_many`` per destination, in order."""
+        if not entries:
             return
         groups: dict[tuple[str | None, str | None], list[Envelope]] = {}
-        for env, rk, q in ctx.outbox:
+        for env, rk, q in entries:
             groups.setdefault((rk, q), []).append(env)
         for (rk, q), envs in groups.items():
             t0 = time.perf_counter()
