@@ -351,7 +351,7 @@ def build_subscriptions(settings: Any, broker: Any, store: Any) -> list[Any]:
     log = get_logger("esbhub.worker")
     subs: list[Any] = []
     for mod, fn, args in (("esbhub.routes.runtime", "load_subscriptions", (settings, broker, store)),
-                          ("esbhub.mdm.service", "subscriptions", (settings, broker))):
+                          ("esbhub.mdm.realtime", "subscriptions", (settings, broker))):
         if not _module_exists(mod):
             continue
         factory = getattr(importlib.import_module(mod), fn, None)

@@ -603,7 +603,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
     from esbhub.bus.store import BusStore
     from esbhub.bus.worker import Worker
     from esbhub.db import upgrade
-    from esbhub.mdm.service import subscriptions as mdm_subscriptions
+    from esbhub.mdm.realtime import subscriptions as mdm_subscriptions
     from esbhub.routes import lookups
     from esbhub.routes.runtime import RouteRuntime
 
