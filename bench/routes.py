@@ -10,6 +10,8 @@ The route (5 steps): validate (party.v1) → filter → map (10 fields) → choi
    pre-loaded in the subscription's queue; time until all N are in the output queue.
    * bare bus: a handler that republishes the message unchanged to the output topic;
    * routed:   the route's handler (the engine + its bus sink).
+   Both run twice: one message at a time (batch_max 1) and with micro-batched consumers
+   (``--batch-max``, the routes' default 32) on BOTH sides — the ratio compares like with like.
    Target: routed ≥ 0.8 × bare msgs/s.
 
 Not a test: figures go to docs/routes.md ("Benchmark").
@@ -63,10 +65,11 @@ STEPS = [
 STEP_NAMES = ["validate", "filter", "map (10 fields)", "choice", "sink (bus topic)"]
 
 
-def route_text(n_steps: int, name: str = "bench") -> str:
+def route_text(n_steps: int, name: str = "bench", batch_max: int = 1) -> str:
     steps = "".join(STEPS[: min(n_steps, 4)])
     to = "to: [{topic: bench.out.v1}]\n" if n_steps >= 5 else "to: []\n"
-    return f"name: {name}\nfrom: {{topic: party.v1}}\nsteps:\n{steps or '  []'}\n{to}".replace("steps:\n  []", "steps: []")
+    head = f"name: {name}\nbatch_max: {batch_max}\nfrom: {{topic: party.v1}}\n"
+    return f"{head}steps:\n{steps or '  []'}\n{to}".replace("steps:\n  []", "steps: []")
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -105,12 +108,53 @@ def engine_bench(count: int, rounds: int = 5) -> list[float]:
     return best
 
 
-def bus_run(broker_url: str, db_url: str, count: int, routed: bool) -> float:
-    ex = "bench" + uuid.uuid4().hex[:8]
+def _worker(broker_url: str, db_url: str, ex: str, name: str, routed: bool, batch_max: int) -> tuple[Any, Any, Any]:
+    """A Worker consuming ``name``'s queue with the bare or the routed handler."""
     broker = create_broker(broker_url, exchange=ex)
     broker.connect()
     store = BusStore(db_url)
     settings = Settings(data_dir=Path(tempfile.mkdtemp()), database_url=db_url, broker_url=broker_url, exchange=ex)
+    if routed:
+        rt = RouteRuntime(settings, broker, store, watch=False)
+        res = load_text(route_text(5, name, batch_max), "bench.yaml")
+        res.raise_for_errors()
+        cr = CompiledRoute(res.routes[0].route, 1, rt.deps)
+        rh = RouteHandler(rt, cr)
+        sub = Subscription(name, [], rh, batch_handler=rh.batch if batch_max > 1 else None, batch_max=batch_max)
+    else:
+
+        def bare(env: Envelope, ctx: Any) -> None:
+            ctx.publish(env, routing_key="bench.out.v1")
+
+        def bare_batch(items: Any) -> None:
+            for env, ctx in items:
+                bare(env, ctx)
+
+        sub = Subscription(name, [], bare, batch_handler=bare_batch if batch_max > 1 else None, batch_max=batch_max)
+    return Worker(broker, store, [sub], settings), broker, store
+
+
+def _worker_process(args: tuple[Any, ...], ready: Any, go: Any, done: Any) -> None:
+    from esbhub.logging import configure
+
+    configure("info")
+    w, broker, store = _worker(*args)
+    ready.set()
+    go.wait()
+    w.start()
+    done.wait()
+    w.stop(10)
+    store.close()
+    broker.close()
+
+
+def bus_run(broker_url: str, db_url: str, count: int, routed: bool, batch_max: int = 1, processes: int = 1) -> float:
+    """msgs/s of ``processes`` worker processes (1: this process) draining ``count`` pre-loaded messages."""
+    import multiprocessing as mp
+
+    ex = "bench" + uuid.uuid4().hex[:8]
+    broker = create_broker(broker_url, exchange=ex)
+    broker.connect()
     name = "bench_" + ("routed" if routed else "bare") + uuid.uuid4().hex[:6]
     out_q = f"{name}.out"
     broker.declare_queue(out_q, ["bench.out.v1"])
@@ -118,26 +162,35 @@ def bus_run(broker_url: str, db_url: str, count: int, routed: bool) -> float:
     envs = [Envelope.create("party.v1", payload(i), source="bench") for i in range(count)]
     for i in range(0, count, 500):
         broker.publish_many(envs[i : i + 500], queue=queue_for(name), timeout=60)
-    if routed:
-        rt = RouteRuntime(settings, broker, store, watch=False)
-        res = load_text(route_text(5, name), "bench.yaml")
-        res.raise_for_errors()
-        cr = CompiledRoute(res.routes[0].route, 1, rt.deps)
-        sub = Subscription(name, [], RouteHandler(rt, cr))
+    args = (broker_url, db_url, ex, name, routed, batch_max)
+    if processes == 1:
+        w, wb, store = _worker(*args)
+        t0 = time.perf_counter()
+        w.start()
+        while broker.queue_depth(out_q) < count:
+            time.sleep(0.02)
+        dt = time.perf_counter() - t0
+        w.stop(10)
+        store.close()
+        wb.close()
     else:
-
-        def bare(env: Envelope, ctx: Any) -> None:
-            ctx.publish(env, routing_key="bench.out.v1")
-
-        sub = Subscription(name, [], bare)
-    w = Worker(broker, store, [sub], settings)
-    t0 = time.perf_counter()
-    w.start()
-    while broker.queue_depth(out_q) < count:
-        time.sleep(0.02)
-    dt = time.perf_counter() - t0
-    w.stop(10)
-    store.close()
+        ctx = mp.get_context("spawn")
+        go, done = ctx.Event(), ctx.Event()
+        readies = [ctx.Event() for _ in range(processes)]
+        procs = [ctx.Process(target=_worker_process, args=(args, r, go, done)) for r in readies]
+        for pr in procs:
+            pr.start()
+        for r in readies:
+            if not r.wait(120):
+                raise RuntimeError("a worker process did not start")
+        t0 = time.perf_counter()
+        go.set()
+        while broker.queue_depth(out_q) < count:
+            time.sleep(0.02)
+        dt = time.perf_counter() - t0
+        done.set()
+        for pr in procs:
+            pr.join(60)
     for q in (out_q, queue_for(name)):
         broker.delete_queue(q)
     broker.close()
@@ -149,6 +202,9 @@ def main() -> None:
     ap.add_argument("--engine-count", type=int, default=20000)
     ap.add_argument("--bus-count", type=int, default=5000)
     ap.add_argument("--bus-rounds", type=int, default=5)
+    ap.add_argument("--batch-max", type=int, default=32,
+                    help="also run both scenarios with micro-batched consumers (Subscription.batch_max; 1 = off)")
+    ap.add_argument("--processes", type=int, default=1, help="worker processes sharing the queue (competing consumers)")
     ap.add_argument("--broker", default="sqlite", help="'sqlite' (embedded, temp file) or an amqp:// URL")
     ap.add_argument("--log-level", default="info",
                     help="as a worker runs (default info; structlog unconfigured would render every per-message debug line)")
@@ -172,22 +228,32 @@ def main() -> None:
     db = f"sqlite:///{tmp / 'hub.db'}"
     upgrade(db)
     burl = f"sqlite:///{tmp / 'broker.db'}" if a.broker == "sqlite" else a.broker
-    bares, routeds = [], []
-    for _ in range(a.bus_rounds):  # interleaved: load from other processes hits both alike
-        bares.append(bus_run(burl, db, a.bus_count, routed=False))
-        routeds.append(bus_run(burl, db, a.bus_count, routed=True))
     import statistics
 
-    b, r = statistics.median(bares), statistics.median(routeds)
-    ratio = statistics.median(rt / bb for rt, bb in zip(routeds, bares, strict=True))
+    modes = [1, a.batch_max] if a.batch_max > 1 else [1]
+    runs: dict[tuple[str, int], list[float]] = {(k, bm): [] for k in ("bare", "routed") for bm in modes}
+    for _ in range(a.bus_rounds):  # interleaved: load from other processes hits every scenario alike
+        for bm in modes:
+            runs["bare", bm].append(bus_run(burl, db, a.bus_count, routed=False, batch_max=bm, processes=a.processes))
+            runs["routed", bm].append(bus_run(burl, db, a.bus_count, routed=True, batch_max=bm, processes=a.processes))
     print(f"\n## Through the bus ({'embedded SQLite' if a.broker == 'sqlite' else a.broker}, {a.bus_count} messages, "
-          f"1 consumer, dedup on; median of {a.bus_rounds} interleaved runs)\n")
-    print("| scenario | msgs/s |")
-    print("|---|---|")
-    print(f"| bare bus (republish unchanged) | {b:,.0f} |")
-    print(f"| routed (5-step route) | {r:,.0f} |")
-    print(f"\nruns: bare {', '.join(f'{x:,.0f}' for x in bares)}; routed {', '.join(f'{x:,.0f}' for x in routeds)}")
-    print(f"routed / bare (median of pairwise ratios) = {ratio:.2f} (target ≥ 0.8) → {'OK' if ratio >= 0.8 else 'MISSED'}")
+          f"{a.processes} worker process(es) with 1 consumer each, dedup on; median of {a.bus_rounds} interleaved runs)\n")
+    print("| consumer | bare msgs/s | routed msgs/s | routed / bare (median of pairwise ratios) |")
+    print("|---|---:|---:|---:|")
+    verdict = {}
+    for bm in modes:
+        bares, routeds = runs["bare", bm], runs["routed", bm]
+        ratio = statistics.median(rt / bb for rt, bb in zip(routeds, bares, strict=True))
+        verdict[bm] = ratio
+        label = "one message at a time (batch_max 1)" if bm == 1 else f"micro-batches (batch_max {bm}), both sides"
+        print(f"| {label} | {statistics.median(bares):,.0f} | {statistics.median(routeds):,.0f} | {ratio:.2f} |")
+    for (kind, bm), xs in runs.items():
+        print(f"runs {kind} batch_max={bm}: {', '.join(f'{x:,.0f}' for x in xs)}")
+    for bm, ratio in verdict.items():
+        print(f"batch_max {bm}: routed / bare = {ratio:.2f} (target ≥ 0.8) → {'OK' if ratio >= 0.8 else 'MISSED'}")
+    if a.batch_max > 1:
+        print(f"routed batched / bare one-at-a-time = "
+              f"{statistics.median(runs['routed', a.batch_max]) / statistics.median(runs['bare', 1]):.2f}")
 
 
 if __name__ == "__main__":

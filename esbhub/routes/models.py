@@ -449,6 +449,12 @@ class Route(Model):
     )
     partitions: int = Field(default=4, ge=1, le=256, description="Sub-queues messages are hash-partitioned into when ordering_key is set.")
     concurrency: int = Field(default=1, ge=1, le=64, description="Consumer threads per worker process.")
+    batch_max: int = Field(
+        default=32, ge=1, le=1000,
+        description="Most waiting messages a consumer runs in one go (micro-batch: their outputs are published "
+        "in one write and their states committed together; a batch is never waited for, so at low load it is one "
+        "message). 1 = one message at a time. Ordered routes always run one message at a time.",
+    )
     tests: list[RouteTest] = Field(default_factory=list, description="Test cases run by 'esbhub routes test'.")
 
 

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,25 +114,70 @@ class RouteHandler:
 
     def __call__(self, env: Envelope, ctx: HandlerContext) -> Envelope | None:
         try:
-            return self._handle(env, ctx)
+            return self._handle(self._version(), env, ctx)
         except Exception as exc:
             if not self.at_most_once:
                 raise
-            log.warning("route_message_dropped", route=self.route.name, message_id=env.id, error_type=type(exc).__name__)
-            ctx.filtered()
+            self._dropped(env, ctx, exc)
             return None
 
-    def _handle(self, env: Envelope, ctx: HandlerContext) -> Envelope | None:
+    def batch(self, items: Sequence[tuple[Envelope, HandlerContext]]) -> list[Envelope | None]:
+        """The worker's micro-batch entry (``Subscription.batch_handler``): the messages that were
+        waiting run on one version, step by step (:meth:`CompiledRoute.run_many`), each with
+        exactly the result ``__call__`` would give it; a message that fails is marked on its own
+        context (``ctx.fail``) and takes the retry / dead-letter path alone (at most once: it is
+        dropped) while the others are delivered."""
+        cr = self._version()
+        replies: list[Envelope | None] = [None] * len(items)
+        todo: list[int] = []
+        for i, (env, ctx) in enumerate(items):
+            try:
+                if self._claimed(cr, env, ctx):
+                    todo.append(i)
+            except Exception as exc:  # noqa: BLE001 - this message's failure, not the batch's
+                self._failed(env, ctx, exc)
+        results = cr.run_many([items[i][0] for i in todo])
+        for i, res in zip(todo, results, strict=True):
+            env, ctx = items[i]
+            try:
+                if isinstance(res, Exception):
+                    raise res
+                replies[i] = self._deliver(cr, env, ctx, res)
+            except Exception as exc:  # noqa: BLE001 - this message's failure, not the batch's
+                self._failed(env, ctx, exc)
+        return replies
+
+    def _version(self) -> CompiledRoute:
         # With the Worker attached, Worker.replace() swaps this handler; without it the
         # runtime's pointer is read once here — either way one version per message.
-        cr = self.cr if self.rt.worker is not None else self.rt.current.get(self.cr.name, self.cr)
+        return self.cr if self.rt.worker is not None else self.rt.current.get(self.cr.name, self.cr)
+
+    def _failed(self, env: Envelope, ctx: HandlerContext, exc: Exception) -> None:
+        if self.at_most_once:
+            self._dropped(env, ctx, exc)
+        else:
+            ctx.fail(exc)
+
+    def _dropped(self, env: Envelope, ctx: HandlerContext, exc: Exception) -> None:
+        log.warning("route_message_dropped", route=self.route.name, message_id=env.id, error_type=type(exc).__name__)
+        ctx.filtered()
+
+    def _handle(self, cr: CompiledRoute, env: Envelope, ctx: HandlerContext) -> Envelope | None:
+        if not self._claimed(cr, env, ctx):
+            return None
+        return self._deliver(cr, env, ctx, cr.run(env))
+
+    def _claimed(self, cr: CompiledRoute, env: Envelope, ctx: HandlerContext) -> bool:
+        """False (and the message filtered) if another message already holds its business key."""
         key = cr.idempotency_key(env)
         if key is not None and not self.rt.store.claim_key(cr.name, key, env.id):
             log.info("route_duplicate_skipped", route=cr.name, message_id=env.id)
             metrics.FILTERED.labels(route=cr.name).inc()
             ctx.filtered()
-            return None
-        res = cr.run(env)
+            return False
+        return True
+
+    def _deliver(self, cr: CompiledRoute, env: Envelope, ctx: HandlerContext, res: RunResult) -> Envelope | None:
         self.rt.deliver(cr, res, ctx)
         if res.filtered:
             metrics.FILTERED.labels(route=cr.name).inc(res.filtered)
@@ -258,7 +303,11 @@ class RouteRuntime:
         retry = r.on_error.retry
         topics = r.from_.topics
         if r.ordering_key is None:
-            return [Subscription(r.name, topics, RouteHandler(self, cr), retry=retry, concurrency=r.concurrency)]
+            h = RouteHandler(self, cr)
+            return [Subscription(
+                r.name, topics, h, retry=retry, concurrency=r.concurrency,
+                batch_handler=h.batch if r.batch_max > 1 else None, batch_max=r.batch_max,
+            )]
         # one forwarding thread keeps arrival order; parallelism comes from the partitions.
         # Only the slots whose lease this process holds (see leases()); the queues exist anyway,
         # so messages published before any process holds a slot wait in them.

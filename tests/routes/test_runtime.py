@@ -385,3 +385,83 @@ def test_delete_of_an_ordered_route_drains_its_partitions_and_releases_their_lea
         seq = [e.payload["i"] for e in got if e.payload["k"] == f"K{k}"]
         assert seq == sorted(seq)
     wait_until(lambda: hub.routes.slot_holders("ordd") == {}, what="leases released")
+
+
+def _backlog(hub: Hub, name: str, envs: list[Envelope]) -> None:
+    """Messages waiting in the route's queue before its worker starts: consumers see a backlog."""
+    hub.broker.declare_queue(f"route.{name}", ["party.v1"])
+    hub.publish(envs)
+
+
+def _record_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from esbhub.routes.runtime import RouteHandler
+
+    sizes: list[int] = []
+    real = RouteHandler.batch
+
+    def batch(self: RouteHandler, items: Any) -> Any:
+        sizes.append(len(items))
+        return real(self, items)
+
+    monkeypatch.setattr(RouteHandler, "batch", batch)
+    return sizes
+
+
+def test_batched_route_delivers_each_message_once_and_dead_letters_a_bad_one_alone(hub: Hub, monkeypatch: pytest.MonkeyPatch):
+    sizes = _record_batches(monkeypatch)
+    sink = hub.unique
+    steps = "  - type: choice\n    when:\n      - if: \"payload.bad == null\"\n        steps: []\n"
+    assert hub.apply(route_yaml("bt", sink, extra_steps=steps, extra="batch_max: 16\n")).ok
+    bad = {17, 50, 51, 120}
+    envs = [msg(i, **({"bad": True} if i in bad else {})) for i in range(150)]
+    _backlog(hub, "bt", envs)
+    hub.start()
+    wait_until(lambda: hub.bus_store.dlq_count(subscription="bt") == len(bad), what="the bad messages dead-lettered")
+    got = wait_until(lambda: len(memory_sink(sink)) >= 150 - len(bad) and memory_sink(sink), what="the good ones")
+    assert sorted(e.payload["i"] for e in got) == sorted(set(range(150)) - bad)  # each exactly once
+    assert len({e.id for e in got}) == len(got)
+    rows = hub.bus_store.dlq_list(subscription="bt")
+    assert {hub.bus_store.dlq_get(r["id"])["envelope"]["payload"]["i"] for r in rows} == bad
+    assert [(r["error"]["type"], r["attempts"]) for r in rows] == [("NoRouteMatched", 1)] * len(bad)  # permanent: no retry
+    assert max(sizes) > 1 and max(sizes) <= 16  # the backlog really ran in micro-batches
+    hub.bus_store.flush()
+    c = wait_until(lambda: (c := hub.bus_store.counts())["delivered"] == 150 - len(bad) and c, what="states recorded")
+    assert c["dead_lettered"] == len(bad) and c["in_flight"] == 0 and c["accepted"] == c["delivered"] + c["dead_lettered"]
+
+
+def test_batched_at_most_once_route_drops_a_failing_message_and_delivers_the_rest(hub: Hub, monkeypatch: pytest.MonkeyPatch):
+    sizes = _record_batches(monkeypatch)
+    sink = hub.unique
+    text = f"""\
+name: amo
+batch_max: 8
+delivery: at_most_once
+from: {{topic: party.v1}}
+steps:
+  - type: choice
+    when:
+      - if: "payload.bad == null"
+        steps: []
+to:
+  - {{adapter: memory, name: sink, config: {{name: {sink}}}}}
+on_error: {{dead_letter: none}}
+"""
+    assert hub.apply(text).ok
+    _backlog(hub, "amo", [msg(i, **({"bad": True} if i == 5 else {})) for i in range(40)])
+    hub.start()
+    got = wait_until(lambda: len(memory_sink(sink)) >= 39 and memory_sink(sink), what="the others delivered")
+    assert sorted(e.payload["i"] for e in got) == [i for i in range(40) if i != 5]
+    hub.bus_store.flush()
+    c = wait_until(lambda: (c := hub.bus_store.counts())["filtered"] == 1 and c, what="the dropped one counted")
+    assert c["delivered"] == 39 and c["dead_lettered"] == 0 and hub.bus_store.dlq_count(subscription="amo") == 0
+    assert max(sizes) > 1
+
+
+def test_route_with_batch_max_1_runs_one_message_at_a_time(hub: Hub, monkeypatch: pytest.MonkeyPatch):
+    sizes = _record_batches(monkeypatch)
+    sink = hub.unique
+    assert hub.apply(route_yaml("one", sink, extra="batch_max: 1\n")).ok
+    _backlog(hub, "one", [msg(i) for i in range(30)])
+    hub.start()
+    wait_until(lambda: len(memory_sink(sink)) == 30, what="30 messages")
+    assert sizes == []  # the per-message handler ran every message
