@@ -3,9 +3,16 @@
 * **Blocking** (:meth:`Matcher.candidates`): several keys per record — USCC, organization code,
   normalized core name (字号), its fuzzy pinyin, each specific phone, e-mail, city + first
   two characters of the core name, city + start of the street; for persons ID number, name,
-  birth date, postcode + initials. A candidate shares at least one key; blocks larger than
-  ``model.max_block_size`` (very common values) are skipped, and so are phone blocks of more
-  than 4 × ``generic_phone_records`` records (agents' and shared numbers).
+  birth date, postcode + initials. A candidate shares at least one key. The work per record
+  stays bounded however large the index grows (the real-time path at 1M records): blocks
+  larger than ``model.max_block_size`` (very common values) are skipped; phone and e-mail
+  blocks of more than 4 × ``generic_phone_records`` records (agents', shared and 400/800
+  numbers, ``admin@`` mailboxes) too; the weak keys (city + name prefix, street, pinyin) above
+  ``model.max_weak_block_size``; and when the blocks left still hold more than
+  ``model.max_block_scan`` entries, the smallest (most specific) are taken until that budget.
+  A block that ever grows past 4 × ``max_block_size`` stops keeping its members (it can never
+  be used again before the index is rebuilt), which bounds the index's memory and the cost of
+  removing a record from a common block.
 * **Comparison levels** per field (:mod:`.comparisons`): exact / Jaro-Winkler thresholds /
   one edit / pinyin / else / null.
 * **Weights**: ``log2(m/u)`` per level; ``m`` (P(level | match)) is learned by EM without labels
@@ -105,6 +112,12 @@ class MatchModel(BaseModel):
         default=8, description="A phone on more records than this (different names) counts as generic."
     )
     max_block_size: int = Field(default=500, description="Blocks larger than this are skipped for candidates.")
+    max_weak_block_size: int = Field(
+        default=200, description="Blocks of weak keys (city + name prefix, street, pinyin) larger than this are skipped."
+    )
+    max_block_scan: int = Field(
+        default=2000, description="Most block entries scanned per record; beyond it, the largest blocks are left out."
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -248,6 +261,11 @@ class MatchView:
             setattr(self, f, tuple(v) if isinstance(v, list) else v)
 
 
+_WEAK_KEYS = frozenset("ASP")  # city + name prefix, street, pinyin (organizations); street, pinyin (persons)
+_GENERIC_KEYS = frozenset("TE")  # phones, e-mails: shared numbers and mailboxes are not identifying
+_OVERFLOWED: list[str] = []  # stands for a block past the hard cap: members no longer kept
+
+
 class Matcher:
     """In-process index + scorer for the real-time path. Not thread-safe; one per worker.
 
@@ -259,7 +277,7 @@ class Matcher:
         self.model = model or MatchModel()
         self._scorer = _Scorer(self.model)
         self.records: dict[str, MatchView] = {}
-        self.blocks: dict[int, list[str]] = {}
+        self.blocks: dict[int, list[str]] = {}  # a block past the hard cap is _OVERFLOWED
         self.core_count: Counter[str] = Counter()
         self.family_count: Counter[str] = Counter()
         self.phone_count: Counter[str] = Counter()
@@ -278,8 +296,15 @@ class Matcher:
             self.remove(key)
         view = MatchView(rec)
         self.records[key] = view
+        hard_cap = 4 * self.model.max_block_size
         for bk in dict.fromkeys(blocking_keys(view)):
-            self.blocks.setdefault(hash(bk), []).append(key)
+            lst = self.blocks.setdefault(hash(bk), [])
+            if lst is _OVERFLOWED:
+                continue
+            if len(lst) >= hard_cap:  # a value this common is never a useful key again
+                self.blocks[hash(bk)] = _OVERFLOWED
+                continue
+            lst.append(key)
         self.core_count[view.core_name] += 1
         if view.family_name:
             self.family_count[view.family_name] += 1
@@ -293,7 +318,7 @@ class Matcher:
         for bk in dict.fromkeys(blocking_keys(rec)):
             h = hash(bk)
             lst = self.blocks.get(h)
-            if lst is not None:
+            if lst is not None and lst is not _OVERFLOWED:
                 try:
                     lst.remove(key)
                 except ValueError:
@@ -307,14 +332,33 @@ class Matcher:
             _dec(self.phone_count, p)
 
     def candidates(self, rec: StdParty | MatchView, limit: int = 200) -> list[str]:
-        """Keys of indexed records sharing at least one blocking key, most shared keys first."""
-        hits: Counter[str] = Counter()
-        maxb = self.model.max_block_size
-        max_phone = 4 * self.model.generic_phone_records  # agents' / shared phones are not a useful key
+        """Keys of indexed records sharing at least one blocking key, most shared keys first
+        (the blocks used are bounded: see the module docstring)."""
+        model = self.model
+        maxb, max_weak = model.max_block_size, model.max_weak_block_size
+        max_generic = 4 * model.generic_phone_records  # agents' / shared phones and mailboxes
+        lists: list[list[str]] = []
+        scan = 0
         for bk in dict.fromkeys(blocking_keys(rec)):
             lst = self.blocks.get(hash(bk))
-            if lst is None or len(lst) > maxb or (bk[0] == "T" and len(lst) > max_phone):
+            if lst is None or lst is _OVERFLOWED:
                 continue
+            n = len(lst)
+            if n > maxb or (n > max_generic and bk[0] in _GENERIC_KEYS) or (n > max_weak and bk[0] in _WEAK_KEYS):
+                continue
+            lists.append(lst)
+            scan += n
+        if scan > model.max_block_scan:  # most specific blocks first, up to the budget
+            lists.sort(key=len)
+            kept, scan = [], 0
+            for lst in lists:
+                if kept and scan + len(lst) > model.max_block_scan:
+                    break
+                kept.append(lst)
+                scan += len(lst)
+            lists = kept
+        hits: Counter[str] = Counter()
+        for lst in lists:
             hits.update(lst)
         if len(hits) <= limit:
             return sorted(hits, key=lambda k: -hits[k])
