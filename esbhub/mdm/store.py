@@ -164,6 +164,22 @@ class Xref(Base):
         return source_key(self.source_system, self.source_id)
 
 
+class NewXref:
+    """A new source record's xref row until it is inserted with Core once its golden id is known
+    (:meth:`esbhub.mdm.service.MdmService._apply`): the :class:`Xref` columns on a plain object,
+    without the ORM instrumentation of every attribute set for a row written once."""
+
+    __slots__ = tuple(c.key for c in Xref.__table__.columns)
+
+    def __init__(self, **values: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, values.get(k))
+
+    @property
+    def key(self) -> str:
+        return source_key(self.source_system, self.source_id)
+
+
 class KeyIndex(Base):
     __tablename__ = "mdm_key_index"
     __table_args__ = (sa.Index("ix_mdm_key_index_kind_value", "kind", "value"),)

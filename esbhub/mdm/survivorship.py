@@ -103,6 +103,10 @@ class Member:
     std: dict[str, Any]
     updated_at: datetime
     deleted: bool = False
+    updated_iso: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.updated_iso = self.updated_at.isoformat()  # once, not once per attribute it wins
 
 
 @dataclass
@@ -186,7 +190,7 @@ def _trust(rule: AttributeRule, system: str) -> int:
 
 
 def _lineage(m: Member, rule: str) -> dict[str, Any]:
-    return {"source_system": m.system, "source_id": m.source_id, "rule": rule, "source_updated_at": m.updated_at.isoformat()}
+    return {"source_system": m.system, "source_id": m.source_id, "rule": rule, "source_updated_at": m.updated_iso}
 
 
 def _hashable(v: Any) -> Any:
@@ -204,6 +208,8 @@ def survive_scalar(
         return {"value": override, "lineage": {"source_system": "steward", "source_id": None, "rule": "override"}}
     if not cands:
         return None
+    if len(cands) == 1:  # what ranking one candidate comes to
+        return {"value": cands[0].value, "lineage": _lineage(cands[0].member, "only_source")}
     freq = Counter(_hashable(c.value) for c in cands)
     active = [r for r in rule.rules if r != "override"]
     for c in cands:

@@ -37,6 +37,7 @@ from esbhub.mdm.standardize.divisions import Division, table
 from esbhub.schemas.party import Party
 
 SYSTEMS = ("billing", "crm", "resource", "bank")
+AGENTS_FIXED_UP_TO = 20_000  # base companies; above, the number of agents grows with the set
 
 TRADE_CHARS = ("华信达通宏远兴盛恒泰安康鑫源瑞丰德隆金鼎海天明辉永和中科创新东方腾飞嘉禾润泽博雅聚力万佳"
                "正大同仁广汇合众宝利锦绣长城凯旋星光银河蓝图智慧启航卓越英杰美好时代先锋")
@@ -134,9 +135,10 @@ class _Gen:
         self.agents = [self.mobile() for _ in range(25)]
         self.n = 0
 
-    def mobile(self) -> str:
-        return self.rng.choice(("138", "139", "137", "135", "186", "189", "133", "177")) + "".join(
-            self.rng.choice("0123456789") for _ in range(8))
+    def mobile(self, rng: random.Random | None = None) -> str:
+        rng = rng or self.rng
+        return rng.choice(("138", "139", "137", "135", "186", "189", "133", "177")) + "".join(
+            rng.choice("0123456789") for _ in range(8))
 
     def trade(self) -> str:
         k = 2 if self.rng.random() < 0.8 else 3
@@ -340,7 +342,14 @@ def generate(n_companies: int = 1000, seed: int = 0, *, noise: float = 0.5, twin
     """
     g = _Gen(seed)
     rng = g.rng
+    if n_companies > AGENTS_FIXED_UP_TO:
+        # one account manager per ~200 customers, as an operator staffs them: 25 agents' phones
+        # spread over a million records would be shared by thousands each. Drawn from a second
+        # stream, so sets up to AGENTS_FIXED_UP_TO companies stay exactly as they were.
+        extra = random.Random(seed * 7919 + 1)
+        g.agents += [g.mobile(extra) for _ in range(n_companies // 200 - len(g.agents))]
     companies: list[Company] = []
+    branch_labels: set[tuple[str, str]] = set()  # (head entity, label): one branch per label
     branch_of: dict[str, str] = {}
     group_phone: dict[str, str] = {}
     for _ in range(n_companies):
@@ -364,8 +373,9 @@ def generate(n_companies: int = 1000, seed: int = 0, *, noise: float = 0.5, twin
                     label = other_city.short + rng.choice(("分公司", "分公司", "办事处"))
                 else:
                     label = br.district + rng.choice(("分公司", "营业部"))
-                if any(c.branch_label == label and c.head_entity_id == co.entity_id for c in companies):
+                if (co.entity_id, label) in branch_labels:
                     continue
+                branch_labels.add((co.entity_id, label))
                 br.branch_label = label
                 br.head_entity_id = co.entity_id
                 companies.append(br)
