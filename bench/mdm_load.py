@@ -59,31 +59,67 @@ def loadavg() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def dataset(records: int | None, companies: int | None, seed: int) -> tuple[list, dict[str, str]]:
-    """The synthetic set: ``companies`` base companies, or the first ``records`` records of a set
-    generated big enough (≈ 3.9 records per base company)."""
-    from esbhub.mdm.synth import generate
+class Records:
+    """The synthetic set as the load takes it: ``companies`` base companies, or the first
+    ``records`` records of a set generated big enough (≈ 3.9 records per base company), made
+    while they are loaded (a million Party objects held at once would be ~4 GB of this process's
+    RSS that no real load holds). Keeps the truth (key → entity) and the first ``keep`` records."""
 
-    if records:
-        ds = generate(int(records / 3.85) + 50, seed=seed)
-        recs = ds.records[:records]
-    else:
-        ds = generate(companies or 3000, seed=seed)
-        recs = ds.records
-    keys = {f"{p.source_system}:{p.source_id}" for p in recs}
-    return recs, {k: e for k, e in ds.truth.items() if k in keys}
+    def __init__(self, records: int | None, companies: int | None, seed: int, keep: int = 1000) -> None:
+        from esbhub.mdm.synth import generate
+
+        self.seed, self.keep = seed, keep
+        self.truth: dict[str, str] = {}
+        self.first: list = []
+        if records:
+            self.n, self.companies, self.materialized = records, int(records / 3.85) + 50, None
+        else:
+            ds = generate(companies or 3000, seed=seed)
+            self.n, self.companies, self.materialized = len(ds.records), companies or 3000, ds.records
+            self.truth = ds.truth
+
+    def __iter__(self) -> Any:
+        from esbhub.mdm.synth import iter_records
+
+        src = ((p, None) for p in self.materialized) if self.materialized is not None \
+            else iter_records(self.companies, seed=self.seed)
+        for i, (p, eid) in enumerate(src):
+            if i >= self.n:
+                return
+            if eid is not None:
+                self.truth[f"{p.source_system}:{p.source_id}"] = eid
+            if len(self.first) < self.keep:
+                self.first.append(p)
+            yield p
+
+    def entities(self) -> int:
+        return len(set(self.truth.values()))
+
+
+def partition_of(svc: Any) -> set[frozenset[str]]:
+    """Source keys by golden id, read with Core (the service's partition_now loads whole rows)."""
+    import sqlalchemy as sa
+
+    from esbhub.mdm.store import Xref
+
+    groups: dict[str, set[str]] = {}
+    with svc.Session() as s:
+        for a, b, gid in s.execute(sa.select(Xref.source_system, Xref.source_id, Xref.golden_id)):
+            groups.setdefault(gid, set()).add(f"{a}:{b}")
+    return {frozenset(v) for v in groups.values()}
 
 
 def db_mb(db: Path) -> float:
+    """The SQLite file with its WAL (up to 64 MiB after a bulk load) and shared-memory index."""
     return sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
 
 
-def our_load(records: list, batch: int, workers: int, db: Path) -> dict:
+def our_load(records: Records, batch: int, workers: int, db: Path) -> dict:
     from esbhub.mdm.loader import load_parties
     from esbhub.mdm.service import MdmService
 
     svc = MdmService(f"sqlite:///{db}")
-    n = len(records)
+    n = records.n
     tenth = max(batch, n // 10)
     marks: list[tuple[int, float, str]] = []
     state = {"done": 0, "last_n": 0, "last_t": time.perf_counter()}
@@ -108,10 +144,10 @@ def our_load(records: list, batch: int, workers: int, db: Path) -> dict:
     peak = peak_rss_mb()
     rss = rss_mb()
     index_n = len(svc.matcher)
-    partition = svc.partition_now()
+    partition = partition_of(svc)
     # the real-time path afterwards: one changed record per transaction (as the bus delivers them)
     lat = []
-    for j, p in enumerate(records[: min(300, n)]):
+    for j, p in enumerate(records.first[: min(300, n)]):
         changed = p.model_copy(update={"status": "suspended" if p.status != "suspended" else "active"})
         t = time.perf_counter()
         svc.ingest(changed, f"rt-{j}")
@@ -167,8 +203,7 @@ def _index_rss(db: str) -> None:
     svc._ensure_index()
     secs = time.perf_counter() - t
     gc.collect()
-    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "rss_mb": rss_mb(),
-                      "peak_mb": peak_rss_mb()}))
+    print(json.dumps({"mb": rss_mb() - before, "seconds": secs, "n": n, "rss_mb": rss_mb()}))
 
 
 def pairwise(partition: set, truth: dict[str, str]) -> tuple[float, float, float, int]:
@@ -207,8 +242,21 @@ def _splink_frame(db: str, limit: int | None) -> Any:
 
 
 def _splink_child(db: str, limit: int | None) -> None:
+    import threading
+
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:  # ru_maxrss of a child can carry its parent's size from before exec
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], rss_mb())
+
+    threading.Thread(target=sample, daemon=True).start()
     df = _splink_frame(db, limit)
-    print(json.dumps(splink_dedupe(df)))
+    out = splink_dedupe(df)
+    done.set()
+    out["peak_mb"] = max(peak[0], rss_mb())
+    print(json.dumps(out))
 
 
 def splink_dedupe(df: Any) -> dict:
@@ -245,7 +293,7 @@ def splink_dedupe(df: Any) -> dict:
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(preds, 0.99).as_pandas_dataframe()
     dt = time.perf_counter() - t0
     return {"seconds": dt, "rate": len(df) / dt, "records": len(df), "clusters": int(clusters["cluster_id"].nunique()),
-            "version": splink.__version__, "peak_mb": peak_rss_mb()}
+            "version": splink.__version__}
 
 
 def splink_run(db: Path, n: int, timeout: float) -> list[dict]:
@@ -404,11 +452,10 @@ def main() -> None:
               f"{a.baseline_rounds} alternations, each a fresh process and store", flush=True)
         base = baseline([("old", a.baseline_tree), ("new", here)], a.baseline_companies, a.seed, a.batch, a.workers,
                         a.baseline_rounds)
-    t = time.perf_counter()
-    records, truth = dataset(a.records, a.companies, a.seed)
-    print(f"records: {len(records):,} (synthetic CN set, seed {a.seed}, generated in {time.perf_counter() - t:.0f} s), "
-          f"true entities: {len(set(truth.values())):,}; batches of {a.batch}, {a.workers} standardizing worker(s)",
-          flush=True)
+    records = Records(a.records, a.companies, a.seed, keep=max(300, a.per_record))
+    print(f"records: {records.n:,} (synthetic CN set, seed {a.seed}, {records.companies:,} base companies, "
+          f"{'made while loading' if records.materialized is None else 'made before loading'}); batches of {a.batch}, "
+          f"{a.workers} standardizing worker(s); RSS before the load {rss_mb():,.0f} MB", flush=True)
     d = Path(tempfile.mkdtemp(prefix="mdm_load_", dir=str(a.keep.parent) if a.keep else None))
     db = d / "mdm.db"
     r = our_load(records, a.batch, a.workers, db)
@@ -420,7 +467,10 @@ def main() -> None:
           f"{len(r['errors'])} rows rejected")
     print(f"ingesting process: peak RSS {r['peak_mb']:,.0f} MB, RSS after the load {r['rss_mb']:,.0f} MB "
           f"(matcher index of {r['index_n']:,} records inside); storage {r['db_mb']:,.0f} MB "
-          f"= {r['db_mb'] * 1e3 / r['records']:.1f} KB per source record (SQLite file + WAL)")
+          f"= {r['db_mb'] * 1e3 / r['records']:.1f} KB per source record (SQLite file + WAL; the file alone "
+          f"{db.stat().st_size / 1e6:,.0f} MB)")
+    truth = records.truth
+    print(f"true entities: {len(set(truth.values())):,}")
     p, rc, f, mixed = pairwise(r["partition"], truth)
     print(f"golden records vs the generator's truth: pairwise precision {p:.4f}, recall {rc:.4f}, F1 {f:.4f}; "
           f"{mixed} golden records mix different companies (engine defaults, steward queue not worked)")
@@ -431,9 +481,9 @@ def main() -> None:
     mem = index_memory(db)
     print(f"matcher index rebuilt from the store in a fresh process: +{mem['mb']:,.0f} MB RSS for {mem['n']:,} records "
           f"({mem['mb'] * 1e3 / max(mem['n'], 1):.2f} KB each) in {mem['seconds']:.0f} s; that process's RSS then "
-          f"{mem['rss_mb']:,.0f} MB, peak {mem['peak_mb']:,.0f} MB — target ≤ 4 GB", flush=True)
+          f"{mem['rss_mb']:,.0f} MB — target ≤ 4 GB", flush=True)
     if a.per_record:
-        cmp = per_record_vs_bulk(records[: a.per_record], a.batch, d)
+        cmp = per_record_vs_bulk(records.first[: a.per_record], a.batch, d)
         print(f"per-record path (one transaction per record) vs bulk path (batches of {a.batch}) on the same "
               f"first {cmp['n']} records, fresh stores: {cmp['one_rate']:,.0f} vs {cmp['bulk_rate']:,.0f} records/s "
               f"= ×{cmp['bulk_rate'] / cmp['one_rate']:.1f}; same golden records: {cmp['same']}", flush=True)
@@ -447,7 +497,7 @@ def main() -> None:
         print(f"new/old: ×{min(new) / max(old):.2f}–×{max(new) / min(old):.2f} (mean ×{sum(new) / len(new) / (sum(old) / len(old)):.2f}); "
               f"same golden records and xref in every run: {len({x['state'] for x in base}) == 1}")
     if not a.skip_splink:
-        for sp in splink_run(db, len(records), a.splink_timeout):
+        for sp in splink_run(db, records.n, a.splink_timeout):
             if "error" in sp:
                 print(f"Splink on {sp.get('records', 0):,} records: FAILED — {sp['error']}")
             else:

@@ -340,6 +340,27 @@ def generate(n_companies: int = 1000, seed: int = 0, *, noise: float = 0.5, twin
 
     ``noise`` (0..1) scales every kind of record noise. Deterministic for a given seed and arguments.
     """
+    companies, branch_of, recs = _plan(n_companies, seed, noise=noise, twin_city_rate=twin_city_rate,
+                                       one_char_rate=one_char_rate, branch_rate=branch_rate, group_rate=group_rate)
+    records: list[Party] = []
+    truth: dict[str, str] = {}
+    for party, eid in recs:
+        records.append(party)
+        truth[f"{party.source_system}:{party.source_id}"] = eid
+    return SynthDataset(companies=companies, records=records, truth=truth, branch_of=branch_of)
+
+
+def iter_records(n_companies: int = 1000, seed: int = 0, **kw: float) -> Iterator[tuple[Party, str]]:
+    """The records of :func:`generate` (same arguments, same records, same order) with each one's
+    entity id, made as they are taken: a million records need not all be in memory at once."""
+    _companies, _branch_of, recs = _plan(n_companies, seed, **kw)
+    yield from recs
+
+
+def _plan(n_companies: int, seed: int, *, noise: float = 0.5, twin_city_rate: float = 0.08,
+          one_char_rate: float = 0.06, branch_rate: float = 0.08, group_rate: float = 0.03,
+          ) -> tuple[list[Company], dict[str, str], Iterator[tuple[Party, str]]]:
+    """The companies (made now) and a generator of their records (made when taken)."""
     g = _Gen(seed)
     rng = g.rng
     if n_companies > AGENTS_FIXED_UP_TO:
@@ -387,12 +408,11 @@ def generate(n_companies: int = 1000, seed: int = 0, *, noise: float = 0.5, twin
                 member = g.company()
                 group_phone[member.entity_id] = gp
                 companies.append(member)
-    counters = dict.fromkeys(SYSTEMS, 0)
-    head_ids: dict[tuple[str, str], str] = {}
-    records: list[Party] = []
-    truth: dict[str, str] = {}
-    for co in companies:
-        for party, eid in _records_for(g, co, noise, counters, head_ids, group_phone.get(co.entity_id)):
-            records.append(party)
-            truth[f"{party.source_system}:{party.source_id}"] = eid
-    return SynthDataset(companies=companies, records=records, truth=truth, branch_of=branch_of)
+
+    def records() -> Iterator[tuple[Party, str]]:
+        counters = dict.fromkeys(SYSTEMS, 0)
+        head_ids: dict[tuple[str, str], str] = {}
+        for co in companies:
+            yield from _records_for(g, co, noise, counters, head_ids, group_phone.get(co.entity_id))
+
+    return companies, branch_of, records()

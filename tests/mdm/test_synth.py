@@ -40,3 +40,12 @@ def test_records_carry_noise():
     assert any("有限责任公司" in n for n in names)
     assert any(p.uscc is None for p in ds.records)
     assert any(p.uscc and not codes.uscc_valid(p.uscc) for p in ds.records)
+
+
+def test_records_made_one_at_a_time_are_the_records_generate_makes():
+    from esbhub.mdm.synth import iter_records
+
+    ds = generate(150, seed=12)
+    streamed = list(iter_records(150, seed=12))
+    assert [p for p, _e in streamed] == ds.records
+    assert {f"{p.source_system}:{p.source_id}": e for p, e in streamed} == ds.truth
