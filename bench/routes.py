@@ -197,6 +197,17 @@ def bus_run(broker_url: str, db_url: str, count: int, routed: bool, batch_max: i
     return count / dt
 
 
+def _fresh_pg_database(server_url: str) -> str:
+    import sqlalchemy as sa
+
+    name = "esbhub_bench_" + uuid.uuid4().hex[:8]
+    admin = sa.create_engine(server_url.rstrip("/") + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server_url.rstrip("/") + "/" + name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--engine-count", type=int, default=20000)
@@ -204,6 +215,9 @@ def main() -> None:
     ap.add_argument("--bus-rounds", type=int, default=5)
     ap.add_argument("--batch-max", type=int, default=32,
                     help="also run both scenarios with micro-batched consumers (Subscription.batch_max; 1 = off)")
+    ap.add_argument("--database", default="sqlite",
+                    help="the bus store: 'sqlite' (temp file) or a PostgreSQL server URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432 "
+                    "(a fresh database is created on it)")
     ap.add_argument("--processes", type=int, default=1, help="worker processes sharing the queue (competing consumers)")
     ap.add_argument("--broker", default="sqlite", help="'sqlite' (embedded, temp file) or an amqp:// URL")
     ap.add_argument("--log-level", default="info",
@@ -225,7 +239,7 @@ def main() -> None:
     print(f"\nworst step: {worst:.1f} µs (target ≤ 50) → {'OK' if worst <= 50 else 'MISSED'}")
 
     tmp = Path(tempfile.mkdtemp(prefix="esbhub-bench-routes-"))
-    db = f"sqlite:///{tmp / 'hub.db'}"
+    db = f"sqlite:///{tmp / 'hub.db'}" if a.database == "sqlite" else _fresh_pg_database(a.database)
     upgrade(db)
     burl = f"sqlite:///{tmp / 'broker.db'}" if a.broker == "sqlite" else a.broker
     import statistics
@@ -236,7 +250,8 @@ def main() -> None:
         for bm in modes:
             runs["bare", bm].append(bus_run(burl, db, a.bus_count, routed=False, batch_max=bm, processes=a.processes))
             runs["routed", bm].append(bus_run(burl, db, a.bus_count, routed=True, batch_max=bm, processes=a.processes))
-    print(f"\n## Through the bus ({'embedded SQLite' if a.broker == 'sqlite' else a.broker}, {a.bus_count} messages, "
+    store = "SQLite" if a.database == "sqlite" else "PostgreSQL"
+    print(f"\n## Through the bus ({'embedded SQLite' if a.broker == 'sqlite' else a.broker}, bus store {store}, {a.bus_count} messages, "
           f"{a.processes} worker process(es) with 1 consumer each, dedup on; median of {a.bus_rounds} interleaved runs)\n")
     print("| consumer | bare msgs/s | routed msgs/s | routed / bare (median of pairwise ratios) |")
     print("|---|---:|---:|---:|")
