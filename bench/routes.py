@@ -208,6 +208,20 @@ def _fresh_pg_database(server_url: str) -> str:
     return server_url.rstrip("/") + "/" + name
 
 
+def _drop_pg_database(server_url: str, db_url: str) -> None:
+    import sqlalchemy as sa
+
+    from esbhub.db import _engines
+
+    for url, eng in list(_engines.items()):
+        if url == db_url:
+            eng.dispose()
+    admin = sa.create_engine(server_url.rstrip("/") + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--engine-count", type=int, default=20000)
@@ -269,6 +283,8 @@ def main() -> None:
     if a.batch_max > 1:
         print(f"routed batched / bare one-at-a-time = "
               f"{statistics.median(runs['routed', a.batch_max]) / statistics.median(runs['bare', 1]):.2f}")
+    if a.database != "sqlite":
+        _drop_pg_database(a.database, db)
 
 
 if __name__ == "__main__":
