@@ -65,7 +65,10 @@ for _t in CHANGE_TYPES.values():
 def golden_event(payload: GoldenEvent, *, cause: Envelope | None = None, cause_id: str | None = None) -> Envelope:
     """The envelope of one golden event, derived from the message that caused it if any."""
     typ = CHANGE_TYPES[payload.change]
-    body = payload.model_dump(mode="json")
+    # the attributes are JSON already (survived from stored JSON, overrides from JSON): taken as
+    # they are rather than walked value by value again; the body keeps the model's field order
+    rest = payload.model_dump(mode="json", exclude={"attributes"})
+    body = {k: (payload.attributes if k == "attributes" else rest[k]) for k in GoldenEvent.model_fields}
     headers = {"golden_id": payload.golden_id, "golden_seq": str(payload.seq)}
     if cause is not None:
         return cause.derive(typ, body, source="mdm", headers=headers)

@@ -255,12 +255,15 @@ _FROM_HISTORY = ("attributes", "source_keys")
 def _compact_event(e: Envelope) -> dict[str, Any]:
     """An event as the inbox keeps it: without the golden attributes and member keys, which the
     golden history row ``(golden_id, seq)`` holds already (rows never change but ``valid_to``)."""
-    d = e.model_dump(mode="json")
-    p = d.get("payload")
+    p = e.payload
     if isinstance(p, dict) and p.get("golden_id") and isinstance(p.get("seq"), int):
-        d["payload"] = {k: (None if k in _FROM_HISTORY else v) for k, v in p.items()}  # keeps the key order
-        return {"h": [p["golden_id"], p["seq"]], "env": d}
-    return d
+        # a golden event's payload is JSON already (events.golden_event): only the envelope's own
+        # fields are dumped, not the attributes that are dropped here anyway
+        d = e.model_dump(mode="json", exclude={"payload"})
+        compact = {k: (None if k in _FROM_HISTORY else v) for k, v in p.items()}  # keeps the key order
+        env = {k: (compact if k == "payload" else d[k]) for k in type(e).model_fields if k == "payload" or k in d}
+        return {"h": [p["golden_id"], p["seq"]], "env": env}
+    return e.model_dump(mode="json")
 
 
 def _expand_events(s: Session, stored: list[dict[str, Any]]) -> list[Envelope]:
