@@ -182,7 +182,10 @@ class NewXref:
 
 class KeyIndex(Base):
     __tablename__ = "mdm_key_index"
-    __table_args__ = (sa.Index("ix_mdm_key_index_kind_value", "kind", "value"),)
+    __table_args__ = (
+        sa.Index("ix_mdm_key_index_kind_value", "kind", "value"),
+        sa.Index("ix_mdm_key_index_source", "source_system", "source_id"),  # a changed record's keys (mdm_0003)
+    )
 
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # phone | email | name
     value: Mapped[str] = mapped_column(String(300), primary_key=True)
