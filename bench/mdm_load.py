@@ -508,10 +508,9 @@ def main() -> None:
     if a.keep:
         keep_store(r, model_json, db, a.keep)
         print(f"store kept: {a.keep}/hub.db (+ mdm_model.json, READY)")
-    else:
-        import shutil
+    import shutil
 
-        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)  # what is left: the per-record comparison's stores
     print(f"load average at the end {loadavg()}")
 
 
