@@ -246,6 +246,8 @@ class EmbeddedBroker(Broker):
         finished: list[bool] = []  # non-empty once consume() is leaving
 
         def settle(row: Row) -> tuple[Any, Any]:
+            held_by = owner  # the lease this row was taken under (a lost lease re-registers)
+
             def ack() -> None:
                 with lock:
                     unsettled.discard(row.id)
@@ -262,7 +264,7 @@ class EmbeddedBroker(Broker):
                 with lock:
                     unsettled.discard(row.id)
                 if requeue:
-                    store.release([row.id])
+                    store.release([row.id], owner=held_by)
                 else:
                     store.ack([row.id])
 

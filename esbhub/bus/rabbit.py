@@ -895,6 +895,8 @@ class RabbitBroker(Broker):
                     ch.basic_reject(dtag, requeue)
 
             def on_message(msg: amqp.Message) -> None:
+                if not alive[0]:  # handed over while the connection closes: RabbitMQ redelivers it
+                    return
                 dtag = msg.delivery_info["delivery_tag"]
                 held.add(dtag)
                 self._track_unacked(queue, 1)

@@ -586,15 +586,17 @@ class SqliteQueueStore:
             with self.write() as c:
                 c.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
 
-    def release(self, ids: Sequence[int], *, redelivered: bool = True) -> None:
-        """Give leased rows back (reject with requeue, consumer stop)."""
+    def release(self, ids: Sequence[int], *, redelivered: bool = True, owner: str | None = None) -> None:
+        """Give leased rows back (reject with requeue, consumer stop). With ``owner``, only rows
+        that owner still holds: a late reject must not un-lease a row another consumer took since."""
         if not ids:
             return
+        sets = "owner=NULL, redelivered=1" if redelivered else "owner=NULL"
         with self.write() as c:
-            if redelivered:
-                c.executemany("UPDATE messages SET owner=NULL, redelivered=1 WHERE id=?", [(i,) for i in ids])
+            if owner is None:
+                c.executemany(f"UPDATE messages SET {sets} WHERE id=?", [(i,) for i in ids])
             else:
-                c.executemany("UPDATE messages SET owner=NULL WHERE id=?", [(i,) for i in ids])
+                c.executemany(f"UPDATE messages SET {sets} WHERE id=? AND owner=?", [(i, owner) for i in ids])
         self._notify()
 
     def move(self, ids: Sequence[int], queue: str) -> None:

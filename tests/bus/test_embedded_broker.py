@@ -404,3 +404,20 @@ def test_close_with_running_consumer_keeps_its_acks(url: str) -> None:
     b2 = EmbeddedBroker(url)
     assert b2.queue_depth("q") == 0
     b2.close()
+
+
+def test_a_late_reject_does_not_unlease_a_row_another_consumer_holds_now(broker: EmbeddedBroker, url: str) -> None:
+    broker.declare_queue("q", ["party.v1"])
+    broker.publish(env(1))
+    first = Consumer(broker, "q", ack=False)
+    wait_for(lambda: len(first.deliveries) == 1, what="first delivery")
+    first.close()  # leaving consume() gives its unsettled row back
+    second = Consumer(broker, "q", ack=False)
+    wait_for(lambda: len(second.deliveries) == 1, what="redelivery to the second consumer")
+    first.deliveries[0].reject(True)  # the first consumer's late reject
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as c:
+        (owner,) = c.execute("SELECT owner FROM messages").fetchone()
+    assert owner is not None  # still leased by the second consumer: not handed out a third time
+    second.deliveries[0].ack()
+    wait_for(lambda: broker.queue_depth("q") == 0, what="the ack removing the row")
+    second.close()
