@@ -1526,24 +1526,3 @@ def service_for(settings: Any) -> MdmService:
             model_path = Path(settings.data_dir) / "mdm_model.json"
             svc = _services[url] = MdmService(url, settings=MdmSettings(model_path=model_path))
         return svc
-
-
-def subscriptions(settings: Any, broker: Any) -> list[Any]:
-    """The MDM's subscription: ``party.v1`` → golden records → ``party.golden.*`` events."""
-    from esbhub.bus.worker import Subscription
-
-    def handle(env: Envelope, ctx: Any) -> None:
-        try:
-            party = Party.model_validate(env.payload)
-        except Exception as exc:  # noqa: BLE001 - any validation failure is bad input
-            raise InvalidMessage(f"party.v1 payload invalid: {exc}") from exc
-        svc = service_for(settings)
-        for ev in svc.ingest(party, env.id, envelope=env):
-            ctx.publish(ev)
-        try:
-            svc.publish_pending(broker)  # steward events whose publish failed earlier
-        except Exception as exc:  # noqa: BLE001 - they stay in the outbox; the next message retries
-            log.warning("mdm_outbox_publish_failed", error_type=type(exc).__name__, error=str(exc))
-        return None
-
-    return [Subscription(name=MdmSettings().queue, binding_keys=["party.v1"], handler=handle, dedup=False, concurrency=1)]
