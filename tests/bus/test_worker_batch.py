@@ -4,14 +4,8 @@ counts reconcile, a stop or a ``kill -9`` in the middle of a batch loses nothing
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sqlite3
-import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -292,25 +286,10 @@ TOTAL = 3000
 CONCURRENCY = 2
 
 
-def worker_main(cfg_path: str) -> None:
-    from esbhub.bus.broker import create_broker
-    from esbhub.bus.store import BusStore
-    from esbhub.config import Settings
-    from esbhub.logging import configure
+def worker_main(cfg_path: str) -> None:  # runs as a script: tests/bus is on sys.path
+    from kill_harness import run_worker, worker_parts
 
-    cfg = json.loads(Path(cfg_path).read_text())
-    configure("warning")
-    broker = create_broker(cfg["broker_url"], exchange=cfg["exchange"], **cfg["broker_kw"])
-    store = BusStore(cfg["store_url"])
-    local = threading.local()
-
-    def sink() -> sqlite3.Connection:
-        c = getattr(local, "c", None)
-        if c is None:
-            c = local.c = sqlite3.connect(cfg["sink"], isolation_level=None, timeout=30)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-        return c
+    cfg, broker, store, sink = worker_parts(cfg_path)
 
     def write(envs: list[Envelope]) -> None:  # one transaction per batch, idempotent by message id
         c = sink()
@@ -323,77 +302,27 @@ def worker_main(cfg_path: str) -> None:
     sub = Subscription(cfg["subscription"], ["party.v1"], lambda env, ctx: write([env]),
                        batch_handler=lambda items: write([e for e, _ in items]), batch_max=BATCH_MAX,
                        concurrency=CONCURRENCY)
-    Worker(broker, store, [sub], Settings(data_dir=cfg["data_dir"])).run_forever()
-    broker.close()
-    store.close()
+    run_worker(cfg, broker, store, sub)
 
 
 def test_kill_9_in_the_middle_of_batches_redelivers_and_every_message_reaches_the_sink_once(
     broker, broker_url, unique, tmp_path
 ):
-    from esbhub.db import upgrade
+    from .kill_harness import kill_mid_run_then_restart, prepare, workers
 
-    from .test_worker_kill import _count
-
-    rabbit = broker_url.startswith("amqp")
-    broker_kw = {"unrouted_queue": f"{unique}.unrouted"} if rabbit else {}
-    store_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    upgrade(store_url)
-    sink_db = str(tmp_path / "sink.db")
-    c = sqlite3.connect(sink_db)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("CREATE TABLE sink (id TEXT PRIMARY KEY)")
-    c.execute("CREATE TABLE side_effects (n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, redelivered INTEGER)")
-    c.commit()
-    c.close()
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(json.dumps({
-        "broker_url": broker_url, "exchange": unique, "broker_kw": broker_kw, "store_url": store_url,
-        "sink": sink_db, "subscription": unique, "data_dir": str(tmp_path / "var"),
-    }))
+    cfg, sink_db, _kw = prepare(tmp_path, broker_url, unique, "redelivered")
     queue = queue_for(unique)
     broker.declare_queue(queue, ["party.v1"])
-    procs: list[subprocess.Popen] = []
-
-    def spawn(n: int) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, __file__, "worker", str(cfg)],
-                             stderr=open(tmp_path / f"worker{n}.log", "wb"), cwd=os.getcwd())
-        procs.append(p)
-        return p
-
-    try:
+    with workers(__file__, cfg, tmp_path) as spawn:
         envs = _envs(TOTAL)
         for i in range(0, TOTAL, 500):
             broker.publish_many(envs[i:i + 500])
-        first = spawn(1)
-        wait_until(lambda: _count(sink_db, "SELECT count(*) FROM sink") >= TOTAL // 4, timeout=60,
-                   what="first worker mid-run")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        at_kill = _count(sink_db, "SELECT count(*) FROM sink")
-        assert 0 < at_kill < TOTAL, "the kill must land in the middle of the run"
-
-        second = spawn(2)
-        wait_until(lambda: _count(sink_db, "SELECT count(*) FROM sink") == TOTAL, timeout=90,
-                   what="all messages in the sink after restart")
-        wait_until(lambda: broker.queue_depth(queue) == 0, timeout=30, what="queue drained")
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0
-
-        s = sqlite3.connect(sink_db)
-        ids = {r[0] for r in s.execute("SELECT id FROM sink")}
-        runs = s.execute("SELECT count(*), count(DISTINCT id) FROM side_effects").fetchone()
-        s.close()
-        assert ids == {e.id for e in envs}  # none lost, none extra
-        # a batch whose sink write committed while its dedup marks were not yet committed at the
-        # kill runs again: at most one batch per consumer thread
-        assert runs[1] == TOTAL
-        assert TOTAL <= runs[0] <= TOTAL + CONCURRENCY * BATCH_MAX
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        ids, runs = kill_mid_run_then_restart(spawn, sink_db, broker, queue, TOTAL, kill_at=TOTAL // 4)
+    assert ids == {e.id for e in envs}  # none lost, none extra
+    # a batch whose sink write committed while its dedup marks were not yet committed at the
+    # kill runs again: at most one batch per consumer thread
+    assert runs[1] == TOTAL
+    assert TOTAL <= runs[0] <= TOTAL + CONCURRENCY * BATCH_MAX
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":

@@ -10,14 +10,8 @@ by message id, ``INSERT OR IGNORE``) and a row into ``side_effects`` (one per ha
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import sqlite3
-import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import pytest
 
@@ -27,26 +21,12 @@ RESENT = 1_000
 ACK_BATCH = 32  # the default for prefetch 64
 
 
-def worker_main(cfg_path: str) -> None:
-    from esbhub.bus.broker import create_broker
-    from esbhub.bus.store import BusStore
-    from esbhub.bus.worker import Subscription, Worker
-    from esbhub.config import Settings
-    from esbhub.logging import configure
+def worker_main(cfg_path: str) -> None:  # runs as a script: tests/bus is on sys.path
+    from kill_harness import run_worker, worker_parts
 
-    cfg = json.loads(Path(cfg_path).read_text())
-    configure("warning")
-    broker = create_broker(cfg["broker_url"], exchange=cfg["exchange"], **cfg["broker_kw"])
-    store = BusStore(cfg["store_url"])
-    local = threading.local()
+    from esbhub.bus.worker import Subscription
 
-    def sink() -> sqlite3.Connection:
-        c = getattr(local, "c", None)
-        if c is None:
-            c = local.c = sqlite3.connect(cfg["sink"], isolation_level=None, timeout=30)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-        return c
+    cfg, broker, store, sink = worker_parts(cfg_path)
 
     def handler(env, ctx):
         c = sink()
@@ -56,80 +36,27 @@ def worker_main(cfg_path: str) -> None:
         c.execute("COMMIT")
 
     sub = Subscription(cfg["subscription"], ["party.v1"], handler, concurrency=CONCURRENCY, prefetch=64)
-    Worker(broker, store, [sub], Settings(data_dir=cfg["data_dir"])).run_forever()
-    broker.close()
-    store.close()
-
-
-def _count(db: str, sql: str) -> int:
-    c = sqlite3.connect(db, timeout=30)
-    try:
-        return c.execute(sql).fetchone()[0]
-    finally:
-        c.close()
+    run_worker(cfg, broker, store, sub)
 
 
 def test_kill_9_worker_mid_run_every_message_reaches_sink_exactly_once(broker_url, unique, tmp_path):
     from esbhub.bus.broker import create_broker
     from esbhub.bus.envelope import Envelope
-    from esbhub.db import upgrade
 
-    from .memory_broker import wait_until
+    from .kill_harness import kill_mid_run_then_restart, prepare, workers
 
-    rabbit = broker_url.startswith("amqp")
-    broker_kw = {"unrouted_queue": f"{unique}.unrouted"} if rabbit else {}
-    store_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    upgrade(store_url)
-    sink_db = str(tmp_path / "sink.db")
-    c = sqlite3.connect(sink_db)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("CREATE TABLE sink (id TEXT PRIMARY KEY)")
-    c.execute("CREATE TABLE side_effects (n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, pid INTEGER)")
-    c.commit()
-    c.close()
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(json.dumps({
-        "broker_url": broker_url, "exchange": unique, "broker_kw": broker_kw, "store_url": store_url,
-        "sink": sink_db, "subscription": unique, "data_dir": str(tmp_path / "var"),
-    }))
-
+    cfg, sink_db, broker_kw = prepare(tmp_path, broker_url, unique, "pid")
     broker = create_broker(broker_url, exchange=unique, **broker_kw)
     broker.connect()
     queue = f"route.{unique}"
     broker.declare_queue(queue, ["party.v1"])
-    procs: list[subprocess.Popen] = []
-
-    def spawn(n: int) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, __file__, "worker", str(cfg)],
-                             stderr=open(tmp_path / f"worker{n}.log", "wb"), cwd=os.getcwd())
-        procs.append(p)
-        return p
-
     try:
-        envs = [Envelope.create("party.v1", {"n": i}, source="kill-test") for i in range(TOTAL)]
-        for i in range(0, TOTAL, 500):
-            broker.publish_many(envs[i:i + 500])
-        broker.publish_many(envs[:RESENT])  # upstream re-sent these: same ids
-
-        first = spawn(1)
-        wait_until(lambda: _count(sink_db, "SELECT count(*) FROM sink") >= 3000, timeout=60,
-                   what="first worker mid-run")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        at_kill = _count(sink_db, "SELECT count(*) FROM sink")
-        assert 0 < at_kill < TOTAL, "the kill must land in the middle of the run"
-
-        second = spawn(2)
-        wait_until(lambda: _count(sink_db, "SELECT count(*) FROM sink") == TOTAL, timeout=90,
-                   what="all messages in the sink after restart")
-        wait_until(lambda: broker.queue_depth(queue) == 0, timeout=30, what="queue drained")
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0
-
-        s = sqlite3.connect(sink_db)
-        ids = {r[0] for r in s.execute("SELECT id FROM sink")}
-        runs = s.execute("SELECT count(*), count(DISTINCT id) FROM side_effects").fetchone()
-        s.close()
+        with workers(__file__, cfg, tmp_path) as spawn:
+            envs = [Envelope.create("party.v1", {"n": i}, source="kill-test") for i in range(TOTAL)]
+            for i in range(0, TOTAL, 500):
+                broker.publish_many(envs[i:i + 500])
+            broker.publish_many(envs[:RESENT])  # upstream re-sent these: same ids
+            ids, runs = kill_mid_run_then_restart(spawn, sink_db, broker, queue, TOTAL, kill_at=3000)
         assert ids == {e.id for e in envs}  # none lost, none extra
         # 11,000 deliveries, yet the handler ran about once per id: only a message whose handler
         # had finished while its group-committed dedup mark was not yet committed at the kill
@@ -137,12 +64,8 @@ def test_kill_9_worker_mid_run_every_message_reaches_sink_exactly_once(broker_ur
         assert runs[1] == TOTAL
         assert TOTAL <= runs[0] <= TOTAL + CONCURRENCY * (ACK_BATCH + 1) < TOTAL + RESENT
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
         broker.close()
-        if rabbit:
+        if broker_kw:
             cl = create_broker(broker_url, exchange=unique, **broker_kw)
             for q in (queue, f"{unique}.unrouted"):
                 cl.delete_queue(q)
