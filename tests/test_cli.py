@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from waiting import wait_for
 
 from esbhub.cli import main
 
@@ -63,16 +63,6 @@ def test_invalid_settings_are_a_clear_usage_error(tmp_path):
     assert r.exit_code == 2 and "port" in r.output
 
 
-def _wait(cond, deadline_s: float, what: str):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
@@ -96,7 +86,7 @@ def served(tmp_path, unique):
         procs.append(p)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait(lambda: _healthy(url) or p.poll() is not None, 30, "esbhub serve to answer /healthz")
+            wait_for(lambda: _healthy(url) or p.poll() is not None, 30, "esbhub serve to answer /healthz", interval=0.1)
         finally:
             if p.poll() is not None:
                 raise AssertionError(out.read_text())
@@ -135,7 +125,7 @@ def test_serve_starts_prints_url_answers_and_stops_cleanly_on_sigterm(served, tm
     # `esbhub send` finds the admin key in the data dir
     sent = run("send", "payment.v1", "-", "--url", url, data_dir=tmp_path / "var", input=json.dumps(PAYMENT))
     assert sent.exit_code == 0 and json.loads(sent.output)["id"]
-    _wait(lambda: "worker_started" in out.read_text(), 30, "the worker process to start")
+    wait_for(lambda: "worker_started" in out.read_text(), 30, "the worker process to start", interval=0.1)
     assert _stop(p) == 0
     text = out.read_text()
     assert "worker_stopped" in text and "esbhub stopped" in text  # workers stopped before serve exits

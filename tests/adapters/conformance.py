@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from waiting import wait_for
 
 from esbhub.adapters.base import Health, parse_config, secret_fields
 from esbhub.adapters.docs import render
@@ -34,7 +35,7 @@ from esbhub.adapters.registry import available_adapters
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import ConfigError, TransientError
 
-from .peers import FlakyHttpServer, TcpProxy, free_port, wait_for
+from .peers import FlakyHttpServer, TcpProxy, free_port
 
 HARNESSES: dict[str, type[Harness]] = {}
 

@@ -12,7 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .peers import free_port, wait_for
+from waiting import wait_for
+
+from .peers import free_port
 
 
 def _port_open(port: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from waiting import wait_for
 
 from esbhub.adapters.base import broker_emitter
 from esbhub.adapters.docs import render
@@ -11,8 +12,6 @@ from esbhub.adapters.registry import get_adapter
 from esbhub.adapters.sql import SqlSource, SqlSourceConfig
 from esbhub.bus.broker import create_broker
 from esbhub.errors import BrokerUnavailable
-
-from .peers import wait_for
 
 
 def test_sql_outbox_rows_land_on_the_bus_and_are_marked_done_only_after(tmp_path, broker_url, unique):

@@ -8,12 +8,13 @@ import threading
 import kombu
 import orjson
 import pytest
+from waiting import wait_for
 
 from esbhub.adapters.amqp import AmqpSink, AmqpSinkConfig, AmqpSource, AmqpSourceConfig
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import PermanentError, TransientError
 
-from .peers import free_port, wait_for
+from .peers import free_port
 
 pytestmark = pytest.mark.rabbitmq
 

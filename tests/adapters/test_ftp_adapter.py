@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from esbhub.adapters.base import parse_config
 from esbhub.adapters.ftp import FtpSink, FtpSinkConfig, FtpSource, FtpSourceConfig
@@ -13,7 +14,7 @@ from esbhub.adapters.store import StateStore
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import TransientError
 
-from .peers import free_port, wait_for
+from .peers import free_port
 from .peers_daemons import Vsftpd
 
 BANK_FORMAT = {

@@ -8,12 +8,13 @@ import threading
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from waiting import wait_for
 
 from esbhub.adapters.mqtt import MqttSink, MqttSinkConfig, MqttSource, MqttSourceConfig
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import TransientError
 
-from .peers import free_port, wait_for
+from .peers import free_port
 
 
 @pytest.fixture(scope="module", autouse=True)

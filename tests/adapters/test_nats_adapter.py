@@ -8,12 +8,13 @@ import threading
 
 import orjson
 import pytest
+from waiting import wait_for
 
 from esbhub.adapters.nats import NatsSink, NatsSinkConfig, NatsSource, NatsSourceConfig
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import TransientError
 
-from .peers import TcpProxy, free_port, wait_for
+from .peers import TcpProxy, free_port
 
 
 @pytest.fixture(scope="module", autouse=True)

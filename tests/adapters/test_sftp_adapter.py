@@ -105,7 +105,9 @@ def test_config_needs_a_key_or_a_password_by_reference():
 def test_connection_cut_mid_transfer_is_retried_and_the_file_is_not_lost(sshd, tmp_path):
     import threading
 
-    from .peers import TcpProxy, wait_for
+    from waiting import wait_for
+
+    from .peers import TcpProxy
 
     inbox = tmp_path / "in"
     inbox.mkdir()

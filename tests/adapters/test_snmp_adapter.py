@@ -8,12 +8,13 @@ import subprocess
 import threading
 
 import pytest
+from waiting import wait_for
 
 from esbhub.adapters.base import parse_config
 from esbhub.adapters.snmp import SnmpPoller, SnmpSource, SnmpSourceConfig, SnmpTrapReceiver
 from esbhub.errors import PermanentError, TransientError
 
-from .peers import free_port, wait_for
+from .peers import free_port
 from .peers_daemons import Snmpd
 
 CIRCUIT = "1.3.6.1.4.1.9999.1.2"

@@ -352,7 +352,9 @@ def test_oracle_blackholed_server_gives_up_after_the_configured_timeout(monkeypa
 @pytest.mark.mariadb
 def test_mariadb_slow_network_times_out_as_transient_then_cut_connection_recovers(mysql_url, unique):
     """PyMySQL's read timeout bounds a slow peer; a cut connection is replaced on the next send."""
-    from .peers import TcpProxy, wait_for
+    from waiting import wait_for
+
+    from .peers import TcpProxy
 
     eng = sa.create_engine(mysql_url)
     with eng.begin() as c:

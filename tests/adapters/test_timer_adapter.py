@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from waiting import wait_for
 
 from esbhub.adapters.timer import Cron, TimerSource, TimerSourceConfig
 from esbhub.errors import TransientError
-
-from .peers import wait_for
 
 ENV = {"type": "bill.v1", "source": "scheduler"}
 

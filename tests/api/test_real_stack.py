@@ -3,12 +3,12 @@ state, sync request-reply, 503 when RabbitMQ is unreachable, and the DLQ endpoin
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from waiting import wait_for
 
 from esbhub.api.app import create_app
 from esbhub.auth.store import ApiKeyStore
@@ -19,16 +19,6 @@ from esbhub.db import upgrade
 from esbhub.errors import ErrorInfo, PermanentError
 
 from .doubles import PAYMENT
-
-
-def wait_for(cond, deadline_s: float = 10.0, what: str = "condition"):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

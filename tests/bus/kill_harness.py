@@ -72,18 +72,18 @@ def kill_mid_run_then_restart(spawn: Any, sink_db: str, broker: Any, queue: str,
                               ) -> tuple[set[str], tuple[int, int]]:
     """kill -9 the first worker once ``kill_at`` ids are in the sink, start a second one, let it
     finish and stop it cleanly; returns (ids in the sink, (handler runs, distinct ids run))."""
-    from .memory_broker import wait_until
+    from waiting import wait_for
 
     first = spawn(1)
-    wait_until(lambda: count(sink_db, "SELECT count(*) FROM sink") >= kill_at, timeout=60, what="first worker mid-run")
+    wait_for(lambda: count(sink_db, "SELECT count(*) FROM sink") >= kill_at, timeout=60, what="first worker mid-run")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     at_kill = count(sink_db, "SELECT count(*) FROM sink")
     assert 0 < at_kill < total, "the kill must land in the middle of the run"
     second = spawn(2)
-    wait_until(lambda: count(sink_db, "SELECT count(*) FROM sink") == total, timeout=90,
+    wait_for(lambda: count(sink_db, "SELECT count(*) FROM sink") == total, timeout=90,
                what="all messages in the sink after restart")
-    wait_until(lambda: broker.queue_depth(queue) == 0, timeout=30, what="queue drained")
+    wait_for(lambda: broker.queue_depth(queue) == 0, timeout=30, what="queue drained")
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
     s = sqlite3.connect(sink_db)

@@ -180,15 +180,3 @@ class MemoryBroker(Broker):
 
     def health(self) -> dict[str, Any]:
         return {"ok": True, "backend": "memory", "error": None}
-
-
-def wait_until(cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until truthy or fail after ``timeout`` seconds (no fixed sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)

@@ -7,11 +7,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.broker import UNROUTED_QUEUE, Broker, Delivery, create_broker
 from esbhub.bus.envelope import Envelope
-
-from .memory_broker import wait_until
 
 
 def env(i: int = 0, type: str = "party.v1") -> Envelope:
@@ -77,7 +76,7 @@ def test_published_message_is_consumed_and_removed_only_by_ack(broker, unique):
     assert d is not None and d.envelope == e and d.queue == q and not d.redelivered
     assert broker.queue_depth(q) == 1  # leased, not gone
     d.ack()
-    wait_until(lambda: broker.queue_depth(q) == 0, what="removed after ack")
+    wait_for(lambda: broker.queue_depth(q) == 0, what="removed after ack")
     assert broker.get(q, timeout=0.2) is None
 
 
@@ -128,15 +127,15 @@ def test_unacked_message_is_redelivered_after_its_consumer_stops(broker, unique)
     q = queue(broker, f"{unique}.q")
     broker.publish_many([env(i) for i in range(3)])
     c = Consumer(broker, q, ack=False, prefetch=10)
-    wait_until(lambda: len(c.got) == 3, timeout=15, what="3 deliveries")
+    wait_for(lambda: len(c.got) == 3, timeout=15, what="3 deliveries")
     c.got[0].ack()
     c.close()
     again = Consumer(broker, q, ack=True)
-    wait_until(lambda: len(again.got) == 2, timeout=20, what="redeliveries")
+    wait_for(lambda: len(again.got) == 2, timeout=20, what="redeliveries")
     again.close()
     assert {d.envelope.payload["n"] for d in again.got} == {1, 2}
     assert all(d.redelivered for d in again.got)
-    wait_until(lambda: broker.queue_depth(q) == 0, what="drained")
+    wait_for(lambda: broker.queue_depth(q) == 0, what="drained")
 
 
 def test_prefetch_bounds_unacked_deliveries(broker, unique):
@@ -146,13 +145,13 @@ def test_prefetch_bounds_unacked_deliveries(broker, unique):
     max_out = 0
     acked = 0
     while acked < 10:
-        wait_until(lambda a=acked: len(c.got) - a == min(3, 10 - a), timeout=15, what="prefetch window full")
+        wait_for(lambda a=acked: len(c.got) - a == min(3, 10 - a), timeout=15, what="prefetch window full")
         max_out = max(max_out, len(c.got) - acked)
         c.got[acked].ack()  # from another thread than the consumer's
         acked += 1
     c.close()
     assert max_out == 3 and len(c.got) == 10
-    wait_until(lambda: broker.queue_depth(q) == 0, what="drained")
+    wait_for(lambda: broker.queue_depth(q) == 0, what="drained")
 
 
 def test_reply_to_round_trip(broker, unique):
@@ -181,9 +180,9 @@ def test_concurrent_publishers_and_competing_consumers_deliver_each_message_once
     # The first consumer holds its prefetch unacked, so the second must compete for the rest:
     # both take part whatever the scheduling, and prefetch bounds what one consumer holds.
     holder = Consumer(broker, q, prefetch=32, ack=False)
-    wait_until(lambda: len(holder.got) == 32, timeout=60, what="the first consumer filled its prefetch")
+    wait_for(lambda: len(holder.got) == 32, timeout=60, what="the first consumer filled its prefetch")
     other = Consumer(broker, q, prefetch=32)
-    wait_until(lambda: len(other.got) >= 800 - 32, timeout=60, what="the second consumer took the rest")
+    wait_for(lambda: len(other.got) >= 800 - 32, timeout=60, what="the second consumer took the rest")
     assert len(holder.got) == 32
     for d in holder.got:
         d.ack()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.broker import UNROUTED_QUEUE, Delivery, create_broker
 from esbhub.bus.embedded import EmbeddedBroker
@@ -18,14 +19,6 @@ from esbhub.errors import BrokerUnavailable
 
 def env(i: int = 0, type: str = "party.v1") -> Envelope:
     return Envelope.create(type, {"i": i}, source="test")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

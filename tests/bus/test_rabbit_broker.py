@@ -10,24 +10,17 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from amqp.exceptions import PreconditionFailed
+from waiting import wait_for
 
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.rabbit import DELAY_TIERS_MS, RabbitBroker, delay_tier_ms, parse_amqp_url
 from esbhub.errors import BrokerUnavailable, ConfigError
 
 pytestmark = pytest.mark.rabbitmq
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def env(i: int = 0, type: str = "party.v1") -> Envelope:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.rabbit import RabbitBroker
@@ -23,14 +23,6 @@ pytestmark = pytest.mark.rabbitmq
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_rabbitmq_restart_during_publish_run_loses_no_confirmed_message(rabbit_url, unique):

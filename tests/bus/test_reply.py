@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.reply import RequestReply
@@ -12,8 +13,6 @@ from esbhub.bus.worker import ERROR_REPLY_TYPE, Subscription, Worker
 from esbhub.config import RetryPolicy
 from esbhub.errors import PermanentError
 from esbhub.monitoring import metrics
-
-from .memory_broker import wait_until
 
 
 def test_request_gets_reply_timeout_raises_and_late_reply_is_discarded_and_counted(broker, store, settings, unique):
@@ -48,7 +47,7 @@ def test_request_gets_reply_timeout_raises_and_late_reply_is_discarded_and_count
             rr.request(slow, timeout=0.3)
         assert rr.pending == 0
         gate.set()  # the reply now arrives for a request nobody waits for
-        wait_until(lambda: metrics.sample("hub_late_replies_total") == before + 1, timeout=20, what="late reply counted")
+        wait_for(lambda: metrics.sample("hub_late_replies_total") == before + 1, timeout=20, what="late reply counted")
 
         # the reply consumer is still serving
         assert rr.request(Envelope.create("party.v1", {"n": 3}, source="api"), timeout=20).payload == {"balance": 30}

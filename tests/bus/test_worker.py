@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.store import BusStore
@@ -16,7 +17,7 @@ from esbhub.db import upgrade
 from esbhub.errors import CircuitOpen, PermanentError, TransientError
 from esbhub.monitoring import metrics
 
-from .memory_broker import MemoryBroker, wait_until
+from .memory_broker import MemoryBroker
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.05, multiplier=2.0, jitter=0.0)
 
@@ -77,11 +78,11 @@ def test_poison_message_is_retried_with_backoff_then_dead_lettered_and_delivered
         store.flush()
         m = store.get_message(env.id)
         return m and m["routes"].get(unique, {}).get("state") == "retrying" and m
-    m = wait_until(retrying, what="retrying state")
+    m = wait_for(retrying, what="retrying state")
     assert m["routes"][unique]["next_attempt_at"] is not None
     assert m["routes"][unique]["error"]["type"] == "TransientError"
 
-    wait_until(lambda: store.dlq_list(subscription=unique), what="dead letter")
+    wait_for(lambda: store.dlq_list(subscription=unique), what="dead letter")
     assert seen_attempts == [0, 1, 2]
     [dl] = store.dlq_list(subscription=unique)
     assert dl["attempts"] == 3 and dl["error"]["type"] == "TransientError"
@@ -95,10 +96,10 @@ def test_poison_message_is_retried_with_backoff_then_dead_lettered_and_delivered
     assert edited["edits"][0]["by"] == "ops"
 
     assert store.dlq_replay(broker, [dl["id"]], by="ops") == 1
-    wait_until(lambda: delivered, what="replayed delivery")
+    wait_for(lambda: delivered, what="replayed delivery")
     assert delivered == [{"n": 1, "poison": False}]
     store.flush()
-    wait_until(lambda: store.flush() or store.get_message(env.id)["state"] == "delivered", what="delivered state")
+    wait_for(lambda: store.flush() or store.get_message(env.id)["state"] == "delivered", what="delivered state")
     assert store.dlq_get(dl["id"])["status"] == "replayed"
     assert store.dlq_list(subscription=unique) == []
 
@@ -114,7 +115,7 @@ def test_permanent_error_is_dead_lettered_at_once_logged_and_counted(broker, sto
         run_worker(Subscription(unique, ["party.v1"], handler, retry=FAST))
         env = party(2, name="PAYLOAD-MARKER-4711")
         broker.publish(env)
-        wait_until(lambda: store.dlq_list(subscription=unique), what="dead letter")
+        wait_for(lambda: store.dlq_list(subscription=unique), what="dead letter")
     [dl] = store.dlq_list(subscription=unique)
     assert dl["attempts"] == 1 and dl["error"]["kind"] == "permanent"
     after = metrics.sample("hub_messages_dead_lettered_total", {"subscription": unique, "error_type": "PermanentError"})
@@ -135,11 +136,11 @@ def test_redelivered_message_does_not_repeat_side_effect(broker, store, run_work
     run_worker(Subscription(unique, ["party.v1"], handler))
     env = party(3)
     broker.publish(env)
-    wait_until(lambda: side_effects, what="first delivery")
+    wait_for(lambda: side_effects, what="first delivery")
     # the same envelope arrives again (upstream re-sent it, or a redelivery after a crash)
     broker.publish(env)
     broker.publish(env)
-    wait_until(lambda: broker.queue_depth(queue_for(unique)) == 0, what="queue drained")
+    wait_for(lambda: broker.queue_depth(queue_for(unique)) == 0, what="queue drained")
     assert metrics.sample("hub_messages_duplicate_total", {"subscription": unique}) == 2
     assert side_effects == [env.id]
 
@@ -151,7 +152,7 @@ def test_dedup_survives_a_new_store_instance(broker, store, settings, unique):
     w.start()
     env = party(4)
     broker.publish(env)
-    wait_until(lambda: broker.queue_depth(queue_for(unique)) == 0 and calls, what="processed")
+    wait_for(lambda: broker.queue_depth(queue_for(unique)) == 0 and calls, what="processed")
     w.stop(5)
     fresh = BusStore(store.url)
     assert fresh.seen(unique, env.id)
@@ -159,7 +160,7 @@ def test_dedup_survives_a_new_store_instance(broker, store, settings, unique):
     w2.start()
     try:
         broker.publish(env)
-        wait_until(lambda: broker.queue_depth(queue_for(unique)) == 0, what="drained")
+        wait_for(lambda: broker.queue_depth(queue_for(unique)) == 0, what="drained")
         assert calls == [env.id]
     finally:
         w2.stop(5)
@@ -176,7 +177,7 @@ def test_handler_exception_does_not_kill_the_consumer(broker, store, run_worker,
 
     run_worker(Subscription(unique, ["party.v1"], handler, retry=RetryPolicy(max_attempts=1)))
     broker.publish_many([party(i) for i in range(10)])
-    wait_until(lambda: len(ok) == 5 and store.dlq_count(subscription=unique) == 5, what="all handled")
+    wait_for(lambda: len(ok) == 5 and store.dlq_count(subscription=unique) == 5, what="all handled")
     assert sorted(ok) == [0, 2, 4, 6, 8]
 
 
@@ -194,8 +195,8 @@ def test_derived_messages_are_published_before_the_ack_with_stable_ids(broker, s
     run_worker(Subscription(unique, ["party.v1"], handler, retry=FAST))
     env = party(5)
     broker.publish(env)
-    wait_until(lambda: broker.queue_depth(unique + ".out") == 2, what="derived messages")
-    wait_until(lambda: broker.queue_depth(queue_for(unique)) == 0, what="input acked")
+    wait_for(lambda: broker.queue_depth(unique + ".out") == 2, what="derived messages")
+    wait_for(lambda: broker.queue_depth(queue_for(unique)) == 0, what="input acked")
     outs = [broker.get(unique + ".out", 1) for _ in range(2)]
     envs = [d.envelope for d in outs]
     assert all(e.causation_id == env.id and e.correlation_id == env.correlation_id for e in envs)
@@ -223,7 +224,7 @@ def test_replace_lets_in_flight_message_finish_on_old_handler_next_uses_new(brok
     broker.publish(party(2))
     w.replace(Subscription(unique, ["party.v1"], new))
     release.set()
-    wait_until(lambda: len(ran) == 2 and broker.queue_depth(queue_for(unique)) == 0, what="both handled")
+    wait_for(lambda: len(ran) == 2 and broker.queue_depth(queue_for(unique)) == 0, what="both handled")
     assert ran == [("old", 1), ("new", 2)]
 
 
@@ -231,13 +232,13 @@ def test_pause_and_resume_lose_nothing(broker, store, run_worker, unique):
     got: list[int] = []
     w = run_worker(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=5))
     broker.publish_many([party(i) for i in range(10)])
-    wait_until(lambda: len(got) == 10, what="first batch")
+    wait_for(lambda: len(got) == 10, what="first batch")
     w.pause(unique)
     assert w.subscriptions()[unique]["paused"] and w.subscriptions()[unique]["consumers"] == 0
     broker.publish_many([party(i) for i in range(10, 30)])
     assert broker.queue_depth(queue_for(unique)) == 20 and len(got) == 10
     w.resume(unique)
-    wait_until(lambda: len(got) == 30, what="after resume")
+    wait_for(lambda: len(got) == 30, what="after resume")
     assert sorted(got) == list(range(30))
 
 
@@ -252,7 +253,7 @@ def test_circuit_open_requeues_without_using_an_attempt(broker, store, run_worke
     run_worker(Subscription(unique, ["party.v1"], handler, retry=RetryPolicy(max_attempts=1)))
     env = party(6)
     broker.publish(env)
-    wait_until(lambda: len(calls) == 2 and broker.queue_depth(queue_for(unique)) == 0, what="second call")
+    wait_for(lambda: len(calls) == 2 and broker.queue_depth(queue_for(unique)) == 0, what="second call")
     assert calls == [0, 0]
     assert store.dlq_list(subscription=unique) == []
 
@@ -273,7 +274,7 @@ def test_counts_reconcile_after_a_mixed_run(broker, store, run_worker, unique):
     stuck = party(99, kind="ok")  # accepted, routed nowhere yet
     store.record_accepted([stuck])
     broker.publish_many(envs)
-    wait_until(lambda: broker.queue_depth(queue_for(unique)) == 0, what="drained")
+    wait_for(lambda: broker.queue_depth(queue_for(unique)) == 0, what="drained")
     store.flush()
     c = store.counts()
     d = {k: c[k] - base.get(k, 0) for k in c}
@@ -297,7 +298,7 @@ def test_replay_by_filter_and_bulk_with_rate_limit_and_discard(broker, store, ru
     w = run_worker(Subscription(unique, ["party.v1"], handler, retry=FAST))
     envs = [party(i) for i in range(10)]
     broker.publish_many(envs)
-    wait_until(lambda: store.dlq_count(subscription=unique) == 10, what="10 dead letters")
+    wait_for(lambda: store.dlq_count(subscription=unique) == 10, what="10 dead letters")
     w.pause(unique)
     fail["on"] = False
     assert store.dlq_count(subscription=unique, error_type="PermanentError") == 10
@@ -319,7 +320,7 @@ def test_replay_by_filter_and_bulk_with_rate_limit_and_discard(broker, store, ru
     assert n == 6 and elapsed >= 5 / 40
     assert store.dlq_replay(broker, two, by="ops") == 0  # discarded ones never replay
     w.resume(unique)
-    wait_until(lambda: len(done) == 8, what="replayed deliveries")
+    wait_for(lambda: len(done) == 8, what="replayed deliveries")
     assert set(done) == {e.id for e in envs} - {store.dlq_get(i)["message_id"] for i in two}
 
 
@@ -344,7 +345,7 @@ def test_every_ack_follows_its_committed_dedup_mark(broker, store, run_worker, u
     broker._delivery = spy
     run_worker(Subscription(unique, ["party.v1"], lambda e, c: calls.append(e.id), ack_batch=ack_batch))
     broker.publish_many([party(i) for i in range(40)])
-    wait_until(lambda: len(calls) == 40 and broker.queue_depth(queue_for(unique)) == 0, what="all acked")
+    wait_for(lambda: len(calls) == 40 and broker.queue_depth(queue_for(unique)) == 0, what="all acked")
     fresh_store.close()
     assert acked_before_commit == []
 
@@ -353,10 +354,10 @@ def test_replace_with_new_prefetch_restarts_consumers_without_loss_or_repeat(bro
     got: list[int] = []
     w = run_worker(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=4))
     broker.publish_many([party(i) for i in range(50)])
-    wait_until(lambda: len(got) >= 5, what="some handled")
+    wait_for(lambda: len(got) >= 5, what="some handled")
     w.replace(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=16, concurrency=2))
     broker.publish_many([party(i) for i in range(50, 100)])
-    wait_until(lambda: len(got) >= 100 and broker.queue_depth(queue_for(unique)) == 0, what="all handled")
+    wait_for(lambda: len(got) >= 100 and broker.queue_depth(queue_for(unique)) == 0, what="all handled")
     assert sorted(got) == list(range(100))
     assert w.subscriptions()[unique]["consumers"] == 2
 
@@ -376,14 +377,14 @@ def test_a_failing_dedup_lookup_backs_off_and_hands_the_message_back(broker, sto
     run_worker(Subscription(unique, ["party.v1"], lambda e, c: calls.append(e.id)))
     env = party(7)
     broker.publish(env)
-    wait_until(lambda: calls == [env.id] and broker.queue_depth(queue_for(unique)) == 0, what="delivered after backoff")
+    wait_for(lambda: calls == [env.id] and broker.queue_depth(queue_for(unique)) == 0, what="delivered after backoff")
 
 
 def test_removed_subscription_acks_what_it_handled_and_leaves_the_rest_queued(broker, store, run_worker, unique):
     got: list[int] = []
     w = run_worker(Subscription(unique, ["party.v1"], lambda e, c: got.append(e.payload["n"]), prefetch=8))
     broker.publish_many([party(i) for i in range(5)])
-    wait_until(lambda: len(got) == 5, what="handled")
+    wait_for(lambda: len(got) == 5, what="handled")
     w.remove(unique)
     assert unique not in w.subscriptions()
     assert broker.queue_depth(queue_for(unique)) == 0  # handled ones acked, not handed back
@@ -404,7 +405,7 @@ def test_a_message_waiting_for_its_retry_does_not_block_the_consumer(broker, sto
     poison = party(0)
     broker.publish(poison)
     broker.publish_many([party(i) for i in range(1, 6)])
-    wait_until(lambda: len(ran) == 6, what="the others handled")
+    wait_for(lambda: len(ran) == 6, what="the others handled")
     assert ran[0] == (0, 0) and sorted(ran[1:]) == [(i, 0) for i in range(1, 6)]
     store.flush()
     r = store.get_message(poison.id)["routes"][unique]

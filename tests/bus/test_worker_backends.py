@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from waiting import wait_for
+
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.worker import Subscription, Worker, queue_for
 from esbhub.config import RetryPolicy
 from esbhub.errors import PermanentError, TransientError
-
-from .memory_broker import wait_until
 
 
 def test_poison_message_retried_n_times_dead_lettered_then_delivered_after_edit_and_replay(broker, store, settings, unique):
@@ -27,14 +27,14 @@ def test_poison_message_retried_n_times_dead_lettered_then_delivered_after_edit_
         e = Envelope.create("payment.v1", {"amount": -5}, source="bank")
         store.record_accepted([e])
         broker.publish(e)
-        [dl] = wait_until(lambda: store.dlq_list(subscription=unique), timeout=30, what="dead letter")
+        [dl] = wait_for(lambda: store.dlq_list(subscription=unique), timeout=30, what="dead letter")
         assert attempts == [0, 1, 2] and dl["attempts"] == 3
         assert dl["error"]["message"] == "bank gateway refused a negative amount"
         assert store.get_message(e.id)["state"] == "dead_lettered"
         store.dlq_edit(dl["id"], {"amount": 5}, editor="ops")
         assert store.dlq_replay(broker, [dl["id"]], by="ops") == 1
-        wait_until(lambda: delivered == [{"amount": 5}], timeout=30, what="delivered after replay")
-        wait_until(lambda: store.flush() or store.get_message(e.id)["state"] == "delivered", what="state delivered")
+        wait_for(lambda: delivered == [{"amount": 5}], timeout=30, what="delivered after replay")
+        wait_for(lambda: store.flush() or store.get_message(e.id)["state"] == "delivered", what="state delivered")
         c = store.counts()
         assert c["accepted"] == 1 and c["delivered"] == 1
     finally:
@@ -49,7 +49,7 @@ def test_redelivery_of_a_processed_message_repeats_no_side_effect(broker, store,
         e = Envelope.create("party.v1", {"n": 1}, source="crm")
         for _ in range(3):
             broker.publish(e)
-        wait_until(lambda: calls and broker.queue_depth(queue_for(unique)) == 0, timeout=30, what="drained")
+        wait_for(lambda: calls and broker.queue_depth(queue_for(unique)) == 0, timeout=30, what="drained")
         assert calls == [e.id]
     finally:
         w.stop(10)
@@ -83,7 +83,7 @@ def test_counts_reconcile_after_a_mixed_run_with_retries(broker, store, settings
             assert c["accepted"] == c["delivered"] + c["retrying"] + c["dead_lettered"] + c["in_flight"] + c["filtered"]
             return c["in_flight"] == 0 and c["retrying"] == 0 and c
 
-        c = wait_until(settled, timeout=30, what="all settled")
+        c = wait_for(settled, timeout=30, what="all settled")
         assert (c["accepted"], c["delivered"], c["dead_lettered"], c["filtered"]) == (30, 25, 3, 2)
         assert all(store.get_message(e.id)["routes"][unique]["attempt"] == 2 for e in envs if e.payload["kind"] == "flaky")
     finally:

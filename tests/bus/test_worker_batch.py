@@ -15,7 +15,7 @@ from esbhub.config import RetryPolicy
 from esbhub.errors import InvalidMessage, PermanentError, TransientError
 
 if __package__:  # not when this file runs as the kill test's worker process
-    from .memory_broker import wait_until
+    from waiting import wait_for
 
 BATCH_MAX = 16
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.05, multiplier=2.0, jitter=0.0)
@@ -49,7 +49,7 @@ def _first_call_waits_for_backlog(worker: Worker, name: str, total: int):
             first[0] = False
             rt = worker._subs[name]
             want = min(BATCH_MAX, total - len(items))
-            wait_until(lambda: sum(len(f) for f in rt.feeds) >= want, timeout=30, what="backlog queued")
+            wait_for(lambda: sum(len(f) for f in rt.feeds) >= want, timeout=30, what="backlog queued")
 
     return hold
 
@@ -77,8 +77,8 @@ def test_backlog_is_taken_in_batches_up_to_batch_max_and_each_message_is_deliver
     broker.publish_many(envs[:5])  # re-sent upstream: same ids, skipped by dedup
     w.start()
     try:
-        c = wait_until(lambda: _settled(store) if len(seen) >= 100 else False, timeout=30, what="all delivered")
-        wait_until(lambda: broker.queue_depth(queue_for(unique)) == 0, timeout=30, what="duplicates acked")
+        c = wait_for(lambda: _settled(store) if len(seen) >= 100 else False, timeout=30, what="all delivered")
+        wait_for(lambda: broker.queue_depth(queue_for(unique)) == 0, timeout=30, what="duplicates acked")
         assert sorted(seen) == sorted(e.id for e in envs)  # each once, duplicates never reached the handler
         assert max(sizes) == BATCH_MAX and sizes[1] == BATCH_MAX
         assert (c["accepted"], c["delivered"], c["dead_lettered"]) == (100, 100, 0)
@@ -112,7 +112,7 @@ def test_poison_message_in_a_failing_batch_is_dead_lettered_alone_and_its_neighb
     _backlog(broker, store, unique, envs)
     w.start()
     try:
-        c = wait_until(lambda: _settled(store) if store.dlq_count(subscription=unique) else False, timeout=30,
+        c = wait_for(lambda: _settled(store) if store.dlq_count(subscription=unique) else False, timeout=30,
                        what="settled with one dead letter")
         [dl] = store.dlq_list(subscription=unique)
         assert dl["message_id"] == envs[17].id and dl["error"]["message"] == "account 17 does not exist"
@@ -152,7 +152,7 @@ def test_ctx_fail_retries_or_dead_letters_one_message_and_publishes_only_its_nei
     _backlog(broker, store, unique, envs)
     w.start()
     try:
-        c = wait_until(lambda: _settled(store) if store.dlq_count(subscription=unique) else False, timeout=30,
+        c = wait_for(lambda: _settled(store) if store.dlq_count(subscription=unique) else False, timeout=30,
                        what="settled")
         assert (c["accepted"], c["delivered"], c["dead_lettered"]) == (18, 17, 1)
         [dl] = store.dlq_list(subscription=unique)
@@ -237,7 +237,7 @@ def test_stop_in_the_middle_of_a_batch_finishes_it_and_hands_the_rest_back_then_
     assert entered.wait(30)
     stopper = threading.Thread(target=w.stop, args=(30,))
     stopper.start()
-    wait_until(lambda: w._subs[unique].stop.is_set(), what="stop begun")
+    wait_for(lambda: w._subs[unique].stop.is_set(), what="stop begun")
     release.set()
     stopper.join(30)
     assert not stopper.is_alive()
@@ -248,7 +248,7 @@ def test_stop_in_the_middle_of_a_batch_finishes_it_and_hands_the_rest_back_then_
     w2 = Worker(broker, store, [sub], settings)
     w2.start()
     try:
-        c = wait_until(lambda: _settled(store) if len(handled) >= 80 else False, timeout=30, what="rest delivered")
+        c = wait_for(lambda: _settled(store) if len(handled) >= 80 else False, timeout=30, what="rest delivered")
     finally:
         w2.stop(10)
     assert sorted(handled) == sorted(e.id for e in envs)  # nothing lost, the finished batch not run again
@@ -269,13 +269,13 @@ def test_replace_swaps_the_batch_handler_and_pause_resume_keeps_every_message(br
     w.start()
     try:
         broker.publish_many(_envs(10))
-        wait_until(lambda: len(got["old"]) == 10, timeout=30, what="old handler ran")
+        wait_for(lambda: len(got["old"]) == 10, timeout=30, what="old handler ran")
         w.replace(Subscription(unique, ["party.v1"], lambda e, c: None, batch_handler=handler_for("new"),
                                batch_max=BATCH_MAX))
         w.pause(unique)
         broker.publish_many([Envelope.create("party.v1", {"n": 100 + i}, source="batch-test") for i in range(10)])
         w.resume(unique)
-        wait_until(lambda: len(got["new"]) == 10, timeout=30, what="new handler ran")
+        wait_for(lambda: len(got["new"]) == 10, timeout=30, what="new handler ran")
         assert sorted(got["new"]) == list(range(100, 110)) and len(got["old"]) == 10
     finally:
         w.stop(10)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.broker import create_broker
 from esbhub.bus.envelope import Envelope
@@ -20,7 +21,6 @@ from esbhub.mdm import realtime
 from esbhub.mdm.service import MdmService, service_for
 from esbhub.mdm.synth import generate
 from esbhub.schemas.party import Party
-from mdm.test_service_bus import wait_for
 
 HOLD_FOR = 40  # the first batch waits until it and the records queued behind it are this many
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from waiting import wait_for
 
 from esbhub.bus.broker import create_broker
 from esbhub.bus.envelope import Envelope
@@ -14,14 +13,6 @@ from esbhub.db import upgrade
 from esbhub.mdm import realtime
 from esbhub.mdm import service as mdm_service
 from mdm.fakes import party, uscc
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_party_messages_become_golden_records_and_ordered_events_once_each(settings, unique):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from esbhub.bus.broker import create_broker
 from esbhub.bus.envelope import Envelope
@@ -21,17 +22,6 @@ from esbhub.db import upgrade
 from esbhub.routes.adapters import memory_sink
 from esbhub.routes.runtime import RouteRuntime, apply_text
 from esbhub.routes.store import RouteStore
-
-
-def wait_until(cond: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -112,7 +102,7 @@ def test_route_runs_on_the_worker_and_outputs_carry_the_version(hub: Hub):
     assert hub.apply(route_yaml("r1", sink)).ok
     hub.start()
     hub.publish([msg(i) for i in range(20)])
-    got = wait_until(lambda: len(memory_sink(sink)) == 20 and memory_sink(sink), what="20 messages")
+    got = wait_for(lambda: len(memory_sink(sink)) == 20 and memory_sink(sink), what="20 messages")
     assert {e.headers["esbhub-route"] for e in got} == {"r1@v1"}
     assert sorted(e.payload["i"] for e in got) == list(range(20))
 
@@ -140,19 +130,19 @@ def test_reload_under_load_loses_nothing_duplicates_nothing_one_version_per_mess
     refused = None
     try:
         for rev in range(2, 22):  # 20 changes
-            wait_until(lambda rev=rev: len(memory_sink(sink)) >= (rev - 1) * total // 24, timeout=30, what="traffic to flow")
+            wait_for(lambda rev=rev: len(memory_sink(sink)) >= (rev - 1) * total // 24, timeout=30, what="traffic to flow")
             assert hub.apply(route_yaml(name, sink, rev=rev)).ok
-            wait_until(lambda rev=rev: rt.current[name].version == rev, what=f"swap to v{rev}")
+            wait_for(lambda rev=rev: rt.current[name].version == rev, what=f"swap to v{rev}")
             if rev == 10:
                 before = len(memory_sink(sink))
                 refused = hub.apply(route_yaml(name, sink, rev=99).replace("type: map", "type: mapp"))
                 assert not refused.ok and refused.errors[0].hint == "did you mean 'map'?"
-                wait_until(lambda before=before: len(memory_sink(sink)) > before + 50, what="traffic after refused reload")
+                wait_for(lambda before=before: len(memory_sink(sink)) > before + 50, what="traffic after refused reload")
                 assert rt.current[name].version == 10
     finally:
         producer.join(60)
         stop.set()
-    got = wait_until(lambda: len(memory_sink(sink)) >= total and memory_sink(sink), timeout=60, what="all messages")
+    got = wait_for(lambda: len(memory_sink(sink)) >= total and memory_sink(sink), timeout=60, what="all messages")
     ids = [e.payload["i"] for e in got]
     assert len(ids) == total and sorted(ids) == list(range(total))  # nothing lost, nothing duplicated
     versions = [int(e.headers["esbhub-route"].rsplit("@v", 1)[1]) for e in got]
@@ -168,9 +158,9 @@ def test_every_worker_polls_the_store_and_swaps_to_a_new_version(hub: Hub):
     assert hub.apply(route_yaml("multi", sink, rev=1)).ok
     a, b = hub.start(), hub.start()  # two workers sharing the route's queue (competing consumers)
     assert hub.apply(route_yaml("multi", sink, rev=2)).ok
-    wait_until(lambda: a.current["multi"].version == b.current["multi"].version == 2, what="both workers swapped")
+    wait_for(lambda: a.current["multi"].version == b.current["multi"].version == 2, what="both workers swapped")
     hub.publish([msg(i) for i in range(40)])
-    got = wait_until(lambda: len(memory_sink(sink)) == 40 and memory_sink(sink), what="40 messages")
+    got = wait_for(lambda: len(memory_sink(sink)) == 40 and memory_sink(sink), what="40 messages")
     assert {e.headers["rev"] for e in got} == {"2"} and sorted(e.payload["i"] for e in got) == list(range(40))
 
 
@@ -180,8 +170,8 @@ def test_choice_without_match_is_dead_lettered_with_its_reason(hub: Hub):
     assert hub.apply(route_yaml("dl", sink, extra_steps=steps)).ok
     hub.start()
     hub.publish([msg(1), msg(500)])
-    wait_until(lambda: len(memory_sink(sink)) == 1, what="matching message")
-    rows = wait_until(lambda: hub.bus_store.dlq_list(subscription="dl"), what="dead letter")
+    wait_for(lambda: len(memory_sink(sink)) == 1, what="matching message")
+    rows = wait_for(lambda: hub.bus_store.dlq_list(subscription="dl"), what="dead letter")
     assert rows[0]["error"]["type"] == "NoRouteMatched" and "matched no branch" in rows[0]["error"]["message"]
 
 
@@ -190,12 +180,12 @@ def test_pause_holds_messages_in_the_queue_and_resume_delivers_them(hub: Hub):
     assert hub.apply(route_yaml("pz", sink)).ok
     rt = hub.start()
     hub.routes.set_paused("pz", True, by="test")
-    wait_until(lambda: "pz" in rt.paused, what="pause noticed")
+    wait_for(lambda: "pz" in rt.paused, what="pause noticed")
     hub.publish([msg(i) for i in range(10)])
-    wait_until(lambda: hub.broker.queue_depth("route.pz") == 10, what="messages waiting")
+    wait_for(lambda: hub.broker.queue_depth("route.pz") == 10, what="messages waiting")
     assert memory_sink(sink) == []
     hub.routes.set_paused("pz", False, by="test")
-    wait_until(lambda: len(memory_sink(sink)) == 10, what="delivery after resume")
+    wait_for(lambda: len(memory_sink(sink)) == 10, what="delivery after resume")
 
 
 def test_aggregate_completes_by_timeout_after_a_worker_restart(hub: Hub):
@@ -206,15 +196,15 @@ def test_aggregate_completes_by_timeout_after_a_worker_restart(hub: Hub):
     for rt in hub.runtimes:
         rt.sweep_interval = 3600  # the first worker never sweeps: it "dies" first
     hub.publish([msg(1, k="A"), msg(2, k="A")])
-    wait_until(lambda: len(hub.runtimes[0].aggregates.open_groups("agg", 1)) == 1
+    wait_for(lambda: len(hub.runtimes[0].aggregates.open_groups("agg", 1)) == 1
                and len(hub.runtimes[0].aggregates.open_groups("agg", 1)[0].members) == 2, what="members stored")
-    wait_until(lambda: hub.bus_store.counts().get("in_flight", 0) == 0, what="inputs acked")
+    wait_for(lambda: hub.bus_store.counts().get("in_flight", 0) == 0, what="inputs acked")
     hub.stop()  # worker restart: nothing in memory survives
     assert memory_sink(sink) == []
     hub.start()
-    got = wait_until(lambda: memory_sink(sink), what="aggregate emitted after restart")
+    got = wait_for(lambda: memory_sink(sink), what="aggregate emitted after restart")
     assert len(got) == 1 and [x["i"] for x in got[0].payload["items"]] == [1, 2] and got[0].payload["key"] == "A"
-    wait_until(lambda: hub.runtimes[0].aggregates.open_groups("agg", 1) == [], what="group marked completed")  # publish, then mark
+    wait_for(lambda: hub.runtimes[0].aggregates.open_groups("agg", 1) == [], what="group marked completed")  # publish, then mark
 
 
 def test_ordering_key_keeps_each_keys_messages_in_order(hub: Hub):
@@ -223,7 +213,7 @@ def test_ordering_key_keeps_each_keys_messages_in_order(hub: Hub):
     hub.start()
     envs = [msg(i, k=f"K{i % 5}") for i in range(100)]
     hub.publish(envs)
-    got = wait_until(lambda: len(memory_sink(sink)) == 100 and memory_sink(sink), what="all ordered messages")
+    got = wait_for(lambda: len(memory_sink(sink)) == 100 and memory_sink(sink), what="all ordered messages")
     for k in range(5):
         seq = [e.payload["i"] for e in got if e.payload["k"] == f"K{k}"]
         assert seq == sorted(seq) and len(seq) == 20
@@ -234,8 +224,8 @@ def test_idempotency_key_drops_a_second_message_with_the_same_business_key(hub: 
     assert hub.apply(route_yaml("idem", sink, extra="idempotency_key: payload.order\n")).ok
     hub.start()
     hub.publish([msg(1, order="O1"), msg(2, order="O1"), msg(3, order="O2")])
-    wait_until(lambda: hub.bus_store.counts().get("in_flight", 1) == 0 and len(memory_sink(sink)) >= 2, what="processed")
-    wait_until(lambda: sum(1 for _ in hub.bus_store.dlq_list()) == 0 and hub.broker.queue_depth("route.idem") == 0, what="drained")
+    wait_for(lambda: hub.bus_store.counts().get("in_flight", 1) == 0 and len(memory_sink(sink)) >= 2, what="processed")
+    wait_for(lambda: sum(1 for _ in hub.bus_store.dlq_list()) == 0 and hub.broker.queue_depth("route.idem") == 0, what="drained")
     assert sorted(e.payload["order"] for e in memory_sink(sink)) == ["O1", "O2"]
 
 
@@ -253,14 +243,14 @@ def test_file_watcher_applies_a_valid_change_and_refuses_an_invalid_one(hub: Hub
     w.start()
     hub.runtimes.append(rt)
     hub.workers.append(w)
-    wait_until(lambda: any(t.name == "routes-watch" and t.is_alive() for t in threading.enumerate()), what="watcher")
+    wait_for(lambda: any(t.name == "routes-watch" and t.is_alive() for t in threading.enumerate()), what="watcher")
     f.write_text(route_yaml("w", sink, rev=2))
-    wait_until(lambda: rt.current["w"].version == 2, what="file change applied")
+    wait_for(lambda: rt.current["w"].version == 2, what="file change applied")
     f.write_text(route_yaml("w", sink, rev=3).replace("values:", "valuez:"))
-    errs = wait_until(lambda: rt.refused, what="invalid change refused")
+    errs = wait_for(lambda: rt.refused, what="invalid change refused")
     assert errs[0].loc == "steps[0].valuez" and errs[0].line == 5 and errs[0].hint == "did you mean 'values'?"
     hub.publish([msg(1)])
-    got = wait_until(lambda: memory_sink(sink), what="message on v2")
+    got = wait_for(lambda: memory_sink(sink), what="message on v2")
     assert got[0].headers["rev"] == "2" and [v["version"] for v in hub.routes.versions("w")] == [1, 2]
 
 
@@ -272,7 +262,7 @@ def test_call_step_is_request_reply_to_another_route_over_the_bus(hub: Hub):
     assert hub.apply(callee).ok and hub.apply(caller).ok
     hub.start()
     hub.publish([msg(1, qty=3)])
-    got = wait_until(lambda: memory_sink(sink), what="caller output")
+    got = wait_for(lambda: memory_sink(sink), what="caller output")
     assert got[0].payload == {"i": 1, "qty": 3, "quote": {"price": 3}}
 
 
@@ -299,7 +289,7 @@ def test_route_from_a_source_adapter_endpoint(hub: Hub):
     assert not r.ok and any(e.loc == "from.config.cnt" and e.hint == "did you mean 'count'?" and e.line == 2 for e in r.errors)
     assert hub.apply(route_yaml("fromsrc", sink).replace("from: {topic: party.v1}", "from: {adapter: count, config: {count: 5}}")).ok
     hub.start()
-    got = wait_until(lambda: len(memory_sink(sink)) == 5 and memory_sink(sink), what="messages from the source")
+    got = wait_for(lambda: len(memory_sink(sink)) == 5 and memory_sink(sink), what="messages from the source")
     assert sorted(e.payload["i"] for e in got) == list(range(5)) and {e.source for e in got} == {"count"}
 
 
@@ -312,8 +302,8 @@ def test_empty_split_emits_nothing_is_counted_and_the_message_is_filtered(hub: H
     before = REGISTRY.get_sample_value("hub_route_split_empty_total", {"route": "sp"}) or 0
     empty, full = msg(1, items=[]), msg(2, items=[{"a": 1}, {"a": 2}])
     hub.publish([empty, full])
-    wait_until(lambda: len(memory_sink(sink)) == 2, what="two parts of the full message")
-    wait_until(lambda: (hub.bus_store.get_message(empty.id) or {}).get("routes", {}).get("sp", {}).get("state") == "filtered",
+    wait_for(lambda: len(memory_sink(sink)) == 2, what="two parts of the full message")
+    wait_for(lambda: (hub.bus_store.get_message(empty.id) or {}).get("routes", {}).get("sp", {}).get("state") == "filtered",
                what="empty split recorded as filtered")
     assert REGISTRY.get_sample_value("hub_route_split_empty_total", {"route": "sp"}) == before + 1
     assert [e.headers["split-index"] for e in memory_sink(sink)] == ["0", "1"]
@@ -338,10 +328,10 @@ def test_in_flight_message_finishes_on_the_old_version_the_next_runs_on_the_new(
     hub.publish([msg(0)])
     assert entered.wait(20)  # message 0 is inside version 1
     assert hub.apply(route_yaml("swap", sink, rev=2, extra_steps=steps)).ok
-    wait_until(lambda: rt.current["swap"].version == 2, what="swap while a message is in flight")
+    wait_for(lambda: rt.current["swap"].version == 2, what="swap while a message is in flight")
     hub.publish([msg(1)])
     release.set()
-    got = wait_until(lambda: len(memory_sink(sink)) == 2 and memory_sink(sink), what="both messages")
+    got = wait_for(lambda: len(memory_sink(sink)) == 2 and memory_sink(sink), what="both messages")
     assert [(e.payload["i"], e.headers["rev"], e.headers["esbhub-route"]) for e in got] == [(0, "1", "swap@v1"), (1, "2", "swap@v2")]
 
 
@@ -350,22 +340,22 @@ def test_delete_drains_what_was_accepted_then_stops_and_removes_the_queue(hub: H
     assert hub.apply(route_yaml("gone", sink)).ok
     hub.routes.set_paused("gone", True, by="t")  # messages pile up in the queue
     rt = hub.start()
-    wait_until(lambda: hub.workers[0].subscriptions().get("gone", {}).get("paused"), what="paused")
+    wait_for(lambda: hub.workers[0].subscriptions().get("gone", {}).get("paused"), what="paused")
     hub.publish([msg(i) for i in range(30)])
-    wait_until(lambda: hub.broker.queue_depth("route.gone") == 30, what="queued")
+    wait_for(lambda: hub.broker.queue_depth("route.gone") == 30, what="queued")
     v = hub.routes.delete("gone", by="ops", comment="retired")
     assert v["action"] == "delete" and v["author"] == "ops"
     # the deleted (and paused) route is drained: everything accepted before the deletion is processed
-    wait_until(lambda: "gone" not in rt.current and "gone" not in hub.workers[0].subscriptions(), what="drained and stopped")
+    wait_for(lambda: "gone" not in rt.current and "gone" not in hub.workers[0].subscriptions(), what="drained and stopped")
     assert sorted(e.payload["i"] for e in memory_sink(sink)) == list(range(30))
     hub.publish([msg(99)])  # its queue (and binding) is gone: this one is not the route's any more
     assert hub.broker.queue_depth("route.gone") == 0
     assert [x["action"] for x in hub.routes.versions("gone")] == ["apply", "delete"]
     # brought back by a rollback: a new version, consumed again
     hub.routes.rollback("gone", author="ops")
-    wait_until(lambda: "gone" in hub.workers[0].subscriptions(), what="route back after rollback")
+    wait_for(lambda: "gone" in hub.workers[0].subscriptions(), what="route back after rollback")
     hub.publish([msg(100)])
-    wait_until(lambda: len(memory_sink(sink)) == 31, what="message on the restored route")
+    wait_for(lambda: len(memory_sink(sink)) == 31, what="message on the restored route")
     assert memory_sink(sink)[-1].payload["i"] == 100 and memory_sink(sink)[-1].headers["esbhub-route"] == "gone@v3"
 
 
@@ -375,16 +365,16 @@ def test_delete_of_an_ordered_route_drains_its_partitions_and_releases_their_lea
     hub.routes.set_paused("ordd", True, by="t")
     rt = hub.start()
     hub.publish([msg(i, k=f"K{i % 3}") for i in range(30)])
-    wait_until(lambda: hub.broker.queue_depth("route.ordd") == 30, what="queued while paused")
+    wait_for(lambda: hub.broker.queue_depth("route.ordd") == 30, what="queued while paused")
     hub.routes.delete("ordd", by="ops")
-    wait_until(lambda: "ordd" not in rt.current and not any(n.startswith("ordd") for n in hub.workers[0].subscriptions()),
+    wait_for(lambda: "ordd" not in rt.current and not any(n.startswith("ordd") for n in hub.workers[0].subscriptions()),
                what="drained and stopped")
     got = memory_sink(sink)
     assert sorted(e.payload["i"] for e in got) == list(range(30))
     for k in range(3):
         seq = [e.payload["i"] for e in got if e.payload["k"] == f"K{k}"]
         assert seq == sorted(seq)
-    wait_until(lambda: hub.routes.slot_holders("ordd") == {}, what="leases released")
+    wait_for(lambda: hub.routes.slot_holders("ordd") == {}, what="leases released")
 
 
 def _backlog(hub: Hub, name: str, envs: list[Envelope]) -> None:
@@ -416,8 +406,8 @@ def test_batched_route_delivers_each_message_once_and_dead_letters_a_bad_one_alo
     envs = [msg(i, **({"bad": True} if i in bad else {})) for i in range(150)]
     _backlog(hub, "bt", envs)
     hub.start()
-    wait_until(lambda: hub.bus_store.dlq_count(subscription="bt") == len(bad), what="the bad messages dead-lettered")
-    got = wait_until(lambda: len(memory_sink(sink)) >= 150 - len(bad) and memory_sink(sink), what="the good ones")
+    wait_for(lambda: hub.bus_store.dlq_count(subscription="bt") == len(bad), what="the bad messages dead-lettered")
+    got = wait_for(lambda: len(memory_sink(sink)) >= 150 - len(bad) and memory_sink(sink), what="the good ones")
     assert sorted(e.payload["i"] for e in got) == sorted(set(range(150)) - bad)  # each exactly once
     assert len({e.id for e in got}) == len(got)
     rows = hub.bus_store.dlq_list(subscription="bt")
@@ -425,7 +415,7 @@ def test_batched_route_delivers_each_message_once_and_dead_letters_a_bad_one_alo
     assert [(r["error"]["type"], r["attempts"]) for r in rows] == [("NoRouteMatched", 1)] * len(bad)  # permanent: no retry
     assert max(sizes) > 1 and max(sizes) <= 16  # the backlog really ran in micro-batches
     hub.bus_store.flush()
-    c = wait_until(lambda: (c := hub.bus_store.counts())["delivered"] == 150 - len(bad) and c, what="states recorded")
+    c = wait_for(lambda: (c := hub.bus_store.counts())["delivered"] == 150 - len(bad) and c, what="states recorded")
     assert c["dead_lettered"] == len(bad) and c["in_flight"] == 0 and c["accepted"] == c["delivered"] + c["dead_lettered"]
 
 
@@ -449,10 +439,10 @@ on_error: {{dead_letter: none}}
     assert hub.apply(text).ok
     _backlog(hub, "amo", [msg(i, **({"bad": True} if i == 5 else {})) for i in range(40)])
     hub.start()
-    got = wait_until(lambda: len(memory_sink(sink)) >= 39 and memory_sink(sink), what="the others delivered")
+    got = wait_for(lambda: len(memory_sink(sink)) >= 39 and memory_sink(sink), what="the others delivered")
     assert sorted(e.payload["i"] for e in got) == [i for i in range(40) if i != 5]
     hub.bus_store.flush()
-    c = wait_until(lambda: (c := hub.bus_store.counts())["filtered"] == 1 and c, what="the dropped one counted")
+    c = wait_for(lambda: (c := hub.bus_store.counts())["filtered"] == 1 and c, what="the dropped one counted")
     assert c["delivered"] == 39 and c["dead_lettered"] == 0 and hub.bus_store.dlq_count(subscription="amo") == 0
     assert max(sizes) > 1
 
@@ -463,5 +453,5 @@ def test_route_with_batch_max_1_runs_one_message_at_a_time(hub: Hub, monkeypatch
     assert hub.apply(route_yaml("one", sink, extra="batch_max: 1\n")).ok
     _backlog(hub, "one", [msg(i) for i in range(30)])
     hub.start()
-    wait_until(lambda: len(memory_sink(sink)) == 30, what="30 messages")
+    wait_for(lambda: len(memory_sink(sink)) == 30, what="30 messages")
     assert sizes == []  # the per-message handler ran every message

@@ -7,14 +7,15 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+from waiting import wait_for
 
 from esbhub.bus.broker import create_broker
 from esbhub.bus.envelope import Envelope
 from esbhub.db import upgrade
 from esbhub.routes.runtime import apply_text
 from esbhub.routes.store import RouteStore
-
-from .test_runtime import wait_until
 
 ROUTE = "name: procs\nfrom: {topic: procs.in.v1}\nsteps:\n  - type: map\n    values: {headers.rev: 'REV'}\nto: [{topic: procs.out.v1}]\n"
 
@@ -47,9 +48,9 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
 
     try:
         # both processes run v1 before the change (else one could simply start on v2)
-        wait_until(lambda: logged(0, '"worker_started"') and logged(1, '"worker_started"'), timeout=60, what="workers up")
+        wait_for(lambda: logged(0, '"worker_started"') and logged(1, '"worker_started"'), timeout=60, what="workers up")
         broker.publish_many([Envelope.create("procs.in.v1", {"i": i}, source="t") for i in range(20)], timeout=10)
-        wait_until(lambda: drain() >= 20, timeout=60, what="v1 outputs")
+        wait_for(lambda: drain() >= 20, timeout=60, what="v1 outputs")
         assert apply_text(store, ROUTE.replace("REV", "2"), author="t").ok
         # keep sending until both processes have handled a message on v2
         n = 20
@@ -59,27 +60,32 @@ def test_two_worker_processes_run_the_route_and_both_swap_to_a_new_version(tmp_p
             n += 1
             drain()
             return len(got) > 24 and {e.headers["rev"] for e in got[-4:]} == {"2"}
-        wait_until(both_on_v2, timeout=60, what="v2 outputs")
+        wait_for(both_on_v2, timeout=60, what="v2 outputs")
 
         def swapped(i: int) -> bool:
             return logged(i, '"route_reloaded"', '"version": 2', '"route": "procs"')
 
-        wait_until(lambda: swapped(0) and swapped(1), timeout=30, what="each worker process logged its swap to v2")
+        wait_for(lambda: swapped(0) and swapped(1), timeout=30, what="each worker process logged its swap to v2")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        broker.close()
-        for f in logs:
-            f.close()
+        _shut_down(procs, broker, logs)
     assert {e.headers["rev"] for e in got[:20]} == {"1"}
     assert all(e.headers["esbhub-route"] == f"procs@v{e.headers['rev']}" for e in got)
     assert sorted(e.payload["i"] for e in got) == list(range(len(got)))  # nothing lost or duplicated
 
+
+
+def _shut_down(procs: list[subprocess.Popen], broker: Any, logs: list[Any]) -> None:
+    """Terminate the worker processes (kill what does not stop), close the broker and the logs."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    broker.close()
+    for f in logs:
+        f.close()
 
 ORDERED = ("name: ordp\nfrom: {topic: ordp.in.v1}\nordering_key: payload.k\npartitions: 3\n"
            "steps:\n  - type: map\n    values: {headers.seen: 'y'}\nto: [{topic: ordp.out.v1}]\n")
@@ -122,27 +128,18 @@ def test_ordering_key_holds_across_two_worker_processes_and_survives_a_kill(tmp_
     try:
         send(0, 100)  # waits in the route's queue until a process holds the forwarder slot
         # the first process up takes every slot, then hands half over when the second one appears
-        wait_until(lambda: (h := store.slot_holders("ordp")).keys() == {"fwd", "p0", "p1", "p2"}
+        wait_for(lambda: (h := store.slot_holders("ordp")).keys() == {"fwd", "p0", "p1", "p2"}
                    and sorted(Counter(h.values()).values()) == [2, 2], timeout=60, what="slots shared 2 + 2")
         send(100, 300)
-        wait_until(lambda: drain() >= 300, timeout=60, what="first 300 outputs")
+        wait_for(lambda: drain() >= 300, timeout=60, what="first 300 outputs")
         assert slots_of(0) and slots_of(1), "both processes consumed"
         procs[0].kill()  # -9: no lease released, its in-flight message comes back from the broker
         procs[0].wait(10)
         send(300, 500)
-        wait_until(lambda: drain() >= 500, timeout=60, what="outputs after the takeover")
+        wait_for(lambda: drain() >= 500, timeout=60, what="outputs after the takeover")
         assert slots_of(1) == {"fwd", "p0", "p1", "p2"}, "the survivor took every slot over"
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        broker.close()
-        for f in logs:
-            f.close()
+        _shut_down(procs, broker, logs)
     first: dict[str, Envelope] = {}
     for e in got:  # a message redelivered after the kill comes out again with the same id
         first.setdefault(e.id, e)
