@@ -53,9 +53,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha256
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ulid import ULID
 
 from esbhub.bus.envelope import Envelope
@@ -104,6 +105,18 @@ class AdapterConfig(BaseModel):
 
 
 ConfigT = TypeVar("ConfigT", bound=AdapterConfig)
+
+
+def _check_time_zone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone '{v}'") from None
+    return v
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_time_zone)]
+"""An IANA time zone name (``Asia/Shanghai``), checked where the config is parsed."""
 
 def _annotation_is_secret(ann: Any) -> bool:
     if typing.get_origin(ann) is typing.Annotated:
