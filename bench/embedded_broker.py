@@ -27,29 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kombu
+from bus import envelopes  # bench/bus.py: the same party.v1 messages as the bus benchmark
 
 import esbhub.bus.sqlite_transport  # noqa: F401 — registers esbsqlite://
 from esbhub.bus.broker import Delivery
 from esbhub.bus.embedded import EmbeddedBroker
 from esbhub.bus.envelope import Envelope
 from esbhub.logging import configure as configure_logging
-
-
-def payload(i: int) -> dict:
-    return {
-        "kind": "organization",
-        "name": f"华信科技(深圳)有限公司 {i}",
-        "uscc": "91440300MA5FXXXX0X",
-        "source_system": "billing",
-        "source_id": f"B{i:08d}",
-        "phones": ["+8675588889999"],
-        "addresses": [{"line": "深圳市南山区科技园", "city": "深圳", "province": "广东"}],
-        "attributes": {"billing_account": f"A{i}", "monthly_revenue": 12345.67},
-    }
-
-
-def envelopes(n: int) -> list[Envelope]:
-    return [Envelope.create("party.v1", payload(i), source="bench") for i in range(n)]
 
 
 def rate(n: int, secs: float) -> float:
