@@ -139,9 +139,10 @@ class RouteHandler:
         results = cr.run_many([items[i][0] for i in todo])
         for i, res in zip(todo, results, strict=True):
             env, ctx = items[i]
+            if isinstance(res, Exception):  # its step failed: the others' runs went on
+                self._failed(env, ctx, res)
+                continue
             try:
-                if isinstance(res, Exception):
-                    raise res
                 replies[i] = self._deliver(cr, env, ctx, res)
             except Exception as exc:  # noqa: BLE001 - this message's failure, not the batch's
                 self._failed(env, ctx, exc)
