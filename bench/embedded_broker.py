@@ -289,7 +289,8 @@ def main() -> None:
         "filesystem://",
         args.baseline_n,
         envelope_bodies=True,
-        transport_options={"data_folder_in": str(fs_dir), "data_folder_out": str(fs_dir), "store_processed": False},
+        transport_options={"data_folder_in": str(fs_dir), "data_folder_out": str(fs_dir), "store_processed": False,
+                           "control_folder": str(fs_dir / "control")},
     )
     print(f"kombu filesystem   e2e                {fs['e2e']:10.1f} msg/s  (n={args.baseline_n})"
           + (f"  FAILED: {fs['error']}" if "error" in fs else ""))
