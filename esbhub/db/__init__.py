@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+from esbhub.db import wal
 from esbhub.secrets import resolve_url
 
 NAMING = {
@@ -41,6 +42,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA wal_autocheckpoint={wal.HARD_LIMIT_PAGES}")  # checkpoints run off the commit path
     cur.close()
 
 
@@ -57,6 +59,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
         event.listen(eng, "connect", _sqlite_pragmas)
+        if path and path != ":memory:" and "mode=memory" not in path:
+            file = path.split("?", 1)[0]  # registered on connect: the file exists by then
+            event.listen(eng, "connect", lambda _c, _r: wal.checkpointer.register(file))
         return eng
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
