@@ -229,12 +229,21 @@ class _Rows:
 
     def __init__(self) -> None:
         self.rows: dict[Any, list[dict[str, Any]]] = {tbl: [] for tbl in self.TABLES}
+        self.stale_keys: list[dict[str, Any]] = []  # key-index rows of these source keys go first
+        self.flushes = 0
 
     def add(self, model: Any, **row: Any) -> None:
         self.rows[model.__table__].append(row)
 
     def flush(self, s: Session) -> None:
         conn = None
+        self.flushes += 1
+        if self.stale_keys:
+            conn = s.connection()
+            ki = KeyIndex.__table__
+            conn.execute(ki.delete().where(ki.c.source_system == sa.bindparam("sys_"),
+                                           ki.c.source_id == sa.bindparam("sid")), self.stale_keys)
+            self.stale_keys.clear()
         for tbl, rows in self.rows.items():
             if rows:
                 conn = conn or s.connection()
@@ -305,19 +314,13 @@ def _bump_writer(s: Session) -> None:
 
 
 SQLITE_CACHE_KIB = 131_072
-SQLITE_BULK_CHECKPOINT_PAGES = 16_384
 
 
-def _tune_sqlite(s: Session, bulk: bool) -> None:
-    """SQLite settings of a connection that ingests.
-
-    * a 128 MiB page cache (SQLite's default is 2 MiB): at a million records the indexes the
-      pipeline probes (xref by key, golden id, core name, USCC; links by key) are far larger,
-      and every page missed is a read system call;
-    * for batches, the WAL is checkpointed every 64 MiB instead of every 4 MiB: a 500-record
-      batch writes more than 4 MiB, so every commit copied the WAL back into the database file
-      and synced it, rewriting the same hot index pages batch after batch. A single record (the
-      real-time path) keeps SQLite's default, so no one message pays for a big checkpoint.
+def _tune_sqlite(s: Session) -> None:
+    """SQLite settings of a connection that ingests: a 128 MiB page cache (SQLite's default is
+    2 MiB) — at a million records the indexes the pipeline probes (xref by key, golden id, core
+    name, USCC; links by key) are far larger, and every page missed is a read system call.
+    (WAL checkpoints run on a background thread for every hub connection: :mod:`esbhub.db.wal`.)
     """
     conn = s.connection()
     if conn.dialect.name != "sqlite":
@@ -325,10 +328,6 @@ def _tune_sqlite(s: Session, bulk: bool) -> None:
     if not conn.info.get("mdm_cache"):
         conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         conn.info["mdm_cache"] = True
-    pages = SQLITE_BULK_CHECKPOINT_PAGES if bulk else 1000
-    if conn.info.get("mdm_checkpoint", 1000) != pages:
-        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={pages}")
-        conn.info["mdm_checkpoint"] = pages
 
 
 def _default_standardize() -> Callable[[Party], Any]:
@@ -473,7 +472,7 @@ class MdmService:
             try:
                 with self.Session.begin() as s:
                     _bump_writer(s)  # serializes MDM writers across processes (see module doc)
-                    _tune_sqlite(s, bulk=len(items) > 1)
+                    _tune_sqlite(s)
                     self._catch_up(s)
                     events: list[Envelope] = []
                     staged: list[tuple[str, Envelope | None, str]] = []
@@ -537,7 +536,29 @@ class MdmService:
             for row in s.execute(sa.select(Inbox).where(Inbox.envelope_id.in_(ids[i : i + 500]))).scalars():
                 inbox[row.envelope_id] = row
         xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items})
-        return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items), "rows": _Rows()}
+        # what staging a changed record reads — its active links, its golden record's members —
+        # for the whole batch at once (staging changes neither before the end of the batch, but
+        # a mid-batch flush makes new links visible: then :meth:`_stage` reads them itself)
+        links: dict[str, list[Link]] = {k: [] for k in xrefs}
+        keys = sorted(links)
+        for i in range(0, len(keys), 250):
+            chunk = keys[i : i + 250]
+            for link in s.execute(
+                sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key.in_(chunk), Link.b_key.in_(chunk)))
+            ).scalars():
+                for k in {link.a_key, link.b_key}:
+                    if k in links and link not in links[k]:
+                        links[k].append(link)
+        members: dict[str, set[str]] = {}
+        gids = sorted({x.golden_id for x in xrefs.values() if x.golden_id})
+        for i in range(0, len(gids), 500):
+            for gid, sys_, sid in s.execute(
+                sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(Xref.golden_id.in_(gids[i : i + 500]))
+            ).all():
+                members.setdefault(gid, set()).add(source_key(sys_, sid))
+        rows = _Rows()
+        return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items), "rows": rows,
+                "links": links, "members": members}
 
     def _stage(
         self, s: Session, party: Party, envelope_id: str, undo: list[tuple[str, Any]], seeds: set[str],
@@ -618,13 +639,18 @@ class MdmService:
         entries = set(hierarchy.index_entries(x))
         if version == 1 or entries != old_entries:  # look-up keys unchanged (most updates): nothing to rewrite
             if version > 1:
-                s.execute(sa.delete(KeyIndex).where(KeyIndex.source_system == system, KeyIndex.source_id == sid))
+                rows.stale_keys.append({"sys_": system, "sid": sid})
             for kind, value in sorted(entries):
                 rows.add(KeyIndex, kind=kind, value=value, source_system=system, source_id=sid)
         # links: supersede the old ones, keep the new with their evidence
-        old_links = [] if version == 1 else s.execute(
-            sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))
-        ).scalars().all()
+        if version == 1:
+            old_links: Sequence[Link] = []
+        elif rows.flushes == 0 and key in pre["links"]:
+            old_links = pre["links"][key]
+        else:
+            old_links = s.execute(
+                sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key == key, Link.b_key == key))
+            ).scalars().all()
         seeds.add(key)
         new_links: list[tuple[str, str, Any, dict[str, Any]]] = []
         for r in results:
@@ -658,7 +684,8 @@ class MdmService:
             if r.decision == "review" or r.hard:
                 reviews.append((a, b, r))
         if old_golden:
-            seeds |= self._members(s, [old_golden])
+            known = pre["members"].get(old_golden)
+            seeds |= known if known is not None else self._members(s, [old_golden])
         return "new" if version == 1 else ("deleted" if party.deleted else "changed")
 
     # -------------------------------------------------------------- clustering
