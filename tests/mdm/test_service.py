@@ -341,3 +341,33 @@ def test_look_up_keys_follow_the_current_version_of_a_source_record(svc):
     assert [p[-8:] for p in phones()] == ["11112222"]
     assert svc.search("0755-11112222")[0]["source_keys"] == ["crm:1"]
     assert svc.search("0755-88886666") == [] or svc.search("0755-88886666")[0]["matched_on"] != "phone"
+
+
+def test_both_sides_of_a_link_changed_in_one_batch_leave_one_link_scored_on_both_new_versions(url):
+    """The second record sees (and supersedes) the link the first one wrote against its previous
+    version in the same transaction — the same active links as when the two changes arrive one at
+    a time, not two active links for one pair."""
+
+    def changed_pair():
+        a = party("crm", "1", "深圳市华信科技有限公司", uscc=U1, phones=["0755-11112222"], city="深圳",
+                  address="广东省深圳市南山区科技园路1号")
+        b = party("billing", "A1", "华信科技(深圳)有限责任公司", uscc=U1, phones=["0755-11112222"], city="深圳",
+                  attributes={"billing_account": "BA1", "monthly_revenue": "1200000"})
+        return a, b
+
+    def active_links(svc):
+        with svc.Session() as s:
+            return sorted(s.execute(sa.select(Link.a_key, Link.b_key, Link.weight, Link.decision)
+                                    .where(Link.active.is_(True))).all())
+
+    batched, single = MdmService(url), MdmService(url.replace(".db", "-single.db"))
+    for svc in (batched, single):
+        svc.ingest_many([(crm1(), "e1", None), (bill1(), "e2", None)])
+    a, b = changed_pair()  # both change their phone: the pair's score moves
+    batched.ingest_many([(a, "e3", None), (b, "e4", None)])
+    single.ingest(a, "e3")
+    single.ingest(b, "e4")
+    got = active_links(batched)
+    assert len(got) == 1
+    assert got == active_links(single)
+    assert batched.partition_now() == single.partition_now() == {frozenset({"crm:1", "billing:A1"})}
