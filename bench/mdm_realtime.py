@@ -23,6 +23,10 @@ the API):
   unchanged version) are not counted;
 * (b) **saturation** — a backlog of ``--backlog`` records published first, then drained by
   the worker: records/s from the first handler call to the last commit;
+* (d) **direct** (``--direct``) — the MDM transaction alone, without the bus: records one per
+  ``MdmService.ingest_many`` call (the issue's "incremental match + merge of one record": wall
+  time per call, p50/p99) and in batches of ``--batch-max`` (records/s), with the process's CPU
+  time per record;
 * (c) **baseline** — the same (a) and (b) with batching off (``batch_max=1``: one record per
   MDM transaction, today's per-message path), interleaved with the batched runs
   (baseline, batched, baseline, batched …) so machine load hits both alike.
@@ -247,6 +251,27 @@ class Bench:
                 "max": max(lat), "rate": len(lat) / span, "publisher_lag_ms": lag * 1000, "sizes": sizes,
                 "load": f"{la0} → {loadavg()}"}
 
+    def direct(self, bodies: list[bytes], batch_max: int) -> dict[str, Any]:
+        """The MDM transaction alone, no bus: ``batch_max`` records per ``ingest_many`` call, back to
+        back; wall time per call and the process's CPU time (all its threads, the background WAL
+        checkpoint included) per record."""
+        from esbhub.bus.envelope import Envelope
+        from esbhub.schemas.party import Party
+
+        envs = [Envelope.from_bytes(b) for b in bodies]
+        items = [(Party.model_validate(e.payload), e.id, e) for e in envs]
+        la0 = loadavg()
+        lat = []
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(0, len(items), batch_max):
+            t = time.perf_counter()
+            self.svc.ingest_many(items[i : i + batch_max])
+            lat.append((time.perf_counter() - t) * 1000)
+        c1, t1 = time.process_time(), time.perf_counter()
+        return {"n": len(items), "rate": len(items) / (t1 - t0), "cpu_ms": (c1 - c0) / len(items) * 1000,
+                "p50": pct(lat, 0.5), "p90": pct(lat, 0.9), "p99": pct(lat, 0.99), "max": max(lat),
+                "load": f"{la0} → {loadavg()}"}
+
     def saturation(self, bodies: list[bytes], batch_max: int) -> dict[str, Any]:
         from esbhub.bus.envelope import Envelope
 
@@ -280,16 +305,6 @@ def run(a: argparse.Namespace) -> None:
     work = Path(a.work or tempfile.mkdtemp(prefix="mdm_rt_"))
     print(f"# MDM real-time path — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load {loadavg()}", flush=True)
-    if a.add_key_index:
-        import sqlite3
-
-        con = sqlite3.connect(a.db)
-        t = time.perf_counter()
-        con.execute("CREATE INDEX IF NOT EXISTS ix_mdm_key_index_source ON mdm_key_index (source_system, source_id)")
-        con.commit()
-        con.close()
-        print(f"--add-key-index: index on mdm_key_index (source_system, source_id) created in "
-              f"{time.perf_counter() - t:.0f} s — a PROPOSED schema change, not in esbhub's migrations yet", flush=True)
     b = Bench(a.db, work)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(f"store {a.db} ({a.db.stat().st_size / 1e9:.1f} GB): matcher index of {b.n_index:,} records loaded in "
@@ -297,13 +312,22 @@ def run(a: argparse.Namespace) -> None:
     tag = datetime.now(UTC).strftime("%H%M%S")
     rates = [float(x) for x in str(a.rate).split(",")]
     n_lats = [int(r * a.seconds) for r in rates]
-    per_round = 2 * (sum(n_lats) + a.backlog)
+    per_round = 2 * (sum(n_lats) + a.backlog + a.direct)
     t = time.perf_counter()
     stream = make_stream(a.db, per_round * a.rounds, a.seed, tag)
     print(f"stream of {len(stream)} records made in {time.perf_counter() - t:.0f} s", flush=True)
     rows = []
     k = 0
+    direct_rows = []
     for r in range(a.rounds):
+        if a.direct:
+            for bm in (1, a.batch_max):
+                d = b.direct(stream[k : k + a.direct], bm)
+                k += a.direct
+                direct_rows.append(d)
+                print(f"round {r + 1} direct (MdmService.ingest_many, {bm} per transaction): {d['rate']:.0f} records/s, "
+                      f"CPU {d['cpu_ms']:.2f} ms/record; per call p50 {d['p50']:.1f} ms, p90 {d['p90']:.1f}, "
+                      f"p99 {d['p99']:.1f}, max {d['max']:.0f}; load {d['load']}", flush=True)
         for label, bm in (("baseline (batch_max 1)", 1), (f"batched (batch_max {a.batch_max})", a.batch_max)):
             sat = b.saturation(stream[k : k + a.backlog], bm)
             k += a.backlog
@@ -324,6 +348,11 @@ def run(a: argparse.Namespace) -> None:
         sz = lat["sizes"]
         print(f"| {r} | {label} | {rate:.0f} | {lat['p50']:.1f} | {lat['p99']:.1f} | {lat['rate']:.0f} | "
               f"{sum(sz) / max(1, len(sz)):.1f} / {max(sz or [0])} | {sat['rate']:.0f} | {lat['load'].split('/')[0]} |")
+    if direct_rows:
+        singles = direct_rows[0::2]
+        print(f"direct, one record per transaction: p99 per record (worst round) {max(d['p99'] for d in singles):.1f} ms; "
+              f"batched: {min(d['rate'] for d in direct_rows[1::2]):.0f}–{max(d['rate'] for d in direct_rows[1::2]):.0f} "
+              f"records/s", flush=True)
     base = [x[4]["rate"] for x in rows if "baseline" in x[1]]
     new = [x[4]["rate"] for x in rows if "batched" in x[1]]
     print(f"saturation batched / baseline: {sum(new) / len(new) / (sum(base) / len(base)):.1f}×; "
@@ -350,9 +379,8 @@ def main() -> None:
     r.add_argument("--rounds", type=int, default=2, help="Baseline/batched pairs, interleaved.")
     r.add_argument("--batch-max", type=int, default=200)
     r.add_argument("--seed", type=int, default=7)
-    r.add_argument("--add-key-index", action="store_true",
-                   help="First index mdm_key_index by source key on the store (a proposed schema change): without "
-                        "it every changed record's key clean-up scans the whole table.")
+    r.add_argument("--direct", type=int, default=500,
+                   help="Records per round straight through MdmService (no bus): one per transaction, then batched.")
     a = ap.parse_args()
     if a.cmd == "build":
         build(a.companies, a.seed, a.db, a.batch)
