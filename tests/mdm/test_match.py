@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -193,3 +194,124 @@ def test_steward_labels_refine_m_and_u():
     assert after.weights()[1] < before.weights()[1]
     refined2 = refine_with_labels(base, [(a, org("华信科技(深圳)有限公司", "c"), True)] * 50)
     assert {c.name: c for c in refined2.organization.comparisons}["name"].m[1] > before.m[1]
+
+
+# ------------------------------------------------------------------ the fast paths give the generic results
+
+_U_BAD = U1[:-1] + ("0" if U1[-1] != "0" else "1")  # same code, wrong check character: unverified
+_U_NEAR = U1[:10] + ("1" if U1[10] != "1" else "2") + U1[11:]  # one character off (check fails)
+_POOL = dict(
+    name=["深圳市华信科技有限公司", "華信科技（深圳）有限責任公司", "深圳市华新科技有限公司", "深圳市华信贸易有限公司",
+          "深圳市华信科技有限公司南山分公司", "广州市宏远物流有限公司", "华信科技有限公司", "深圳市化信科技有限公司"],
+    uscc=[None, None, U1, U2, _U_BAD, _U_NEAR],
+    org_code=[None, None, "MA5DC9X1-0", "12345678-9"],
+    phones=[[], [{"number": "0755-26001234"}], [{"number": "400-800-1234"}], [{"number": "13800138000"}],
+            [{"number": "0755-26001234"}, {"number": "400-800-1234"}], [{"number": "020-88001234"}],
+            *([{"number": f"0755-8800{j:04d}"}] for j in range(60))],  # rare numbers: shared, not demoted
+    emails=[[], ["info@huaxin.com"], ["sales@huaxin.com"], ["a@qq.com"], ["info@huaxin.com", "b@qq.com"]],
+    addresses=[[], [{"text": "广东省深圳市南山区科技园路1号"}], [{"text": "深圳南山科技园路1号"}],
+               [{"text": "广东省深圳市南山区科技园路3号"}], [{"text": "广东省深圳市南山区科技园北路18号"}],
+               [{"text": "广州市天河区天河路1号"}], [{"text": "北京市朝阳区建国路1号"}], [{"text": "广东省"}]],
+)
+
+
+def _pool_record(i: int, draw) -> tuple[str, object]:
+    kw = {f: draw(f, vals) for f, vals in _POOL.items()}
+    name = kw.pop("name")
+    return f"crm:{i}", org(name, str(i), **kw)
+
+
+@pytest.fixture(scope="module")
+def pool_matcher():
+    """Records drawn from small pools of alike values (every comparison level, TF and demoted phones
+    happen), indexed with low TF / generic-phone thresholds so those adjustments apply."""
+    import random
+
+    rng = random.Random(11)
+    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6))
+    recs = dict(_pool_record(i, lambda f, vals: rng.choice(vals)) for i in range(150))
+    for k, r in recs.items():
+        m.add(k, r)
+    return m, recs
+
+
+def _generic(m: Matcher, key: str, rec, limit: int = 200) -> list:
+    """What match() returns, the plain way: every candidate weighed by each comparison in turn."""
+    out = []
+    floor = math.log2(m.model.report_threshold / (1 - m.model.report_threshold))
+    for k in m.candidates(rec, limit=limit + 1):
+        if k != key and m.records[k].kind == rec.kind and m._levels(rec, m.records[k])[0] >= floor:
+            out.append(m._result(key, k, rec, m.records[k]))
+    out.sort(key=lambda r: -r.weight)
+    return out[:limit]
+
+
+def _dump(results) -> list:
+    return [(r.model_dump(), r.model_fields_set, [e.model_fields_set for e in r.evidence]) for r in results]
+
+
+def test_fast_organization_scoring_gives_the_levels_and_weights_of_the_comparisons(pool_matcher):
+    m, recs = pool_matcher
+    seen: set[tuple[int, int]] = set()
+    for ka, a in recs.items():
+        scored = m._score_organizations(ka, a, list(recs), -math.inf)
+        assert [k for _, k, *_ in scored] == [k for k in recs if k != ka]
+        for total, _, b, levels, name_weight in scored:
+            want_total, want_levels, want_weights = m._levels(a, b)
+            assert (total, list(levels), name_weight) == (want_total, want_levels, want_weights[1])
+            assert m._organization_evidence(a, b, levels, name_weight) == m._evidence(a, b, want_levels, want_weights)
+            seen.update(enumerate(levels))
+    levels_of = [len(c.levels) for c in m._scorer.kinds["organization"][1]]
+    assert seen == {(i, lv) for i, n in enumerate(levels_of) for lv in range(n)} - {(1, 0)}  # all (a name is never null)
+
+
+def test_match_reports_what_weighing_every_candidate_in_turn_reports(pool_matcher, synth):
+    m, recs = pool_matcher
+    for k, r in recs.items():
+        for limit in (200, 3):
+            assert _dump(m.match(k, r, limit=limit)) == _dump(_generic(m, k, r, limit=limit))
+    _, srecs = synth
+    m2 = Matcher(MatchModel(tf_min_records=10))
+    for k, r in srecs.items():
+        m2.add(k, r)
+    n = 0
+    for k, r in srecs.items():
+        got = m2.match(k, r)
+        n += len(got)
+        assert _dump(got) == _dump(_generic(m2, k, r))
+    assert n > len(srecs)
+
+
+def test_persons_are_matched_as_weighing_every_candidate_in_turn():
+    m = Matcher(MatchModel(tf_min_records=2))
+    people = [standardize(Party(kind="person", source_system="a", source_id=str(i), name=n, id_number=idn,
+                                addresses=[{"text": "北京市朝阳区建国路1号"}] if i % 2 else []))
+              for i, (n, idn) in enumerate([("王伟", "11010519491231002X"), ("王伟", None), ("伟王", None),
+                                            ("王伟", "110105194912310021"), ("李娜", None), ("王卫", None)])]
+    for p in people:
+        m.add(f"a:{p.source_id}", p)
+    for p in people:
+        key = f"a:{p.source_id}"
+        assert _dump(m.match(key, p)) == _dump(_generic(m, key, p))
+
+
+def test_result_objects_are_those_model_construct_makes():
+    from esbhub.mdm.match import FieldEvidence, MatchResult, _field_evidence, _match_result
+
+    e = _field_evidence("name", "core_exact", 1.5, "a", None)
+    want = FieldEvidence.model_construct(field="name", level="core_exact", weight=1.5, a="a", b=None)
+    assert e == want and e.model_fields_set == want.model_fields_set and repr(e) == repr(want)
+    r = _match_result("x", "y", 3.0, 0.9, "review", [e], None)
+    want_r = MatchResult.model_construct(a="x", b="y", weight=3.0, probability=0.9, decision="review", evidence=[want],
+                                         hard=None)
+    assert r == want_r and r.model_fields_set == want_r.model_fields_set and r.model_dump() == want_r.model_dump()
+
+
+def test_candidates_come_most_shared_keys_first_then_in_the_order_first_seen():
+    m = Matcher()
+    a = org("深圳市华信科技有限公司", "a", **HEAD)
+    m.add("phone_only", org("某某公司", "p", phones=[{"number": "0755-26001234"}]))
+    m.add("uscc_only", org("另一个名字有限公司", "u", uscc=U1))
+    m.add("both", org("另一家公司", "b", uscc=U1, phones=[{"number": "0755-26001234"}]))
+    assert m.candidates(a) == ["both", "uscc_only", "phone_only"]
+    assert m.candidates(a, limit=2) == ["both", "uscc_only"]
