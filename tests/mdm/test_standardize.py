@@ -196,3 +196,93 @@ def test_person_name_id_and_birth_date():
 def test_latin_person_names_split_into_given_and_family():
     s = standardize(Party(kind="person", source_system="a", source_id="1", name="  john  SMITH "))
     assert (s.given_name, s.family_name) == ("JOHN", "SMITH")
+
+
+# ------------------------------------------------------------------ memoized / fast paths give the plain results
+
+def test_standardized_record_equals_a_validated_std_party():
+    # standardize builds StdParty without re-validating its own fields: the result must be the validated model
+    from esbhub.mdm.standardize import StdParty
+    records = [
+        org("華信科技（深圳）有限責任公司福田分公司", uscc="91350100M000100Y43", org_code="M000100Y-4",
+            phones=[{"number": "0755-26001234"}, {"number": "400-800-1234"}, {"number": "x-1"}],
+            emails=["Info@Example.com"], addresses=[{"text": "深圳市南山区科技园路1号", "postcode": "518000"}]),
+        Party(kind="person", source_system="crm", source_id="p1", name="欧阳娜娜", id_number="11010519491231002X",
+              attributes={"extra": {"birth_date": "1949-12-31"}}),
+        Party(kind="person", source_system="a", source_id="2", name="john smith", addresses=[{"text": "5th Ave"}]),
+    ]
+    for p in records:
+        s = standardize(p)
+        v = StdParty.model_validate(s.model_dump())
+        assert s == v and s.model_dump(mode="json") == v.model_dump(mode="json")
+        assert s.model_fields_set == v.model_fields_set and list(s.__dict__) == list(StdParty.model_fields)
+        assert s.__pydantic_extra__ is None and s.__pydantic_private__ is None
+        with pytest.raises(ValueError):
+            s.name_norm = "x"  # still frozen
+
+
+def test_pinyin_key_cut_into_words_equals_pinyin_of_the_whole_text():
+    from pypinyin import Style, lazy_pinyin
+
+    from esbhub.mdm.standardize.names import _FUZZY, pinyin_key
+
+    def whole(text: str) -> str:
+        out = []
+        for syl in lazy_pinyin(text, style=Style.NORMAL, errors="default"):
+            syl = syl.lower()
+            for a, b in _FUZZY:
+                syl = syl.replace(a, b)
+            out.append(syl)
+        return "".join(out).replace(" ", "")
+
+    for text in ("华信科技", "招商银行", "长沙重庆银行", "中国工商银行深圳分行", "ABC长沙", "长沙abc 中心", "Zhang San",
+                 "華信", "乐行", "行长", "12号楼", "〇一", "调查研究", "重量"):
+        assert pinyin_key(text) == whole(text), text
+
+
+def test_memoized_parsers_hand_out_independent_results():
+    from esbhub.mdm.standardize import parse_org_name
+
+    a = parse_org_name("华信科技(某某)有限公司")
+    a.flags.append("changed")
+    a.core = "changed"
+    b = parse_org_name("华信科技(某某)有限公司")
+    assert b.flags == ["name_bracket_dropped"] and b.core == "华信科技"
+    x = parse_address("深圳市南山区科技园路1号")
+    x.street = "changed"
+    assert parse_address("深圳市南山区科技园路1号").street == "科技园路1号"
+
+
+def test_memoized_phone_keeps_the_kind_of_each_record():
+    main = standardize(org("华信科技有限公司", phones=[{"number": "0755-26001234"}]))
+    service = standardize(org("华信科技有限公司", phones=[{"number": "0755-26001234", "kind": "service"}]))
+    again = standardize(org("华信科技有限公司", phones=[{"number": "0755-26001234"}]))
+    assert main.phones == again.phones == ["+8675526001234"] and main.phones_generic == []
+    assert service.phones == [] and service.phones_generic == ["+8675526001234"]
+
+
+def test_prefix_index_finds_the_same_longest_form_as_trying_every_length():
+    from esbhub.mdm.standardize.divisions import longest_prefix
+
+    t = table()
+    indexes = [t.province_forms, t.city_forms] + [t.district_forms(code) for code in t.districts]
+    for forms in indexes:
+        plain = dict(forms)
+        for form in list(forms)[:80]:
+            for text in (form, form + "华信", form[:-1], form + "市南山区", "中" + form):
+                assert longest_prefix(text, forms) == longest_prefix(text, plain), text
+
+
+@given(st.text(alphabet=st.sampled_from(list("0123456789ABCDEFGHJKLMNPQRTUWXYIOSVZ-")), min_size=17, max_size=19))
+@settings(max_examples=300, deadline=None)
+def test_code_validity_checks_agree_with_the_check_character_functions(code):
+    # uscc_valid / org_code_valid compute the check characters inline; they must agree with the public builders
+    uscc_ok = bool(codes._USCC_SHAPE.match(code)) and codes.uscc_check_char(code[:17]) == code[17]
+    assert codes.uscc_valid(code) is uscc_ok
+    org = code[:9]
+    org_ok = bool(codes._ORG_SHAPE.match(org)) and codes.org_code_check_char(org[:8]) == org[8]
+    assert codes.org_code_valid(org) is org_ok
+    if len(code) >= 17:
+        valid = codes.make_uscc("9", "1", "440300", "".join(c for c in code if c.isalnum() and c not in "IOSVZ")[:8]
+                                .ljust(8, "0"))
+        assert codes.uscc_valid(valid) and codes.uscc_org_code_valid(valid)

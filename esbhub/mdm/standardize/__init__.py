@@ -23,6 +23,7 @@ everything the matcher, the cannot-link rules and the hierarchy builder need.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal
 
 import phonenumbers
@@ -31,6 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from esbhub.mdm.standardize import codes
 from esbhub.mdm.standardize.divisions import Division, table
 from esbhub.mdm.standardize.names import (
+    _CACHE,
+    _CJK,
+    _address,
+    _org_name,
     fold,
     fold_spaced,
     parse_address,
@@ -92,15 +97,45 @@ class StdParty(BaseModel):
     flags: list[str] = Field(default_factory=list, description="Quality flags, e.g. 'uscc_check_failed'.")
 
 
+_STD_FIELDS = tuple(StdParty.model_fields)
+_set_attr = object.__setattr__
+
+
+def _std_party(values: dict[str, object]) -> StdParty:
+    """The StdParty of ``values`` — every field, in field order, each already of its field's type — without
+    running validation: what ``StdParty.model_construct`` does (all fields set, no extra, no private
+    attributes), minus its per-field alias and default handling. Equal to ``StdParty(**values)``; the
+    tests check that against a validated copy."""
+    std = StdParty.__new__(StdParty)
+    _set_attr(std, "__dict__", values)
+    _set_attr(std, "__pydantic_fields_set__", set(_STD_FIELDS))
+    _set_attr(std, "__pydantic_extra__", None)
+    _set_attr(std, "__pydantic_private__", None)
+    return std
+
+_NOT_PHONE = re.compile(r"[^\d+]")
+_SERVICE_NUMBER = re.compile(r"9[56]\d{3,6}")
+_NOT_DIGIT = re.compile(r"\D")
+
+
 def _phone(raw: str, kind: str, city: Division | None) -> tuple[str | None, bool]:
     """(E.164 or None, generic?) for one number."""
-    digits = re.sub(r"[^\d+]", "", raw)
+    digits = _NOT_PHONE.sub("", raw)
     if digits.startswith("0086"):
         digits = "+86" + digits[4:]
     if not digits.startswith("+") and len(digits) in (7, 8) and not digits.startswith(("400", "800", "95", "96")):
         if city is not None and city.area_code:
             digits = city.area_code + digits
-    if re.fullmatch(r"9[56]\d{3,6}", digits):
+    e164, generic = _parse_phone(digits)
+    if e164 is None:
+        return None, False
+    return e164, generic or kind == "service"
+
+
+@lru_cache(maxsize=_CACHE)
+def _parse_phone(digits: str) -> tuple[str | None, bool]:
+    """(E.164 or None, generic by its number?) for the digits (and '+') of a number, area code added."""
+    if _SERVICE_NUMBER.fullmatch(digits):
         return "+86" + digits, True
     try:
         num = phonenumbers.parse(digits, "CN")
@@ -110,14 +145,13 @@ def _phone(raw: str, kind: str, city: Division | None) -> tuple[str | None, bool
         return None, False
     e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
     nat = str(num.national_number)
-    generic = kind == "service" or (num.country_code == 86 and len(nat) == 10 and nat[:3] in ("400", "800"))
-    return e164, generic
+    return e164, num.country_code == 86 and len(nat) == 10 and nat[:3] in ("400", "800")
 
 
 def _birth_date(raw: str | None) -> str | None:
     if not raw:
         return None
-    d = re.sub(r"\D", "", raw)
+    d = _NOT_DIGIT.sub("", raw)
     return d or None
 
 
@@ -153,7 +187,7 @@ def standardize(party: Party) -> StdParty:
     addr_text = party.addresses[0] if party.addresses else None
     pa = None
     if addr_text is not None:
-        pa = parse_address(addr_text.text, addr_text.province or party.province, addr_text.city or party.city)
+        pa = _address(addr_text.text, addr_text.province or party.province, addr_text.city or party.city)
     # ---- names
     family = given = None
     legal = None
@@ -161,7 +195,7 @@ def standardize(party: Party) -> StdParty:
     branch_name = head = None
     name_place: Division | None = None
     if is_org:
-        on = parse_org_name(party.name)
+        on = _org_name(party.name)
         name_norm, core = on.canonical, on.core
         legal, is_group, is_js = on.legal_form, on.is_group, on.is_joint_stock
         branch_name, head, name_place = on.branch_name, on.head_canonical, on.place
@@ -175,7 +209,7 @@ def standardize(party: Party) -> StdParty:
             family = fold_spaced(str(family_x)) if family_x else None
         else:
             family, given = split_person_name(party.name)
-        name_norm = fold_spaced(party.name) if not re.search(r"[\u4e00-\u9fff]", party.name) else fold(party.name)
+        name_norm = fold_spaced(party.name) if not _CJK.search(party.name) else fold(party.name)
         core = name_norm
     # ---- place: address first, then name, then the record's own province/city fields
     prov = pa.province if pa else None
@@ -185,12 +219,12 @@ def standardize(party: Party) -> StdParty:
     if prov is None and name_place is not None:
         prov = t.province_of(name_place.code)
     if city is None and party.city:
-        c = parse_address(party.city).city
+        c = _address(party.city).city
         city = c
     if prov is None and city is not None:
         prov = t.province_of(city.code)
     if prov is None and party.province:
-        prov = parse_address(party.province).province
+        prov = _address(party.province).province
     division = (pa.division_code if pa else None) or (city.code if city else None) or (prov.code if prov else None)
     consistent: bool | None = None
     if uscc_division and division and uscc_ok:
@@ -213,7 +247,7 @@ def standardize(party: Party) -> StdParty:
         target = generic if gen else phones
         if e164 not in target:
             target.append(e164)
-    emails = sorted({str(e).strip().lower() for e in party.emails})
+    emails = sorted({str(e).strip().lower() for e in party.emails}) if party.emails else []
     # ---- persons
     id_number = codes.clean_code(party.id_number)
     id_ok: bool | None = None
@@ -228,7 +262,7 @@ def standardize(party: Party) -> StdParty:
     postcode = addr_text.postcode if addr_text is not None else None
     address = pa.text if pa else None
     street = pa.street if pa else None
-    if not is_org and addr_text is not None and not re.search(r"[\u4e00-\u9fff]", addr_text.text):
+    if not is_org and addr_text is not None and not _CJK.search(addr_text.text):
         address = street = fold_spaced(addr_text.text)
     province_txt = prov.short if prov else (fold_spaced(party.province) if party.province else None)
     city_txt = city.short if city else (fold_spaced(party.city) if party.city else None)
@@ -236,42 +270,42 @@ def standardize(party: Party) -> StdParty:
         city_txt = fold_spaced(addr_text.city)
     if not is_org and addr_text is not None and addr_text.province and prov is None:
         province_txt = fold_spaced(addr_text.province)
-    return StdParty(
-        source_system=party.source_system,
-        source_id=party.source_id,
-        kind=party.kind,
-        name_raw=party.name,
-        name_norm=name_norm,
-        core_name=core,
-        legal_form=legal,
-        is_group=is_group,
-        is_joint_stock=is_js,
-        place=name_place.short if name_place else None,
-        branch=branch_name is not None,
-        branch_name=branch_name,
-        head_office_name_norm=head,
-        uscc=uscc,
-        uscc_valid=uscc_ok,
-        org_code=org,
-        org_code_valid=org_ok,
-        uscc_division=uscc_division,
-        phones=phones,
-        phones_generic=generic,
-        emails=emails,
-        address=address,
-        street=street,
-        province=province_txt,
-        city=city_txt,
-        district=pa.district if pa else None,
-        division_code=division,
-        address_division_consistent=consistent,
-        pinyin_key=pinyin_key(core if is_org else (family or "") + (given or "")),
-        parent_source_id=party.parent_source_id,
-        given_name=given,
-        family_name=family,
-        birth_date=birth,
-        id_number=id_number,
-        id_number_valid=id_ok,
-        postcode=postcode,
-        flags=flags,
-    )
+    return _std_party({
+        "source_system": party.source_system,
+        "source_id": party.source_id,
+        "kind": party.kind,
+        "name_raw": party.name,
+        "name_norm": name_norm,
+        "core_name": core,
+        "legal_form": legal,
+        "is_group": is_group,
+        "is_joint_stock": is_js,
+        "place": name_place.short if name_place else None,
+        "branch": branch_name is not None,
+        "branch_name": branch_name,
+        "head_office_name_norm": head,
+        "uscc": uscc,
+        "uscc_valid": uscc_ok,
+        "org_code": org,
+        "org_code_valid": org_ok,
+        "uscc_division": uscc_division,
+        "phones": phones,
+        "phones_generic": generic,
+        "emails": emails,
+        "address": address,
+        "street": street,
+        "province": province_txt,
+        "city": city_txt,
+        "district": pa.district if pa else None,
+        "division_code": division,
+        "address_division_consistent": consistent,
+        "pinyin_key": pinyin_key(core if is_org else (family or "") + (given or "")),
+        "parent_source_id": party.parent_source_id,
+        "given_name": given,
+        "family_name": family,
+        "birth_date": birth,
+        "id_number": id_number,
+        "id_number_valid": id_ok,
+        "postcode": postcode,
+        "flags": flags,
+    })

@@ -50,14 +50,14 @@ class DivisionTable:
     area_codes: dict[str, Division]  # area code -> city
 
     @property
-    def province_forms(self) -> dict[str, Division]:
+    def province_forms(self) -> FormIndex:
         return _forms(self, "provinces")
 
     @property
-    def city_forms(self) -> dict[str, Division]:
+    def city_forms(self) -> FormIndex:
         return _forms(self, "cities")
 
-    def district_forms(self, city_code: str) -> dict[str, Division]:
+    def district_forms(self, city_code: str) -> FormIndex:
         return _district_forms(self, city_code)
 
     def province_of(self, code: str) -> Division | None:
@@ -108,32 +108,53 @@ def city_by_short(short: str) -> Division | None:
     return None
 
 
+MAX_FORM = 9
+
+
+class FormIndex(dict[str, Division]):
+    """Written form → division, plus, for each first two characters of a form, the lengths of
+    the forms that start with them (longest first, at most :data:`MAX_FORM`) — so a prefix
+    look-up tries only lengths that some form has instead of every length from 9 down to 2.
+    Built once and never changed afterwards."""
+
+    lengths: dict[str, tuple[int, ...]]
+
+    def __init__(self, pairs: list[tuple[str, Division]]) -> None:
+        super().__init__()
+        for form, d in pairs:
+            self.setdefault(form, d)
+        by_first2: dict[str, set[int]] = {}
+        for form in self:
+            if 2 <= len(form) <= MAX_FORM:
+                by_first2.setdefault(form[:2], set()).add(len(form))
+        self.lengths = {k: tuple(sorted(v, reverse=True)) for k, v in by_first2.items()}
+
+
 @lru_cache(maxsize=4)
-def _forms(t: DivisionTable, which: str) -> dict[str, Division]:
-    out: dict[str, Division] = {}
-    for form, d in getattr(t, which):
-        out.setdefault(form, d)
-    return out
+def _forms(t: DivisionTable, which: str) -> FormIndex:
+    return FormIndex(getattr(t, which))
 
 
-_DISTRICT_FORMS: dict[str, dict[str, Division]] = {}
+_DISTRICT_FORMS: dict[str, FormIndex] = {}
 
 
-def _district_forms(t: DivisionTable, city_code: str) -> dict[str, Division]:
+def _district_forms(t: DivisionTable, city_code: str) -> FormIndex:
     f = _DISTRICT_FORMS.get(city_code)
     if f is None:
-        f = {}
-        for form, d in t.districts.get(city_code, []):
-            f.setdefault(form, d)
+        f = FormIndex(t.districts.get(city_code, []))
         _DISTRICT_FORMS[city_code] = f
     return f
 
 
-MAX_FORM = 9
-
-
 def longest_prefix(s: str, forms: dict[str, Division]) -> tuple[str, Division] | None:
     """The longest form that ``s`` starts with (dictionary look-ups, not a scan)."""
+    if isinstance(forms, FormIndex):
+        for n in forms.lengths.get(s[:2], ()):
+            if n <= len(s):
+                d = forms.get(s[:n])
+                if d is not None:
+                    return s[:n], d
+        return None
     for n in range(min(MAX_FORM, len(s)), 1, -1):
         d = forms.get(s[:n])
         if d is not None:

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import opencc
-from pypinyin import Style, lazy_pinyin
+from pypinyin import Style
+from pypinyin.converter import UltimateConverter
+from pypinyin.core import Pinyin
 
 from esbhub.mdm.standardize.divisions import Division, longest_prefix, longest_suffix, table
 
 _BRACKETS = str.maketrans({"【": "(", "】": ")", "[": "(", "]": ")", "〔": "(", "〕": ")", "{": "(", "}": ")",
                            "〈": "(", "〉": ")", "《": "(", "》": ")", "（": "(", "）": ")"})
+_BRACKET_CHARS = re.compile("[" + re.escape("".join(chr(c) for c in _BRACKETS)) + "]")
 _PUNCT = re.compile(r"[\s\u3000\.,;:!?'\"`~@#$%^&*+=|\\/<>\-_·・、，。；：！？“”‘’…—]+")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+_CJK_EXT_A = re.compile(r"[\u3400-\u9fff]")  # CJK Extension A and the unified block: text OpenCC is run on
+_NOT_WORD = re.compile(r"[^\w\s]")
+_BRACKETED = re.compile(r"\(([^()]*)\)")
+_BRACKET_GROUP = re.compile(r"\([^()]*\)")
+_BRANCH_ADMIN = re.compile(r"(省|市|区|县)(?=.)")
+_DISTRICT_TAIL = re.compile(r"(区|县)$")
+
+# Pure functions of a string are memoized: a company's records repeat the same names, addresses and
+# phone numbers across source systems. Bounded, so a long-running service keeps a fixed footprint.
+_CACHE = 65536
 
 
 @lru_cache(maxsize=1)
@@ -26,21 +39,28 @@ def _t2s() -> opencc.OpenCC:
 def fold(text: str, *, keep_brackets: bool = True) -> str:
     """NFKC (full-width → half-width), traditional → simplified, punctuation and spaces removed,
     brackets unified to ASCII ``()``, Latin letters upper case. Idempotent."""
+    return _fold(text, keep_brackets)
+
+
+@lru_cache(maxsize=_CACHE)
+def _fold(text: str, keep_brackets: bool) -> str:
     s = unicodedata.normalize("NFKC", text)
-    if _CJK.search(s) or any("\u3400" <= c <= "\u9fff" for c in s):
+    if _CJK_EXT_A.search(s):
         s = _t2s().convert(s)
-    s = s.translate(_BRACKETS)
+    if _BRACKET_CHARS.search(s):  # (translate looks every character up; most names have no bracket to map)
+        s = s.translate(_BRACKETS)
     s = _PUNCT.sub("", s).upper()
     if not keep_brackets:
         s = s.replace("(", "").replace(")", "")
     return s
 
 
+@lru_cache(maxsize=_CACHE)
 def fold_spaced(text: str) -> str:
     """Like :func:`fold` but keeps single spaces between words (for Latin-script names)."""
     s = unicodedata.normalize("NFKC", text)
     s = _t2s().convert(s) if _CJK.search(s) else s
-    s = re.sub(r"[^\w\s]", " ", s.translate(_BRACKETS))
+    s = _NOT_WORD.sub(" ", s.translate(_BRACKETS))
     return " ".join(s.upper().split())
 
 
@@ -77,9 +97,13 @@ class OrgName:
 
 def _match_place_prefix(s: str, min_rest_full: int = 2, min_rest_short: int = 3) -> tuple[Division, int] | None:
     t = table()
+    first2 = s[:2]
     for forms in (t.province_forms, t.city_forms):
         # longest form first; a short form needs a longer rest (中山大学 is not 中山 + 大学)
-        for n in range(min(9, len(s)), 1, -1):
+        # (only the lengths of forms that start like ``s``: the others cannot match)
+        for n in forms.lengths.get(first2, ()):
+            if n > len(s):
+                continue
             d = forms.get(s[:n])
             if d is None:
                 continue
@@ -113,10 +137,19 @@ def _more_specific(a: Division | None, b: Division | None) -> Division | None:
 
 
 def _normalize_branch(label: str) -> str:
-    return re.sub(r"(省|市|区|县)(?=.)", "", label)
+    return _BRANCH_ADMIN.sub("", label)
+
+
+@lru_cache(maxsize=1)
+def _district_forms_flat() -> tuple[tuple[str, ...], list[tuple[str, Division]]]:
+    """All district forms in table order (city by city), and the same forms as a tuple for ``endswith``."""
+    pairs = [(form, d) for forms in table().districts.values() for form, d in forms]
+    return tuple(form for form, _ in pairs), pairs
 
 
 def _split_branch(s: str) -> tuple[str, str | None]:
+    if not s.endswith(BRANCH_SUFFIXES):
+        return s, None
     for suffix in BRANCH_SUFFIXES:
         if not s.endswith(suffix) or len(s) <= len(suffix):
             continue
@@ -132,13 +165,12 @@ def _split_branch(s: str) -> tuple[str, str | None]:
         t = table()
         m = longest_suffix(body, t.city_forms)
         if m is None:
-            for forms in t.districts.values():
-                for form, d in forms:
+            all_forms, pairs = _district_forms_flat()
+            if body.endswith(all_forms):
+                for form, d in pairs:
                     if body.endswith(form):
                         m = (form, d)
                         break
-                if m is not None:
-                    break
         if m is not None and len(body) - len(m[0]) >= 2:
             return body[: -len(m[0])], _normalize_branch(s[len(body) - len(m[0]):])
         return body, suffix
@@ -151,12 +183,23 @@ def parse_org_name(name: str) -> OrgName:
     ``canonical`` recomposes it as ``{place full name}{core}{集团}{legal form}{branch}``, so that
     华信科技(深圳)有限责任公司 and 深圳市华信科技有限公司 give the same canonical name.
     """
-    s = fold(name)
+    on = _org_name(name)
+    return replace(on, flags=list(on.flags))
+
+
+def _org_name(name: str) -> OrgName:
+    """:func:`parse_org_name`, memoized on the folded name: the result is shared, callers must not change it."""
+    return _parse_folded_org_name(fold(name))
+
+
+@lru_cache(maxsize=_CACHE)
+def _parse_folded_org_name(s: str) -> OrgName:
     flags: list[str] = []
     place: Division | None = None
     is_group = False
     legal_extra: str | None = None
-    for content in re.findall(r"\(([^()]*)\)", s):
+    has_brackets = "(" in s or ")" in s
+    for content in _BRACKETED.findall(s) if has_brackets else ():
         if content in ("集团", "控股集团"):
             is_group = True
         elif content in ("有限合伙", "普通合伙"):
@@ -169,12 +212,13 @@ def parse_org_name(name: str) -> OrgName:
                 place = _more_specific(place, p)
             else:
                 flags.append("name_bracket_dropped")
-    s = re.sub(r"\([^()]*\)", "", s).replace("(", "").replace(")", "")
+    if has_brackets:
+        s = _BRACKET_GROUP.sub("", s).replace("(", "").replace(")", "")
     head, branch = _split_branch(s)
     if branch is not None:
-        h = parse_org_name(head)
+        h = _org_name(head)
         if place is not None and h.place is None:
-            h = parse_org_name(place.name + head)
+            h = _org_name(place.name + head)
         return OrgName(
             canonical=h.canonical + branch,
             core=h.core,
@@ -253,7 +297,26 @@ def parse_address(text: str, province_hint: str | None = None, city_hint: str | 
     Abbreviations are tolerated (广东省深圳市南山区… ≡ 深圳南山区… ≡ 深圳市南山…). The text is
     recomposed canonically from short names: ``{province}{city}{district}{street}``.
     """
-    s = fold(text, keep_brackets=False)
+    return replace(_address(text, province_hint, city_hint))
+
+
+def _address(text: str, province_hint: str | None = None, city_hint: str | None = None) -> ParsedAddress:
+    """:func:`parse_address`, memoized: the result is shared, callers must not change it."""
+    prov, city, s = _address_head(fold(text, keep_brackets=False))
+    if city is None and city_hint:
+        city = place_of(fold(city_hint, keep_brackets=False))
+        city = city if city is not None and city.level == "city" else None
+    if prov is None and province_hint:
+        p = place_of(fold(province_hint, keep_brackets=False))
+        prov = p if p is not None and p.level == "province" else None
+    if prov is None and city is not None:
+        prov = table().by_code.get(city.province_code)
+    return _address_tail(s, prov, city)
+
+
+@lru_cache(maxsize=_CACHE)
+def _address_head(s: str) -> tuple[Division | None, Division | None, str]:
+    """Province and city written at the start of the folded address, and the rest of it."""
     t = table()
     prov: Division | None = None
     city: Division | None = None
@@ -265,14 +328,13 @@ def parse_address(text: str, province_hint: str | None = None, city_hint: str | 
         city, s = hit[1], s[len(hit[0]):]
     if city is None and prov is not None and prov.code[:2] in ("11", "12", "31", "50"):
         city = t.by_code.get(prov.code[:2] + "0100")
-    if city is None and city_hint:
-        city = place_of(fold(city_hint, keep_brackets=False))
-        city = city if city is not None and city.level == "city" else None
-    if prov is None and province_hint:
-        p = place_of(fold(province_hint, keep_brackets=False))
-        prov = p if p is not None and p.level == "province" else None
-    if prov is None and city is not None:
-        prov = t.by_code.get(city.province_code)
+    return prov, city, s
+
+
+@lru_cache(maxsize=_CACHE)
+def _address_tail(s: str, prov: Division | None, city: Division | None) -> ParsedAddress:
+    """District and street of the rest ``s`` of an address whose province and city are known."""
+    t = table()
     district: str | None = None
     ddiv: Division | None = None
     if city is not None:
@@ -284,7 +346,7 @@ def parse_address(text: str, province_hint: str | None = None, city_hint: str | 
         if m and (city is not None or prov is not None):
             district = m.group(1)
             s = s[m.end():]
-            district = re.sub(r"(区|县)$", "", district) or district
+            district = _DISTRICT_TAIL.sub("", district) or district
     street = s
     city_txt = city.short if city is not None and (prov is None or city.short != prov.short) else ""
     canon = "".join(x for x in ((prov.short if prov else ""), city_txt, district or "", street))
@@ -318,13 +380,25 @@ def split_person_name(name: str) -> tuple[str | None, str | None]:
 _FUZZY = [("zh", "z"), ("ch", "c"), ("sh", "s"), ("ang", "an"), ("eng", "en"), ("ing", "in")]
 
 
-@lru_cache(maxsize=65536)
+# ``pypinyin.lazy_pinyin(text)`` is ``Pinyin(UltimateConverter())``: it cuts ``text`` into words (runs of
+# non-Chinese characters; Chinese phrases of its dictionary and single characters) and converts each word on
+# its own. The key is a concatenation over syllables, so it is the concatenation of the keys of the words:
+# cutting once and memoizing per word gives the same key, and names share most of their words.
+_PINYIN = Pinyin(UltimateConverter())
+
+
+@lru_cache(maxsize=_CACHE)
 def pinyin_key(text: str) -> str:
     """Toneless pinyin with common fuzzy-pinyin folds (zh/z, ch/c, sh/s, -ng/-n); Latin kept lower case."""
     if not text:
         return ""
+    return "".join([_word_pinyin_key(word) for word in _PINYIN.seg(text)])
+
+
+@lru_cache(maxsize=_CACHE)
+def _word_pinyin_key(word: str) -> str:
     out = []
-    for syl in lazy_pinyin(text, style=Style.NORMAL, errors="default"):
+    for syl in _PINYIN.lazy_pinyin([word], style=Style.NORMAL, errors="default"):
         syl = syl.lower()
         for a, b in _FUZZY:
             syl = syl.replace(a, b)
