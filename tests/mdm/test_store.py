@@ -91,3 +91,167 @@ def test_json_columns_round_trip_every_value_and_store_chinese_text_as_utf8(url)
         if url.startswith("sqlite"):
             text = s.execute(sa.text("SELECT detail FROM mdm_audit WHERE id = :i"), {"i": ids[0]}).scalar_one()
             assert "深圳市华信科技有限公司" in text  # not \\uXXXX escapes: a third of the bytes
+
+
+def _compressed_kinds() -> dict[str, object]:
+    """Values of every kind a CompressedJSON column takes: small ones stay text, large ones deflate."""
+    name = "深圳市华信科技有限公司"
+    lineage = {"source_system": "crm", "source_id": "CRM00000023", "rule": "trust",
+               "source_updated_at": "2026-11-26T09:41:26.300429+00:00"}
+    return {
+        "none": None,
+        "small": {"a": 1},
+        "empty_list": [],
+        "attributes": {f"f{i}": {"value": f"{name}{i}", "lineage": lineage} for i in range(20)},
+        "evidence": [{"field": "name", "level": "canonical_exact", "weight": 16.756, "a": name, "b": name}] * 12,
+        "scalars": [None, True, False, 0, -1.5, 2**70, "二" * 400],  # 2**70: orjson refuses, stdlib takes it
+        "non_str_keys": {1: "x" * 1200, 2: None},  # stdlib fallback: keys come back as strings
+    }
+
+
+def _expected(v: object) -> object:
+    import json
+
+    return json.loads(json.dumps(v))
+
+
+def test_compressed_json_columns_round_trip_every_value_kind(url):
+    from datetime import UTC, datetime
+
+    from esbhub.mdm.store import Inbox
+
+    upgrade(url)
+    Session = session_factory(url)
+    kinds = _compressed_kinds()
+    with Session.begin() as s:
+        s.add_all([Inbox(envelope_id=k, at=datetime.now(UTC), outcome="new", events=v) for k, v in kinds.items()])
+    with Session() as s:
+        got = {r.envelope_id: r.events for r in s.execute(sa.select(Inbox)).scalars()}
+    assert got == {k: _expected(v) for k, v in kinds.items()}
+
+
+def test_large_values_are_stored_deflated_on_sqlite_and_small_ones_as_text(tmp_path):
+    import json
+    import zlib
+    from datetime import UTC, datetime
+
+    from esbhub.mdm.store import COMPRESS_FROM, DEFLATED, Inbox
+
+    url = f"sqlite:///{tmp_path / 'mdm.db'}"
+    upgrade(url)
+    kinds = _compressed_kinds()
+    with session_factory(url).begin() as s:
+        s.add_all([Inbox(envelope_id=k, at=datetime.now(UTC), outcome="new", events=v) for k, v in kinds.items()])
+    with engine_for(url).connect() as c:
+        stored = dict(c.execute(sa.text("SELECT envelope_id, events FROM mdm_inbox")).all())
+    for k in ("attributes", "evidence", "scalars", "non_str_keys"):
+        v = stored[k]
+        assert isinstance(v, bytes) and v[:1] == DEFLATED, k
+        text = zlib.decompress(v[1:], -15)
+        assert json.loads(text) == _expected(kinds[k])
+        assert len(v) < len(text) / 2, k
+    for k in ("none", "small", "empty_list"):
+        assert isinstance(stored[k], str), k
+        assert json.loads(stored[k]) == _expected(kinds[k])
+        assert len(stored[k].encode()) < COMPRESS_FROM
+
+
+def test_a_value_deflate_would_not_shrink_is_stored_as_text(tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from esbhub.mdm import store
+    from esbhub.mdm.store import Inbox
+
+    monkeypatch.setattr(store, "COMPRESS_FROM", 1)  # try every value: a tiny one only grows
+    url = f"sqlite:///{tmp_path / 'mdm.db'}"
+    upgrade(url)
+    with session_factory(url).begin() as s:
+        s.add(Inbox(envelope_id="e1", at=datetime.now(UTC), outcome="new", events=[{"a": 1}]))
+    with engine_for(url).connect() as c:
+        assert c.execute(sa.text("SELECT events FROM mdm_inbox")).scalar_one() == '[{"a":1}]'
+    with session_factory(url)() as s:
+        assert s.get(Inbox, "e1").events == [{"a": 1}]
+
+
+def test_rows_stored_as_text_before_compression_still_read(tmp_path):
+    """A store written before CompressedJSON existed: its JSON text (orjson's, or the stdlib's with
+    \\uXXXX escapes) reads unchanged — no data migration."""
+    import json
+
+    from esbhub.mdm.store import Golden, GoldenHistory, Inbox, Link, SourceVersion
+
+    url = f"sqlite:///{tmp_path / 'mdm.db'}"
+    upgrade(url)
+    big = _compressed_kinds()["attributes"]
+    ev = _compressed_kinds()["evidence"]
+    with engine_for(url).begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO mdm_golden (golden_id, seq_no, status, version, kind, founder, attributes, members, "
+            "created_at, updated_at) VALUES ('G1', 1, 'active', 1, 'organization', 'crm:1', :a, '[\"crm:1\"]', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"), {"a": json.dumps(big)})
+        c.execute(sa.text(
+            "INSERT INTO mdm_golden_history (golden_id, version, change, status, attributes, members, valid_from, "
+            "actor) VALUES ('G1', 1, 'created', 'active', :a, '[]', '2026-01-01 00:00:00', 'engine')"),
+            {"a": json.dumps(big, ensure_ascii=False, separators=(",", ":"))})
+        c.execute(sa.text(
+            "INSERT INTO mdm_source_version (source_system, source_id, version, content_hash, raw, std, "
+            "received_at, deleted) VALUES ('crm', '1', 1, 'h', :r, :s, '2026-01-01 00:00:00', 0)"), {"r": json.dumps(big), "s": json.dumps(ev)})
+        c.execute(sa.text(
+            "INSERT INTO mdm_link (a_key, b_key, weight, probability, decision, evidence, actor, created_at, active) "
+            "VALUES ('a', 'b', 1.0, 0.5, 'match', :e, 'engine', '2026-01-01 00:00:00', 1)"), {"e": json.dumps(ev)})
+        c.execute(sa.text("INSERT INTO mdm_inbox (envelope_id, at, outcome, events) "
+                          "VALUES ('e1', '2026-01-01 00:00:00', 'new', :e)"), {"e": json.dumps(ev)})
+    with session_factory(url)() as s:
+        assert s.get(Golden, "G1").attributes == big
+        assert s.execute(sa.select(GoldenHistory.attributes)).scalar_one() == big
+        assert s.execute(sa.select(SourceVersion.raw, SourceVersion.std)).one() == (big, ev)
+        assert s.execute(sa.select(Link.evidence)).scalar_one() == ev
+        assert s.get(Inbox, "e1").events == ev
+
+
+@pytest.mark.postgres
+def test_postgresql_stores_compressed_json_columns_as_plain_json(pg_url, tmp_path, unique):
+    """PostgreSQL compresses large values itself (TOAST): there the columns hold JSON as before."""
+    import json
+    from datetime import UTC, datetime
+
+    from esbhub.mdm.store import Inbox
+    from mdm.fakes import fresh_pg_db
+
+    url, drop = fresh_pg_db(pg_url, "mdm_" + unique)
+    try:
+        upgrade(url)
+        big = _compressed_kinds()["attributes"]
+        with session_factory(url).begin() as s:
+            s.add(Inbox(envelope_id="e1", at=datetime.now(UTC), outcome="new", events=big))
+        with engine_for(url).connect() as c:
+            typ, text = c.execute(sa.text("SELECT json_typeof(events), events::text FROM mdm_inbox")).one()
+        assert typ == "object" and json.loads(text) == big
+    finally:
+        drop()
+
+
+def test_columns_read_by_raw_sql_are_never_compressed():
+    """``bench/mdm_load.py`` reads ``mdm_xref.std`` with ``json_extract`` and ``bench/mdm_realtime.py``
+    parses ``mdm_xref.raw`` itself: those columns keep plain JSON text."""
+    from esbhub.mdm.store import CompressedJSON, Xref
+
+    for col in Xref.__table__.columns:
+        assert not isinstance(col.type, CompressedJSON), col.name
+
+
+def test_a_fastjson_column_reads_values_stored_deflated(tmp_path):
+    """The two types read each other's rows, so a column can move between them without a rewrite."""
+    from esbhub.mdm.store import CompressedJSON, FastJSON
+
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 't.db'}")
+    value = _compressed_kinds()["attributes"]
+    deflating = sa.Table("t", sa.MetaData(), sa.Column("v", CompressedJSON))
+    plain = sa.Table("t", sa.MetaData(), sa.Column("v", FastJSON))
+    deflating.create(eng)
+    with eng.begin() as c:
+        c.execute(deflating.insert(), [{"v": value}])
+        assert isinstance(c.execute(sa.text("SELECT v FROM t")).scalar_one(), bytes)
+    with eng.connect() as c:
+        assert c.execute(sa.select(plain.c.v)).scalar_one() == value
+    eng.dispose()
