@@ -282,17 +282,64 @@ def test_match_reports_what_weighing_every_candidate_in_turn_reports(pool_matche
     assert n > len(srecs)
 
 
-def test_persons_are_matched_as_weighing_every_candidate_in_turn():
-    m = Matcher(MatchModel(tf_min_records=2))
-    people = [standardize(Party(kind="person", source_system="a", source_id=str(i), name=n, id_number=idn,
-                                addresses=[{"text": "北京市朝阳区建国路1号"}] if i % 2 else []))
-              for i, (n, idn) in enumerate([("王伟", "11010519491231002X"), ("王伟", None), ("伟王", None),
-                                            ("王伟", "110105194912310021"), ("李娜", None), ("王卫", None)])]
-    for p in people:
-        m.add(f"a:{p.source_id}", p)
-    for p in people:
-        key = f"a:{p.source_id}"
-        assert _dump(m.match(key, p)) == _dump(_generic(m, key, p))
+_PERSON_POOL = dict(
+    given_name=[None, "wei", "wie", "weiming", "weiminh", "na", "smith"],
+    family_name=[None, "wang", "wang", "wong", "williams", "williamz", "smith", "na"],
+    birth_date=[None, "19491231", "19491213", "19491230", "19941231", "20010101"],
+    id_number=[None, "11010519491231002X", "11010519491231002", "110105194912310021", "1234567", "1234576",
+               "1234599"],
+    street=[None, "1 main street", "1 main st", "10 main street", "2 high road"],
+    city=[None, "sydney", "sidney", "sydneyy", "perth"],
+    postcode=[None, "2000", "2001", "2010", "6000", "9876"],
+    province=[None, "nsw", "nsw", "nsq", "queensland", "queenslnd", "wa"],
+    phones=[[], ["+61290001234"], ["+61290001235"], *([f"+614000{j:05d}"] for j in range(40))],
+    phones_generic=[[], [], ["+611300000000"]],
+)
+
+
+@pytest.fixture(scope="module")
+def person_pool_matcher():
+    import random
+
+    from esbhub.mdm.standardize import StdParty
+
+    rng = random.Random(5)
+    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6))
+    recs = {}
+    for i in range(150):
+        kw = {f: rng.choice(vals) for f, vals in _PERSON_POOL.items()}
+        recs[f"a:{i}"] = StdParty(kind="person", source_system="a", source_id=str(i), name_raw="x", name_norm="x",
+                                  core_name="x", id_number_valid=rng.random() < 0.5, **kw)
+    for i, (given_name, family_name) in enumerate((("wei", "wang"), ("wang", "wei"))):  # written the other way round
+        recs[f"s:{i}"] = recs["a:0"].model_copy(update={"source_id": f"s{i}", "given_name": given_name,
+                                                         "family_name": family_name})
+    for k, r in recs.items():
+        m.add(k, r)
+    return m, recs
+
+
+def test_fast_person_scoring_gives_the_levels_and_weights_of_the_comparisons(person_pool_matcher):
+    m, recs = person_pool_matcher
+    seen: set[tuple[int, int]] = set()
+    for ka, a in recs.items():
+        scored = m._score_persons(ka, a, list(recs), -math.inf)
+        assert [k for _, k, *_ in scored] == [k for k in recs if k != ka]
+        for total, _, b, levels, weights in scored:
+            assert (total, list(levels), list(weights)) == m._levels(a, b)
+            assert m._person_evidence(a, b, levels, weights) == m._evidence(a, b, levels, weights)
+            seen.update(enumerate(levels))
+    levels_of = [len(c.levels) for c in m._scorer.kinds["person"][1]]
+    assert seen == {(i, lv) for i, n in enumerate(levels_of) for lv in range(n)}
+
+
+def test_persons_are_matched_as_weighing_every_candidate_in_turn(person_pool_matcher):
+    m, recs = person_pool_matcher
+    n = 0
+    for k, r in recs.items():
+        got = m.match(k, r)
+        n += len(got)
+        assert _dump(got) == _dump(_generic(m, k, r))
+    assert n > len(recs)
 
 
 def test_result_objects_are_those_model_construct_makes():

@@ -38,7 +38,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -273,6 +273,7 @@ class _Scorer:
         ws = self.kinds["organization"][2]
         self.org_weights = [[w + 0.0 for w in ws_i] for ws_i in ws]
         self.org_shown = [[round(w, 3) for w in ws_i] for ws_i in self.org_weights]
+        self.person_weights = [[w + 0.0 for w in ws_i] for ws_i in self.kinds["person"][2]]
 
 
 _VIEW_FIELDS = ("source_system", "source_id", "kind", "name_norm", "core_name", "pinyin_key", "uscc", "uscc_valid",
@@ -478,18 +479,11 @@ class Matcher:
         Only the reported pairs get their evidence and a result object built."""
         floor = _logit2(self.model.report_threshold)
         cands = self.candidates(rec, limit=limit + 1)
+        scored: list[tuple[float, str, MatchView, tuple[int, ...], Any]]  # Any: the name's weight / all weights
         if rec.kind == "organization":
             scored = self._score_organizations(key, rec, cands, floor)
         else:
-            scored = []
-            kind, records = rec.kind, self.records
-            for k in cands:
-                other = records[k]
-                if k == key or other.kind != kind:
-                    continue
-                total, levels, weights = self._levels(rec, other)
-                if total >= floor:
-                    scored.append((total, k, other, levels, weights))
+            scored = self._score_persons(key, rec, cands, floor)
         if len(scored) > 1:  # best first; equal weights (as reported, rounded) keep the candidates' order
             scored.sort(key=lambda s: -round(s[0], 4))
         out = []
@@ -499,7 +493,7 @@ class Matcher:
             if rec.kind == "organization":
                 ev = self._organization_evidence(rec, other, levels, weights)
             else:
-                ev = self._evidence(rec, other, levels, weights)
+                ev = self._person_evidence(rec, other, levels, weights)
             out.append(_match_result(key, k, round(total, 4), p, self._decide(p, hard), ev, hard))
         return out
 
@@ -607,6 +601,59 @@ class Matcher:
                 out.append((total, k, b, (lu, ln, lc, lp, la, le), w_n[ln]))
         return out
 
+    def _score_persons(self, key: str, a: StdParty | MatchView, cands: list[str], floor: float
+                       ) -> list[tuple[float, str, MatchView, tuple[int, ...], tuple[float, ...]]]:
+        """As :meth:`_score_organizations`, for persons: (total, key, record, levels, weights)."""
+        prior, comps, ws, params = self._scorer.kinds["person"]
+        w_gn, w_fn, w_sw, w_bd, w_id, w_st, w_ci, w_pc, w_pr, w_ph = self._scorer.person_weights
+        family = comps[1]
+        if len(self.records) >= self.model.tf_min_records and self.family_count.get(a.family_name or "", 0) > 0:
+            w_fn = w_fn.copy()
+            for level in family.tf_levels:
+                w_fn[level] = ws[1][level] + self._tf_bits(family, a, params[1].u[level])
+        a_gn, a_fn = a.given_name, a.family_name
+        a_swappable = bool(a_gn and a_fn) and a_gn != a_fn
+        a_bd, a_id, a_st, a_ci, a_pc, a_pr = a.birth_date, a.id_number, a.street, a.city, a.postcode, a.province
+        a_has_phone = bool(a.phones or a.phones_generic)
+        a_phones, a_generic = frozenset(a.phones), frozenset(a.phones_generic)
+        if a_phones:
+            g, counts = self.model.generic_phone_records, self.phone_count
+            a_hot = frozenset(p for p in a_phones if counts.get(p, 0) > g)
+        else:
+            a_hot = a_phones
+        graded, edit = _graded_level, _edit_level
+        records = self.records
+        out = []
+        for k in cands:
+            b = records[k]
+            if k == key or b.kind != "person":
+                continue
+            b_gn, b_fn = b.given_name, b.family_name
+            if a_gn and a_fn and b_gn and b_fn:
+                lsw = 1 if a_swappable and a_gn == b_fn and a_fn == b_gn else 2
+            else:
+                lsw = 0
+            bp = b.phones
+            if not a_has_phone or not (bp or b.phones_generic):
+                lp = 0
+            elif not a_phones.isdisjoint(bp):
+                lp = 2 if a_hot and not a_hot.isdisjoint(bp) else 1
+            elif not a_generic.isdisjoint(b.phones_generic):
+                lp = 2
+            else:
+                lp = 3
+            levels = (graded(a_gn, b_gn), graded(a_fn, b_fn), lsw, edit(a_bd, b.birth_date), edit(a_id, b.id_number),
+                      graded(a_st, b.street), graded(a_ci, b.city), edit(a_pc, b.postcode),
+                      graded(a_pr, b.province), lp)
+            weights = (w_gn[levels[0]], w_fn[levels[1]], w_sw[lsw], w_bd[levels[3]], w_id[levels[4]], w_st[levels[5]],
+                       w_ci[levels[6]], w_pc[levels[7]], w_pr[levels[8]], w_ph[lp])
+            total = prior
+            for w in weights:
+                total += w
+            if total >= floor:
+                out.append((total, k, b, levels, weights))
+        return out
+
     def _organization_evidence(self, a: StdParty | MatchView, b: MatchView, levels: tuple[int, ...],
                                name_weight: float) -> list[FieldEvidence]:
         """:meth:`_evidence` of an organization pair scored by :meth:`_score_organizations`: the values
@@ -626,13 +673,7 @@ class Matcher:
             ca_, cb_ = a.city, b.city
         else:
             ca_, cb_ = a.province, b.province
-        if lp == 0:
-            pa, pb = _first(a.phones), _first(b.phones)
-        elif lp == 3:
-            pa, pb = _first(a.phones or a.phones_generic), _first(b.phones or b.phones_generic)
-        else:  # shared (or demoted): the smallest number in common, a specific one before a generic one
-            common = set(a.phones).intersection(b.phones) or set(a.phones_generic).intersection(b.phones_generic)
-            pa = pb = min(common)
+        pa, pb = _phones_shown(a, b, lp)
         if le == 0:
             ea, eb = _first(a.emails), _first(b.emails)
         elif le == 1:
@@ -647,6 +688,20 @@ class Matcher:
             _field_evidence(ca.name, ca.levels[la], sa[la], a.address, b.address),
             _field_evidence(ce.name, ce.levels[le], se[le], ea, eb),
         ]
+
+    def _person_evidence(self, a: StdParty | MatchView, b: MatchView, levels: tuple[int, ...],
+                         weights: tuple[float, ...]) -> list[FieldEvidence]:
+        """:meth:`_evidence` of a person pair scored by :meth:`_score_persons`."""
+        comps = self._scorer.kinds["person"][1]
+        if levels[2] == 1:
+            swap = f"{a.family_name},{a.given_name}", f"{b.family_name},{b.given_name}"
+        else:
+            swap = None, None
+        shown = ((a.given_name, b.given_name), (a.family_name, b.family_name), swap, (a.birth_date, b.birth_date),
+                 (a.id_number, b.id_number), (a.street, b.street), (a.city, b.city), (a.postcode, b.postcode),
+                 (a.province, b.province), _phones_shown(a, b, levels[9]))
+        return [_field_evidence(c.name, c.levels[lv], round(w, 3), va, vb)
+                for c, lv, w, (va, vb) in zip(comps, levels, weights, shown, strict=True)]
 
     def explain(self, a: StdParty, b: StdParty) -> str:
         """Human-readable evidence table for a pair."""
@@ -664,6 +719,40 @@ def _dec(c: Counter[str], k: str) -> None:
         c.pop(k, None)
     else:
         c[k] = v
+
+
+def _phones_shown(a: StdParty | MatchView, b: StdParty | MatchView, level: int) -> tuple[str | None, str | None]:
+    """The values :func:`.comparisons.cmp_phone` shows for the level reached (``shared_generic`` also
+    when a shared specific number was demoted)."""
+    if level == 0:
+        return _first(a.phones), _first(b.phones)
+    if level == 3:
+        return _first(a.phones or a.phones_generic), _first(b.phones or b.phones_generic)
+    # shared: the smallest number in common, a specific one before a generic one
+    v = min(set(a.phones).intersection(b.phones) or set(a.phones_generic).intersection(b.phones_generic))
+    return v, v
+
+
+def _graded_level(va: str | None, vb: str | None) -> int:
+    """The level of :func:`.comparisons._graded` (0.92 / 0.80) for two values."""
+    if not va or not vb:
+        return 0
+    if va == vb:
+        return 1
+    s = JaroWinkler.similarity(va, vb)
+    return 2 if s >= 0.92 else 3 if s >= 0.8 else 4
+
+
+def _edit_level(va: str | None, vb: str | None) -> int:
+    """The level of :func:`.comparisons._edit` for two values."""
+    if not va or not vb:
+        return 0
+    if va == vb:
+        return 1
+    d = Levenshtein.distance(va, vb, score_cutoff=2)
+    if d <= 1 or (len(va) == len(vb) and sorted(va) == sorted(vb)):
+        return 2
+    return 3 if d <= 2 else 4
 
 
 # ------------------------------------------------------------------ training
