@@ -60,8 +60,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
         eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
         event.listen(eng, "connect", _sqlite_pragmas)
         if path and path != ":memory:" and "mode=memory" not in path:
-            file = path.split("?", 1)[0]  # registered on connect: the file exists by then
+            file = str(Path(path.split("?", 1)[0]).resolve())  # registered on connect: the file exists by then
             event.listen(eng, "connect", lambda _c, _r: wal.checkpointer.register(file))
+            event.listen(eng, "commit", lambda _c: wal.checkpointer.committed(file))
         return eng
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):

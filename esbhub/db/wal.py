@@ -47,11 +47,16 @@ RESTART_PAGES = 16_384
 
 
 class Checkpointer:
-    """One daemon thread per process checkpointing the registered SQLite files."""
+    """One daemon thread per process checkpointing the registered SQLite files that had commits.
+
+    It holds no connection between rounds: each checkpoint opens one and closes it, so when the
+    hub closes its own connections the last one to close still folds the WAL into the database
+    file (SQLite does that on the last close), and idle or finished databases cost nothing.
+    """
 
     def __init__(self, interval: float = INTERVAL) -> None:
         self.interval = interval
-        self._paths: dict[str, sqlite3.Connection | None] = {}
+        self._dirty: dict[str, bool] = {}  # registered files → committed to since the last full checkpoint
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -63,57 +68,58 @@ class Checkpointer:
         path = str(Path(path).resolve())
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: threads do not survive a fork
-                self._paths = {p: None for p in self._paths}
                 self._thread = None
                 self._pid = os.getpid()
-            self._paths.setdefault(path, None)
+            self._dirty.setdefault(path, True)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
                 self._thread.start()
 
+    def committed(self, path: str) -> None:
+        """A transaction committed to ``path``: its WAL has frames to copy."""
+        self._dirty[path] = True
+
     def checkpoint(self, path: str, mode: str = "PASSIVE") -> tuple[int, int, int] | None:
-        """One checkpoint of ``path`` now: SQLite's (busy, wal frames, frames copied)."""
-        with self._lock:
-            conn = self._paths.get(path)
-            if not Path(path).exists():  # a deleted database (temporary stores): forget it
-                self._paths.pop(path, None)
-                if conn is not None:
-                    conn.close()
-                return None
-            if conn is None:
-                conn = sqlite3.connect(path, timeout=1, check_same_thread=False, isolation_level=None)
-                self._paths[path] = conn
-        row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        return (int(row[0]), int(row[1]), int(row[2])) if row else None
+        """One checkpoint of ``path`` now, on a connection of its own: SQLite's (busy, wal frames,
+        frames copied); None for a database that no longer exists (it is forgotten)."""
+        if not Path(path).exists():  # a deleted database (temporary stores)
+            with self._lock:
+                self._dirty.pop(path, None)
+            return None
+        conn = sqlite3.connect(path, timeout=1, check_same_thread=False, isolation_level=None)
+        try:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            res = (int(row[0]), int(row[1]), int(row[2])) if row else None
+            if res and res[1] >= RESTART_PAGES and res[1] == res[2] and mode == "PASSIVE":
+                # all copied, yet the writer keeps appending: without a gap between its
+                # transactions the WAL never starts over. RESTART waits (≤ 1 s) for the running
+                # transaction, then makes the next one write from the WAL's start; it only has
+                # the frames of that one transaction left to copy.
+                again = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                if again and int(again[0]) == 0:
+                    self.restarts += 1
+            return res
+        finally:
+            conn.close()
 
     def _run(self) -> None:
         me = threading.current_thread()
         while self._thread is me:
             time.sleep(self.interval)
-            for path in list(self._paths):
+            for path, dirty in list(self._dirty.items()):
+                if not dirty:
+                    continue
+                self._dirty[path] = False  # a commit from now on sets it again
                 try:
                     res = self.checkpoint(path)
                 except sqlite3.Error as exc:  # e.g. the file went away under us; retried next round
                     log.debug("sqlite checkpoint failed", path=path, error=str(exc))
-                    with self._lock:
-                        conn = self._paths.get(path)
-                        if conn is not None:
-                            conn.close()
-                            self._paths[path] = None
+                    self._dirty[path] = True
                     continue
                 if res and res[2] > 0:
                     self.runs += 1
-                if res and res[1] >= RESTART_PAGES and res[1] == res[2]:
-                    # all copied, yet the writer keeps appending: without a gap between its
-                    # transactions the WAL never starts over. RESTART waits (≤ 1 s) for the
-                    # running transaction, then makes the next one write from the WAL's start;
-                    # it only has the frames of that one transaction left to copy.
-                    try:
-                        again = self.checkpoint(path, "RESTART")
-                        if again and again[0] == 0:
-                            self.restarts += 1
-                    except sqlite3.Error as exc:
-                        log.debug("sqlite checkpoint restart failed", path=path, error=str(exc))
+                if res and (res[0] or res[2] < res[1]):
+                    self._dirty[path] = True  # not all of it copied (readers still on old frames): again
 
 
 checkpointer = Checkpointer()

@@ -66,4 +66,19 @@ def test_a_deleted_database_is_forgotten(tmp_path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     assert wal.checkpointer.checkpoint(path) is None
-    assert path not in wal.checkpointer._paths
+    assert path not in wal.checkpointer._dirty
+
+
+def test_once_the_hub_closes_its_connections_the_database_file_alone_is_complete(tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "d.db"
+    eng = make_engine(f"sqlite:///{db}")
+    _fill(eng, 500)
+    eng.dispose()  # the last connection to close folds the WAL into the file (the checkpointer holds none)
+    wait_for(lambda: not Path(f"{db}-wal").exists(), what="the WAL folded into the database file")
+    shutil.copy(db, tmp_path / "copy.db")  # a plain copy, without -wal
+    con = sqlite3.connect(tmp_path / "copy.db")
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 500
+    con.close()

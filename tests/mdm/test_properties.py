@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import wait_for
 
 from esbhub.db import engine_for, upgrade
 from esbhub.mdm.service import Conflict, MdmService
@@ -44,7 +45,9 @@ def template(tmp_path_factory) -> Path:
     url = f"sqlite:///{path}"
     upgrade(url)
     with engine_for(url).connect() as c:  # everything into the main file, so a plain copy is complete
-        c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # busy while the background checkpointer (esbhub.db.wal) is at it: then again
+        wait_for(lambda: c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0] == 0,
+                 what="a complete checkpoint of the template")
     engine_for(url).dispose()
     return path
 
