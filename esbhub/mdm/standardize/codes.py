@@ -32,7 +32,7 @@ _USCC_SHAPE = re.compile(r"^[0-9A-HJ-NP-RTUWXY]{2}[0-9]{6}[0-9A-HJ-NP-RTUWXY]{10
 _ORG_SHAPE = re.compile(r"^[0-9A-Z]{8}[0-9X]$")
 _ID_SHAPE = re.compile(r"^[0-9]{17}[0-9X]$")
 _CODE_NOISE = re.compile(r"[\s\-\.·_/]")
-_CACHE = 65536  # the checks are memoized: a company's records from several systems carry the same codes
+_CACHE = 8192  # the checks are memoized: a company's records from several systems carry the same codes
 
 
 def clean_code(value: str | None) -> str | None:
