@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
+from operator import itemgetter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -185,82 +187,257 @@ def _completeness(v: Any) -> int:
     return 0 if _empty(v) else 1
 
 
-def _trust(rule: AttributeRule, system: str) -> int:
-    return rule.trust.get(system, rule.trust.get("*", 0))
-
-
 def _lineage(m: Member, rule: str) -> dict[str, Any]:
     return {"source_system": m.system, "source_id": m.source_id, "rule": rule, "source_updated_at": m.updated_iso}
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})  # what _hashable returns as they are
+
+
 def _hashable(v: Any) -> Any:
     if isinstance(v, dict):
+        if all(x.__class__ in _LEAVES for x in v.values()):  # flat (an address, a contact)
+            return tuple(sorted(v.items()))
         return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
     if isinstance(v, list):
         return tuple(_hashable(x) for x in v)
     return v
 
 
+def _hashables(vals: tuple[Any, ...] | list[Any]) -> tuple[Any, ...] | list[Any]:
+    """``_hashable`` of each value (the values themselves when all are strings)."""
+    for v in vals:
+        if v.__class__ is not str:
+            return [x if x.__class__ is str else _hashable(x) for x in vals]
+    return vals
+
+
+def _override(value: Any) -> dict[str, Any]:
+    return {"value": value, "lineage": {"source_system": "steward", "source_id": None, "rule": "override"}}
+
+
+_ACTIVE: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _active(rules: list[str]) -> tuple[str, ...]:
+    """The rules that rank candidates: all but ``override``, in order (memoized per rule list)."""
+    t = tuple(rules)
+    a = _ACTIVE.get(t)
+    if a is None:
+        if len(_ACTIVE) > 1000:
+            _ACTIVE.clear()
+        a = _ACTIVE[t] = tuple(r for r in t if r != "override")
+    return a
+
+
+# per rule: the ranking rules, the member-level score columns by rule name, and (once needed)
+# each member's place when ranked by those scores alone
+_Plan = tuple[tuple[str, ...], dict[str, list[Any]], list[list[int]]]
+
+
+class _Live:
+    """What ranking needs of the members of one ``survive`` call, computed once for all attributes.
+
+    A candidate's sort key is its negated rule scores in rule order, then its source key; a
+    stable sort puts the first smallest key first. Scores that depend only on the member
+    (trust, valid, recency) are columns over all members, built once per rule; a candidate
+    set takes its part of a column with one ``itemgetter`` (``pick``).
+    """
+
+    __slots__ = ("ms", "keys", "_negts", "_plans", "_trust", "_order")
+
+    def __init__(self, ms: list[Member]) -> None:
+        self.ms = ms
+        self.keys = [m.key for m in ms]
+        self._negts: list[float] | None = None
+        self._plans: dict[tuple[int, Any], _Plan] = {}
+        self._trust: dict[tuple[tuple[str, int], ...], list[int]] = {}
+        self._order: dict[int, list[int]] = {}
+
+    def trust(self, rule: AttributeRule) -> list[int]:
+        """Minus each member's trust under ``rule`` (one column for rules that trust alike)."""
+        trust = rule.trust
+        tk = tuple(trust.items())
+        col = self._trust.get(tk)
+        if col is None:
+            dflt = trust.get("*", 0)
+            col = self._trust[tk] = [-(trust[m.system] if m.system in trust else dflt) for m in self.ms]
+        return col
+
+    def by_trust(self, rule: AttributeRule) -> list[int]:
+        """Member positions, most trusted under ``rule`` first, then by source key (stable)."""
+        col = self.trust(rule)
+        order = self._order.get(id(col))
+        if order is None:
+            order = self._order[id(col)] = [i for _t, _k, i in sorted(zip(col, self.keys, range(len(col)), strict=True))]
+        return order
+
+    def _plan(self, rule: AttributeRule, valid: str | list[Any] | None) -> _Plan:
+        active = _active(rule.rules)
+        cols: dict[str, list[Any]] = {}
+        for r in active:
+            if r in cols:
+                continue
+            if r == "trust":
+                cols[r] = self.trust(rule)
+            elif r == "recency":
+                if self._negts is None:
+                    self._negts = [-m.updated_at.timestamp() for m in self.ms]
+                cols[r] = self._negts
+            elif r == "valid":
+                if valid is None:
+                    cols[r] = [0] * len(self.ms)
+                elif valid.__class__ is str:
+                    cols[r] = [-1 if m.std.get(valid) else 0 for m in self.ms]
+                else:
+                    cols[r] = [-1 if x else 0 for x in valid]
+        return active, cols, []
+
+    def rank(
+        self, pick: Callable[[list[Any]], tuple[Any, ...]], vals: tuple[Any, ...] | list[Any], rule: AttributeRule,
+        valid: str | list[Any] | None,
+    ) -> tuple[int, str]:
+        """Rank two or more candidates ``vals`` of the members ``pick`` takes (an ``itemgetter``
+        of two or more member positions): the position of the winner in ``vals`` and the rule
+        that decided (``unanimous`` when all values agree, ``source_key`` when no rule told the
+        winner from its best rival). ``valid`` is the ``std`` field that says a value is valid,
+        or the flags of the members themselves."""
+        pk = (id(rule), valid if valid is None or valid.__class__ is str else id(valid))
+        plan = self._plans.get(pk)
+        if plan is None:
+            plan = self._plans[pk] = self._plan(rule, valid)
+        active, cols, place = plan
+        n = len(vals)
+        v0 = vals[0]
+        if v0.__class__ is str and vals.count(v0) == n:
+            # all the same string, so the same frequency and completeness: the member scores decide
+            if not place:
+                mk = list(zip(*[cols[r] for r in active if r in cols], self.keys, strict=True))
+                places = [0] * len(mk)
+                for j, i in enumerate(sorted(range(len(mk)), key=mk.__getitem__)):
+                    places[i] = j
+                place.append(places)
+            ps = pick(place[0])
+            return ps.index(min(ps)), "unanimous"
+        hs = _hashables(vals)
+        ks_cols: list[tuple[Any, ...] | list[Any]] = []
+        for r in active:
+            col = cols.get(r)
+            if col is not None:
+                ks_cols.append(pick(col))
+            elif r == "frequency":
+                count = hs.count if n <= 16 else Counter(hs).__getitem__
+                ks_cols.append([-count(h) for h in hs])
+            elif r == "completeness":
+                ks_cols.append([-len(v) if v.__class__ is str else -_completeness(v) for v in vals])
+        ks_cols.append(pick(self.keys))
+        ks = list(zip(*ks_cols, strict=True))
+        wk = min(ks)
+        win = ks.index(wk)  # the first smallest, as a stable sort has it
+        hw = hs[win]
+        rivals = [ks[j] for j in range(n) if j != win and hs[j] != hw]
+        if not rivals:
+            return win, "unanimous"
+        rk = min(rivals)
+        for i, r in enumerate(active):
+            if wk[i] != rk[i]:
+                return win, r
+        return win, "source_key"
+
+
 def survive_scalar(
     attr: str, cands: list[_Cand], rule: AttributeRule, override: Any = None, has_override: bool = False
 ) -> dict[str, Any] | None:
     if has_override and "override" in rule.rules:
-        return {"value": override, "lineage": {"source_system": "steward", "source_id": None, "rule": "override"}}
+        return _override(override)
     if not cands:
         return None
     if len(cands) == 1:  # what ranking one candidate comes to
         return {"value": cands[0].value, "lineage": _lineage(cands[0].member, "only_source")}
-    freq = Counter(_hashable(c.value) for c in cands)
-    active = [r for r in rule.rules if r != "override"]
-    for c in cands:
-        sc: list[Any] = []
-        for r in active:
-            if r == "trust":
-                sc.append(_trust(rule, c.member.system))
-            elif r == "valid":
-                sc.append(1 if c.valid else 0)
-            elif r == "recency":
-                sc.append(c.member.updated_at.timestamp())
-            elif r == "completeness":
-                sc.append(_completeness(c.value))
-            elif r == "frequency":
-                sc.append(freq[_hashable(c.value)])
-        c.scores = sc
-    # best first; ties broken by source key so the outcome never depends on arrival order
-    ranked = sorted(cands, key=lambda c: (tuple(-s for s in c.scores), c.member.key))
-    win = ranked[0]
-    rivals = [c for c in ranked[1:] if _hashable(c.value) != _hashable(win.value)]
-    if not rivals:
-        why = "only_source" if len(cands) == 1 else "unanimous"
-    else:
-        rival = rivals[0]
-        why = "source_key"
-        for r, a, b in zip(active, win.scores, rival.scores, strict=True):
-            if a != b:
-                why = r
-                break
-    return {"value": win.value, "lineage": _lineage(win.member, why)}
+    win, why = _Live([c.member for c in cands]).rank(
+        itemgetter(*range(len(cands))), [c.value for c in cands], rule, [c.valid for c in cands]
+    )
+    return {"value": cands[win].value, "lineage": _lineage(cands[win].member, why)}
+
+
+def _survive_list(per_member: list[Any] | tuple[Any, ...], live: _Live, rule: AttributeRule) -> dict[str, Any] | None:
+    """``survive_list`` with each live member's values already taken."""
+    ms = live.ms
+    seen: dict[Any, dict[str, Any]] = {}
+    values: list[Any] = []
+    lineage: list[dict[str, Any]] = []
+    for i in live.by_trust(rule):
+        m = ms[i]
+        for v in per_member[i]:
+            if v.__class__ is str:
+                if not v:
+                    continue
+                h = v
+            elif _empty(v):
+                continue
+            else:
+                h = _hashable(v)
+            lin = seen.get(h)
+            if lin is not None:
+                lin["also"].append(m.key)
+                continue
+            lin = {"source_system": m.system, "source_id": m.source_id, "rule": "union",
+                   "source_updated_at": m.updated_iso, "value": v, "also": []}
+            seen[h] = lin
+            values.append(v)
+            lineage.append(lin)
+    if not values:
+        return None
+    return {"value": values, "lineage": lineage}
 
 
 def survive_list(attr: str, members: list[Member], rule: AttributeRule) -> dict[str, Any] | None:
     getter = LISTS[attr]
-    order = sorted(members, key=lambda m: (-_trust(rule, m.system), m.key))
-    seen: dict[Any, dict[str, Any]] = {}
-    values: list[Any] = []
-    for m in order:
-        for v in getter(m):
-            if _empty(v):
-                continue
-            h = _hashable(v)
-            if h in seen:
-                seen[h]["also"].append(m.key)
-                continue
-            lin = {**_lineage(m, "union"), "value": v, "also": []}
-            seen[h] = lin
-            values.append(v)
-    if not values:
-        return None
-    return {"value": values, "lineage": [seen[_hashable(v)] for v in values]}
+    return _survive_list([getter(m) for m in members], _Live(members), rule)
+
+
+def _first_address_of(raw: dict[str, Any]) -> str | None:
+    addrs = raw.get("addresses") or []
+    for kind in ("registered", "office"):
+        for a in addrs:
+            if a.get("kind") == kind:
+                return a.get("text")
+    return addrs[0].get("text") if addrs else None
+
+
+def _scalar_row(raw: dict[str, Any], std: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of all :data:`SCALARS` of one member, in that order (one call instead of one per attribute)."""
+    rg, sg = raw.get, std.get
+    ag = (rg("attributes") or {}).get
+    return (
+        rg("kind"), rg("name"), rg("name_en"), sg("uscc"), sg("org_code"), rg("id_number"), sg("legal_form"),
+        sg("core_name"), sg("province") or rg("province"), sg("city") or rg("city"), sg("district"),
+        sg("division_code"), _first_address_of(raw), rg("status"), ag("billing_account"),
+        ag("parent_billing_account"), ag("monthly_revenue"), ag("bank_account"), ag("bank_name"),
+        ag("account_manager"), ag("industry"),
+    )
+
+
+_SCALAR_NAMES = (
+    "kind", "name", "name_en", "uscc", "org_code", "id_number", "legal_form", "core_name", "province", "city",
+    "district", "division_code", "address", "status", "billing_account", "parent_billing_account",
+    "monthly_revenue", "bank_account", "bank_name", "account_manager", "industry",
+)  # the order of _scalar_row and of SCALARS
+
+
+def _list_row(raw: dict[str, Any], std: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of all :data:`LISTS` of one member, in that order (what their getters iterate)."""
+    phones, generic = std.get("phones"), std.get("phones_generic")
+    return (
+        [*phones, *generic] if phones and generic else phones or generic or (),
+        std.get("emails") or (),
+        (raw.get("attributes") or {}).get("circuit_ids") or (),
+        raw.get("contacts") or (),
+        raw.get("addresses") or (),
+    )
+
+
+_LIST_NAMES = ("phones", "emails", "circuit_ids", "contacts", "addresses")  # the order of _list_row and of LISTS
 
 
 def survive(
@@ -269,42 +446,69 @@ def survive(
     """The golden attributes of ``members``: ``{attr: {"value": …, "lineage": …}}``."""
     config = config or SurvivorshipConfig()
     overrides = overrides or {}
-    live = [m for m in members if not m.deleted] or list(members)
+    live_ms = [m for m in members if not m.deleted] or list(members)
+    live = _Live(live_ms)
+    n = len(live_ms)
+    everyone = itemgetter(*range(n)) if n > 1 else None
     out: dict[str, dict[str, Any]] = {}
-    for attr, getter in SCALARS.items():
-        rule = config.rule_for(attr)
-        cands = []
-        for m in live:
-            v = getter(m)
-            if _empty(v):
-                continue
-            valid = m.std.get(VALIDITY[attr]) if attr in VALIDITY else None
-            cands.append(_Cand(value=v, member=m, valid=valid))
-        res = survive_scalar(attr, cands, rule, overrides.get(attr), attr in overrides)
-        if res is not None:
-            out[attr] = res
-    for attr in LISTS:
-        rule = config.rule_for(attr)
+    if type(config) is SurvivorshipConfig:  # rule_for, without a method call per attribute
+        by_attr, default = config.attributes, config.default
+
+        def rule_for(attr: str) -> AttributeRule:
+            return by_attr.get(attr) or default
+    else:
+        rule_for = config.rule_for
+
+    def scalar(attr: str, col: tuple[Any, ...] | list[Any], valid: str | None) -> None:
+        if overrides and attr in overrides and "override" in rule_for(attr).rules:
+            out[attr] = _override(overrides[attr])
+            return
+        if n and all(col):  # every member has a value (true, so not empty)
+            if n == 1:
+                win, why, m = 0, "only_source", live_ms[0]
+            else:
+                win, why = live.rank(everyone, col, rule_for(attr), valid)  # type: ignore[arg-type]
+                m = live_ms[win]
+            value = col[win]
+        else:
+            n_none = col.count(None)
+            if n_none == n:
+                return
+            idx = list(compress(range(n), col))  # the true values: the filled ones, unless a 0 or False is there
+            if len(idx) + n_none + col.count("") != n:
+                idx = [i for i, v in enumerate(col) if not _empty(v)]
+            if not idx:
+                return
+            if len(idx) == 1:
+                i = idx[0]
+                why = "only_source"
+            else:
+                pick = itemgetter(*idx)
+                vals = pick(col)
+                win, why = live.rank(pick, vals, rule_for(attr), valid)
+                i = idx[win]
+            m = live_ms[i]
+            value = col[i]
+        out[attr] = {"value": value, "lineage": {"source_system": m.system, "source_id": m.source_id, "rule": why,
+                                                 "source_updated_at": m.updated_iso}}
+
+    cols = list(zip(*[_scalar_row(m.raw, m.std) for m in live_ms], strict=True)) or [()] * len(_SCALAR_NAMES)
+    for attr, col in zip(_SCALAR_NAMES, cols, strict=True):
+        scalar(attr, col, VALIDITY.get(attr))
+    cols = list(zip(*[_list_row(m.raw, m.std) for m in live_ms], strict=True)) or [()] * len(_LIST_NAMES)
+    for attr, col in zip(_LIST_NAMES, cols, strict=True):
         if attr in overrides:
-            out[attr] = {"value": overrides[attr], "lineage": {"source_system": "steward", "source_id": None, "rule": "override"}}
-            continue
-        res = survive_list(attr, live, rule)
-        if res is not None:
+            out[attr] = _override(overrides[attr])
+        elif any(col) and (res := _survive_list(col, live, rule_for(attr))) is not None:
             out[attr] = res
     # system-specific flat attributes, kept with lineage
-    extra_keys = sorted({k for m in live for k in ((m.raw.get("attributes") or {}).get("extra") or {})})
-    for k in extra_keys:
-        attr = f"extra.{k}"
-        cands = [
-            _Cand(value=v, member=m)
-            for m in live
-            if not _empty(v := ((m.raw.get("attributes") or {}).get("extra") or {}).get(k))
-        ]
-        res = survive_scalar(attr, cands, config.rule_for(attr), overrides.get(attr), attr in overrides)
-        if res is not None:
-            out[attr] = res
+    extras = [((m.raw.get("attributes") or {}).get("extra") or {}) for m in live_ms]
+    if any(extras):
+        for k in sorted({k for ex in extras for k in ex}):
+            scalar(f"extra.{k}", [ex.get(k) for ex in extras], None)
     for attr, value in overrides.items():  # overrides of attributes no source has
-        out.setdefault(attr, {"value": value, "lineage": {"source_system": "steward", "source_id": None, "rule": "override"}})
+        if attr not in out:
+            out[attr] = _override(value)
     return out
 
 

@@ -78,3 +78,47 @@ def test_every_value_has_lineage_and_the_outcome_does_not_depend_on_member_order
         for lin in v["lineage"] if isinstance(v["lineage"], list) else [v["lineage"]]:
             assert lin["source_system"] in {"crm", "billing", "res"} and lin["rule"], attr
     assert values(outs[0])["extra.seg"] in {"A", "B"}
+
+
+def test_the_one_pass_value_tables_agree_with_the_per_attribute_getters():
+    from esbhub.mdm.survivorship import _LIST_NAMES, _SCALAR_NAMES, LISTS, SCALARS, _list_row, _scalar_row
+
+    assert _SCALAR_NAMES == tuple(SCALARS) and _LIST_NAMES == tuple(LISTS)
+    members = [
+        m("crm", "1", name="华信", province="广东", city="深圳", status="active",
+          addresses=[{"kind": "office", "text": "南山"}, {"kind": "registered", "text": "福田"}],
+          contacts=[{"name": "王经理"}], attributes={"industry": "IT", "circuit_ids": ["C1"], "monthly_revenue": "9.50"},
+          std={"uscc": "U", "city": "深圳市", "phones": ["+861"], "phones_generic": ["+86400"], "emails": ["a@b.cn"]}),
+        m("bank", "2", addresses=[{"kind": "billing", "text": "X"}], std={"phones_generic": ["+86400"]}),
+        m("billing", "3", attributes=None, std={"phones": ["+862"]}),
+    ]
+    for mem in members:
+        assert _scalar_row(mem.raw, mem.std) == tuple(g(mem) for g in SCALARS.values())
+        assert [list(x) for x in _list_row(mem.raw, mem.std)] == [g(mem) for g in LISTS.values()]
+
+
+def test_zero_and_false_are_values_but_empty_strings_are_not():
+    out = survive([
+        m("crm", "1", attributes={"extra": {"n": 0, "flag": False, "seg": ""}}),
+        m("res", "2", attributes={"extra": {"n": 0, "seg": ""}}),
+    ])
+    assert values(out)["extra.n"] == 0 and out["extra.n"]["lineage"]["rule"] == "unanimous"
+    assert values(out)["extra.flag"] is False and out["extra.flag"]["lineage"]["rule"] == "only_source"
+    assert "extra.seg" not in out
+
+
+def test_overrides_keep_their_place_among_the_attributes():
+    cfg = SurvivorshipConfig(attributes={"status": AttributeRule(rules=["recency"])})
+    out = survive([], cfg, {"status": "closed", "name": "甲", "phones": ["1"], "extra.x": "y"})
+    assert list(out) == ["name", "phones", "status", "extra.x"]  # status has no override rule: added last
+    out = survive([m("crm", "1", status="active")], cfg, {"status": "closed"})
+    assert out["status"]["value"] == "active"
+
+
+def test_the_rival_decides_the_rule_and_equal_members_fall_back_to_the_source_key():
+    cfg = SurvivorshipConfig(attributes={"name": AttributeRule(rules=["frequency", "trust", "recency"])})
+    out = survive([m("a", "2", name="乙"), m("a", "1", name="甲"), m("a", "3", name="甲")], cfg)
+    assert out["name"]["value"] == "甲" and out["name"]["lineage"]["rule"] == "frequency"
+    assert out["name"]["lineage"]["source_id"] == "1"
+    out = survive([m("a", "2", name="乙"), m("a", "1", name="甲")], cfg)
+    assert (out["name"]["value"], out["name"]["lineage"]["rule"]) == ("甲", "source_key")
