@@ -7,9 +7,10 @@ few batches one batch paid for copying and syncing tens of megabytes — measure
 store: without those checkpoints in the commit, the real-time path ran ×1.7 faster, and the
 single-record path had its p99 set by whichever record drew the checkpoint.
 
-Here the hub's connections turn automatic checkpoints off (``wal_autocheckpoint=0``, set in
-:func:`esbhub.db.make_engine`) and one daemon thread per process runs a ``PASSIVE`` checkpoint
-of every registered database every :data:`INTERVAL` seconds, on its own connection. A passive
+Here the hub's connections checkpoint themselves only past :data:`HARD_LIMIT_PAGES`
+(``wal_autocheckpoint``, set in :func:`esbhub.db.make_engine`) and one daemon thread per process
+runs a ``PASSIVE`` checkpoint every :data:`INTERVAL` seconds of each registered database that had
+commits since, on a connection it opens for that checkpoint only. A passive
 checkpoint never blocks writers or readers (it copies what no reader still needs), and the
 sqlite3 module releases the GIL while it runs, so the copying and syncing overlap with the
 next transaction instead of sitting in a commit. Durability is unchanged: a commit is durable
