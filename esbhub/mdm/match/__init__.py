@@ -497,6 +497,18 @@ class Matcher:
             out.append(_match_result(key, k, round(total, 4), p, self._decide(p, hard), ev, hard))
         return out
 
+    def _phone_probe(self, a: StdParty | MatchView) -> tuple[bool, frozenset[str], frozenset[str], frozenset[str]]:
+        """What the phone comparison needs of ``a``, worked out once per call: whether it has any
+        phone, its specific and generic numbers, and its "hot" numbers — shared by more records
+        than ``generic_phone_records``, so a match on them is demoted to shared_generic."""
+        a_phones, a_generic = frozenset(a.phones), frozenset(a.phones_generic)
+        if a_phones:
+            g, counts = self.model.generic_phone_records, self.phone_count
+            a_hot = frozenset(p for p in a_phones if counts.get(p, 0) > g)
+        else:
+            a_hot = a_phones
+        return bool(a_phones or a_generic), a_phones, a_generic, a_hot
+
     def _score_organizations(self, key: str, a: StdParty | MatchView, cands: list[str], floor: float
                              ) -> list[tuple[float, str, MatchView, tuple[int, ...], float]]:
         """The candidates (other than ``key``, organizations) whose total weight with ``a`` reaches
@@ -516,13 +528,7 @@ class Matcher:
         a_nn, a_core, a_py = a.name_norm, a.core_name, a.pinyin_key
         a_long = len(a_core) >= 4
         a_city, a_prov, a_street = a.city, a.province, a.street
-        a_has_phone = bool(a.phones or a.phones_generic)
-        a_phones, a_generic = frozenset(a.phones), frozenset(a.phones_generic)
-        if a_phones:  # a number of a's shared by more records than this is demoted to shared_generic
-            g, counts = self.model.generic_phone_records, self.phone_count
-            a_hot = frozenset(p for p in a_phones if counts.get(p, 0) > g)
-        else:
-            a_hot = a_phones
+        phones = self._phone_probe(a)
         a_mails = frozenset(a.emails)
         a_domains = {e.rsplit("@", 1)[-1] for e in a.emails} - PUBLIC_MAIL_DOMAINS if a_mails else a_mails
         jw, lev = JaroWinkler.similarity, Levenshtein.distance
@@ -570,15 +576,7 @@ class Matcher:
                 lc = 2 if a_prov == b.province else 3
             else:
                 lc = 0
-            bp = b.phones
-            if not a_has_phone or not (bp or b.phones_generic):
-                lp = 0
-            elif not a_phones.isdisjoint(bp):
-                lp = 2 if a_hot and not a_hot.isdisjoint(bp) else 1
-            elif not a_generic.isdisjoint(b.phones_generic):
-                lp = 2
-            else:
-                lp = 3
+            lp = _phone_level(phones, b)
             sb = b.street
             if not a_street or not sb:
                 la = 0
@@ -614,13 +612,7 @@ class Matcher:
         a_gn, a_fn = a.given_name, a.family_name
         a_swappable = bool(a_gn and a_fn) and a_gn != a_fn
         a_bd, a_id, a_st, a_ci, a_pc, a_pr = a.birth_date, a.id_number, a.street, a.city, a.postcode, a.province
-        a_has_phone = bool(a.phones or a.phones_generic)
-        a_phones, a_generic = frozenset(a.phones), frozenset(a.phones_generic)
-        if a_phones:
-            g, counts = self.model.generic_phone_records, self.phone_count
-            a_hot = frozenset(p for p in a_phones if counts.get(p, 0) > g)
-        else:
-            a_hot = a_phones
+        phones = self._phone_probe(a)
         graded, edit = _graded_level, _edit_level
         records = self.records
         out = []
@@ -633,15 +625,7 @@ class Matcher:
                 lsw = 1 if a_swappable and a_gn == b_fn and a_fn == b_gn else 2
             else:
                 lsw = 0
-            bp = b.phones
-            if not a_has_phone or not (bp or b.phones_generic):
-                lp = 0
-            elif not a_phones.isdisjoint(bp):
-                lp = 2 if a_hot and not a_hot.isdisjoint(bp) else 1
-            elif not a_generic.isdisjoint(b.phones_generic):
-                lp = 2
-            else:
-                lp = 3
+            lp = _phone_level(phones, b)
             levels = (graded(a_gn, b_gn), graded(a_fn, b_fn), lsw, edit(a_bd, b.birth_date), edit(a_id, b.id_number),
                       graded(a_st, b.street), graded(a_ci, b.city), edit(a_pc, b.postcode),
                       graded(a_pr, b.province), lp)
@@ -719,6 +703,19 @@ def _dec(c: Counter[str], k: str) -> None:
         c.pop(k, None)
     else:
         c[k] = v
+
+
+def _phone_level(probe: tuple[bool, frozenset[str], frozenset[str], frozenset[str]], b: MatchView) -> int:
+    """The level of :func:`.comparisons.cmp_phone` for ``b`` against a probe (:meth:`Matcher._phone_probe`)."""
+    has_phone, a_phones, a_generic, a_hot = probe
+    bp = b.phones
+    if not has_phone or not (bp or b.phones_generic):
+        return 0
+    if not a_phones.isdisjoint(bp):
+        return 2 if a_hot and not a_hot.isdisjoint(bp) else 1
+    if not a_generic.isdisjoint(b.phones_generic):
+        return 2
+    return 3
 
 
 def _phones_shown(a: StdParty | MatchView, b: StdParty | MatchView, level: int) -> tuple[str | None, str | None]:
