@@ -119,8 +119,8 @@ class _Cand:
     scores: list[Any] = field(default_factory=list)
 
 
-def _first_address(m: Member) -> str | None:
-    addrs = m.raw.get("addresses") or []
+def _first_address_of(raw: dict[str, Any]) -> str | None:
+    addrs = raw.get("addresses") or []
     for kind in ("registered", "office"):
         for a in addrs:
             if a.get("kind") == kind:
@@ -128,48 +128,46 @@ def _first_address(m: Member) -> str | None:
     return addrs[0].get("text") if addrs else None
 
 
-def _attr(name: str) -> Callable[[Member], Any]:
-    return lambda m: (m.raw.get("attributes") or {}).get(name)
+def _scalar_row(raw: dict[str, Any], std: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of all scalar attributes of one member, in :data:`_SCALAR_NAMES` order (one call instead of one per attribute)."""
+    rg, sg = raw.get, std.get
+    ag = (rg("attributes") or {}).get
+    return (
+        rg("kind"), rg("name"), rg("name_en"), sg("uscc"), sg("org_code"), rg("id_number"), sg("legal_form"),
+        sg("core_name"), sg("province") or rg("province"), sg("city") or rg("city"), sg("district"),
+        sg("division_code"), _first_address_of(raw), rg("status"), ag("billing_account"),
+        ag("parent_billing_account"), ag("monthly_revenue"), ag("bank_account"), ag("bank_name"),
+        ag("account_manager"), ag("industry"),
+    )
 
 
-def _std(name: str) -> Callable[[Member], Any]:
-    return lambda m: m.std.get(name)
+_SCALAR_NAMES = (
+    "kind", "name", "name_en", "uscc", "org_code", "id_number", "legal_form", "core_name", "province", "city",
+    "district", "division_code", "address", "status", "billing_account", "parent_billing_account",
+    "monthly_revenue", "bank_account", "bank_name", "account_manager", "industry",
+)  # the order of _scalar_row
 
 
-def _raw(name: str) -> Callable[[Member], Any]:
-    return lambda m: m.raw.get(name)
+def _list_row(raw: dict[str, Any], std: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of all list attributes of one member, in :data:`_LIST_NAMES` order."""
+    phones, generic = std.get("phones"), std.get("phones_generic")
+    return (
+        [*phones, *generic] if phones and generic else phones or generic or (),
+        std.get("emails") or (),
+        (raw.get("attributes") or {}).get("circuit_ids") or (),
+        raw.get("contacts") or (),
+        raw.get("addresses") or (),
+    )
 
 
+_LIST_NAMES = ("phones", "emails", "circuit_ids", "contacts", "addresses")  # the order of _list_row
+
+# one getter per attribute (for survive_list and callers that want one attribute), from the same rows
 SCALARS: dict[str, Callable[[Member], Any]] = {
-    "kind": _raw("kind"),
-    "name": _raw("name"),
-    "name_en": _raw("name_en"),
-    "uscc": _std("uscc"),
-    "org_code": _std("org_code"),
-    "id_number": _raw("id_number"),
-    "legal_form": _std("legal_form"),
-    "core_name": _std("core_name"),
-    "province": lambda m: m.std.get("province") or m.raw.get("province"),
-    "city": lambda m: m.std.get("city") or m.raw.get("city"),
-    "district": _std("district"),
-    "division_code": _std("division_code"),
-    "address": _first_address,
-    "status": _raw("status"),
-    "billing_account": _attr("billing_account"),
-    "parent_billing_account": _attr("parent_billing_account"),
-    "monthly_revenue": _attr("monthly_revenue"),
-    "bank_account": _attr("bank_account"),
-    "bank_name": _attr("bank_name"),
-    "account_manager": _attr("account_manager"),
-    "industry": _attr("industry"),
+    n: (lambda m, i=i: _scalar_row(m.raw, m.std)[i]) for i, n in enumerate(_SCALAR_NAMES)
 }
-
 LISTS: dict[str, Callable[[Member], list[Any]]] = {
-    "phones": lambda m: list(m.std.get("phones") or []) + list(m.std.get("phones_generic") or []),
-    "emails": lambda m: list(m.std.get("emails") or []),
-    "circuit_ids": lambda m: list((m.raw.get("attributes") or {}).get("circuit_ids") or []),
-    "contacts": lambda m: list(m.raw.get("contacts") or []),
-    "addresses": lambda m: list(m.raw.get("addresses") or []),
+    n: (lambda m, i=i: list(_list_row(m.raw, m.std)[i])) for i, n in enumerate(_LIST_NAMES)
 }
 
 VALIDITY: dict[str, str] = {"uscc": "uscc_valid", "org_code": "org_code_valid"}
@@ -396,48 +394,6 @@ def survive_list(attr: str, members: list[Member], rule: AttributeRule) -> dict[
     return _survive_list([getter(m) for m in members], _Live(members), rule)
 
 
-def _first_address_of(raw: dict[str, Any]) -> str | None:
-    addrs = raw.get("addresses") or []
-    for kind in ("registered", "office"):
-        for a in addrs:
-            if a.get("kind") == kind:
-                return a.get("text")
-    return addrs[0].get("text") if addrs else None
-
-
-def _scalar_row(raw: dict[str, Any], std: dict[str, Any]) -> tuple[Any, ...]:
-    """The values of all :data:`SCALARS` of one member, in that order (one call instead of one per attribute)."""
-    rg, sg = raw.get, std.get
-    ag = (rg("attributes") or {}).get
-    return (
-        rg("kind"), rg("name"), rg("name_en"), sg("uscc"), sg("org_code"), rg("id_number"), sg("legal_form"),
-        sg("core_name"), sg("province") or rg("province"), sg("city") or rg("city"), sg("district"),
-        sg("division_code"), _first_address_of(raw), rg("status"), ag("billing_account"),
-        ag("parent_billing_account"), ag("monthly_revenue"), ag("bank_account"), ag("bank_name"),
-        ag("account_manager"), ag("industry"),
-    )
-
-
-_SCALAR_NAMES = (
-    "kind", "name", "name_en", "uscc", "org_code", "id_number", "legal_form", "core_name", "province", "city",
-    "district", "division_code", "address", "status", "billing_account", "parent_billing_account",
-    "monthly_revenue", "bank_account", "bank_name", "account_manager", "industry",
-)  # the order of _scalar_row and of SCALARS
-
-
-def _list_row(raw: dict[str, Any], std: dict[str, Any]) -> tuple[Any, ...]:
-    """The values of all :data:`LISTS` of one member, in that order (what their getters iterate)."""
-    phones, generic = std.get("phones"), std.get("phones_generic")
-    return (
-        [*phones, *generic] if phones and generic else phones or generic or (),
-        std.get("emails") or (),
-        (raw.get("attributes") or {}).get("circuit_ids") or (),
-        raw.get("contacts") or (),
-        raw.get("addresses") or (),
-    )
-
-
-_LIST_NAMES = ("phones", "emails", "circuit_ids", "contacts", "addresses")  # the order of _list_row and of LISTS
 
 
 def survive(
