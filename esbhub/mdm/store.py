@@ -58,6 +58,13 @@ def _deflate(text: bytes) -> bytes:
     return DEFLATED + c.compress(text) + c.flush()
 
 
+def _dump(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # non-string keys, NaN, huge ints: the stdlib takes them
+        return json.dumps(value).encode()
+
+
 def _load(value: Any) -> Any:
     if isinstance(value, bytes):
         if value[:1] == DEFLATED:
@@ -91,20 +98,10 @@ class FastJSON(sa.types.TypeDecorator):  # type: ignore[type-arg]
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
         if not self.compress:
-
-            def process(value: Any) -> str:
-                try:
-                    return orjson.dumps(value).decode()
-                except TypeError:
-                    return json.dumps(value)
-
-            return process
+            return lambda value: _dump(value).decode()
 
         def process_deflating(value: Any) -> str | bytes:
-            try:
-                text = orjson.dumps(value)
-            except TypeError:
-                text = json.dumps(value).encode()
+            text = _dump(value)
             if len(text) >= COMPRESS_FROM:
                 packed = _deflate(text)
                 if len(packed) < len(text):
