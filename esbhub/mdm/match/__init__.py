@@ -645,18 +645,8 @@ class Matcher:
         lu, ln, lc, lp, la, le = levels
         cu, cn, cc, cp, ca, ce = self._scorer.kinds["organization"][1]
         su, _, sc, sp, sa, se = self._scorer.org_shown
-        if lu == 0:
-            ua, ub = a.uscc or a.org_code, b.uscc or b.org_code
-        elif a.uscc and b.uscc:
-            ua, ub = a.uscc, b.uscc
-        else:
-            ua, ub = a.org_code, b.org_code
-        if lc == 0:
-            ca_, cb_ = a.city or a.province, b.city or b.province
-        elif a.city and b.city:
-            ca_, cb_ = a.city, b.city
-        else:
-            ca_, cb_ = a.province, b.province
+        ua, ub = _primary_or_fallback(lu, a.uscc, a.org_code, b.uscc, b.org_code)
+        ca_, cb_ = _primary_or_fallback(lc, a.city, a.province, b.city, b.province)
         pa, pb = _phones_shown(a, b, lp)
         if le == 0:
             ea, eb = _first(a.emails), _first(b.emails)
@@ -716,6 +706,18 @@ def _phone_level(probe: tuple[bool, frozenset[str], frozenset[str], frozenset[st
     if not a_generic.isdisjoint(b.phones_generic):
         return 2
     return 3
+
+
+def _primary_or_fallback(level: int, a1: str | None, a2: str | None, b1: str | None, b2: str | None
+                         ) -> tuple[str | None, str | None]:
+    """The values a comparison on a primary field with a fallback (USCC / organization code, city /
+    province) shows: both primaries when both sides have one, else the fallbacks; at level 0 (null)
+    whatever each side has."""
+    if level == 0:
+        return a1 or a2, b1 or b2
+    if a1 and b1:
+        return a1, b1
+    return a2, b2
 
 
 def _phones_shown(a: StdParty | MatchView, b: StdParty | MatchView, level: int) -> tuple[str | None, str | None]:
