@@ -63,6 +63,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
             file = str(Path(path.split("?", 1)[0]).resolve())  # registered on connect: the file exists by then
             event.listen(eng, "connect", lambda _c, _r: wal.checkpointer.register(file))
             event.listen(eng, "commit", lambda _c: wal.checkpointer.committed(file))
+            event.listen(eng, "close", lambda _c, _r: wal.checkpointer.unregister(file))
+            event.listen(eng, "close_detached", lambda _c: wal.checkpointer.unregister(file))
         return eng
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):

@@ -58,6 +58,7 @@ class Checkpointer:
     def __init__(self, interval: float = INTERVAL) -> None:
         self.interval = interval
         self._dirty: dict[str, bool] = {}  # registered files → committed to since the last full checkpoint
+        self._open: dict[str, int] = {}  # registered files → the hub's connections open to it in this process
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -65,16 +66,26 @@ class Checkpointer:
         self.restarts = 0
 
     def register(self, path: str) -> None:
-        """Checkpoint ``path`` from now on (idempotent); starts the thread in this process."""
+        """The hub opened a connection to ``path``: checkpoint it while one is open (starts the
+        thread in this process)."""
         path = str(Path(path).resolve())
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: threads do not survive a fork
                 self._thread = None
                 self._pid = os.getpid()
+                self._open.clear()
             self._dirty.setdefault(path, True)
+            self._open[path] = self._open.get(path, 0) + 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
                 self._thread.start()
+
+    def unregister(self, path: str) -> None:
+        """The hub closed a connection to ``path``. Once none is open, the file is left alone: the
+        last close folded its WAL in, and a checkpoint now would re-create ``-wal``/``-shm`` files
+        beside a database that may be being deleted."""
+        with self._lock:
+            self._open[path] = max(0, self._open.get(path, 0) - 1)
 
     def committed(self, path: str) -> None:
         """A transaction committed to ``path``: its WAL has frames to copy."""
@@ -83,11 +94,12 @@ class Checkpointer:
     def checkpoint(self, path: str, mode: str = "PASSIVE") -> tuple[int, int, int] | None:
         """One checkpoint of ``path`` now, on a connection of its own: SQLite's (busy, wal frames,
         frames copied); None for a database that no longer exists (it is forgotten)."""
-        if not Path(path).exists():  # a deleted database (temporary stores)
-            with self._lock:
+        with self._lock:  # connected under the lock: the hub's last close waits for it, or goes first
+            if not self._open.get(path) or not Path(path).exists():  # closed, or deleted (temporary stores)
                 self._dirty.pop(path, None)
-            return None
-        conn = sqlite3.connect(path, timeout=1, check_same_thread=False, isolation_level=None)
+                self._open.pop(path, None)
+                return None
+            conn = sqlite3.connect(path, timeout=1, check_same_thread=False, isolation_level=None)
         try:
             row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             res = (int(row[0]), int(row[1]), int(row[2])) if row else None
