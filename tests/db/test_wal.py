@@ -82,3 +82,13 @@ def test_once_the_hub_closes_its_connections_the_database_file_alone_is_complete
     con = sqlite3.connect(tmp_path / "copy.db")
     assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 500
     con.close()
+
+
+def test_a_closed_database_is_left_alone_no_wal_files_reappear(tmp_path: Path) -> None:
+    db = tmp_path / "e.db"
+    eng = make_engine(f"sqlite:///{db}")
+    _fill(eng, 10)
+    eng.dispose()  # the hub's last connection: the WAL is folded in and removed
+    wait_for(lambda: not Path(f"{db}-wal").exists(), what="the WAL removed on the last close")
+    assert wal.checkpointer.checkpoint(str(db.resolve())) is None
+    assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
