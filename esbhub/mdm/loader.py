@@ -17,6 +17,7 @@ twice changes nothing (the MDM also ignores unchanged source versions).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -180,12 +181,12 @@ def default_workers() -> int:
 
 
 def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system: str | None = None,
-         batch: int = 500, publish: Any = None, workers: int | None = None) -> dict[str, Any]:
-    """Run rows through the MDM pipeline in batches of ``batch`` records (one transaction each);
-    rows that do not validate are reported in ``errors`` and skipped (see :func:`load_parties`)."""
+         batch: int = 500, publish: Any = None, workers: int | None = None, bulk: bool | None = None) -> dict[str, Any]:
+    """Run rows through the MDM pipeline (see :func:`load_parties`); rows that do not validate are
+    reported in ``errors`` and skipped."""
     errors: list[RowError] = []
     out = load_parties(svc, parties(rows, default_system, errors), batch=batch, publish=publish, workers=workers,
-                       errors=errors)
+                       errors=errors, bulk=bulk)
     out["errors"] = [e.__dict__ for e in errors]
     return out
 
@@ -207,9 +208,14 @@ class _Item:
 
 
 def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publish: Any = None,
-                 workers: int | None = None, errors: list[RowError] | None = None) -> dict[str, Any]:
-    """Run ``party.v1`` records through the MDM pipeline in batches of ``batch`` records (one
-    transaction each) — the bulk initial load.
+                 workers: int | None = None, errors: list[RowError] | None = None,
+                 bulk: bool | None = None) -> dict[str, Any]:
+    """Run ``party.v1`` records through the MDM pipeline — the bulk initial load.
+
+    Into a store that holds no source record yet (and unless ``bulk`` is False), the whole load
+    goes through :class:`esbhub.mdm.bulk.BulkLoad`: one transaction, clustered and survived once
+    at the end, ``mode`` "bulk" in the result. Otherwise (``mode`` "batches") it goes in batches of
+    ``batch`` records, one :meth:`~esbhub.mdm.service.MdmService.ingest_many` transaction each.
 
     ``publish(events)`` gets each batch's ``party.golden.*`` events (e.g. ``broker.publish_many``).
     Each record's raw JSON and content hash are computed once here (its envelope id is derived
@@ -219,7 +225,8 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
     worker gets the record's canonical JSON, which validates back to the same record), so the
     outcome is the same as without workers.
     """
-    from esbhub.mdm.service import Prepared
+    from esbhub.mdm.bulk import BulkLoad
+    from esbhub.mdm.service import MdmService, Prepared
 
     errors = [] if errors is None else errors
     n = events = 0
@@ -234,6 +241,10 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
             got = stds.get(it.envelope_id) if stds else None
             ahead[it.envelope_id] = it.prepared if got is None else \
                 Prepared(raw=it.prepared.raw, content_hash=it.prepared.content_hash, std=got[0], stdj=got[1])
+        if bl is not None:
+            bl.add([(it.party, it.envelope_id, ahead[it.envelope_id]) for it in buf],
+                   lambda p, msg: errors.append(RowError(f"{p.source_system}:{p.source_id}", msg)))
+            return
         items = [(it.party, it.envelope_id, None) for it in buf]
         try:
             evs = svc.ingest_many(items, std=ahead)
@@ -281,23 +292,34 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
 
     pending: tuple[list[_Item], Any] | None = None  # a batch being standardized
     buf: list[_Item] = []
-    try:
-        for p in records:
-            buf.append(_Item(p))
-            n += 1
-            if len(buf) >= batch:
+    bulk_events: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        bl = stack.enter_context(BulkLoad.open(svc)) if bulk is not False and isinstance(svc, MdmService) else None
+        try:
+            for p in records:
+                buf.append(_Item(p))
+                n += 1
+                if len(buf) >= batch:
+                    ahead = (buf, standardized(buf))
+                    if pending is not None:
+                        ingest(pending[0], result(pending[1]))
+                    pending, buf = ahead, []
+            if buf:
                 ahead = (buf, standardized(buf))
                 if pending is not None:
                     ingest(pending[0], result(pending[1]))
-                pending, buf = ahead, []
-        if buf:
-            ahead = (buf, standardized(buf))
+                pending = ahead
             if pending is not None:
                 ingest(pending[0], result(pending[1]))
-            pending = ahead
-        if pending is not None:
-            ingest(pending[0], result(pending[1]))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return {"records": n, "events": events, "errors": [e.__dict__ for e in errors]}
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if bl is not None:
+            bulk_events = bl.finish()
+    # the bulk load committed: its events go out now, in chunks (a batch's went out after its commit)
+    events += len(bulk_events)
+    if publish is not None:
+        for i in range(0, len(bulk_events), batch):
+            publish(bulk_events[i : i + batch])
+    return {"records": n, "events": events, "errors": [e.__dict__ for e in errors],
+            "mode": "bulk" if bl is not None else "batches"}

@@ -30,8 +30,8 @@ def test_loading_with_standardizing_workers_gives_the_same_golden_records_as_wit
         return ingest_many(items, std=std)
 
     pooled.ingest_many = spy  # type: ignore[method-assign]
-    a = loader.load(here, rows(records), batch=30, workers=0)
-    b = loader.load(pooled, rows(records), batch=30, workers=1)
+    a = loader.load(here, rows(records), batch=30, workers=0, bulk=False)  # batch by batch (see test_bulk.py)
+    b = loader.load(pooled, rows(records), batch=30, workers=1, bulk=False)
     assert ahead[0] == 0 and all(n > 0 for n in ahead[1:]) and len(ahead) > 1  # the worker took batches 2…
     assert a == b and a["records"] == len(records) and not a["errors"]
     assert here.partition_now() == pooled.partition_now()
@@ -64,7 +64,7 @@ def test_bulk_load_gives_the_same_store_as_ingesting_the_records_batch_by_batch(
     for i in range(0, len(records), 25):
         plain.ingest_many([(p, loader.envelope_id_for(p), None) for p in records[i : i + 25]])
     loaded = MdmService(f"sqlite:///{tmp_path / 'loaded.db'}")
-    loader.load_parties(loaded, records, batch=25, workers=0)
+    loader.load_parties(loaded, records, batch=25, workers=0, bulk=False)
     assert plain.snapshot()["xref"] == loaded.snapshot()["xref"]
     assert golden_values(plain) == golden_values(loaded)
     with plain.Session() as a, loaded.Session() as b:

@@ -1,0 +1,542 @@
+"""Initial load, set at a time: the MDM pipeline over a whole load in one pass.
+
+:func:`esbhub.mdm.loader.load_parties` (``esbhub mdm load``) uses this when the store holds no
+source record yet — the initial load of a new deployment. It runs the same steps as
+:meth:`MdmService.ingest_many <esbhub.mdm.service.MdmService.ingest_many>`, with the same
+functions, but each step once over the whole load instead of once per batch:
+
+1. **stage** every record in arrival order, as the per-batch path does: standardize (ahead, in
+   worker processes), store the source version and its look-up keys, score it against the
+   in-memory index of the records before it (:meth:`Matcher.match <esbhub.mdm.match.Matcher.match>`)
+   and index it, store its links with their evidence. A source key seen again in the load is a
+   new version: its links are superseded, as in the per-batch path; an unchanged one is skipped;
+2. **cluster** all records at once with :func:`esbhub.mdm.service.partition` — the function the
+   per-batch path applies to each affected region. It is a pure function of the records and
+   their links, local to each connected component, so the partition is the one the per-batch
+   path reaches after the last batch (the order-independence property tests hold the
+   per-batch path to exactly that);
+3. **golden records**: one per cluster, founded by its oldest member (arrival order), ids in
+   founding order; attributes by :func:`esbhub.mdm.survivorship.survive`, tier by revenue —
+   each golden record is survived once, with all its members, instead of once per batch that
+   touched it; one history version ``created`` and one ``party.golden.created`` event each;
+4. **hierarchy** edges by :func:`esbhub.mdm.hierarchy.compute_edges` over every golden
+   record, reading from memory (:class:`_Lookup`) instead of the database;
+5. **steward tasks** for review links whose two sides ended in different golden records, one
+   per pair of golden records.
+
+What differs from loading the same records batch by batch is only what the batches would
+have made and unmade on the way: no golden id is created and then retired by a later merge
+(ids are dense, in founding order), no intermediate ``merged`` / ``updated`` versions or events,
+no task opened and later made obsolete. Every write is a Core ``executemany`` (no ORM unit of
+work), and nothing is read back from the database.
+
+The load is ONE transaction: a failure leaves the store empty (and the matcher index as it
+was), never half loaded. It holds the MDM writer lock (:func:`esbhub.mdm.service._bump_writer`)
+meanwhile — other MDM writers wait, as for any transaction. Events are published after the
+commit; each founder's inbox row keeps its golden record's ``created`` event, so loading the
+same file again returns them (and changes nothing). ``bench/mdm_load.py`` compares this path
+with the per-batch one on the same records (same partition, golden attributes, links, look-up
+keys and hierarchy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.orm import Session
+
+from esbhub.bus.envelope import Envelope
+from esbhub.errors import InvalidMessage
+from esbhub.mdm import hierarchy
+from esbhub.mdm.events import GoldenEvent, golden_event
+from esbhub.mdm.store import (
+    Golden,
+    GoldenHistory,
+    Hierarchy,
+    Inbox,
+    KeyIndex,
+    Link,
+    SourceVersion,
+    Task,
+    Xref,
+    golden_id_for,
+    next_value,
+    pair,
+    source_key,
+    utcnow,
+)
+from esbhub.mdm.survivorship import Member, survive
+from esbhub.schemas.party import Party
+
+log = structlog.get_logger("esbhub.mdm.bulk")
+
+CHUNK = 2000
+"""Rows per ``executemany`` and golden records per survivorship chunk."""
+
+BULK_CACHE_KIB = 1_048_576
+"""SQLite page cache of the loading connection (1 GiB): the load writes every index of the store
+in one transaction; pages evicted from the cache are spilled to the WAL and read back."""
+
+_HIER_STD = ("branch", "is_group", "core_name", "head_office_name_norm", "uscc", "name_norm", "parent_source_id")
+"""The standardized fields :func:`esbhub.mdm.hierarchy.compute_edges` reads."""
+
+
+class _Rec:
+    """One source key of the load: its current version as its xref row will hold it. The raw and
+    standardized JSON are kept serialized (a tenth of the memory of the parsed dicts)."""
+
+    __slots__ = ("billing_account", "content_hash", "core_name", "deleted", "envelope_id", "first_seen", "golden_id",
+                 "kind", "name", "name_norm", "parent_billing_account", "raw", "received_at", "sid",
+                 "source_updated_at", "std", "system", "uscc", "version", "view")
+
+    def __init__(self, system: str, sid: str, first_seen: int) -> None:
+        self.system, self.sid, self.first_seen = system, sid, first_seen
+        self.version = 0
+        self.golden_id = ""
+
+
+class _View:
+    """What :func:`esbhub.mdm.cluster.can_link` reads of a standardized record."""
+
+    __slots__ = ("branch", "branch_name", "id_number", "id_number_valid", "kind", "uscc", "uscc_valid")
+
+    def __init__(self, std: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, getattr(std, k, None))
+
+
+class _HierRec:
+    """A record as :func:`esbhub.mdm.hierarchy.compute_edges` reads an xref row."""
+
+    __slots__ = ("billing_account", "deleted", "golden_id", "key", "name_norm", "parent_billing_account", "raw",
+                 "source_id", "source_system", "std")
+
+    def __init__(self, key: str, r: _Rec, std: dict[str, Any], raw: dict[str, Any]) -> None:
+        self.key, self.source_system, self.source_id = key, r.system, r.sid
+        self.golden_id, self.deleted, self.name_norm = r.golden_id, r.deleted, r.name_norm
+        self.billing_account, self.parent_billing_account = r.billing_account, r.parent_billing_account
+        self.std = {k: std.get(k) for k in _HIER_STD if std.get(k) is not None}
+        self.raw = {"parent_source_id": raw["parent_source_id"]} if raw.get("parent_source_id") else {}
+
+
+class _Lookup(hierarchy.Lookup):
+    """:class:`esbhub.mdm.hierarchy.Lookup` answered from the load's records, in the database
+    query's order (by value, then source key)."""
+
+    def __init__(self, recs: Iterable[_HierRec], index: dict[tuple[str, str], list[tuple[str, str]]]) -> None:
+        self._rows: dict[tuple[str, str], _HierRec] = {}
+        self._col: dict[str, dict[str, list[_HierRec]]] = {"core_name": {}, "uscc": {}, "billing_account": {}}
+        for x in recs:
+            self._rows[(x.source_system, x.source_id)] = x
+            # the xref columns: core_name (cut to its column's length), uscc, billing_account
+            for col, v in (("core_name", (x.std.get("core_name") or "")[:500]), ("uscc", x.std.get("uscc")),
+                           ("billing_account", x.billing_account)):
+                if v:
+                    self._col[col].setdefault(v, []).append(x)
+        for by in self._col.values():
+            for lst in by.values():
+                lst.sort(key=lambda x: (x.source_system, x.source_id))
+        self._index = index
+
+    def xrefs_by(self, col: str, values: Iterable[str]) -> list[Any]:
+        by = self._col[col]
+        return [x for v in sorted({v for v in values if v}) for x in by.get(v, [])]
+
+    def index_keys(self, kind: str, values: Iterable[str]) -> list[tuple[str, str]]:
+        return [k for v in sorted({v for v in values if v}) for k in sorted(self._index.get((kind, v), []))]
+
+    def get_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        return {k: x for k in dict.fromkeys(keys) if (x := self._rows.get(k)) is not None}
+
+    def prefetch(self, members: Iterable[Any]) -> None:
+        return None
+
+
+class BulkLoad:
+    """One set-at-a-time load into an empty store; see the module doc. Use :meth:`open`."""
+
+    def __init__(self, svc: Any, s: Session) -> None:
+        self.svc, self.s = svc, s
+        self.recs: dict[str, _Rec] = {}
+        self.envelopes: list[tuple[str, str, str]] = []  # (envelope id, outcome, source key) in arrival order
+        self.seen: set[str] = set()
+        self.edges: dict[tuple[str, str], float] = {}  # active engine match links → weight
+        self.reviews: dict[tuple[str, str], tuple[float, float, list[dict[str, Any]]]] = {}  # review / hard links
+        self.touching: dict[str, list[tuple[str, str]]] = {}  # key → pairs of its links (a key seen again)
+        self.index: dict[tuple[str, str], list[tuple[str, str]]] = {}  # hierarchy look-up keys → source keys
+        self.rows: dict[Any, list[dict[str, Any]]] = {SourceVersion.__table__: [], KeyIndex.__table__: [],
+                                                      Link.__table__: []}
+        self.added: list[str] = []  # keys put in the matcher index (undone if the load fails)
+        self.records = self.versions = 0
+        self.timings: dict[str, float] = {"stage": 0.0}
+        self.max_version = 0
+        from esbhub.mdm.cluster import can_link
+
+        self.light_views = svc._can_link is can_link  # the engine's rule reads a few fields: keep only those
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, svc: Any) -> Iterator[BulkLoad | None]:
+        """A bulk load in one transaction if the store holds no source record yet, else None
+        (load batch by batch: nothing is held then). Commits when the block ends normally
+        (after :meth:`finish`); rolls back — store and matcher index — when it raises."""
+        from esbhub.mdm.service import SQLITE_CACHE_KIB, _bump_writer, _tune_sqlite
+
+        svc._ensure_index()
+        with svc._lock:
+            s = svc.Session()
+            try:
+                s.begin()
+                _bump_writer(s)
+                _tune_sqlite(s)
+                svc._catch_up(s)
+                empty = s.execute(sa.select(SourceVersion.id).limit(1)).first() is None and len(svc.matcher) == 0
+                if not empty:
+                    s.rollback()
+            except BaseException:
+                s.close()
+                raise
+            if not empty:
+                s.close()
+                bulk = None
+            else:
+                conn = s.connection()
+                sqlite = conn.dialect.name == "sqlite"
+                if sqlite:
+                    conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+                bulk = cls(svc, s)
+        if bulk is None:
+            yield None
+            return
+        with svc._lock:
+            try:
+                yield bulk
+                s.commit()
+            except BaseException:
+                s.rollback()
+                for key in bulk.added:
+                    svc.matcher.remove(key)
+                raise
+            finally:
+                if sqlite:
+                    with contextlib.suppress(Exception):
+                        s.connection().exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+                        s.commit()
+                s.close()
+            svc._seen_max = bulk.max_version
+        svc._freeze_index(force=True)
+
+    # ----------------------------------------------------------------- stage
+    def add(self, items: list[tuple[Party, str, Any]], errors: Callable[[Party, str], None]) -> None:
+        """Stage a batch in arrival order: ``(party, envelope id, Prepared)``; a record that cannot
+        be standardized goes to ``errors(party, message)``, the rest go on."""
+        t0 = time.perf_counter()
+        s, svc = self.s, self.svc
+        fresh = sum(1 for p, _e, _x in items if source_key(p.source_system, p.source_id) not in self.recs)
+        arrival = next_value(s, "arrival", fresh) if fresh else 0
+        for party, envelope_id, prep in items:
+            if envelope_id in self.seen:
+                continue
+            self.seen.add(envelope_id)
+            self.records += 1
+            system, sid = party.source_system, party.source_id
+            key = source_key(system, sid)
+            r = self.recs.get(key)
+            if prep is not None:
+                raw, content_hash, std, stdj = prep.raw, prep.content_hash, prep.std, prep.stdj
+            else:
+                from esbhub.mdm.service import _hash
+
+                raw = party.model_dump(mode="json", exclude_none=True)
+                content_hash, std, stdj = _hash(raw), None, None
+            if r is not None and r.content_hash == content_hash:
+                self.envelopes.append((envelope_id, "unchanged", key))
+                continue
+            try:
+                std = std or svc._standardize(party)
+            except (ValueError, TypeError) as exc:
+                errors(party, InvalidMessage(f"party {key} cannot be standardized: {exc}").message)
+                continue
+            if stdj is None or prep is None or std is not prep.std:
+                stdj = svc._std_dict(std)
+            now = utcnow()
+            if r is None:
+                r = self.recs[key] = _Rec(system, sid, arrival)
+                arrival += 1
+                old_entries: set[tuple[str, str]] = set()
+            else:
+                old_entries = set(hierarchy.index_entries(_Entry(r)))
+                if not r.deleted:
+                    svc.matcher.remove(key)
+            r.version += 1
+            self.versions += 1
+            attrs = raw.get("attributes") or {}
+            self.rows[SourceVersion.__table__].append(dict(
+                source_system=system, source_id=sid, version=r.version, envelope_id=envelope_id,
+                content_hash=content_hash, raw=raw, std=stdj, received_at=now,
+                source_updated_at=party.source_updated_at, deleted=party.deleted,
+            ))
+            results = []
+            if not party.deleted:
+                results = [m for m in svc.matcher.match(key, std) if m.decision in ("match", "review")]
+                svc.matcher.add(key, std)
+                self.added.append(key)
+            r.content_hash, r.kind, r.name, r.deleted = content_hash, party.kind, party.name, party.deleted
+            r.core_name = (stdj.get("core_name") or "")[:500]
+            r.name_norm = (stdj.get("name_norm") or "")[:500]
+            r.uscc = stdj.get("uscc")
+            r.billing_account = attrs.get("billing_account")
+            r.parent_billing_account = attrs.get("parent_billing_account")
+            r.received_at, r.source_updated_at = now, party.source_updated_at
+            r.raw, r.std = orjson.dumps(raw), orjson.dumps(stdj)
+            r.view = _View(std) if self.light_views else std
+            entries = set(hierarchy.index_entries(_Entry(r, std=stdj, raw=raw)))
+            if r.version == 1 or entries != old_entries:
+                if r.version > 1:
+                    self._flush()
+                    ki = KeyIndex.__table__
+                    s.connection().execute(ki.delete().where(ki.c.source_system == system, ki.c.source_id == sid))
+                    for e in old_entries:
+                        if e in self.index:
+                            self.index[e].remove((system, sid))
+                for kind, value in sorted(entries):
+                    self.rows[KeyIndex.__table__].append(
+                        dict(kind=kind, value=value, source_system=system, source_id=sid))
+                    if kind in ("parent_ba", "parent_src"):
+                        self.index.setdefault((kind, value), []).append((system, sid))
+            if r.version > 1 and not party.deleted:  # a deleted record keeps its links (and golden record)
+                self._supersede(key, now)
+            self.envelopes.append((envelope_id, "new" if r.version == 1 else
+                                   ("deleted" if party.deleted else "changed"), key))
+            for m in results:
+                other = m.b if m.a == key else m.a
+                if other == key:
+                    continue
+                p = pair(key, other)
+                ev = [e.model_dump(mode="json") for e in m.evidence]
+                self.rows[Link.__table__].append(dict(
+                    a_key=p[0], b_key=p[1], weight=float(m.weight), probability=float(m.probability),
+                    decision=m.decision, hard=m.hard, evidence=ev, actor="engine", created_at=now, active=True,
+                    superseded_at=None,
+                ))
+                if m.decision == "match" and m.hard is None:
+                    self.edges[p] = float(m.weight)
+                if m.decision == "review" or m.hard:
+                    self.reviews[p] = (float(m.weight), float(m.probability), ev)
+                for k in p:
+                    self.touching.setdefault(k, []).append(p)
+        for tbl, rows in self.rows.items():
+            if len(rows) >= CHUNK:
+                s.connection().execute(tbl.insert(), rows)
+                rows.clear()
+        _freeze(len(self.recs))
+        self.timings["stage"] += time.perf_counter() - t0
+
+    def _flush(self) -> None:
+        conn = self.s.connection()
+        for tbl, rows in self.rows.items():
+            if rows:
+                conn.execute(tbl.insert(), rows)
+                rows.clear()
+
+    def _supersede(self, key: str, now: datetime) -> None:
+        """A new version of ``key``: its links stop being current (kept, inactive)."""
+        pairs = self.touching.pop(key, [])
+        if not pairs:
+            return
+        self._flush()
+        lk = Link.__table__
+        self.s.connection().execute(
+            lk.update().where(lk.c.active.is_(True), sa.or_(lk.c.a_key == key, lk.c.b_key == key))
+            .values(active=False, superseded_at=now)
+        )
+        for p in pairs:
+            self.edges.pop(p, None)
+            self.reviews.pop(p, None)
+            other = p[1] if p[0] == key else p[0]
+            with contextlib.suppress(KeyError, ValueError):
+                self.touching[other].remove(p)
+
+    # ---------------------------------------------------------------- finish
+    def finish(self) -> list[Envelope]:
+        """Cluster, survive, write golden records, xref, history, inbox, hierarchy and tasks;
+        return the ``party.golden.created`` events (publish them after the commit)."""
+        from esbhub.mdm.service import _compact_event, partition
+
+        s, svc = self.s, self.svc
+        self._flush()
+        t = time.perf_counter()
+        can_link = svc._can_link
+        recs = self.recs
+
+        def forbids(a: str, b: str) -> str | None:
+            return can_link(recs[a].view, recs[b].view)  # type: ignore[no-any-return]
+
+        clusters = partition(recs, [(a, b, w) for (a, b), w in self.edges.items()], [], set(), forbids)
+        self.timings["cluster"] = time.perf_counter() - t
+        t = time.perf_counter()
+        now = utcnow()
+        founders = sorted(((min(c, key=lambda k: (recs[k].first_seen, k)), c) for c in clusters),
+                          key=lambda fc: (recs[fc[0]].first_seen, fc[0]))
+        seq = next_value(s, "golden_id", len(founders)) if founders else 1
+        first_env: dict[str, str] = {}
+        for envelope_id, outcome, key in self.envelopes:
+            if outcome != "unchanged":
+                first_env.setdefault(key, envelope_id)
+        events: list[Envelope] = []
+        founder_event: dict[str, Envelope] = {}
+        hier_recs: list[_HierRec] = []
+        goldens: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        xrefs: list[dict[str, Any]] = []
+        cfg, tiering = svc.settings.survivorship, svc.settings.tiering
+        conn = s.connection()
+
+        def write() -> None:
+            for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history), (Xref.__table__, xrefs)):
+                if rows:
+                    conn.execute(tbl.insert(), rows)
+                    rows.clear()
+
+        for i, (founder, c) in enumerate(founders):
+            gid = golden_id_for(seq + i)
+            members = sorted(c)
+            ms, tiered = [], []
+            for k in members:
+                r = recs[k]
+                r.golden_id = gid
+                raw, std = orjson.loads(r.raw), orjson.loads(r.std)
+                ms.append(Member(key=k, system=r.system, source_id=r.sid, raw=raw, std=std,
+                                 updated_at=_aware(r.source_updated_at) or r.received_at, deleted=r.deleted))
+                tiered.append(_Entry(r, std=std, raw=raw, key=k))
+                hier_recs.append(_HierRec(k, r, std, raw))
+                xrefs.append(dict(
+                    source_system=r.system, source_id=r.sid, golden_id=gid, version=r.version, first_seen=r.first_seen,
+                    content_hash=r.content_hash, kind=r.kind, name=r.name, core_name=r.core_name,
+                    name_norm=r.name_norm, uscc=r.uscc, billing_account=r.billing_account,
+                    parent_billing_account=r.parent_billing_account, deleted=r.deleted, raw=raw, std=std,
+                    received_at=r.received_at, source_updated_at=r.source_updated_at, linked_at=now,
+                ))
+            attrs = survive(ms, cfg, {})
+            status = "inactive" if all(m.deleted for m in ms) else "active"
+            kind = (attrs.get("kind") or {}).get("value") or recs[founder].kind
+            tier = tiering.tier(hierarchy.revenue_of(tiered))  # type: ignore[arg-type]
+            cause = first_env.get(founder)
+            goldens.append(dict(
+                golden_id=gid, seq_no=seq + i, status=status, merged_into=None, version=1, kind=kind, founder=founder,
+                name=(attrs.get("name") or {}).get("value"), core_name=(attrs.get("core_name") or {}).get("value"),
+                uscc=(attrs.get("uscc") or {}).get("value"), tier=tier, attributes=attrs, members=members,
+                created_at=now, updated_at=now,
+            ))
+            history.append(dict(
+                golden_id=gid, version=1, change="created", status=status, merged_into=None, attributes=attrs,
+                members=members, valid_from=now, valid_to=None, actor="engine", reason=None, cause=cause,
+            ))
+            ev = golden_event(GoldenEvent(
+                golden_id=gid, seq=1, change="created", status=status,  # type: ignore[arg-type]
+                valid_from=now.isoformat(), actor="engine", source_keys=members, attributes=attrs, tier=tier,
+            ), cause_id=cause)
+            events.append(ev)
+            if cause is not None:
+                founder_event[cause] = ev
+            if len(xrefs) >= CHUNK:
+                write()
+                _freeze(len(events))
+        write()
+        self.timings["golden"] = time.perf_counter() - t
+        t = time.perf_counter()
+        inbox = []
+        for envelope_id, outcome, _key in self.envelopes:
+            ev = founder_event.get(envelope_id)
+            inbox.append(dict(envelope_id=envelope_id, at=now, outcome=outcome,
+                              events=[_compact_event(ev)] if ev is not None else []))
+            if len(inbox) >= CHUNK:
+                conn.execute(Inbox.__table__.insert(), inbox)
+                inbox.clear()
+        if inbox:
+            conn.execute(Inbox.__table__.insert(), inbox)
+        self.timings["inbox"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._hierarchy(hier_recs, [g for g in (golden_id_for(seq + i) for i in range(len(founders)))], now)
+        self.timings["hierarchy"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._tasks(now)
+        self.timings["tasks"] = time.perf_counter() - t
+        self.max_version = int(s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar() or 0)
+        log.info("mdm_bulk_load", records=self.records, versions=self.versions, source_keys=len(recs),
+                 golden=len(founders), links=len(self.edges), reviews=len(self.reviews),
+                 seconds={k: round(v, 1) for k, v in self.timings.items()})
+        return events
+
+    def _hierarchy(self, recs: list[_HierRec], golden_ids: list[str], now: datetime) -> None:
+        """Edges of every golden record, as :func:`esbhub.mdm.hierarchy.refresh` of all of them."""
+        lk = _Lookup(recs, self.index)
+        members: dict[str, list[_HierRec]] = {}
+        for x in recs:
+            members.setdefault(x.golden_id, []).append(x)
+        wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for gid in golden_ids:
+            ms = members.get(gid)
+            if ms:
+                ms.sort(key=lambda x: (x.source_system, x.source_id))
+                for p, c, k, ev in hierarchy.compute_edges(self.s, gid, ms, lk):  # type: ignore[arg-type]
+                    wanted[(p, c, k)] = ev
+        rows = [{"parent_golden": p, "child_golden": c, "kind": k, "evidence": ev, "created_at": now, "active": True}
+                for (p, c, k), ev in wanted.items()]
+        conn = self.s.connection()
+        for i in range(0, len(rows), CHUNK):
+            conn.execute(Hierarchy.__table__.insert(), rows[i : i + CHUNK])
+
+    def _tasks(self, now: datetime) -> None:
+        """A steward task per review link across two golden records, one per pair of golden records."""
+        rows, pairs = [], set()
+        for (a, b), (w, prob, ev) in self.reviews.items():  # in the order the links were made
+            ga, gb = self.recs[a].golden_id, self.recs[b].golden_id
+            if ga == gb or pair(ga, gb) in pairs:
+                continue
+            pairs.add(pair(ga, gb))
+            rows.append(dict(a_key=a, b_key=b, golden_a=ga, golden_b=gb, weight=w, probability=prob, evidence=ev,
+                             status="open", created_at=now, decided_at=None, decided_by=None, decision=None,
+                             reason=None))
+        if rows:
+            self.s.connection().execute(Task.__table__.insert(), rows)
+
+
+class _Entry:
+    """A record as :func:`esbhub.mdm.hierarchy.index_entries` and ``revenue_of`` read an xref row."""
+
+    __slots__ = ("deleted", "key", "parent_billing_account", "raw", "source_system", "std")
+
+    def __init__(self, r: _Rec, *, std: dict[str, Any] | None = None, raw: dict[str, Any] | None = None,
+                 key: str | None = None) -> None:
+        self.source_system, self.parent_billing_account, self.deleted = r.system, r.parent_billing_account, r.deleted
+        self.std = std if std is not None else orjson.loads(r.std)
+        self.raw = raw if raw is not None else orjson.loads(r.raw)
+        self.key = key if key is not None else source_key(r.system, r.sid)
+
+
+_frozen = [0]
+
+
+def _freeze(n: int) -> None:
+    """Park what the load keeps in memory (records, events) out of the cyclic garbage collector's
+    way once it has grown by a tenth: each full collection walks every live object, so without
+    this the load's cost grows with the square of its size (as :meth:`MdmService._freeze_index`)."""
+    if n >= _frozen[0] * 1.1 + 1000 or n < _frozen[0]:
+        gc.freeze()
+        _frozen[0] = n
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    from esbhub.mdm.store import aware
+
+    return aware(ts)

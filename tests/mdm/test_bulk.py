@@ -1,0 +1,182 @@
+"""Initial load set at a time (esbhub.mdm.bulk) against the same records loaded batch by batch."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import sqlalchemy as sa
+
+from esbhub.mdm import loader
+from esbhub.mdm.bulk import BulkLoad
+from esbhub.mdm.service import MdmService
+from esbhub.mdm.standardize import standardize
+from esbhub.mdm.store import Golden, Hierarchy, Inbox, KeyIndex, Link, SourceVersion, Task, Xref
+from esbhub.mdm.survivorship import values
+from esbhub.mdm.synth import generate
+
+
+def with_versions(records):
+    """The records, then later versions of some of them: renamed (new links), suspended,
+    deleted, sent again unchanged, and one envelope twice."""
+    out = list(records)
+    out.append(records[3].model_copy(update={"name": records[10].name, "uscc": None}))
+    out.append(records[5].model_copy(update={"status": "suspended"}))
+    out.append(records[7].model_copy(update={"deleted": True}))
+    out.append(records[12])  # unchanged: the same content again
+    out.append(records[3].model_copy(update={"name": records[20].name, "uscc": None}))  # a third version
+    out.append(records[7].model_copy(update={"deleted": False, "status": "closed"}))  # back, changed
+    return out
+
+
+def state(svc: MdmService) -> dict:
+    """Everything the store holds that does not depend on how the load was cut into
+    transactions: golden records named by their member keys, not their ids."""
+    with svc.Session() as s:
+        members: dict[str, set[str]] = collections.defaultdict(set)
+        for x in s.execute(sa.select(Xref)).scalars():
+            members[x.golden_id].add(x.key)
+        name = {g: frozenset(m) for g, m in members.items()}
+        return {
+            "partition": set(name.values()),
+            "goldens": {name[g.golden_id]: (g.status, tuple(g.members), values(g.attributes), g.tier, g.kind, g.name,
+                                            g.core_name, g.uscc)
+                        for g in s.execute(sa.select(Golden).where(Golden.status != "retired")).scalars()},
+            "xref": sorted((x.key, x.version, x.content_hash, x.kind, x.name, x.core_name, x.name_norm, x.uscc,
+                            x.billing_account, x.parent_billing_account, x.deleted, repr(x.raw), repr(x.std))
+                           for x in s.execute(sa.select(Xref)).scalars()),
+            "links": sorted((lk.a_key, lk.b_key, lk.weight, lk.probability, lk.decision, lk.hard, repr(lk.evidence))
+                            for lk in s.execute(sa.select(Link).where(Link.active.is_(True))).scalars()),
+            "key_index": sorted(s.execute(sa.select(KeyIndex.kind, KeyIndex.value, KeyIndex.source_system,
+                                                    KeyIndex.source_id)).all()),
+            "versions": sorted(s.execute(sa.select(SourceVersion.source_system, SourceVersion.source_id,
+                                                   SourceVersion.version, SourceVersion.envelope_id,
+                                                   SourceVersion.content_hash, SourceVersion.deleted)).all()),
+            # which edges: their evidence may name either side's record, whichever computed it first
+            "hierarchy": {(name[h.parent_golden], name[h.child_golden], h.kind) for h in
+                          s.execute(sa.select(Hierarchy).where(Hierarchy.active.is_(True))).scalars()},
+            "open_tasks": sorted(s.execute(sa.select(Task.a_key, Task.b_key).where(Task.status == "open")).all()),
+            # every envelope's outcome ("new:batched" says its batch's events are on another row)
+            "inbox": sorted((e, o.removesuffix(":batched"))
+                            for e, o in s.execute(sa.select(Inbox.envelope_id, Inbox.outcome)).all()),
+        }
+
+
+def test_initial_load_set_at_a_time_gives_the_store_that_loading_batch_by_batch_gives(tmp_path):
+    records = with_versions(generate(60, seed=6).records)
+    batches = MdmService(f"sqlite:///{tmp_path / 'batches.db'}")
+    a = loader.load_parties(batches, records, batch=25, workers=0, bulk=False)
+    bulk = MdmService(f"sqlite:///{tmp_path / 'bulk.db'}")
+    b = loader.load_parties(bulk, records, batch=25, workers=0)
+    assert (a["mode"], b["mode"]) == ("batches", "bulk")
+    sa_, sb = state(batches), state(bulk)
+    assert len(sa_["partition"]) < len(sa_["xref"]) and sa_["hierarchy"] and sa_["links"]  # the data has all of it
+    assert any(v[2] > 1 for v in sa_["versions"]) and any(v[-1] for v in sa_["versions"])
+    for part in sa_:
+        assert sa_[part] == sb[part], part
+    # one created event per golden record, nothing on the way (no merged / updated versions)
+    assert b["events"] == len(sb["partition"]) < a["events"]
+    with bulk.Session() as s:
+        assert set(s.execute(sa.select(Golden.status)).scalars()) <= {"active", "inactive"}
+
+
+def test_the_bulk_load_publishes_one_created_event_per_golden_record_after_it_committed(tmp_path):
+    records = generate(30, seed=2).records
+    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}")
+    published: list = []
+
+    def publish(evs):
+        with svc.Session() as s:  # committed before anything is published
+            assert s.execute(sa.select(sa.func.count()).select_from(Golden)).scalar() > 0
+        published.extend(evs)
+
+    out = loader.load_parties(svc, records, batch=20, workers=0, publish=publish)
+    assert out["mode"] == "bulk" and out["events"] == len(published)
+    gids = [e.payload["golden_id"] for e in published]
+    assert sorted(gids) == sorted(svc.snapshot()["goldens"]) and len(set(gids)) == len(gids)
+    for e in published:
+        g = svc.golden(e.payload["golden_id"])
+        assert e.type == "party.golden.created.v1" and e.payload["seq"] == 1
+        assert e.payload["source_keys"] == g["source_keys"] and e.payload["attributes"] == g["attributes"]
+
+
+def test_loading_the_same_records_again_changes_nothing_and_returns_the_created_events(tmp_path):
+    records = generate(30, seed=4).records
+    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}")
+    first: list = []
+    loader.load_parties(svc, records, batch=20, workers=0, publish=first.extend)
+    before = svc.snapshot()
+    again: list = []
+    out = loader.load_parties(svc, records, batch=20, workers=0, publish=again.extend)
+    assert out["mode"] == "batches"  # the store is not empty any more
+    assert svc.snapshot() == before
+    assert sorted(e.id for e in again) == sorted(e.id for e in first)
+    assert sorted(e.model_dump_json() for e in again) == sorted(e.model_dump_json() for e in first)
+
+
+def test_a_change_after_the_bulk_load_goes_on_from_the_loaded_golden_record(tmp_path):
+    records = generate(30, seed=4).records
+    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}")
+    loader.load_parties(svc, records, batch=20, workers=0)
+    changed = records[0].model_copy(update={"status": "suspended"})
+    gid = svc.xref(records[0].source_system, records[0].source_id)["golden_id"]
+    events = svc.ingest(changed, "later-1")
+    assert [(e.payload["golden_id"], e.payload["seq"], e.payload["change"]) for e in events] == [(gid, 2, "updated")]
+    # the matcher index the bulk load built is the service's: a new record of a loaded company matches
+    twin = records[1].model_copy(update={"source_system": "crm", "source_id": "NEW-1"})
+    svc.ingest(twin, "later-2")
+    assert svc.xref("crm", "NEW-1")["golden_id"] == svc.xref(records[1].source_system, records[1].source_id)["golden_id"]
+
+
+def test_a_bulk_load_that_fails_leaves_the_store_empty_and_the_matcher_index_as_it_was(tmp_path):
+    records = generate(30, seed=9).records
+    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}")
+
+    def failing():
+        yield from records[:50]
+        raise OSError("the file went away")
+
+    with pytest.raises(OSError, match="went away"):
+        loader.load_parties(svc, failing(), batch=20, workers=0)
+    assert len(svc.matcher) == 0
+    with svc.Session() as s:
+        assert s.execute(sa.select(SourceVersion.id).limit(1)).first() is None
+    out = loader.load_parties(svc, records, batch=20, workers=0)  # and the next load is a whole one
+    assert out["mode"] == "bulk" and len(svc.matcher) == len(records)
+
+
+def test_a_record_that_cannot_be_standardized_is_reported_and_the_rest_load(tmp_path):
+    records = generate(20, seed=3).records
+    bad = records[4]
+
+    def picky(p):
+        if p.source_id == bad.source_id and p.source_system == bad.source_system:
+            raise ValueError("no address parser for this one")
+        return standardize(p)
+
+    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}", standardize=picky)
+    out = loader.load_parties(svc, records, batch=10, workers=0)
+    assert out["mode"] == "bulk" and len(out["errors"]) == 1
+    assert out["errors"][0]["where"] == f"{bad.source_system}:{bad.source_id}"
+    assert "no address parser" in out["errors"][0]["message"]
+    assert len(svc.snapshot()["xref"]) == len(records) - 1
+
+
+def test_the_bulk_load_takes_records_standardized_ahead_by_worker_processes(tmp_path, monkeypatch):
+    records = generate(40, seed=5).records
+    ahead: list[int] = []
+    add = BulkLoad.add
+
+    def spy(self, items, errors):
+        ahead.append(sum(1 for _p, _e, prep in items if prep.std is not None))
+        return add(self, items, errors)
+
+    monkeypatch.setattr(BulkLoad, "add", spy)
+    here = MdmService(f"sqlite:///{tmp_path / 'here.db'}")
+    pooled = MdmService(f"sqlite:///{tmp_path / 'pooled.db'}")
+    loader.load_parties(here, records, batch=30, workers=0)
+    ahead.clear()
+    loader.load_parties(pooled, records, batch=30, workers=1)
+    assert ahead[0] == 0 and all(n > 0 for n in ahead[1:]) and len(ahead) > 1  # the worker took batches 2…
+    assert here.snapshot()["xref"] == pooled.snapshot()["xref"]
+    assert state(here) == state(pooled)
