@@ -42,6 +42,7 @@ keys and hierarchy).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -65,12 +66,15 @@ from esbhub.mdm.store import (
     KeyIndex,
     Link,
     SourceVersion,
+    Stored,
     Task,
     Xref,
+    _dump,
     golden_id_for,
     next_value,
     pair,
     source_key,
+    stored,
     utcnow,
 )
 from esbhub.mdm.survivorship import Member, survive
@@ -120,11 +124,11 @@ class _HierRec:
                  "source_id", "source_system", "std")
 
     def __init__(self, key: str, r: _Rec, std: dict[str, Any], raw: dict[str, Any]) -> None:
+        """``std`` / ``raw``: the record's :data:`_HIER_STD` fields and its ``parent_source_id``."""
         self.key, self.source_system, self.source_id = key, r.system, r.sid
         self.golden_id, self.deleted, self.name_norm = r.golden_id, r.deleted, r.name_norm
         self.billing_account, self.parent_billing_account = r.billing_account, r.parent_billing_account
-        self.std = {k: std.get(k) for k in _HIER_STD if std.get(k) is not None}
-        self.raw = {"parent_source_id": raw["parent_source_id"]} if raw.get("parent_source_id") else {}
+        self.std, self.raw = std, raw
 
 
 class _Lookup(hierarchy.Lookup):
@@ -181,6 +185,7 @@ class BulkLoad:
         from esbhub.mdm.cluster import can_link
 
         self.light_views = svc._can_link is can_link  # the engine's rule reads a few fields: keep only those
+        self.sqlite = s.connection().dialect.name == "sqlite"
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -280,9 +285,11 @@ class BulkLoad:
             r.version += 1
             self.versions += 1
             attrs = raw.get("attributes") or {}
+            rawb, stdb = _dump(raw), _dump(stdj)  # serialized once: the version row, the xref row
             self.rows[SourceVersion.__table__].append(dict(
                 source_system=system, source_id=sid, version=r.version, envelope_id=envelope_id,
-                content_hash=content_hash, raw=raw, std=stdj, received_at=now,
+                content_hash=content_hash, raw=stored(None, text=rawb) if self.sqlite else raw,
+                std=stored(None, text=stdb) if self.sqlite else stdj, received_at=now,
                 source_updated_at=party.source_updated_at, deleted=party.deleted,
             ))
             results = []
@@ -297,7 +304,7 @@ class BulkLoad:
             r.billing_account = attrs.get("billing_account")
             r.parent_billing_account = attrs.get("parent_billing_account")
             r.received_at, r.source_updated_at = now, party.source_updated_at
-            r.raw, r.std = orjson.dumps(raw), orjson.dumps(stdj)
+            r.raw, r.std = rawb, stdb
             r.view = _View(std) if self.light_views else std
             entries = set(hierarchy.index_entries(_Entry(r, std=stdj, raw=raw)))
             if r.version == 1 or entries != old_entries:
@@ -367,9 +374,11 @@ class BulkLoad:
                 self.touching[other].remove(p)
 
     # ---------------------------------------------------------------- finish
-    def finish(self) -> list[Envelope]:
+    def finish(self, pool: Any = None) -> int:
         """Cluster, survive, write golden records, xref, history, inbox, hierarchy and tasks;
-        return the ``party.golden.created`` events (publish them after the commit)."""
+        returns how many ``party.golden.created`` events the load made (:meth:`publish` them
+        once committed). With ``pool`` (a process pool), golden records are survived there,
+        a chunk ahead of the one written here."""
         from esbhub.mdm.service import _compact_event, partition
 
         s, svc = self.s, self.svc
@@ -385,88 +394,117 @@ class BulkLoad:
         self.timings["cluster"] = time.perf_counter() - t
         t = time.perf_counter()
         now = utcnow()
-        founders = sorted(((min(c, key=lambda k: (recs[k].first_seen, k)), c) for c in clusters),
+        founders = sorted(((min(c, key=lambda k: (recs[k].first_seen, k)), sorted(c)) for c in clusters),
                           key=lambda fc: (recs[fc[0]].first_seen, fc[0]))
+        del clusters
         seq = next_value(s, "golden_id", len(founders)) if founders else 1
         first_env: dict[str, str] = {}
         for envelope_id, outcome, key in self.envelopes:
             if outcome != "unchanged":
                 first_env.setdefault(key, envelope_id)
-        events: list[Envelope] = []
-        founder_event: dict[str, Envelope] = {}
+        sqlite = self.sqlite
+        compact: dict[str, list[dict[str, Any]]] = {}  # founder's envelope id → its golden's created event
         hier_recs: list[_HierRec] = []
         goldens: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
         xrefs: list[dict[str, Any]] = []
-        cfg, tiering = svc.settings.survivorship, svc.settings.tiering
         conn = s.connection()
+        work = functools.partial(_survive_chunk, svc.settings.survivorship, svc.settings.tiering, sqlite)
 
-        def write() -> None:
-            for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history), (Xref.__table__, xrefs)):
+        def chunk_input(lo: int) -> list[list[tuple[Any, ...]]]:
+            return [[(k, recs[k].system, recs[k].sid, recs[k].raw, recs[k].std,
+                      _aware(recs[k].source_updated_at) or recs[k].received_at, recs[k].deleted) for k in members]
+                    for _f, members in founders[lo : lo + CHUNK]]
+
+        def results() -> Iterator[tuple[int, list[Any]]]:
+            starts = range(0, len(founders), CHUNK)
+            if pool is None:
+                for lo in starts:
+                    yield lo, work(chunk_input(lo))
+                return
+            def got(lo: int, fut: Any) -> list[Any]:
+                if fut.cancel():  # not started yet (the pool is behind): survive it here meanwhile
+                    return work(chunk_input(lo))
+                try:
+                    return fut.result()  # type: ignore[no-any-return]
+                except Exception as exc:  # noqa: BLE001 - a broken worker costs speed, never records
+                    log.warning("mdm_bulk_survive_worker_failed", error_type=type(exc).__name__, error=str(exc))
+                    return work(chunk_input(lo))
+
+            ahead: list[tuple[int, Any]] = []
+            # chunks in flight: the pool survives them while this process writes the one before; one
+            # the pool has not started when it is due is survived here (the two share the work)
+            for lo in starts:
+                try:
+                    ahead.append((lo, pool.submit(work, chunk_input(lo))))
+                except Exception:  # noqa: BLE001 - pool broken or shut down: survive here
+                    ahead.append((lo, None))
+                if len(ahead) > 3:
+                    lo0, fut = ahead.pop(0)
+                    yield lo0, got(lo0, fut) if fut is not None else work(chunk_input(lo0))
+            for lo0, fut in ahead:
+                yield lo0, got(lo0, fut) if fut is not None else work(chunk_input(lo0))
+
+        for lo, done in results():
+            for i, (attrs, tier, attrs_stored, hier) in enumerate(done, start=lo):
+                founder, members = founders[i]
+                gid = golden_id_for(seq + i)
+                deleted = True
+                for k, (hstd, hraw) in zip(members, hier, strict=True):
+                    r = recs[k]
+                    r.golden_id = gid
+                    deleted = deleted and r.deleted
+                    hier_recs.append(_HierRec(k, r, hstd, hraw))
+                    xrefs.append(dict(
+                        source_system=r.system, source_id=r.sid, golden_id=gid, version=r.version,
+                        first_seen=r.first_seen, content_hash=r.content_hash, kind=r.kind, name=r.name,
+                        core_name=r.core_name, name_norm=r.name_norm, uscc=r.uscc, billing_account=r.billing_account,
+                        parent_billing_account=r.parent_billing_account, deleted=r.deleted,
+                        raw=stored(None, text=r.raw) if sqlite else orjson.loads(r.raw),
+                        std=stored(None, text=r.std) if sqlite else orjson.loads(r.std),
+                        received_at=r.received_at, source_updated_at=r.source_updated_at, linked_at=now,
+                    ))
+                status = "inactive" if deleted else "active"
+                kind = (attrs.get("kind") or {}).get("value") or recs[founder].kind
+                cause = first_env.get(founder)
+                attrs_col = Stored(attrs_stored) if sqlite else attrs
+                goldens.append(dict(
+                    golden_id=gid, seq_no=seq + i, status=status, merged_into=None, version=1, kind=kind,
+                    founder=founder, name=(attrs.get("name") or {}).get("value"),
+                    core_name=(attrs.get("core_name") or {}).get("value"), uscc=(attrs.get("uscc") or {}).get("value"),
+                    tier=tier, attributes=attrs_col, members=members, created_at=now, updated_at=now,
+                ))
+                history.append(dict(
+                    golden_id=gid, version=1, change="created", status=status, merged_into=None,
+                    attributes=attrs_col, members=members, valid_from=now, valid_to=None, actor="engine", reason=None,
+                    cause=cause,
+                ))
+                if cause is not None:
+                    compact[cause] = [_compact_event(golden_event(GoldenEvent(
+                        golden_id=gid, seq=1, change="created", status=status,  # type: ignore[arg-type]
+                        valid_from=now.isoformat(), actor="engine", source_keys=members, attributes=attrs, tier=tier,
+                    ), cause_id=cause))]
+            for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history),
+                              (Xref.__table__, xrefs)):
                 if rows:
                     conn.execute(tbl.insert(), rows)
                     rows.clear()
-
-        for i, (founder, c) in enumerate(founders):
-            gid = golden_id_for(seq + i)
-            members = sorted(c)
-            ms, tiered = [], []
-            for k in members:
-                r = recs[k]
-                r.golden_id = gid
-                raw, std = orjson.loads(r.raw), orjson.loads(r.std)
-                ms.append(Member(key=k, system=r.system, source_id=r.sid, raw=raw, std=std,
-                                 updated_at=_aware(r.source_updated_at) or r.received_at, deleted=r.deleted))
-                tiered.append(_Entry(r, std=std, raw=raw, key=k))
-                hier_recs.append(_HierRec(k, r, std, raw))
-                xrefs.append(dict(
-                    source_system=r.system, source_id=r.sid, golden_id=gid, version=r.version, first_seen=r.first_seen,
-                    content_hash=r.content_hash, kind=r.kind, name=r.name, core_name=r.core_name,
-                    name_norm=r.name_norm, uscc=r.uscc, billing_account=r.billing_account,
-                    parent_billing_account=r.parent_billing_account, deleted=r.deleted, raw=raw, std=std,
-                    received_at=r.received_at, source_updated_at=r.source_updated_at, linked_at=now,
-                ))
-            attrs = survive(ms, cfg, {})
-            status = "inactive" if all(m.deleted for m in ms) else "active"
-            kind = (attrs.get("kind") or {}).get("value") or recs[founder].kind
-            tier = tiering.tier(hierarchy.revenue_of(tiered))  # type: ignore[arg-type]
-            cause = first_env.get(founder)
-            goldens.append(dict(
-                golden_id=gid, seq_no=seq + i, status=status, merged_into=None, version=1, kind=kind, founder=founder,
-                name=(attrs.get("name") or {}).get("value"), core_name=(attrs.get("core_name") or {}).get("value"),
-                uscc=(attrs.get("uscc") or {}).get("value"), tier=tier, attributes=attrs, members=members,
-                created_at=now, updated_at=now,
-            ))
-            history.append(dict(
-                golden_id=gid, version=1, change="created", status=status, merged_into=None, attributes=attrs,
-                members=members, valid_from=now, valid_to=None, actor="engine", reason=None, cause=cause,
-            ))
-            ev = golden_event(GoldenEvent(
-                golden_id=gid, seq=1, change="created", status=status,  # type: ignore[arg-type]
-                valid_from=now.isoformat(), actor="engine", source_keys=members, attributes=attrs, tier=tier,
-            ), cause_id=cause)
-            events.append(ev)
-            if cause is not None:
-                founder_event[cause] = ev
-            if len(xrefs) >= CHUNK:
-                write()
-                _freeze(len(events))
-        write()
+            _freeze(len(compact))
         self.timings["golden"] = time.perf_counter() - t
         t = time.perf_counter()
         inbox = []
         for envelope_id, outcome, _key in self.envelopes:
-            ev = founder_event.get(envelope_id)
-            inbox.append(dict(envelope_id=envelope_id, at=now, outcome=outcome,
-                              events=[_compact_event(ev)] if ev is not None else []))
+            inbox.append(dict(envelope_id=envelope_id, at=now, outcome=outcome, events=compact.get(envelope_id, [])))
             if len(inbox) >= CHUNK:
                 conn.execute(Inbox.__table__.insert(), inbox)
                 inbox.clear()
         if inbox:
             conn.execute(Inbox.__table__.insert(), inbox)
+        self.event_rows = sorted(compact)
+        del compact
         self.timings["inbox"] = time.perf_counter() - t
         t = time.perf_counter()
-        self._hierarchy(hier_recs, [g for g in (golden_id_for(seq + i) for i in range(len(founders)))], now)
+        self._hierarchy(hier_recs, [golden_id_for(seq + i) for i in range(len(founders))], now)
         self.timings["hierarchy"] = time.perf_counter() - t
         t = time.perf_counter()
         self._tasks(now)
@@ -475,7 +513,24 @@ class BulkLoad:
         log.info("mdm_bulk_load", records=self.records, versions=self.versions, source_keys=len(recs),
                  golden=len(founders), links=len(self.edges), reviews=len(self.reviews),
                  seconds={k: round(v, 1) for k, v in self.timings.items()})
-        return events
+        return len(founders)
+
+    def publish(self, publish: Callable[[list[Envelope]], Any], batch: int = 500) -> int:
+        """After the commit: hand the load's events to ``publish`` in batches, as the founders'
+        inbox rows keep them — the events a redelivery of those records returns, byte for byte
+        (not kept in memory meanwhile: a million loaded records make some 350k events)."""
+        from esbhub.mdm.service import _expand_events
+
+        n = 0
+        with self.svc.Session() as s:
+            for i in range(0, len(self.event_rows), batch):
+                ids = self.event_rows[i : i + batch]
+                stored_events = [e for row in s.execute(sa.select(Inbox.events).where(Inbox.envelope_id.in_(ids)))
+                                 .scalars() for e in row]
+                evs = _expand_events(s, stored_events)
+                n += len(evs)
+                publish(evs)
+        return n
 
     def _hierarchy(self, recs: list[_HierRec], golden_ids: list[str], now: datetime) -> None:
         """Edges of every golden record, as :func:`esbhub.mdm.hierarchy.refresh` of all of them."""
@@ -511,17 +566,46 @@ class BulkLoad:
             self.s.connection().execute(Task.__table__.insert(), rows)
 
 
+def _survive_chunk(cfg: Any, tiering: Any, sqlite: bool,
+                   chunk: list[list[tuple[Any, ...]]]) -> list[tuple[Any, str, Any, list[Any]]]:
+    """Golden records of a chunk — each given as its members ``(key, system, source id, raw JSON,
+    standardized JSON, updated at, deleted)`` — survived: attributes, tier, the attributes as a
+    SQLite column stores them, and each member's hierarchy fields. A pure function of its input
+    (run in a worker process by :meth:`BulkLoad.finish`)."""
+    out = []
+    for members in chunk:
+        ms, tiered, hier = [], [], []
+        for key, system, sid, rawb, stdb, updated_at, deleted in members:
+            raw, std = orjson.loads(rawb), orjson.loads(stdb)
+            ms.append(Member(key=key, system=system, source_id=sid, raw=raw, std=std, updated_at=updated_at,
+                             deleted=deleted))
+            tiered.append(_Tiered(key, raw, deleted))
+            hier.append(({k: v for k in _HIER_STD if (v := std.get(k)) is not None},
+                         {"parent_source_id": raw["parent_source_id"]} if raw.get("parent_source_id") else {}))
+        attrs = survive(ms, cfg, {})
+        out.append((attrs, tiering.tier(hierarchy.revenue_of(tiered)),  # type: ignore[arg-type]
+                    stored(attrs, compress=True).value if sqlite else None, hier))
+    return out
+
+
+class _Tiered:
+    """A member as :func:`esbhub.mdm.hierarchy.revenue_of` reads it."""
+
+    __slots__ = ("deleted", "key", "raw")
+
+    def __init__(self, key: str, raw: dict[str, Any], deleted: bool) -> None:
+        self.key, self.raw, self.deleted = key, raw, deleted
+
+
 class _Entry:
-    """A record as :func:`esbhub.mdm.hierarchy.index_entries` and ``revenue_of`` read an xref row."""
+    """A record as :func:`esbhub.mdm.hierarchy.index_entries` reads an xref row."""
 
-    __slots__ = ("deleted", "key", "parent_billing_account", "raw", "source_system", "std")
+    __slots__ = ("parent_billing_account", "raw", "source_system", "std")
 
-    def __init__(self, r: _Rec, *, std: dict[str, Any] | None = None, raw: dict[str, Any] | None = None,
-                 key: str | None = None) -> None:
-        self.source_system, self.parent_billing_account, self.deleted = r.system, r.parent_billing_account, r.deleted
+    def __init__(self, r: _Rec, *, std: dict[str, Any] | None = None, raw: dict[str, Any] | None = None) -> None:
+        self.source_system, self.parent_billing_account = r.system, r.parent_billing_account
         self.std = std if std is not None else orjson.loads(r.std)
         self.raw = raw if raw is not None else orjson.loads(r.raw)
-        self.key = key if key is not None else source_key(r.system, r.sid)
 
 
 _frozen = [0]

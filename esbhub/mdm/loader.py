@@ -292,7 +292,6 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
 
     pending: tuple[list[_Item], Any] | None = None  # a batch being standardized
     buf: list[_Item] = []
-    bulk_events: list[Any] = []
     with contextlib.ExitStack() as stack:
         bl = stack.enter_context(BulkLoad.open(svc)) if bulk is not False and isinstance(svc, MdmService) else None
         try:
@@ -311,15 +310,15 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
                 pending = ahead
             if pending is not None:
                 ingest(pending[0], result(pending[1]))
+            if bl is not None:
+                events += bl.finish(pool)  # golden records survived in the standardizing processes
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        if bl is not None:
-            bulk_events = bl.finish()
-    # the bulk load committed: its events go out now, in chunks (a batch's went out after its commit)
-    events += len(bulk_events)
-    if publish is not None:
-        for i in range(0, len(bulk_events), batch):
-            publish(bulk_events[i : i + batch])
-    return {"records": n, "events": events, "errors": [e.__dict__ for e in errors],
-            "mode": "bulk" if bl is not None else "batches"}
+    if bl is not None and publish is not None:  # committed: its events go out now (a batch's after its commit)
+        bl.publish(publish, batch)
+    out = {"records": n, "events": events, "errors": [e.__dict__ for e in errors],
+           "mode": "bulk" if bl is not None else "batches"}
+    if bl is not None:
+        out["phases"] = {k: round(v, 1) for k, v in bl.timings.items()}  # seconds
+    return out

@@ -77,6 +77,42 @@ def _load(value: Any) -> Any:
         return json.loads(value)
 
 
+def _stored_text(value: Any) -> str:
+    return _dump(value).decode()
+
+
+def _stored_deflating_text(text: bytes) -> str | bytes:
+    if len(text) >= COMPRESS_FROM:
+        packed = _deflate(text)
+        if len(packed) < len(text):
+            return packed
+    return text.decode()
+
+
+def _stored_deflating(value: Any) -> str | bytes:
+    return _stored_deflating_text(_dump(value))
+
+
+class Stored:
+    """A JSON value already in the form a :class:`FastJSON` / :class:`CompressedJSON` column stores
+    on SQLite (:func:`stored`): bound as it is. Lets a value written to several rows (a golden
+    record's attributes go to its row and its history row) or serialized in another process be
+    serialized once. SQLite only: other dialects take the value itself."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str | bytes) -> None:
+        self.value = value
+
+
+def stored(value: Any, *, compress: bool = False, text: bytes | None = None) -> Stored:
+    """``value`` as a SQLite ``FastJSON`` (or, with ``compress``, ``CompressedJSON``) column stores
+    it; ``text`` is ``_dump(value)`` if the caller has it already."""
+    if not compress:
+        return Stored(text.decode() if text is not None else _stored_text(value))
+    return Stored(_stored_deflating(value) if text is None else _stored_deflating_text(text))
+
+
 class FastJSON(sa.types.TypeDecorator):  # type: ignore[type-arg]
     """``JSON`` (same DDL, same values) serialized with orjson where the dialect stores text.
 
@@ -97,18 +133,12 @@ class FastJSON(sa.types.TypeDecorator):  # type: ignore[type-arg]
     def bind_processor(self, dialect: Any) -> Any:
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
-        if not self.compress:
-            return lambda value: _dump(value).decode()
+        text = _stored_deflating if self.compress else _stored_text
 
-        def process_deflating(value: Any) -> str | bytes:
-            text = _dump(value)
-            if len(text) >= COMPRESS_FROM:
-                packed = _deflate(text)
-                if len(packed) < len(text):
-                    return packed
-            return text.decode()
+        def process(value: Any) -> str | bytes:
+            return value.value if type(value) is Stored else text(value)
 
-        return process_deflating
+        return process
 
     def result_processor(self, dialect: Any, coltype: Any) -> Any:
         if dialect.name != "sqlite":
