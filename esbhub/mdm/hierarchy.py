@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, Xref, session_xrefs, source_key
+from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, session_xrefs, source_key
 
 
 class TieringConfig(BaseModel):
@@ -90,6 +90,43 @@ def index_entries(x: Xref) -> list[tuple[str, str]]:
     if parent:
         out.append(("parent_src", source_key(x.source_system, parent)))
     return [(k, v[:300]) for k, v in out]
+
+
+class XrefRow(NewXref):
+    """A stored xref row read with Core (:func:`read_xrefs`): the :class:`Xref` columns on a plain
+    object — no ORM instrumentation, identity map entry or unit-of-work bookkeeping for a row the
+    ingest path only reads. The one change made to such a row, its ``golden_id`` / ``linked_at``
+    (:meth:`esbhub.mdm.service.MdmService._apply`), is written with a Core ``UPDATE``."""
+
+    __slots__ = ()
+
+
+_XREF_ROWS = sa.select(*Xref.__table__.columns).where(
+    Xref.__table__.c.source_system == sa.bindparam("sys"),
+    Xref.__table__.c.source_id.in_(sa.bindparam("ids", expanding=True)),
+)
+
+
+def read_xrefs(s: Session, by_sys: dict[str, list[str]]) -> list[Any]:
+    """Xref rows by system → source ids, as :class:`XrefRow` (one Core query per 500 ids), except
+    rows the session holds as ORM objects already: those objects are returned, so a row never has
+    two live copies in one transaction. No autoflush: the ingest path only changes xref rows
+    through objects it keeps (:func:`esbhub.mdm.store.session_xrefs`), which are never read again."""
+    conn = s.connection()
+    imap = s.identity_map
+    cols = NewXref.__slots__
+    new = XrefRow.__new__
+    out: list[Any] = []
+    for sys_, ids in by_sys.items():
+        for i in range(0, len(ids), 500):
+            for row in conn.execute(_XREF_ROWS, {"sys": sys_, "ids": ids[i : i + 500]}):
+                x = imap.get((Xref, (row[0], row[1]), None)) if imap else None
+                if x is None:
+                    x = new(XrefRow)
+                    for k, v in zip(cols, row, strict=True):
+                        setattr(x, k, v)
+                out.append(x)
+    return out
 
 
 def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
@@ -171,12 +208,8 @@ class Lookup:
             self._xref[(sys_, sid)] = x
             if x is None:
                 by_sys.setdefault(sys_, []).append(sid)
-        for sys_, ids in by_sys.items():
-            for i in range(0, len(ids), 500):
-                for x in self.s.execute(
-                    sa.select(Xref).where(Xref.source_system == sys_, Xref.source_id.in_(ids[i : i + 500]))
-                ).scalars():
-                    self._xref[(x.source_system, x.source_id)] = known[x.key] = x
+        for x in read_xrefs(self.s, by_sys):
+            self._xref[(x.source_system, x.source_id)] = known[x.key] = x
         return {k: x for k in wanted if (x := self._xref.get(k)) is not None}
 
     def xrefs_for_keys(self, keys: list[tuple[str, str]]) -> list[Xref]:

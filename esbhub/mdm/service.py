@@ -333,6 +333,12 @@ class _Q:
     overrides = (sa.select(Override).where(Override.golden_id.in_(_in("ids")), Override.active.is_(True))
                  .order_by(Override.id))
     open_tasks = sa.select(Task).where(Task.status == "open", sa.or_(Task.a_key.in_(_in("a")), Task.b_key.in_(_in("b"))))
+    move_xrefs = (
+        sa.update(Xref.__table__)
+        .where(Xref.__table__.c.source_system == sa.bindparam("sys_"), Xref.__table__.c.source_id == sa.bindparam("sid"))
+        .values(golden_id=sa.bindparam("gid", type_=Xref.__table__.c.golden_id.type),
+                linked_at=sa.bindparam("at", type_=Xref.__table__.c.linked_at.type))
+    )
     close_history = (
         sa.update(GoldenHistory.__table__)
         .where(GoldenHistory.golden_id.in_(_in("ids")), GoldenHistory.valid_to.is_(None))
@@ -566,7 +572,7 @@ class MdmService:
         for i in range(0, len(ids), 500):
             for row in s.execute(_Q.inbox, {"ids": ids[i : i + 500]}).scalars():
                 inbox[row.envelope_id] = row
-        xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items})
+        xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items}, orm=True)
         # what staging a changed record reads — its active links, its golden record's members —
         # for the whole batch at once (staging changes neither before the end of the batch, but
         # a mid-batch flush makes new links visible: then :meth:`_stage` reads them itself)
@@ -720,9 +726,11 @@ class MdmService:
             return set()
         return {source_key(a, b) for _g, a, b in s.execute(_Q.members, {"ids": ids}).all()}
 
-    def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
+    def _xrefs(self, s: Session, keys: Iterable[str], *, orm: bool = False) -> dict[str, Xref]:
         """Xref rows by source key; rows this session already holds are not read (and their JSON
-        not parsed) again (:func:`esbhub.mdm.store.session_xrefs`)."""
+        not parsed) again (:func:`esbhub.mdm.store.session_xrefs`). Rows are read with Core as
+        :class:`esbhub.mdm.hierarchy.XrefRow` (only their golden id may change: :meth:`_apply`
+        writes it), or with ``orm`` as ORM objects — the rows staging changes (:meth:`_prefetch`)."""
         known = session_xrefs(s)
         out: dict[str, Xref] = {}
         by_sys: dict[str, list[str]] = {}
@@ -733,6 +741,10 @@ class MdmService:
                 continue
             sys_, sid = split_key(k)
             by_sys.setdefault(sys_, []).append(sid)
+        if not orm:
+            for x in hierarchy.read_xrefs(s, by_sys):
+                out[x.key] = known[x.key] = x
+            return out
         for sys_, ids in by_sys.items():
             for i in range(0, len(ids), 500):
                 for x in s.execute(_Q.xrefs, {"sys": sys_, "ids": ids[i : i + 500]}).scalars():
@@ -836,6 +848,7 @@ class MdmService:
             new_goldens.append(g)  # inserted once written, below
             assigned.append((g, c, []))
         owner = {k: g.golden_id for g, c, _ in assigned for k in c}
+        moved: list[dict[str, Any]] = []  # golden id changes of rows read with Core (XrefRow)
         changes: list[_Change] = []
         touched: set[str] = set()
         hier: set[str] = set()  # goldens whose hierarchy edges may have changed
@@ -872,9 +885,12 @@ class MdmService:
                 g.status == status and g.merged_into is None and list(g.members or []) == members and g.attributes == attrs
             )
             for k in members:
-                if xs[k].golden_id != g.golden_id:
-                    xs[k].golden_id = g.golden_id
-                    xs[k].linked_at = now
+                x = xs[k]
+                if x.golden_id != g.golden_id:
+                    x.golden_id = g.golden_id
+                    x.linked_at = now
+                    if type(x) is hierarchy.XrefRow:
+                        moved.append({"sys_": x.source_system, "sid": x.source_id, "gid": g.golden_id, "at": now})
             if same:
                 continue
             if g.version == 0:
@@ -904,6 +920,8 @@ class MdmService:
         # new golden records and new source records, with their final values: one Core INSERT
         # each (no INSERT now and UPDATE later, no ORM unit of work; nothing changes them later
         # in this transaction — a later read loads them from the database)
+        if moved:
+            s.connection().execute(_Q.move_xrefs, moved)
         _insert_rows(s, Golden, new_goldens)
         _insert_rows(s, Xref, s.info.pop("mdm_new_xrefs", []))
         self._flush_history(s)
@@ -953,8 +971,9 @@ class MdmService:
         self._history_buf = {"ids": set(), "close": {}, "rows": []}
 
     def _golden_of_key(self, s: Session, key: str) -> str | None:
-        sys_, sid = split_key(key)
-        x = s.get(Xref, (sys_, sid))
+        x = session_xrefs(s).get(key)  # rows this transaction read or wrote: no identity-map look-up or load
+        if x is None or (type(x) is NewXref and not x.golden_id):  # inserted once its golden id is known (_apply)
+            x = s.get(Xref, split_key(key))
         return x.golden_id if x is not None else None
 
     def _open_tasks(self, s: Session, reviews: list[tuple[str, str, Any]], now: datetime) -> None:
