@@ -47,7 +47,10 @@ def mdm() -> None:
 @click.option("--sql", "sql_url", help="Load from a SQL table at this SQLAlchemy URL (with --table).")
 @click.option("--table", help="Table name for --sql.")
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000),
-              help="Records per transaction.")
+              help="Records per transaction (per staging step of an initial load).")
+@click.option("--batches", "force_batches", is_flag=True,
+              help="Load batch by batch even into an empty store (default there: the whole load set at a "
+                   "time, in one transaction).")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes standardizing the next batch while this one is stored "
                    "[default: one per spare CPU, at most 3; 0: none].")
@@ -56,11 +59,13 @@ def mdm() -> None:
 @click.option("--publish/--no-publish", default=True, show_default=True,
               help="Publish the resulting party.golden.* events to the bus (direct mode).")
 def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str | None, table: str | None,
-             batch: int, workers: int | None, via_bus: bool, publish: bool) -> None:
-    """Load CSV / Parquet FILES (or a SQL table) through the MDM pipeline, batched.
+             batch: int, force_batches: bool, workers: int | None, via_bus: bool, publish: bool) -> None:
+    """Load CSV / Parquet / party.v1 JSON-lines FILES (or a SQL table) through the MDM pipeline.
 
     Columns are party.v1 field names (see esbhub.mdm.loader); rows that do not validate are
     reported with their row number and skipped. Loading the same data again changes nothing.
+    Into an empty store the whole load is one transaction, clustered once (esbhub.mdm.bulk);
+    otherwise it goes in transactions of --batch records.
     """
     from esbhub.mdm import loader
 
@@ -83,7 +88,8 @@ def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str |
             broker = _broker() if publish else None
             try:
                 result = loader.load(_service(), rows(), default_system=default_system, batch=batch,
-                                     publish=broker.publish_many if broker is not None else None, workers=workers)
+                                     publish=broker.publish_many if broker is not None else None, workers=workers,
+                                     bulk=False if force_batches else None)
             finally:
                 if broker is not None:
                     broker.close()

@@ -1,4 +1,7 @@
-"""Bulk initial load: CSV, Parquet or a SQL table → ``party.v1`` records, in batches.
+"""Bulk initial load: CSV, Parquet, ``party.v1`` JSON lines or a SQL table → ``party.v1`` records.
+
+A JSON-lines file (``.jsonl`` / ``.ndjson``) holds one ``party.v1`` record per line, nested
+fields (addresses, phones, contacts, attributes) as the schema has them.
 
 Rows are flat; columns named like ``party.v1`` fields map onto them:
 
@@ -60,8 +63,27 @@ def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, str) and not v.strip())
 
 
-def row_to_party(row: dict[str, Any], default_system: str | None = None) -> Party:
-    """One flat row → a validated Party (raises ValidationError / ValueError)."""
+class PartyJSON:
+    """One ``party.v1`` record as JSON (a line of a JSON-lines file), nested fields and all."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+
+def row_to_party(row: dict[str, Any] | PartyJSON, default_system: str | None = None) -> Party:
+    """One flat row (or a :class:`PartyJSON` record) → a validated Party (raises ValidationError / ValueError)."""
+    if isinstance(row, PartyJSON):
+        try:
+            obj = orjson.loads(row.text)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"a party.v1 record is a JSON object, not {type(obj).__name__}")
+        if default_system and not obj.get("source_system"):
+            obj["source_system"] = default_system
+        return Party.model_validate(obj)
     data: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -141,13 +163,23 @@ def iter_sql(url: str, table: str, batch_size: int = 10_000) -> Iterator[tuple[s
         eng.dispose()
 
 
-def iter_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[str, PartyJSON]]:
+    """``party.v1`` records, one JSON object per line (blank lines skipped)."""
+    with open(path, "rb") as fh:
+        for i, line in enumerate(fh, start=1):
+            if line.strip():
+                yield f"{path}:{i}", PartyJSON(line)
+
+
+def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return iter_parquet(path)
     if suffix in (".csv", ".txt", ".tsv"):
         return iter_csv(path)
-    raise ValueError(f"{path}: unknown file type '{suffix}' (CSV or Parquet)")
+    if suffix in (".jsonl", ".ndjson"):
+        return iter_jsonl(path)
+    raise ValueError(f"{path}: unknown file type '{suffix}' (CSV, Parquet or party.v1 JSON lines)")
 
 
 def parties(rows: Iterator[tuple[str, dict[str, Any]]], default_system: str | None,

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from esbhub.cli import main
 from esbhub.config import Settings
 from esbhub.mdm.service import service_for
+from esbhub.mdm.store import Xref
 from mdm.fakes import uscc
 
 ROWS = [
@@ -109,3 +110,27 @@ def test_load_via_bus_publishes_one_party_message_per_row(tmp_path, unique):
         d.ack()
     broker.close()
     assert sorted(got) == ["1", "9", "A1"]
+
+
+def test_load_reads_party_json_lines_with_nested_fields_and_reports_bad_lines(tmp_path):
+    from esbhub.mdm.synth import generate
+
+    records = generate(12, seed=3).records
+    lines = [p.model_dump_json(exclude_none=True) for p in records]
+    lines[3:3] = ["{not json", "[1, 2]", json.dumps({"source_system": "crm", "source_id": "x"})]  # lines 4, 5, 6
+    f = tmp_path / "parties.jsonl"
+    f.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    r = run(tmp_path, "load", str(f))
+    assert r.exit_code == 1
+    assert "parties.jsonl:4: not JSON" in r.stderr and "parties.jsonl:5: a party.v1 record is a JSON object" in r.stderr
+    assert "parties.jsonl:6: name:" in r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["records"] == len(records)
+    svc = service_for(Settings(data_dir=tmp_path / "var"))
+    with svc.Session() as s:  # nested fields arrive whole
+        for p in records:
+            assert s.get(Xref, (p.source_system, p.source_id)).raw == p.model_dump(mode="json", exclude_none=True)
+    # batch by batch into another store: the same golden records
+    r2 = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var2"), "mdm", "load", "--batches", str(f)])
+    assert r2.exit_code == 1
+    other = service_for(Settings(data_dir=tmp_path / "var2"))
+    assert svc.partition_now() == other.partition_now()
