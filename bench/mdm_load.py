@@ -6,10 +6,13 @@
 What is measured:
 
 * our load: synthetic Chinese enterprise records (``esbhub.mdm.synth``; ``--records`` takes the
-  first N of a set generated big enough) through :func:`esbhub.mdm.loader.load_parties` — the
-  path of ``esbhub mdm load`` — in batches (standardize, in ``--workers`` processes ahead of the
-  ingesting one → block/score against everything loaded so far → cluster with constraints →
-  survivorship with lineage → history, xref, hierarchy → events), committed to SQLite;
+  first N of a set generated big enough, written first — untimed, reused by later runs — as a
+  ``party.v1`` JSON-lines file under ``--files`` and read back and validated inside the timed
+  load) through :func:`esbhub.mdm.loader.load_parties` — the path of ``esbhub mdm load`` — into
+  an empty store, so set at a time (:mod:`esbhub.mdm.bulk`: standardize, in ``--workers``
+  processes ahead of the ingesting one → block/score against everything staged before → cluster
+  with constraints → survivorship with lineage, in the workers too → history, xref, hierarchy →
+  events), committed to SQLite;
 * wall time of the whole load and throughput per tenth, so any growth of the per-record cost
   with the size of the store and index shows;
 * peak RSS of this process (the ingesting one) and the matcher index: RSS grown by rebuilding
@@ -18,7 +21,7 @@ What is measured:
   same ``--baseline-companies`` set, alternated with this tree, each in a fresh process and
   store: old and new code in the same conditions (each tree's own bulk path);
 * the per-record path over the first ``--per-record`` records (one ``ingest`` per record, as a
-  bus consumer takes them) against the bulk path over the same records into a fresh store;
+  bus consumer takes them) against the initial load of the same records into a fresh store;
 * Splink (DuckDB) deduplicating the same standardized records (read back from the store) in
   the same run, in a child process: EM training + prediction + clustering, no store — a batch
   engine's lower bound, not the same job. If it fails (memory, time) at the full size, that is
@@ -95,6 +98,29 @@ class Records:
     def entities(self) -> int:
         return len(set(self.truth.values()))
 
+    def to_jsonl(self, path: Path) -> float:
+        """Write the set as a ``party.v1`` JSON-lines file (what ``esbhub mdm load`` reads), with its
+        truth beside it (``.truth.json``); a file written before for the same set is reused.
+        Returns the seconds spent making it (0 when reused)."""
+        truth_path = path.with_suffix(".truth.json")
+        first_path = path.with_suffix(".first.jsonl")
+        if path.exists() and truth_path.exists() and first_path.exists():
+            self.truth = json.loads(truth_path.read_text(encoding="utf-8"))
+            from esbhub.schemas.party import Party
+
+            self.first = [Party.model_validate_json(x) for x in first_path.read_text(encoding="utf-8").splitlines()]
+            return 0.0
+        t = time.perf_counter()
+        tmp = path.with_suffix(".part")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for p in self:
+                fh.write(p.model_dump_json(exclude_none=True))
+                fh.write("\n")
+        first_path.write_text("".join(p.model_dump_json(exclude_none=True) + "\n" for p in self.first), encoding="utf-8")
+        truth_path.write_text(json.dumps(self.truth), encoding="utf-8")
+        tmp.rename(path)
+        return time.perf_counter() - t
+
 
 def partition_of(svc: Any) -> set[frozenset[str]]:
     """Source keys by golden id, read with Core (the service's partition_now loads whole rows)."""
@@ -114,7 +140,10 @@ def db_mb(db: Path) -> float:
     return sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
 
 
-def our_load(records: Records, batch: int, workers: int, db: Path) -> dict:
+def our_load(records: Records, batch: int, workers: int, db: Path, source: Path | None = None) -> dict:
+    """The load timed: of ``records`` (made as they are taken), or of the JSON-lines file ``source``
+    they were written to, read and validated as ``esbhub mdm load FILE`` does."""
+    from esbhub.mdm import loader
     from esbhub.mdm.loader import load_parties
     from esbhub.mdm.service import MdmService
 
@@ -149,7 +178,10 @@ def our_load(records: Records, batch: int, workers: int, db: Path) -> dict:
 
     svc.ingest_many = timed  # type: ignore[method-assign]
     t0 = state["last_t"] = time.perf_counter()
-    out = load_parties(svc, counted(records), batch=batch, workers=workers)
+    read_errors: list = []
+    parties = records if source is None else loader.parties(loader.iter_file(source), None, read_errors)
+    out = load_parties(svc, counted(parties), batch=batch, workers=workers)
+    out["errors"] += [e.__dict__ for e in read_errors]
     total = time.perf_counter() - t0
     svc.ingest_many = ingest_many  # type: ignore[method-assign]
     if out.get("phases"):
@@ -441,6 +473,8 @@ def main() -> None:
     ap.add_argument("--per-record", type=int, default=1000,
                     help="Also load the first N records one transaction each and in batches (0: skip).")
     ap.add_argument("--keep", type=Path, help="Keep the loaded store here (hub.db, mdm_model.json, READY).")
+    ap.add_argument("--files", type=Path, default=Path(tempfile.gettempdir()),
+                    help="Where the --records set is written as party.v1 JSON lines (reused by later runs).")
     ap.add_argument("--baseline-tree", help="Another checkout to compare with (e.g. a git worktree of the old commit).")
     ap.add_argument("--baseline-companies", type=int, default=13000, help="Base companies of the old-vs-new set.")
     ap.add_argument("--baseline-rounds", type=int, default=2, help="Alternations of old and new.")
@@ -470,11 +504,18 @@ def main() -> None:
                         a.baseline_rounds)
     records = Records(a.records, a.companies, a.seed, keep=max(300, a.per_record))
     print(f"records: {records.n:,} (synthetic CN set, seed {a.seed}, {records.companies:,} base companies, "
-          f"{'made while loading' if records.materialized is None else 'made before loading'}); batches of {a.batch}, "
+          f"{'written to a file first' if records.materialized is None else 'made before loading'}); batches of {a.batch}, "
           f"{a.workers} standardizing worker(s); RSS before the load {rss_mb():,.0f} MB", flush=True)
     d = Path(tempfile.mkdtemp(prefix="mdm_load_", dir=str(a.keep.parent) if a.keep else None))
     db = d / "mdm.db"
-    r = our_load(records, a.batch, a.workers, db)
+    source = None
+    if records.materialized is None:  # a big set: loaded from a file, as `esbhub mdm load FILE` does
+        source = a.files / f"esbhub_synth_{records.n}_seed{a.seed}.jsonl"
+        made = records.to_jsonl(source)
+        print(f"the set as party.v1 JSON lines: {source} ({source.stat().st_size / 1e6:,.0f} MB; "
+              f"{'made in ' + format(made, ',.0f') + ' s, not timed' if made else 'written by an earlier run'}); "
+              f"the load below reads and validates it", flush=True)
+    r = our_load(records, a.batch, a.workers, db, source)
     print("\n| tenth ends at | records/s in that tenth | load average then |\n|---:|---:|---|")
     for done, rate, la in r["marks"]:
         print(f"| {done:,} | {rate:,.0f} | {la} |")
