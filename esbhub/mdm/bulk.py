@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -183,6 +184,7 @@ class BulkLoad:
         self.records = self.versions = 0
         self.timings: dict[str, float] = {"stage": 0.0}
         self.max_version = 0
+        self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any], Any]] = {}
         from esbhub.mdm.cluster import can_link
 
         self.light_views = svc._can_link is can_link  # the engine's rule reads a few fields: keep only those
@@ -346,17 +348,37 @@ class BulkLoad:
                     self.touching.setdefault(k, []).append(p)
         for tbl, rows in self.rows.items():
             if len(rows) >= CHUNK:
-                s.connection().execute(tbl.insert(), rows)
+                self.insert(tbl, rows)
                 rows.clear()
         _freeze(len(self.recs))
         self.timings["stage"] += time.perf_counter() - t0
 
     def _flush(self) -> None:
-        conn = self.s.connection()
         for tbl, rows in self.rows.items():
             if rows:
-                conn.execute(tbl.insert(), rows)
+                self.insert(tbl, rows)
                 rows.clear()
+
+    def insert(self, table: Any, rows: list[dict[str, Any]]) -> None:
+        """``INSERT`` of rows that all have the same keys. On SQLite straight through the driver's
+        ``executemany`` with each column's own bind processor — the values stored are the ones
+        ``conn.execute(table.insert(), rows)`` stores, without SQLAlchemy building a parameter
+        dictionary per row (~10 % of the initial load's CPU); elsewhere through SQLAlchemy."""
+        if not rows:
+            return
+        conn = self.s.connection()
+        if not self.sqlite:
+            conn.execute(table.insert(), rows)
+            return
+        keys = tuple(rows[0])
+        plan = self._inserts.get((table.name, keys))
+        if plan is None:
+            sql = str(table.insert().compile(dialect=conn.dialect, column_keys=list(keys)))
+            procs = [table.c[k].type._cached_bind_processor(conn.dialect) for k in keys]
+            plan = self._inserts[(table.name, keys)] = (sql, procs, operator.itemgetter(*keys))
+        sql, procs, values = plan
+        conn.exec_driver_sql(sql, [tuple(v if p is None else p(v) for p, v in zip(procs, values(r), strict=True))
+                                   for r in rows])
 
     def _supersede(self, key: str, now: datetime) -> None:
         """A new version of ``key``: its links stop being current (kept, inactive)."""
@@ -411,7 +433,6 @@ class BulkLoad:
         goldens: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
         xrefs: list[dict[str, Any]] = []
-        conn = s.connection()
         work = functools.partial(_survive_chunk, svc.settings.survivorship, svc.settings.tiering, sqlite)
 
         def chunk_input(lo: int) -> list[list[tuple[Any, ...]]]:
@@ -490,7 +511,7 @@ class BulkLoad:
             for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history),
                               (Xref.__table__, xrefs)):
                 if rows:
-                    conn.execute(tbl.insert(), rows)
+                    self.insert(tbl, rows)
                     rows.clear()
             _freeze(len(compact))
         self.timings["golden"] = time.perf_counter() - t
@@ -499,10 +520,9 @@ class BulkLoad:
         for envelope_id, outcome, _key in self.envelopes:
             inbox.append(dict(envelope_id=envelope_id, at=now, outcome=outcome, events=compact.get(envelope_id, [])))
             if len(inbox) >= CHUNK:
-                conn.execute(Inbox.__table__.insert(), inbox)
+                self.insert(Inbox.__table__, inbox)
                 inbox.clear()
-        if inbox:
-            conn.execute(Inbox.__table__.insert(), inbox)
+        self.insert(Inbox.__table__, inbox)
         self.event_rows = sorted(compact)
         del compact
         self.timings["inbox"] = time.perf_counter() - t
@@ -550,9 +570,8 @@ class BulkLoad:
                     wanted[(p, c, k)] = ev
         rows = [{"parent_golden": p, "child_golden": c, "kind": k, "evidence": ev, "created_at": now, "active": True}
                 for (p, c, k), ev in wanted.items()]
-        conn = self.s.connection()
         for i in range(0, len(rows), CHUNK):
-            conn.execute(Hierarchy.__table__.insert(), rows[i : i + CHUNK])
+            self.insert(Hierarchy.__table__, rows[i : i + CHUNK])
 
     def _tasks(self, now: datetime) -> None:
         """A steward task per review link across two golden records, one per pair of golden records."""
@@ -566,7 +585,7 @@ class BulkLoad:
                              status="open", created_at=now, decided_at=None, decided_by=None, decision=None,
                              reason=None))
         if rows:
-            self.s.connection().execute(Task.__table__.insert(), rows)
+            self.insert(Task.__table__, rows)
 
 
 def evidence_json(evidence: list[Any]) -> list[dict[str, Any]]:

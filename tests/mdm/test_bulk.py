@@ -207,3 +207,47 @@ def test_link_evidence_read_from_the_fields_is_what_pydantic_dumps(tmp_path):
             compared[p.kind] += len(r.evidence)
         matcher.add(key, std)
     assert compared["organization"] > 1000 and compared["person"] > 100
+
+
+def test_rows_written_through_the_driver_are_stored_as_sqlalchemy_stores_them(tmp_path):
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from esbhub.mdm.store import GoldenHistory, stored
+
+    when, naive = datetime(2026, 1, 2, 3, 4, 5, 67, tzinfo=UTC), datetime(2025, 12, 31, 23, 59, 59)
+    attrs = {"name": {"value": "华信科技" * 200, "lineage": {"system": "crm"}}}  # big enough to be deflated
+    tables = {
+        Xref.__table__: [dict(
+            source_system="crm", source_id=str(i), golden_id="G1", version=1, first_seen=i, content_hash="h",
+            kind="organization", name="华信", core_name="华信", name_norm="华信", uscc=None if i else "91X",
+            billing_account=None, parent_billing_account=None, deleted=bool(i % 2),
+            raw=stored({"a": [1, "二"]}) if i else {"a": [1, "二"]}, std={"k": None}, received_at=when,
+            source_updated_at=None if i else naive, linked_at=when) for i in range(3)],
+        GoldenHistory.__table__: [dict(
+            golden_id="G1", version=v, change="created", status="active", merged_into=None,
+            attributes=stored(attrs, compress=True) if v == 1 else attrs, members=["crm:1"], valid_from=when,
+            valid_to=None, actor="engine", reason=None, cause="e1") for v in (1, 2)],
+        Link.__table__: [dict(a_key="a:1", b_key="b:2", weight=1.5, probability=0.9, decision="match", hard=None,
+                              evidence=[{"field": "name", "weight": 2.0}], actor="engine", created_at=when,
+                              active=True, superseded_at=None)],
+    }
+
+    def dump(path):
+        con = sqlite3.connect(path)
+        try:
+            return {t.name: con.execute(f"SELECT * FROM {t.name} ORDER BY rowid").fetchall() for t in tables}
+        finally:
+            con.close()
+
+    direct = MdmService(f"sqlite:///{tmp_path / 'direct.db'}")
+    with BulkLoad.open(direct) as bl:
+        for table, rows in tables.items():
+            bl.insert(table, rows)
+    plain = MdmService(f"sqlite:///{tmp_path / 'plain.db'}")
+    with plain.Session.begin() as s:
+        for table, rows in tables.items():
+            s.connection().execute(table.insert(), rows)
+    got, want = dump(tmp_path / "direct.db"), dump(tmp_path / "plain.db")
+    assert got == want and all(got.values())
+    assert isinstance(got["mdm_golden_history"][0][6], bytes)  # the deflated form went in as given
