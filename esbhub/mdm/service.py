@@ -251,6 +251,66 @@ class _Rows:
                 rows.clear()
 
 
+_GOLDEN_COLS = tuple(c.key for c in Golden.__table__.columns)
+_GOLDEN_KEEP = ("golden_id", "seq_no", "founder", "created_at")  # never changed once inserted
+
+
+class _GoldenRow:
+    """A stored golden row read with Core (:meth:`MdmService._apply`): the :class:`Golden` columns
+    on a plain object with the values as read, no ORM instrumentation or unit-of-work flush. The
+    columns whose value changed are written back by :func:`_write_goldens` — what the ORM would
+    write (it compares each attribute with its loaded value the same way)."""
+
+    __slots__ = (*_GOLDEN_COLS, "loaded")
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        for k, v in zip(_GOLDEN_COLS, row, strict=True):
+            setattr(self, k, v)
+        self.loaded = tuple(row)
+
+
+def _read_founded(s: Session, founders: list[str]) -> dict[str, Any]:
+    """Golden rows founded by these source keys, by founder: :class:`_GoldenRow`, or the ORM object
+    if the session holds the row already (a steward action resolved it) — one live copy per row."""
+    conn = s.connection()
+    imap = s.identity_map
+    out: dict[str, Any] = {}
+    for i in range(0, len(founders), 500):
+        for row in conn.execute(_Q.founded_rows, {"ids": founders[i : i + 500]}):
+            g = imap.get((Golden, (row[0],), None)) if imap else None
+            g = g if g is not None else _GoldenRow(row)
+            out[g.founder] = g
+    return out
+
+
+def _write_goldens(s: Session, rows: Iterable[_GoldenRow]) -> None:
+    """Write the changed columns of golden rows read with Core: one ``executemany`` per set of
+    changed columns."""
+    by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for g in rows:
+        params: dict[str, Any] = {"g_id": g.golden_id}
+        cols = []
+        for i, c in enumerate(_GOLDEN_COLS):
+            v = getattr(g, c)
+            if c not in _GOLDEN_KEEP and v != g.loaded[i]:
+                cols.append(c)
+                params[f"v_{c}"] = v
+        if cols:
+            by_cols.setdefault(tuple(cols), []).append(params)
+    tbl = Golden.__table__
+    for cols, params in by_cols.items():
+        stmt = _GOLDEN_UPDATES.get(cols)
+        if stmt is None:
+            stmt = _GOLDEN_UPDATES[cols] = (
+                sa.update(tbl).where(tbl.c.golden_id == sa.bindparam("g_id", type_=tbl.c.golden_id.type))
+                .values({c: sa.bindparam(f"v_{c}", type_=tbl.c[c].type) for c in cols})
+            )
+        s.connection().execute(stmt, params)
+
+
+_GOLDEN_UPDATES: dict[tuple[str, ...], Any] = {}
+
+
 def _insert_rows(s: Session, model: Any, objs: list[Any]) -> None:
     """Insert new rows, built as (transient) ORM objects, with one Core ``executemany``."""
     if objs:
@@ -329,7 +389,7 @@ class _Q:
     constraints = sa.select(Constraint).where(
         Constraint.active.is_(True), sa.or_(Constraint.a_key.in_(_in("a")), Constraint.b_key.in_(_in("b")))
     )
-    founded = sa.select(Golden).where(Golden.founder.in_(_in("ids")))
+    founded_rows = sa.select(*Golden.__table__.columns).where(Golden.__table__.c.founder.in_(_in("ids")))
     overrides = (sa.select(Override).where(Override.golden_id.in_(_in("ids")), Override.active.is_(True))
                  .order_by(Override.id))
     open_tasks = sa.select(Task).where(Task.status == "open", sa.or_(Task.a_key.in_(_in("a")), Task.b_key.in_(_in("b"))))
@@ -818,10 +878,7 @@ class MdmService:
         """Give each cluster its golden id, survive attributes, write versions; return the changes."""
         self._history_buf = {"ids": set(), "close": {}, "rows": []}  # nothing left over from a failed call
         keys = sorted(xs)
-        founded: dict[str, Golden] = {}
-        for i in range(0, len(keys), 500):
-            for g in s.execute(_Q.founded, {"ids": keys[i : i + 500]}).scalars():
-                founded[g.founder] = g
+        founded = _read_founded(s, keys)
         prev_golden = {k: xs[k].golden_id for k in keys}
         assigned: list[tuple[Golden, frozenset[str], list[Golden]]] = []
         new_clusters: list[frozenset[str]] = []
@@ -922,6 +979,7 @@ class MdmService:
         # in this transaction — a later read loads them from the database)
         if moved:
             s.connection().execute(_Q.move_xrefs, moved)
+        _write_goldens(s, {id(g): g for g, _c, rs in assigned for g in (g, *rs) if type(g) is _GoldenRow}.values())
         _insert_rows(s, Golden, new_goldens)
         _insert_rows(s, Xref, s.info.pop("mdm_new_xrefs", []))
         self._flush_history(s)
