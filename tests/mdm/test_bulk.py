@@ -16,6 +16,7 @@ from esbhub.mdm.store import Golden, Hierarchy, Inbox, KeyIndex, Link, SourceVer
 from esbhub.mdm.survivorship import values
 from esbhub.mdm.synth import generate
 from esbhub.schemas.party import Party
+from mdm.fakes import fresh_pg_db
 
 
 def with_versions(records):
@@ -64,11 +65,23 @@ def state(svc: MdmService) -> dict:
         }
 
 
-def test_initial_load_set_at_a_time_gives_the_store_that_loading_batch_by_batch_gives(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def two_stores(request, tmp_path, unique) -> tuple[str, str]:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'batches.db'}", f"sqlite:///{tmp_path / 'bulk.db'}"
+    urls = []
+    for name in ("a", "b"):
+        url, drop = fresh_pg_db(request.getfixturevalue("pg_url"), f"mdm_{name}_{unique}")
+        request.addfinalizer(drop)
+        urls.append(url)
+    return urls[0], urls[1]
+
+
+def test_initial_load_set_at_a_time_gives_the_store_that_loading_batch_by_batch_gives(two_stores):
     records = with_versions(generate(60, seed=6).records)
-    batches = MdmService(f"sqlite:///{tmp_path / 'batches.db'}")
+    batches = MdmService(two_stores[0])
     a = loader.load_parties(batches, records, batch=25, workers=0, bulk=False)
-    bulk = MdmService(f"sqlite:///{tmp_path / 'bulk.db'}")
+    bulk = MdmService(two_stores[1])
     b = loader.load_parties(bulk, records, batch=25, workers=0)
     assert (a["mode"], b["mode"]) == ("batches", "bulk")
     sa_, sb = state(batches), state(bulk)
