@@ -134,9 +134,30 @@ def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
     return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
 
 
-def _goldens_of(lk: Lookup, where: Any) -> dict[str, list[Xref]]:
+def _in(name: str) -> Any:
+    return sa.bindparam(name, expanding=True)
+
+
+class _Q:
+    """The statements :func:`refresh` runs, built once (building a statement and its cache key costs
+    more Python than SQLite takes to run it); the same SQL as built on the spot."""
+
+    edges = sa.select(Hierarchy).where(
+        Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(_in("a")), Hierarchy.child_golden.in_(_in("b")))
+    )
+    active = sa.select(Golden.golden_id).where(Golden.golden_id.in_(_in("ids")), Golden.status != "retired")
+    keys_by = {
+        col: sa.select(Xref.source_system, Xref.source_id).where(getattr(Xref, col).in_(_in("vals")))
+        for col in ("golden_id", "core_name", "uscc", "billing_account")
+    }
+    index = sa.select(KeyIndex.value, KeyIndex.source_system, KeyIndex.source_id).where(
+        KeyIndex.kind == sa.bindparam("kind"), KeyIndex.value.in_(_in("vals"))
+    )
+
+
+def _goldens_of(lk: Lookup, golden_ids: list[str]) -> dict[str, list[Xref]]:
     out: dict[str, list[Xref]] = {}
-    for x in lk.xrefs_where(where):
+    for x in lk.xrefs_in("golden_id", golden_ids):
         out.setdefault(x.golden_id, []).append(x)
     return out
 
@@ -162,9 +183,8 @@ class Lookup:
         missing = sorted({v for v in values if v and v not in cache})
         for v in missing:
             cache[v] = []
-        column = getattr(Xref, col)
         for i in range(0, len(missing), 500):
-            for x in self.xrefs_where(column.in_(missing[i : i + 500])):
+            for x in self.xrefs_in(col, missing[i : i + 500]):
                 cache.setdefault(getattr(x, col), []).append(x)
         for v in missing:
             cache[v].sort(key=lambda x: (x.source_system, x.source_id))
@@ -181,10 +201,7 @@ class Lookup:
         for v in missing:
             self._idx[(kind, v)] = []
         for i in range(0, len(missing), 500):
-            for r in self.s.execute(
-                sa.select(KeyIndex.value, KeyIndex.source_system, KeyIndex.source_id)
-                .where(KeyIndex.kind == kind, KeyIndex.value.in_(missing[i : i + 500]))
-            ).all():
+            for r in self.s.execute(_Q.index, {"kind": kind, "vals": missing[i : i + 500]}).all():
                 self._idx.setdefault((kind, r[0]), []).append((r[1], r[2]))
         for v in missing:
             self._idx[(kind, v)].sort()
@@ -193,7 +210,13 @@ class Lookup:
     def xrefs_where(self, where: Any) -> list[Xref]:
         """Xref rows matching ``where`` in the query's order: only their keys are read, and rows
         the session already holds are not loaded (nor their JSON parsed) again."""
-        keys = [(a, b) for a, b in self.s.execute(sa.select(Xref.source_system, Xref.source_id).where(where))]
+        return self._rows_of([(a, b) for a, b in self.s.execute(sa.select(Xref.source_system, Xref.source_id).where(where))])
+
+    def xrefs_in(self, col: str, values: list[str]) -> list[Xref]:
+        """:meth:`xrefs_where` ``col IN values`` (one statement built once: :class:`_Q`)."""
+        return self._rows_of([(a, b) for a, b in self.s.execute(_Q.keys_by[col], {"vals": values})])
+
+    def _rows_of(self, keys: list[tuple[str, str]]) -> list[Xref]:
         got = self.get_many(keys)
         return [got[k] for k in keys if k in got]
 
@@ -345,17 +368,11 @@ def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
     lk = Lookup(s)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
-        for h in s.execute(
-            sa.select(Hierarchy).where(
-                Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(chunk), Hierarchy.child_golden.in_(chunk))
-            )
-        ).scalars():
+        for h in s.execute(_Q.edges, {"a": chunk, "b": chunk}).scalars():
             current[(h.parent_golden, h.child_golden, h.kind)] = h
-        for gid, xs in _goldens_of(lk, Xref.golden_id.in_(chunk)).items():
+        for gid, xs in _goldens_of(lk, chunk).items():
             members.setdefault(gid, []).extend(xs)
-        active |= set(s.execute(
-            sa.select(Golden.golden_id).where(Golden.golden_id.in_(chunk), Golden.status != "retired")
-        ).scalars())
+        active |= set(s.execute(_Q.active, {"ids": chunk}).scalars())
     lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
     for gid in ids:

@@ -399,6 +399,16 @@ class _Q:
         .values(golden_id=sa.bindparam("gid", type_=Xref.__table__.c.golden_id.type),
                 linked_at=sa.bindparam("at", type_=Xref.__table__.c.linked_at.type))
     )
+    decided = sa.select(Constraint.id).where(
+        Constraint.a_key == sa.bindparam("a"), Constraint.b_key == sa.bindparam("b"), Constraint.active.is_(True)
+    )
+    open_task = sa.select(Task).where(Task.a_key == sa.bindparam("a"), Task.b_key == sa.bindparam("b"),
+                                      Task.status == "open")
+    open_pair = sa.select(Task.id).where(  # golden ids not None: '= NULL' is not 'IS NULL' (see _open_tasks)
+        Task.status == "open",
+        sa.or_(sa.and_(Task.golden_a == sa.bindparam("ga"), Task.golden_b == sa.bindparam("gb")),
+               sa.and_(Task.golden_a == sa.bindparam("gb2"), Task.golden_b == sa.bindparam("ga2"))),
+    )
     close_history = (
         sa.update(GoldenHistory.__table__)
         .where(GoldenHistory.golden_id.in_(_in("ids")), GoldenHistory.valid_to.is_(None))
@@ -1039,20 +1049,17 @@ class MdmService:
             ga, gb = self._golden_of_key(s, a), self._golden_of_key(s, b)
             if ga == gb:
                 continue
-            decided = s.execute(
-                sa.select(Constraint.id).where(Constraint.a_key == a, Constraint.b_key == b, Constraint.active.is_(True))
-            ).first()
-            if decided:
+            if s.execute(_Q.decided, {"a": a, "b": b}).first():
                 continue
-            task = s.execute(
-                sa.select(Task).where(Task.a_key == a, Task.b_key == b, Task.status == "open")
-            ).scalar_one_or_none()
-            if task is None and s.execute(
-                sa.select(Task.id).where(
+            task = s.execute(_Q.open_task, {"a": a, "b": b}).scalar_one_or_none()
+            if ga is not None and gb is not None:
+                pair_task = _Q.open_pair, {"ga": ga, "gb": gb, "ga2": ga, "gb2": gb}
+            else:  # a comparison with None is 'IS NULL' built on the spot
+                pair_task = sa.select(Task.id).where(
                     Task.status == "open",
                     sa.or_(sa.and_(Task.golden_a == ga, Task.golden_b == gb), sa.and_(Task.golden_a == gb, Task.golden_b == ga)),
-                )
-            ).first():
+                ), {}
+            if task is None and s.execute(*pair_task).first():
                 continue  # one open task per pair of golden records
             ev = [e.model_dump(mode="json") for e in r.evidence]
             if task is None:
