@@ -178,10 +178,10 @@ def our_load(records: Records, batch: int, workers: int, db: Path, source: Path 
 
     svc.ingest_many = timed  # type: ignore[method-assign]
     t0 = state["last_t"] = time.perf_counter()
-    read_errors: list = []
-    parties = records if source is None else loader.parties(loader.iter_file(source), None, read_errors)
-    out = load_parties(svc, counted(parties), batch=batch, workers=workers)
-    out["errors"] += [e.__dict__ for e in read_errors]
+    if source is None:
+        out = load_parties(svc, counted(records), batch=batch, workers=workers)
+    else:  # what `esbhub mdm load FILE` runs
+        out = loader.load(svc, counted(loader.iter_file(source)), batch=batch, workers=workers)
     total = time.perf_counter() - t0
     svc.ingest_many = ingest_many  # type: ignore[method-assign]
     if out.get("phases"):

@@ -94,6 +94,9 @@ _HIER_STD = ("branch", "is_group", "core_name", "head_office_name_norm", "uscc",
 """The standardized fields :func:`esbhub.mdm.hierarchy.compute_edges` reads."""
 
 
+_KEPT = ("match", "review")
+
+
 class _Rec:
     """One source key of the load: its current version as its xref row will hold it. The raw and
     standardized JSON are kept serialized, as the text the columns store (a fraction of the
@@ -299,7 +302,7 @@ class BulkLoad:
             ))
             results = []
             if not party.deleted:
-                results = [m for m in svc.matcher.match(key, std) if m.decision in ("match", "review")]
+                results = self.match(key, std)
                 svc.matcher.add(key, std)
                 self.added.append(key)
             r.content_hash, r.kind, r.name, r.deleted = content_hash, party.kind, party.name, party.deleted
@@ -352,6 +355,15 @@ class BulkLoad:
                 rows.clear()
         _freeze(len(self.recs))
         self.timings["stage"] += time.perf_counter() - t0
+
+    def match(self, key: str, std: Any) -> list[Any]:
+        """The record's match and review pairs (what the batch path keeps of ``Matcher.match``),
+        without building evidence for the pairs left out, when the matcher can."""
+        from esbhub.mdm.match import Matcher
+
+        if isinstance(self.svc.matcher, Matcher):
+            return self.svc.matcher.match(key, std, decisions=_KEPT)  # type: ignore[no-any-return]
+        return [m for m in self.svc.matcher.match(key, std) if m.decision in _KEPT]
 
     def _flush(self) -> None:
         for tbl, rows in self.rows.items():

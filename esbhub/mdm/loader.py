@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -188,9 +189,52 @@ def parties(rows: Iterator[tuple[str, dict[str, Any]]], default_system: str | No
         try:
             yield row_to_party(row, default_system)
         except (ValidationError, ValueError) as exc:
-            msg = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()) \
-                if isinstance(exc, ValidationError) else str(exc)
-            errors.append(RowError(where, msg))
+            errors.append(RowError(where, _why(exc)))
+
+
+def _why(exc: ValidationError | ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+class _Lite:
+    """What the initial load reads of a record besides its raw JSON (a validated Party costs
+    several times more to send between processes)."""
+
+    __slots__ = ("deleted", "kind", "name", "source_id", "source_system", "source_updated_at")
+
+    def __init__(self, p: Party) -> None:
+        self.source_system, self.source_id, self.kind = p.source_system, p.source_id, p.kind
+        self.name, self.deleted, self.source_updated_at = p.name, p.deleted, p.source_updated_at
+
+
+def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any]]) -> list[tuple[Any, ...]]:
+    """Rows → records, all a record's own work done (in a worker process when there is one):
+    validate, raw JSON and content hash, standardize (``fn``; None: left to the service).
+    Each row gives ``(where, message)`` if it does not validate, else ``(where, envelope id,
+    record, raw, content hash, standardized, its JSON)`` — the record as a :class:`_Lite`, or
+    the Party itself when it is left to the service to standardize (and to report)."""
+    from esbhub.mdm.service import content_hash
+
+    out: list[tuple[Any, ...]] = []
+    for where, row in rows:
+        try:
+            p = row_to_party(row, default_system)
+        except (ValidationError, ValueError) as exc:
+            out.append((where, _why(exc)))
+            continue
+        raw = p.model_dump(mode="json", exclude_none=True)
+        h, _canon = content_hash(raw)
+        std = stdj = None
+        if fn is not None:
+            try:
+                std = fn(p)
+                stdj = std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
+            except Exception:  # noqa: BLE001 - the service standardizes it again and reports it
+                std = stdj = None
+        out.append((where, "load-" + h[:40], _Lite(p) if std is not None else p, raw, h, std, stdj))
+    return out
 
 
 def _standardize_batch(fn: Any, items: list[tuple[str, bytes]]) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -217,8 +261,8 @@ def load(svc: Any, rows: Iterator[tuple[str, dict[str, Any]]], *, default_system
     """Run rows through the MDM pipeline (see :func:`load_parties`); rows that do not validate are
     reported in ``errors`` and skipped."""
     errors: list[RowError] = []
-    out = load_parties(svc, parties(rows, default_system, errors), batch=batch, publish=publish, workers=workers,
-                       errors=errors, bulk=bulk)
+    out = _run(svc, rows, default_system, batch=batch, publish=publish, workers=workers, errors=errors, bulk=bulk,
+               as_rows=True)
     out["errors"] = [e.__dict__ for e in errors]
     return out
 
@@ -257,6 +301,15 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
     worker gets the record's canonical JSON, which validates back to the same record), so the
     outcome is the same as without workers.
     """
+    return _run(svc, records, None, batch=batch, publish=publish, workers=workers, errors=errors, bulk=bulk,
+                as_rows=False)
+
+
+def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: int, publish: Any,
+         workers: int | None, errors: list[RowError] | None, bulk: bool | None, as_rows: bool) -> dict[str, Any]:
+    """:func:`load_parties` (``source``: Party records) and :func:`load` (``source``: rows). An
+    initial load of rows has the workers validate them too (:func:`_prepare_rows`): the ingesting
+    process then only matches, clusters and writes."""
     from esbhub.mdm.bulk import BulkLoad
     from esbhub.mdm.service import MdmService, Prepared
 
@@ -266,8 +319,26 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
     fn = getattr(svc, "standardizer", None)
     pool: Any = None
 
-    def ingest(buf: list[_Item], stds: dict[str, tuple[Any, dict[str, Any]]] | None) -> None:
+    def ingest_rows(buf: list[tuple[str, Any]], done: list[tuple[Any, ...]] | None) -> None:
+        nonlocal n
+        if done is None:  # no worker (yet): the same work here
+            done = _prepare_rows(fn, default_system, buf)
+        items = []
+        for row in done:
+            if len(row) == 2:
+                errors.append(RowError(row[0], row[1]))
+                continue
+            _where, envelope_id, rec, raw, h, std, stdj = row
+            items.append((rec, envelope_id, Prepared(raw=raw, content_hash=h, std=std, stdj=stdj)))
+        n += len(items)
+        assert bl is not None
+        bl.add(items, lambda p, msg: errors.append(RowError(f"{p.source_system}:{p.source_id}", msg)))
+
+    def ingest(buf: list[Any], stds: Any) -> None:
         nonlocal events
+        if rows_mode:
+            ingest_rows(buf, stds)
+            return
         ahead: dict[str, Prepared] = {}
         for it in buf:
             got = stds.get(it.envelope_id) if stds else None
@@ -301,18 +372,26 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
 
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             return None
-        items = [(it.envelope_id, it.canon) for it in buf]
+        items = buf if rows_mode else [(it.envelope_id, it.canon) for it in buf]
         step = max(1, -(-len(items) // workers))
+        task = functools.partial(_prepare_rows, fn, default_system) if rows_mode else \
+            functools.partial(_standardize_batch, fn)
         try:
-            return [pool.submit(_standardize_batch, fn, items[i : i + step]) for i in range(0, len(items), step)]
+            return [pool.submit(task, items[i : i + step]) for i in range(0, len(items), step)]
         except Exception as exc:  # noqa: BLE001 - a broken pool costs speed, never records: go on without it
             log.warning("mdm_load_standardize_pool_failed", error_type=type(exc).__name__, error=str(exc))
             workers = 0
             return None
 
-    def result(futs: Any) -> dict[str, tuple[Any, dict[str, Any]]] | None:
+    def result(futs: Any) -> Any:
         if futs is None:
             return None
+        if rows_mode:
+            try:
+                return [row for f in futs for row in f.result()]
+            except Exception as exc:  # noqa: BLE001 - a broken worker costs speed, never records
+                log.warning("mdm_load_prepare_worker_failed", error_type=type(exc).__name__, error=str(exc))
+                return None
         std: dict[str, tuple[Any, dict[str, Any]]] = {}
         try:
             for f in futs:
@@ -322,14 +401,20 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
             return None
         return std
 
-    pending: tuple[list[_Item], Any] | None = None  # a batch being standardized
-    buf: list[_Item] = []
+    pending: tuple[list[Any], Any] | None = None  # a batch being standardized
+    buf: list[Any] = []
     with contextlib.ExitStack() as stack:
         bl = stack.enter_context(BulkLoad.open(svc)) if bulk is not False and isinstance(svc, MdmService) else None
+        rows_mode = as_rows and bl is not None
+        if as_rows and not rows_mode:  # batch by batch: rows become records here
+            source = parties(iter(source), default_system, errors)
         try:
-            for p in records:
-                buf.append(_Item(p))
-                n += 1
+            for p in source:
+                if rows_mode:
+                    buf.append(p)
+                else:
+                    buf.append(_Item(p))
+                    n += 1
                 if len(buf) >= batch:
                     ahead = (buf, standardized(buf))
                     if pending is not None:

@@ -264,3 +264,24 @@ def test_rows_written_through_the_driver_are_stored_as_sqlalchemy_stores_them(tm
     got, want = dump(tmp_path / "direct.db"), dump(tmp_path / "plain.db")
     assert got == want and all(got.values())
     assert isinstance(got["mdm_golden_history"][0][6], bytes)  # the deflated form went in as given
+
+
+def test_rows_validated_in_worker_processes_load_as_rows_validated_here(tmp_path, monkeypatch):
+    warned: list[str] = []
+    monkeypatch.setattr(loader.log, "warning", lambda event, **kw: warned.append(event))
+    records = generate(40, seed=8).records
+    lines = [(f"f:{i}", loader.PartyJSON(p.model_dump_json(exclude_none=True).encode())) for i, p in enumerate(records)]
+    lines.insert(20, ("f:bad1", loader.PartyJSON(b'{"source_system": "crm"}')))
+    lines.insert(70, ("f:bad2", loader.PartyJSON(b"[]")))
+    here = MdmService(f"sqlite:///{tmp_path / 'here.db'}")
+    pooled = MdmService(f"sqlite:///{tmp_path / 'pooled.db'}")
+    a = loader.load(here, iter(lines), batch=30, workers=0)
+    b = loader.load(pooled, iter(lines), batch=30, workers=1)
+    assert warned == []  # the worker did its batches (a failed one is redone here, with a warning)
+    assert a["mode"] == b["mode"] == "bulk" and a["records"] == b["records"] == len(records)
+    assert sorted(e["where"] for e in a["errors"]) == sorted(e["where"] for e in b["errors"]) == ["f:bad1", "f:bad2"]
+    assert state(here) == state(pooled)
+    assert here.snapshot()["xref"] == pooled.snapshot()["xref"]
+    parties = MdmService(f"sqlite:///{tmp_path / 'parties.db'}")  # the same records as Party objects
+    loader.load_parties(parties, records, batch=30, workers=0)
+    assert state(parties) == state(here)

@@ -362,3 +362,18 @@ def test_candidates_come_most_shared_keys_first_then_in_the_order_first_seen():
     m.add("both", org("另一家公司", "b", uscc=U1, phones=[{"number": "0755-26001234"}]))
     assert m.candidates(a) == ["both", "uscc_only", "phone_only"]
     assert m.candidates(a, limit=2) == ["both", "uscc_only"]
+
+
+def test_match_with_decisions_is_the_same_list_filtered():
+
+    m = Matcher()
+    dropped = 0
+    for p in generate(120, seed=21).records:
+        std = standardize(p)
+        key = f"{p.source_system}:{p.source_id}"
+        every = m.match(key, std)
+        kept = m.match(key, std, decisions=("match", "review"))
+        assert kept == [r for r in every if r.decision in ("match", "review")]
+        dropped += len(every) - len(kept)
+        m.add(key, std)
+    assert dropped > 0  # some reported pairs were no_match: the filter was exercised

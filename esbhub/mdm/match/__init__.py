@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from itertools import chain
 from typing import Any, Literal
 
@@ -472,9 +472,11 @@ class Matcher:
         """Score one pair (keys in the result are ``source_system:source_id``)."""
         return self._result(f"{a.source_system}:{a.source_id}", f"{b.source_system}:{b.source_id}", a, b)
 
-    def match(self, key: str, rec: StdParty | MatchView, limit: int = 200) -> list[MatchResult]:
+    def match(self, key: str, rec: StdParty | MatchView, limit: int = 200,
+              decisions: Container[str] | None = None) -> list[MatchResult]:
         """Score ``rec`` against its candidates (not itself); best first. Candidates below
-        ``model.report_threshold`` are left out, except those with a cannot-link reason.
+        ``model.report_threshold`` are left out, except those with a cannot-link reason; with
+        ``decisions``, so are pairs whose decision is not among them (the same list, filtered).
 
         Only the reported pairs get their evidence and a result object built."""
         floor = _logit2(self.model.report_threshold)
@@ -490,11 +492,14 @@ class Matcher:
         for total, k, other, levels, weights in scored[:limit]:
             hard = can_link(rec, other)
             p = _prob(total)
+            decision = self._decide(p, hard)
+            if decisions is not None and decision not in decisions:
+                continue
             if rec.kind == "organization":
                 ev = self._organization_evidence(rec, other, levels, weights)
             else:
                 ev = self._person_evidence(rec, other, levels, weights)
-            out.append(_match_result(key, k, round(total, 4), p, self._decide(p, hard), ev, hard))
+            out.append(_match_result(key, k, round(total, 4), p, decision, ev, hard))
         return out
 
     def _phone_probe(self, a: StdParty | MatchView) -> tuple[bool, frozenset[str], frozenset[str], frozenset[str]]:
