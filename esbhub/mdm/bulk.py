@@ -203,32 +203,30 @@ class BulkLoad:
         from esbhub.mdm.service import SQLITE_CACHE_KIB, _bump_writer, _tune_sqlite
 
         svc._ensure_index()
-        with svc._lock:
-            s = svc.Session()
-            try:
-                s.begin()
-                _bump_writer(s)
-                _tune_sqlite(s)
-                svc._catch_up(s)
-                empty = s.execute(sa.select(SourceVersion.id).limit(1)).first() is None and len(svc.matcher) == 0
-                if not empty:
-                    s.rollback()
-            except BaseException:
-                s.close()
-                raise
-            if not empty:
-                s.close()
-                bulk = None
-            else:
-                conn = s.connection()
-                sqlite = conn.dialect.name == "sqlite"
-                if sqlite:
-                    conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-                bulk = cls(svc, s)
-        if bulk is None:
+        svc._lock.acquire()  # held to the end of the load: the service's other writers wait
+        s = svc.Session()
+        try:
+            s.begin()
+            _bump_writer(s)
+            _tune_sqlite(s)
+            svc._catch_up(s)
+            empty = s.execute(sa.select(SourceVersion.id).limit(1)).first() is None and len(svc.matcher) == 0
+        except BaseException:
+            s.close()
+            svc._lock.release()
+            raise
+        if not empty:
+            s.rollback()
+            s.close()
+            svc._lock.release()
             yield None
             return
-        with svc._lock:
+        try:
+            conn = s.connection()
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+            bulk = cls(svc, s)
             try:
                 yield bulk
                 s.commit()
@@ -242,8 +240,10 @@ class BulkLoad:
                     with contextlib.suppress(Exception):
                         s.connection().exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
                         s.commit()
-                s.close()
             svc._seen_max = bulk.max_version
+        finally:
+            s.close()
+            svc._lock.release()
         svc._freeze_index(force=True)
 
     # ----------------------------------------------------------------- stage
