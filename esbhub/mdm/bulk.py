@@ -71,6 +71,7 @@ from esbhub.mdm.store import (
     Task,
     Xref,
     _dump,
+    aware,
     golden_id_for,
     next_value,
     pair,
@@ -386,11 +387,16 @@ class BulkLoad:
         plan = self._inserts.get((table.name, keys))
         if plan is None:
             sql = str(table.insert().compile(dialect=conn.dialect, column_keys=list(keys)))
-            procs = [table.c[k].type._cached_bind_processor(conn.dialect) for k in keys]
+            procs = [(i, p) for i, k in enumerate(keys) if (p := table.c[k].type._cached_bind_processor(conn.dialect))]
             plan = self._inserts[(table.name, keys)] = (sql, procs, operator.itemgetter(*keys))
         sql, procs, values = plan
-        conn.exec_driver_sql(sql, [tuple(v if p is None else p(v) for p, v in zip(procs, values(r), strict=True))
-                                   for r in rows])
+        params = []
+        for r in rows:
+            row = list(values(r))
+            for i, p in procs:
+                row[i] = p(row[i])
+            params.append(tuple(row))
+        conn.exec_driver_sql(sql, params)
 
     def _supersede(self, key: str, now: datetime) -> None:
         """A new version of ``key``: its links stop being current (kept, inactive)."""
@@ -449,7 +455,7 @@ class BulkLoad:
 
         def chunk_input(lo: int) -> list[list[tuple[Any, ...]]]:
             return [[(k, recs[k].system, recs[k].sid, recs[k].raw, recs[k].std,
-                      _aware(recs[k].source_updated_at) or recs[k].received_at, recs[k].deleted) for k in members]
+                      aware(recs[k].source_updated_at) or recs[k].received_at, recs[k].deleted) for k in members]
                     for _f, members in founders[lo : lo + CHUNK]]
 
         def results() -> Iterator[tuple[int, list[Any]]]:
@@ -670,7 +676,3 @@ def _freeze(n: int) -> None:
         _frozen[0] = n
 
 
-def _aware(ts: datetime | None) -> datetime | None:
-    from esbhub.mdm.store import aware
-
-    return aware(ts)
