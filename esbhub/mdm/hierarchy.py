@@ -94,9 +94,10 @@ def index_entries(x: Xref) -> list[tuple[str, str]]:
 
 class XrefRow(NewXref):
     """A stored xref row read with Core (:func:`read_xrefs`): the :class:`Xref` columns on a plain
-    object — no ORM instrumentation, identity map entry or unit-of-work bookkeeping for a row the
-    ingest path only reads. The one change made to such a row, its ``golden_id`` / ``linked_at``
-    (:meth:`esbhub.mdm.service.MdmService._apply`), is written with a Core ``UPDATE``."""
+    object — no ORM instrumentation, identity map entry or unit-of-work bookkeeping. The ingest
+    path writes its changes itself with Core UPDATEs: what staging a new version sets
+    (``esbhub.mdm.service._Rows.flush``, the columns that changed) and a new ``golden_id`` /
+    ``linked_at`` (:meth:`esbhub.mdm.service.MdmService._apply`)."""
 
     __slots__ = ()
 

@@ -230,6 +230,9 @@ class _Rows:
     def __init__(self) -> None:
         self.rows: dict[Any, list[dict[str, Any]]] = {tbl: [] for tbl in self.TABLES}
         self.stale_keys: list[dict[str, Any]] = []  # key-index rows of these source keys go first
+        # stored xref rows staging changed (XrefRow, read with Core): key → (row, column values
+        # as stored); :meth:`flush` writes the columns that differ, as the ORM would
+        self.xrefs: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.flushes = 0
 
     def add(self, model: Any, **row: Any) -> None:
@@ -249,6 +252,43 @@ class _Rows:
                 conn = conn or s.connection()
                 conn.execute(tbl.insert(), rows)
                 rows.clear()
+        if self.xrefs:
+            _write_changed(s, Xref.__table__, ("source_system", "source_id"), self.xrefs.values(), _XREF_STAGED)
+
+
+_XREF_STAGED = ("version", "content_hash", "kind", "name", "core_name", "name_norm", "uscc", "billing_account",
+                "parent_billing_account", "deleted", "raw", "std", "received_at", "source_updated_at")
+"""The xref columns :meth:`MdmService._stage` sets (golden_id / linked_at are :meth:`MdmService._apply`'s)."""
+
+_UPDATES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _write_changed(s: Session, tbl: sa.Table, pk: tuple[str, ...], rows: Iterable[tuple[Any, dict[str, Any]]],
+                   cols: Sequence[str]) -> None:
+    """Write the ``cols`` of plain row objects whose value differs from the value stored (the
+    comparison the ORM's unit of work makes), one ``executemany`` per set of changed columns;
+    the stored values are then the new ones."""
+    by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for x, stored in rows:
+        params = {f"k_{c}": getattr(x, c) for c in pk}
+        changed = []
+        for c in cols:
+            v = getattr(x, c)
+            if v != stored[c]:
+                changed.append(c)
+                params[f"v_{c}"] = v
+                stored[c] = v
+        if changed:
+            by_cols.setdefault(tuple(changed), []).append(params)
+    for changed_cols, params_list in by_cols.items():
+        key = (tbl.name, pk, changed_cols)
+        stmt = _UPDATES.get(key)
+        if stmt is None:
+            stmt = _UPDATES[key] = (
+                sa.update(tbl).where(*(tbl.c[c] == sa.bindparam(f"k_{c}", type_=tbl.c[c].type) for c in pk))
+                .values({c: sa.bindparam(f"v_{c}", type_=tbl.c[c].type) for c in changed_cols})
+            )
+        s.connection().execute(stmt, params_list)
 
 
 _GOLDEN_COLS = tuple(c.key for c in Golden.__table__.columns)
@@ -379,7 +419,6 @@ class _Q:
         .where(SourceVersion.id > sa.bindparam("since")).order_by(SourceVersion.id)
     )
     inbox = sa.select(Inbox).where(Inbox.envelope_id.in_(_in("ids")))
-    xrefs = sa.select(Xref).where(Xref.source_system == sa.bindparam("sys"), Xref.source_id.in_(_in("ids")))
     links = sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))))
     members = sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(Xref.golden_id.in_(_in("ids")))
     match_edges = sa.select(Link.id, Link.a_key, Link.b_key, Link.weight).where(  # not the evidence JSON
@@ -642,7 +681,7 @@ class MdmService:
         for i in range(0, len(ids), 500):
             for row in s.execute(_Q.inbox, {"ids": ids[i : i + 500]}).scalars():
                 inbox[row.envelope_id] = row
-        xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items}, orm=True)
+        xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items})
         # what staging a changed record reads — its active links, its golden record's members —
         # for the whole batch at once (staging changes neither before the end of the batch, but
         # a mid-batch flush makes new links visible: then :meth:`_stage` reads them itself)
@@ -686,6 +725,8 @@ class MdmService:
             rows.flush(s)  # the same key twice in one batch: its first version's rows must be visible
             s.flush()
         x = pre["xref"].get(key)
+        stored = {c: getattr(x, c) for c in _XREF_STAGED} if type(x) is hierarchy.XrefRow and key not in rows.xrefs \
+            else None
         if x is not None and x.content_hash == content_hash:
             rows.add(Inbox, envelope_id=envelope_id, at=now, outcome="unchanged", events=[])
             return None
@@ -737,6 +778,8 @@ class MdmService:
         x.std = stdj
         x.received_at = now
         x.source_updated_at = party.source_updated_at
+        if type(x) is hierarchy.XrefRow and key not in rows.xrefs:  # written by rows.flush (not the ORM)
+            rows.xrefs[key] = (x, stored)
         if self._hier_keys is not None and _hier_signature(x) != old_sig:
             self._hier_keys.add(key)
         entries = set(hierarchy.index_entries(x))
@@ -796,11 +839,11 @@ class MdmService:
             return set()
         return {source_key(a, b) for _g, a, b in s.execute(_Q.members, {"ids": ids}).all()}
 
-    def _xrefs(self, s: Session, keys: Iterable[str], *, orm: bool = False) -> dict[str, Xref]:
+    def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
         """Xref rows by source key; rows this session already holds are not read (and their JSON
         not parsed) again (:func:`esbhub.mdm.store.session_xrefs`). Rows are read with Core as
-        :class:`esbhub.mdm.hierarchy.XrefRow` (only their golden id may change: :meth:`_apply`
-        writes it), or with ``orm`` as ORM objects — the rows staging changes (:meth:`_prefetch`)."""
+        :class:`esbhub.mdm.hierarchy.XrefRow`: what staging changes is written by :meth:`_Rows.flush`,
+        a new golden id by :meth:`_apply` — not by the ORM's unit of work."""
         known = session_xrefs(s)
         out: dict[str, Xref] = {}
         by_sys: dict[str, list[str]] = {}
@@ -811,14 +854,8 @@ class MdmService:
                 continue
             sys_, sid = split_key(k)
             by_sys.setdefault(sys_, []).append(sid)
-        if not orm:
-            for x in hierarchy.read_xrefs(s, by_sys):
-                out[x.key] = known[x.key] = x
-            return out
-        for sys_, ids in by_sys.items():
-            for i in range(0, len(ids), 500):
-                for x in s.execute(_Q.xrefs, {"sys": sys_, "ids": ids[i : i + 500]}).scalars():
-                    out[x.key] = known[x.key] = x
+        for x in hierarchy.read_xrefs(s, by_sys):
+            out[x.key] = known[x.key] = x
         return out
 
     def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Any], list[Constraint]]:
