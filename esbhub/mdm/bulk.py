@@ -521,10 +521,11 @@ class BulkLoad:
                     attributes=attrs_col, members=members, valid_from=now, valid_to=None, actor="engine", reason=None,
                     cause=cause,
                 ))
-                if cause is not None:
+                if cause is not None:  # kept without attributes and member keys (history has them):
+                    # the event is built without them too, which the compact form drops anyway
                     compact[cause] = [_compact_event(golden_event(GoldenEvent(
                         golden_id=gid, seq=1, change="created", status=status,  # type: ignore[arg-type]
-                        valid_from=now.isoformat(), actor="engine", source_keys=members, attributes=attrs, tier=tier,
+                        valid_from=now.isoformat(), actor="engine", tier=tier,
                     ), cause_id=cause))]
             for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history),
                               (Xref.__table__, xrefs)):
