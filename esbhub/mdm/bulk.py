@@ -188,6 +188,9 @@ class BulkLoad:
         self.records = self.versions = 0
         self.timings: dict[str, float] = {"stage": 0.0}
         self.max_version = 0
+        self.link_id = 0  # the load numbers its links (the table is empty): supersede by primary key
+        self.link_ids: dict[tuple[str, str], int] = {}  # active link → its id
+        self.indexes: list[tuple[str, str]] = []  # (name, CREATE statement) dropped for the load (SQLite)
         self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any], Any]] = {}
         from esbhub.mdm.cluster import can_link
 
@@ -228,6 +231,8 @@ class BulkLoad:
             if sqlite:
                 conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
             bulk = cls(svc, s)
+            if sqlite:
+                bulk._drop_indexes()
             try:
                 yield bulk
                 s.commit()
@@ -317,10 +322,13 @@ class BulkLoad:
             r.view = _View(std) if self.light_views else std
             entries = set(hierarchy.index_entries(_Entry(r, std=stdj, raw=raw)))
             if r.version == 1 or entries != old_entries:
-                if r.version > 1:
+                if r.version > 1 and old_entries:  # the old version's rows, by primary key
                     self._flush()
                     ki = KeyIndex.__table__
-                    s.connection().execute(ki.delete().where(ki.c.source_system == system, ki.c.source_id == sid))
+                    s.connection().execute(
+                        ki.delete().where(ki.c.kind == sa.bindparam("k"), ki.c.value == sa.bindparam("v"),
+                                          ki.c.source_system == system, ki.c.source_id == sid),
+                        [{"k": k, "v": v} for k, v in sorted(old_entries)])
                     for e in old_entries:
                         if e in self.index:
                             self.index[e].remove((system, sid))
@@ -339,11 +347,15 @@ class BulkLoad:
                     continue
                 p = pair(key, other)
                 ev = evidence_json(m.evidence)
-                self.rows[Link.__table__].append(dict(
+                link = dict(
                     a_key=p[0], b_key=p[1], weight=float(m.weight), probability=float(m.probability),
                     decision=m.decision, hard=m.hard, evidence=ev, actor="engine", created_at=now, active=True,
                     superseded_at=None,
-                ))
+                )
+                if self.sqlite:  # numbered here (a rowid table, empty): superseded by primary key
+                    self.link_id += 1
+                    self.link_ids[p] = link["id"] = self.link_id
+                self.rows[Link.__table__].append(link)
                 if m.decision == "match" and m.hard is None:
                     self.edges[p] = float(m.weight)
                 if m.decision == "review" or m.hard:
@@ -356,6 +368,32 @@ class BulkLoad:
                 rows.clear()
         _freeze(len(self.recs))
         self.timings["stage"] += time.perf_counter() - t0
+
+    def _drop_indexes(self) -> None:
+        """Drop the secondary indexes of the tables the load fills (SQLite), to build them once
+        at the end (:meth:`_create_indexes`) from their own ``CREATE INDEX`` statements.
+
+        Inserting a million rows in arbitrary key order into a dozen indexes touches a page of
+        each per row; in one transaction whose dirty pages outgrow the cache, every one of those
+        is written to the WAL, often again and again (measured at 1M: ~5,000 page writes/s, the
+        golden records' write taking longer than everything before it). Nothing the load reads
+        needs them: it reads by primary key (links by the ids it gives them, look-up keys by
+        their whole key). In the transaction: a failed load gets them back with the rollback."""
+        tables = [t.name for t in (SourceVersion.__table__, Xref.__table__, KeyIndex.__table__, Link.__table__,
+                                   Golden.__table__, GoldenHistory.__table__, Inbox.__table__, Hierarchy.__table__,
+                                   Task.__table__)]
+        conn = self.s.connection()
+        self.indexes = [(name, sql) for name, sql in conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN "
+            f"({', '.join('?' * len(tables))}) ORDER BY name", tuple(tables)).all()]
+        for name, _sql in self.indexes:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+
+    def _create_indexes(self) -> None:
+        conn = self.s.connection()
+        for _name, sql in self.indexes:
+            conn.exec_driver_sql(sql)
+        self.indexes = []
 
     def match(self, key: str, std: Any) -> list[Any]:
         """The record's match and review pairs (what the batch path keeps of ``Matcher.match``),
@@ -386,9 +424,11 @@ class BulkLoad:
         keys = tuple(rows[0])
         plan = self._inserts.get((table.name, keys))
         if plan is None:
-            sql = str(table.insert().compile(dialect=conn.dialect, column_keys=list(keys)))
-            procs = [(i, p) for i, k in enumerate(keys) if (p := table.c[k].type._cached_bind_processor(conn.dialect))]
-            plan = self._inserts[(table.name, keys)] = (sql, procs, operator.itemgetter(*keys))
+            compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(keys))
+            order = list(compiled.positiontup or [])  # the statement's parameters in its own column order
+            assert sorted(order) == sorted(keys), (order, keys)
+            procs = [(i, p) for i, k in enumerate(order) if (p := table.c[k].type._cached_bind_processor(conn.dialect))]
+            plan = self._inserts[(table.name, keys)] = (str(compiled), procs, operator.itemgetter(*order))
         sql, procs, values = plan
         params = []
         for r in rows:
@@ -405,10 +445,14 @@ class BulkLoad:
             return
         self._flush()
         lk = Link.__table__
-        self.s.connection().execute(
-            lk.update().where(lk.c.active.is_(True), sa.or_(lk.c.a_key == key, lk.c.b_key == key))
-            .values(active=False, superseded_at=now)
-        )
+        if not self.sqlite:  # its indexes are there; ids come from the table's sequence
+            self.s.connection().execute(
+                lk.update().where(lk.c.active.is_(True), sa.or_(lk.c.a_key == key, lk.c.b_key == key))
+                .values(active=False, superseded_at=now))
+        ids = [i for p in pairs if (i := self.link_ids.pop(p, None)) is not None]
+        for i in range(0, len(ids), 500):  # by primary key: the load numbered its links
+            self.s.connection().execute(lk.update().where(lk.c.id.in_(ids[i : i + 500]))
+                                        .values(active=False, superseded_at=now))
         for p in pairs:
             self.edges.pop(p, None)
             self.reviews.pop(p, None)
@@ -551,6 +595,9 @@ class BulkLoad:
         t = time.perf_counter()
         self._tasks(now)
         self.timings["tasks"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._create_indexes()
+        self.timings["indexes"] = time.perf_counter() - t
         self.max_version = int(s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar() or 0)
         log.info("mdm_bulk_load", records=self.records, versions=self.versions, source_keys=len(recs),
                  golden=len(founders), links=len(self.edges), reviews=len(self.reviews),

@@ -129,9 +129,9 @@ def test_loading_the_same_records_again_changes_nothing_and_returns_the_created_
     assert sorted(e.model_dump_json() for e in again) == sorted(e.model_dump_json() for e in first)
 
 
-def test_a_change_after_the_bulk_load_goes_on_from_the_loaded_golden_record(tmp_path):
+def test_a_change_after_the_bulk_load_goes_on_from_the_loaded_golden_record(two_stores):
     records = generate(30, seed=4).records
-    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}")
+    svc = MdmService(two_stores[1])
     loader.load_parties(svc, records, batch=20, workers=0)
     changed = records[0].model_copy(update={"status": "suspended"})
     gid = svc.xref(records[0].source_system, records[0].source_id)["golden_id"]
@@ -139,8 +139,40 @@ def test_a_change_after_the_bulk_load_goes_on_from_the_loaded_golden_record(tmp_
     assert [(e.payload["golden_id"], e.payload["seq"], e.payload["change"]) for e in events] == [(gid, 2, "updated")]
     # the matcher index the bulk load built is the service's: a new record of a loaded company matches
     twin = records[1].model_copy(update={"source_system": "crm", "source_id": "NEW-1"})
-    svc.ingest(twin, "later-2")
+    svc.ingest(twin, "later-2")  # its links get ids after the load's
     assert svc.xref("crm", "NEW-1")["golden_id"] == svc.xref(records[1].source_system, records[1].source_id)["golden_id"]
+    with svc.Session() as s:
+        ids = s.execute(sa.select(Link.id)).scalars().all()
+        assert len(ids) == len(set(ids)) and s.execute(
+            sa.select(sa.func.count()).select_from(Link).where(Link.a_key.in_(["crm:NEW-1"]) | (Link.b_key == "crm:NEW-1"))
+        ).scalar() > 0
+
+
+def index_set(svc: MdmService) -> list:
+    with svc.Session() as s:
+        return s.execute(sa.text("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type = 'index' "
+                                 "ORDER BY name")).all()
+
+
+def test_the_initial_load_builds_the_indexes_it_dropped_and_a_failed_one_gets_them_back(tmp_path):
+    records = generate(20, seed=9).records
+    fresh = MdmService(f"sqlite:///{tmp_path / 'fresh.db'}")
+    want = index_set(fresh)
+    assert len(want) > 20
+    svc = MdmService(f"sqlite:///{tmp_path / 'm.db'}")
+
+    def failing():
+        yield from records[:30]
+        raise OSError("the file went away")
+
+    with pytest.raises(OSError):
+        loader.load_parties(svc, failing(), batch=10, workers=0)
+    assert index_set(svc) == want
+    loader.load_parties(svc, records, batch=10, workers=0)
+    assert index_set(svc) == want
+    with svc.Session() as s:  # and they are used: a look-up by core name is an index search
+        plan = s.execute(sa.text("EXPLAIN QUERY PLAN SELECT * FROM mdm_xref WHERE core_name = 'x'")).all()
+        assert "INDEX ix_mdm_xref_core_name" in str(plan)
 
 
 def test_a_bulk_load_that_fails_leaves_the_store_empty_and_the_matcher_index_as_it_was(tmp_path):
@@ -241,6 +273,8 @@ def test_rows_written_through_the_driver_are_stored_as_sqlalchemy_stores_them(tm
             golden_id="G1", version=v, change="created", status="active", merged_into=None,
             attributes=stored(attrs, compress=True) if v == 1 else attrs, members=["crm:1"], valid_from=when,
             valid_to=None, actor="engine", reason=None, cause="e1") for v in (1, 2)],
+        # keys in another order than the table's columns: bound by name all the same
+        KeyIndex.__table__: [dict(source_id="1", source_system="crm", value="+8613800138000", kind="phone")],
         Link.__table__: [dict(a_key="a:1", b_key="b:2", weight=1.5, probability=0.9, decision="match", hard=None,
                               evidence=[{"field": "name", "weight": 2.0}], actor="engine", created_at=when,
                               active=True, superseded_at=None)],
