@@ -182,8 +182,8 @@ class BulkLoad:
         self.reviews: dict[tuple[str, str], tuple[float, float, list[dict[str, Any]]]] = {}  # review / hard links
         self.touching: dict[str, list[tuple[str, str]]] = {}  # key → pairs of its links (a key seen again)
         self.index: dict[tuple[str, str], list[tuple[str, str]]] = {}  # hierarchy look-up keys → source keys
-        self.rows: dict[Any, list[dict[str, Any]]] = {SourceVersion.__table__: [], KeyIndex.__table__: [],
-                                                      Link.__table__: []}
+        self.rows: dict[Any, list[dict[str, Any]]] = {SourceVersion.__table__: [], Link.__table__: []}
+        self.key_rows: dict[tuple[str, str, str, str], None] = {}  # look-up keys (kind, value, system, id)
         self.added: list[str] = []  # keys put in the matcher index (undone if the load fails)
         self.records = self.versions = 0
         self.timings: dict[str, float] = {"stage": 0.0}
@@ -322,19 +322,12 @@ class BulkLoad:
             r.view = _View(std) if self.light_views else std
             entries = set(hierarchy.index_entries(_Entry(r, std=stdj, raw=raw)))
             if r.version == 1 or entries != old_entries:
-                if r.version > 1 and old_entries:  # the old version's rows, by primary key
-                    self._flush()
-                    ki = KeyIndex.__table__
-                    s.connection().execute(
-                        ki.delete().where(ki.c.kind == sa.bindparam("k"), ki.c.value == sa.bindparam("v"),
-                                          ki.c.source_system == system, ki.c.source_id == sid),
-                        [{"k": k, "v": v} for k, v in sorted(old_entries)])
-                    for e in old_entries:
-                        if e in self.index:
-                            self.index[e].remove((system, sid))
+                for kind, value in old_entries:  # the old version's (written at the end, in key order)
+                    self.key_rows.pop((kind, value, system, sid), None)
+                    if (kind, value) in self.index:
+                        self.index[(kind, value)].remove((system, sid))
                 for kind, value in sorted(entries):
-                    self.rows[KeyIndex.__table__].append(
-                        dict(kind=kind, value=value, source_system=system, source_id=sid))
+                    self.key_rows[(kind, value, system, sid)] = None
                     if kind in ("parent_ba", "parent_src"):
                         self.index.setdefault((kind, value), []).append((system, sid))
             if r.version > 1 and not party.deleted:  # a deleted record keeps its links (and golden record)
@@ -377,8 +370,8 @@ class BulkLoad:
         each per row; in one transaction whose dirty pages outgrow the cache, every one of those
         is written to the WAL, often again and again (measured at 1M: ~5,000 page writes/s, the
         golden records' write taking longer than everything before it). Nothing the load reads
-        needs them: it reads by primary key (links by the ids it gives them, look-up keys by
-        their whole key). In the transaction: a failed load gets them back with the rollback."""
+        needs them: it reads by primary key (links by the ids it gives them; look-up keys stay in
+        memory until the end). In the transaction: a failed load gets them back with the rollback."""
         tables = [t.name for t in (SourceVersion.__table__, Xref.__table__, KeyIndex.__table__, Link.__table__,
                                    Golden.__table__, GoldenHistory.__table__, Inbox.__table__, Hierarchy.__table__,
                                    Task.__table__)]
@@ -541,15 +534,6 @@ class BulkLoad:
                     r.golden_id = gid
                     deleted = deleted and r.deleted
                     hier_recs.append(_HierRec(k, r, hstd, hraw))
-                    xrefs.append(dict(
-                        source_system=r.system, source_id=r.sid, golden_id=gid, version=r.version,
-                        first_seen=r.first_seen, content_hash=r.content_hash, kind=r.kind, name=r.name,
-                        core_name=r.core_name, name_norm=r.name_norm, uscc=r.uscc, billing_account=r.billing_account,
-                        parent_billing_account=r.parent_billing_account, deleted=r.deleted,
-                        raw=Stored(r.raw) if sqlite else orjson.loads(r.raw),
-                        std=Stored(r.std) if sqlite else orjson.loads(r.std),
-                        received_at=r.received_at, source_updated_at=r.source_updated_at, linked_at=now,
-                    ))
                 status = "inactive" if deleted else "active"
                 kind = (attrs.get("kind") or {}).get("value") or recs[founder].kind
                 cause = first_env.get(founder)
@@ -571,16 +555,40 @@ class BulkLoad:
                         golden_id=gid, seq=1, change="created", status=status,  # type: ignore[arg-type]
                         valid_from=now.isoformat(), actor="engine", tier=tier,
                     ), cause_id=cause))]
-            for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history),
-                              (Xref.__table__, xrefs)):
+            for tbl, rows in ((Golden.__table__, goldens), (GoldenHistory.__table__, history)):
                 if rows:
                     self.insert(tbl, rows)
                     rows.clear()
             _freeze(len(compact))
         self.timings["golden"] = time.perf_counter() - t
         t = time.perf_counter()
+        # xref and inbox rows in primary-key order: appended to their key's B-tree, not scattered
+        # over it (a page written per row once the tree outgrows the cache)
+        for r in sorted(recs.values(), key=lambda r: (r.system, r.sid)):
+            xrefs.append(dict(
+                source_system=r.system, source_id=r.sid, golden_id=r.golden_id, version=r.version,
+                first_seen=r.first_seen, content_hash=r.content_hash, kind=r.kind, name=r.name,
+                core_name=r.core_name, name_norm=r.name_norm, uscc=r.uscc, billing_account=r.billing_account,
+                parent_billing_account=r.parent_billing_account, deleted=r.deleted,
+                raw=Stored(r.raw) if sqlite else orjson.loads(r.raw),
+                std=Stored(r.std) if sqlite else orjson.loads(r.std),
+                received_at=r.received_at, source_updated_at=r.source_updated_at, linked_at=now,
+            ))
+            if len(xrefs) >= CHUNK:
+                self.insert(Xref.__table__, xrefs)
+                xrefs.clear()
+        self.insert(Xref.__table__, xrefs)
+        xrefs.clear()
+        keys = sorted(self.key_rows)
+        self.key_rows.clear()
+        for i in range(0, len(keys), CHUNK):
+            self.insert(KeyIndex.__table__, [dict(kind=k, value=v, source_system=sys_, source_id=sid)
+                                             for k, v, sys_, sid in keys[i : i + CHUNK]])
+        del keys
+        self.timings["xref"] = time.perf_counter() - t
+        t = time.perf_counter()
         inbox = []
-        for envelope_id, outcome, _key in self.envelopes:
+        for envelope_id, outcome, _key in sorted(self.envelopes):
             inbox.append(dict(envelope_id=envelope_id, at=now, outcome=outcome, events=compact.get(envelope_id, [])))
             if len(inbox) >= CHUNK:
                 self.insert(Inbox.__table__, inbox)
