@@ -235,7 +235,9 @@ class BulkLoad:
                 bulk._drop_indexes()
             try:
                 yield bulk
+                t = time.perf_counter()
                 s.commit()
+                bulk.timings["commit"] = time.perf_counter() - t
             except BaseException:
                 s.rollback()
                 for key in bulk.added:

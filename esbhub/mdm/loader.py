@@ -25,6 +25,7 @@ import csv
 import functools
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,11 +388,15 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
         if futs is None:
             return None
         if rows_mode:
+            t = time.perf_counter()
             try:
                 return [row for f in futs for row in f.result()]
             except Exception as exc:  # noqa: BLE001 - a broken worker costs speed, never records
                 log.warning("mdm_load_prepare_worker_failed", error_type=type(exc).__name__, error=str(exc))
                 return None
+            finally:
+                if bl is not None:  # how long the ingesting process waited for the workers
+                    bl.timings["wait"] = bl.timings.get("wait", 0.0) + time.perf_counter() - t
         std: dict[str, tuple[Any, dict[str, Any]]] = {}
         try:
             for f in futs:
