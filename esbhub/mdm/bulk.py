@@ -88,8 +88,8 @@ CHUNK = 2000
 """Rows per ``executemany`` and golden records per survivorship chunk."""
 
 BULK_CACHE_KIB = 1_048_576
-"""SQLite page cache of the loading connection (1 GiB): the load writes every index of the store
-in one transaction; pages evicted from the cache are spilled to the WAL and read back."""
+"""SQLite page cache of the loading connection (1 GiB): the load writes the store's tables in one
+transaction; dirty pages beyond the cache are spilled to the WAL (and read back from it)."""
 
 _HIER_STD = ("branch", "is_group", "core_name", "head_office_name_norm", "uscc", "name_norm", "parent_source_id")
 """The standardized fields :func:`esbhub.mdm.hierarchy.compute_edges` reads."""
@@ -103,7 +103,7 @@ class _Rec:
     standardized JSON are kept serialized, as the text the columns store (a fraction of the
     memory of the parsed dicts)."""
 
-    __slots__ = ("billing_account", "content_hash", "core_name", "deleted", "envelope_id", "first_seen", "golden_id",
+    __slots__ = ("billing_account", "content_hash", "core_name", "deleted", "first_seen", "golden_id",
                  "kind", "name", "name_norm", "parent_billing_account", "raw", "received_at", "sid",
                  "source_updated_at", "std", "system", "uscc", "version", "view")
 
