@@ -4,7 +4,9 @@
     .venv/bin/python bench/mdm_realtime.py run --db /tmp/rt/mdm150k.db [--rate 500] [--seconds 20]
 
 ``build`` fills an MDM store with synthetic Chinese enterprise records (``esbhub.mdm.synth``)
-through ``MdmService.ingest_many`` in batches — the path ``esbhub mdm load`` takes.
+through ``MdmService.ingest_many`` in batches — the path ``esbhub mdm load --batches`` takes (a
+real-time store is built the way records arrive; an initial load into an empty store goes set at a
+time, ``esbhub.mdm.bulk``).
 
 ``run`` adds records and versions to the store (a real-time stream does): give it a copy. In
 one process, as ``esbhub worker`` does (the offered load comes from a second process, as from
@@ -53,7 +55,7 @@ def loadavg() -> str:
 
 # ------------------------------------------------------------------------------ build
 def build(companies: int, seed: int, db: Path, batch: int) -> None:
-    """Synthetic records → ``MdmService.ingest_many`` in batches (the path ``esbhub mdm load`` takes)."""
+    """Synthetic records → ``MdmService.ingest_many`` in batches (``esbhub mdm load --batches``)."""
     from esbhub.mdm.loader import envelope_id_for
     from esbhub.mdm.service import MdmService
     from esbhub.mdm.synth import generate
