@@ -59,6 +59,7 @@ from esbhub.bus.envelope import Envelope
 from esbhub.errors import InvalidMessage
 from esbhub.mdm import hierarchy
 from esbhub.mdm.events import GoldenEvent, golden_event
+from esbhub.mdm.match import evidence_json
 from esbhub.mdm.store import (
     Golden,
     GoldenHistory,
@@ -93,9 +94,6 @@ transaction; dirty pages beyond the cache are spilled to the WAL (and read back 
 
 _HIER_STD = ("branch", "is_group", "core_name", "head_office_name_norm", "uscc", "name_norm", "parent_source_id")
 """The standardized fields :func:`esbhub.mdm.hierarchy.compute_edges` reads."""
-
-
-_KEPT = ("match", "review")
 
 
 class _Rec:
@@ -310,7 +308,7 @@ class BulkLoad:
             ))
             results = []
             if not party.deleted:
-                results = self.match(key, std)
+                results = svc._kept_matches(key, std)
                 svc.matcher.add(key, std)
                 self.added.append(key)
             r.content_hash, r.kind, r.name, r.deleted = content_hash, party.kind, party.name, party.deleted
@@ -389,15 +387,6 @@ class BulkLoad:
         for _name, sql in self.indexes:
             conn.exec_driver_sql(sql)
         self.indexes = []
-
-    def match(self, key: str, std: Any) -> list[Any]:
-        """The record's match and review pairs (what the batch path keeps of ``Matcher.match``),
-        without building evidence for the pairs left out, when the matcher can."""
-        from esbhub.mdm.match import Matcher
-
-        if isinstance(self.svc.matcher, Matcher):
-            return self.svc.matcher.match(key, std, decisions=_KEPT)  # type: ignore[no-any-return]
-        return [m for m in self.svc.matcher.match(key, std) if m.decision in _KEPT]
 
     def _flush(self) -> None:
         for tbl, rows in self.rows.items():
@@ -662,22 +651,6 @@ class BulkLoad:
                              reason=None))
         if rows:
             self.insert(Task.__table__, rows)
-
-
-def evidence_json(evidence: list[Any]) -> list[dict[str, Any]]:
-    """``[e.model_dump(mode="json") for e in evidence]`` of :class:`esbhub.mdm.match.FieldEvidence`
-    items, read from their fields (a tenth of the cost): text values and a float weight are their
-    own JSON; anything else goes through pydantic."""
-    out = []
-    for e in evidence:
-        d = e.__dict__
-        f, lv, w, a, b = d["field"], d["level"], d["weight"], d["a"], d["b"]
-        if (type(f) is str and type(lv) is str and isinstance(w, float) and (a is None or type(a) is str)
-                and (b is None or type(b) is str)):
-            out.append({"field": f, "level": lv, "weight": float(w), "a": a, "b": b})
-        else:
-            out.append(e.model_dump(mode="json"))
-    return out
 
 
 def _survive_chunk(cfg: Any, tiering: Any, sqlite: bool,

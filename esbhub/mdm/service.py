@@ -94,6 +94,15 @@ from esbhub.schemas.party import Party
 
 log = structlog.get_logger("esbhub.mdm")
 
+_KEPT = ("match", "review")
+"""Decisions that become links (``no_match`` pairs, also those with a cannot-link reason, do not)."""
+
+
+def _evidence_json(evidence: list[Any]) -> list[dict[str, Any]]:
+    from esbhub.mdm.match import evidence_json  # the matcher (numpy, rapidfuzz) loads on first use
+
+    return evidence_json(evidence)
+
 
 class MdmSettings(BaseModel):
     """MDM configuration (defaults work out of the box)."""
@@ -749,7 +758,7 @@ class MdmService:
             self.matcher.remove(key)
         results = []
         if not party.deleted:
-            results = [r for r in self.matcher.match(key, std) if r.decision in ("match", "review")]
+            results = self._kept_matches(key, std)
             self.matcher.add(key, std)
         old_golden = x.golden_id if x is not None else None
         old_sig = _hier_signature(x) if x is not None else None
@@ -804,7 +813,7 @@ class MdmService:
             a, b = pair(key, other)
             new_links.append((a, b, r, {
                 "weight": float(r.weight), "probability": float(r.probability), "decision": r.decision,
-                "hard": r.hard, "evidence": [e.model_dump(mode="json") for e in r.evidence],
+                "hard": r.hard, "evidence": _evidence_json(r.evidence),
             }))
         unchanged: set[tuple[str, str]] = set()
         by_pair = {(a, b): v for a, b, _r, v in new_links}
@@ -833,6 +842,15 @@ class MdmService:
         return "new" if version == 1 else ("deleted" if party.deleted else "changed")
 
     # -------------------------------------------------------------- clustering
+    def _kept_matches(self, key: str, std: Any) -> list[Any]:
+        """The record's match and review pairs — what links are made of — without building the
+        evidence of the pairs left out (when the matcher is the engine's)."""
+        from esbhub.mdm.match import Matcher
+
+        if isinstance(self.matcher, Matcher):
+            return self.matcher.match(key, std, decisions=_KEPT)  # type: ignore[no-any-return]
+        return [r for r in self.matcher.match(key, std) if r.decision in _KEPT]
+
     def _members(self, s: Session, golden_ids: Iterable[str]) -> set[str]:
         ids = [g for g in set(golden_ids) if g]
         if not ids:
@@ -1098,7 +1116,7 @@ class MdmService:
                 ), {}
             if task is None and s.execute(*pair_task).first():
                 continue  # one open task per pair of golden records
-            ev = [e.model_dump(mode="json") for e in r.evidence]
+            ev = _evidence_json(r.evidence)
             if task is None:
                 s.add(Task(
                     a_key=a, b_key=b, golden_a=ga, golden_b=gb, weight=float(r.weight), probability=float(r.probability),
@@ -1357,7 +1375,7 @@ class MdmService:
                         seen.add(p)
                         s.add(Link(
                             a_key=p[0], b_key=p[1], weight=float(r.weight), probability=float(r.probability),
-                            decision=r.decision, hard=r.hard, evidence=[e.model_dump(mode="json") for e in r.evidence],
+                            decision=r.decision, hard=r.hard, evidence=_evidence_json(r.evidence),
                             actor="engine", created_at=now, active=True,
                         ))
                         if r.decision == "review" or r.hard:

@@ -8,14 +8,12 @@ import pytest
 import sqlalchemy as sa
 
 from esbhub.mdm import loader
-from esbhub.mdm.bulk import BulkLoad, evidence_json
-from esbhub.mdm.match import Matcher
+from esbhub.mdm.bulk import BulkLoad
 from esbhub.mdm.service import MdmService
 from esbhub.mdm.standardize import standardize
 from esbhub.mdm.store import Golden, Hierarchy, Inbox, KeyIndex, Link, SourceVersion, Task, Xref
 from esbhub.mdm.survivorship import values
 from esbhub.mdm.synth import generate
-from esbhub.schemas.party import Party
 from mdm.fakes import fresh_pg_db
 
 
@@ -227,31 +225,6 @@ def test_the_bulk_load_takes_records_standardized_ahead_by_worker_processes(tmp_
     assert ahead[0] == 0 and all(n > 0 for n in ahead[1:]) and len(ahead) > 1  # the worker took batches 2…
     assert here.snapshot()["xref"] == pooled.snapshot()["xref"]
     assert state(here) == state(pooled)
-
-
-def persons() -> list[Party]:
-    """Person records (the synthetic set has organizations only): pairs of one person as two systems hold them."""
-    out = []
-    for i, (name, ident) in enumerate([("张伟", "11010519491231002X"), ("王芳", "440305198001011234"),
-                                       ("李娜", None), ("刘洋", "310101199002023456")] * 5):
-        for sys_ in ("crm", "billing"):
-            out.append(Party(kind="person", source_system=sys_, source_id=f"P{i}", name=name if sys_ == "crm" else
-                             f"{name} ", id_number=ident, phones=[{"number": f"+86 138 0013 {8000 + i}"}], city="深圳"))
-    return out
-
-
-def test_link_evidence_read_from_the_fields_is_what_pydantic_dumps(tmp_path):
-    records = generate(150, seed=12).records + persons()
-    matcher = Matcher()
-    compared = collections.Counter()
-    for p in records:
-        std = standardize(p)
-        key = f"{p.source_system}:{p.source_id}"
-        for r in matcher.match(key, std):
-            assert evidence_json(r.evidence) == [e.model_dump(mode="json") for e in r.evidence]
-            compared[p.kind] += len(r.evidence)
-        matcher.add(key, std)
-    assert compared["organization"] > 1000 and compared["person"] > 100
 
 
 def test_rows_written_through_the_driver_are_stored_as_sqlalchemy_stores_them(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esbhub.mdm.match import Matcher, MatchModel, blocking_keys, refine_with_labels, train_em
+from esbhub.mdm.match import Matcher, MatchModel, blocking_keys, evidence_json, refine_with_labels, train_em
 from esbhub.mdm.standardize import codes, standardize
 from esbhub.mdm.synth import generate
 from esbhub.schemas.party import Party
@@ -377,3 +378,28 @@ def test_match_with_decisions_is_the_same_list_filtered():
         dropped += len(every) - len(kept)
         m.add(key, std)
     assert dropped > 0  # some reported pairs were no_match: the filter was exercised
+
+
+def persons() -> list[Party]:
+    """Person records (the synthetic set has organizations only): pairs of one person as two systems hold them."""
+    out = []
+    for i, (name, ident) in enumerate([("张伟", "11010519491231002X"), ("王芳", "440305198001011234"),
+                                       ("李娜", None), ("刘洋", "310101199002023456")] * 5):
+        for sys_ in ("crm", "billing"):
+            out.append(Party(kind="person", source_system=sys_, source_id=f"P{i}", name=name if sys_ == "crm" else
+                             f"{name} ", id_number=ident, phones=[{"number": f"+86 138 0013 {8000 + i}"}], city="深圳"))
+    return out
+
+
+def test_link_evidence_read_from_the_fields_is_what_pydantic_dumps():
+    records = generate(150, seed=12).records + persons()
+    matcher = Matcher()
+    compared = collections.Counter()
+    for p in records:
+        std = standardize(p)
+        key = f"{p.source_system}:{p.source_id}"
+        for r in matcher.match(key, std):
+            assert evidence_json(r.evidence) == [e.model_dump(mode="json") for e in r.evidence]
+            compared[p.kind] += len(r.evidence)
+        matcher.add(key, std)
+    assert compared["organization"] > 1000 and compared["person"] > 100
