@@ -81,16 +81,13 @@ def _stored_text(value: Any) -> str:
     return _dump(value).decode()
 
 
-def _stored_deflating_text(text: bytes) -> str | bytes:
+def _stored_deflating(value: Any) -> str | bytes:
+    text = _dump(value)
     if len(text) >= COMPRESS_FROM:
         packed = _deflate(text)
         if len(packed) < len(text):
             return packed
     return text.decode()
-
-
-def _stored_deflating(value: Any) -> str | bytes:
-    return _stored_deflating_text(_dump(value))
 
 
 class Stored:
@@ -105,12 +102,9 @@ class Stored:
         self.value = value
 
 
-def stored(value: Any, *, compress: bool = False, text: bytes | None = None) -> Stored:
-    """``value`` as a SQLite ``FastJSON`` (or, with ``compress``, ``CompressedJSON``) column stores
-    it; ``text`` is ``_dump(value)`` if the caller has it already."""
-    if not compress:
-        return Stored(text.decode() if text is not None else _stored_text(value))
-    return Stored(_stored_deflating(value) if text is None else _stored_deflating_text(text))
+def stored(value: Any, *, compress: bool = False) -> Stored:
+    """``value`` as a SQLite ``FastJSON`` (or, with ``compress``, ``CompressedJSON``) column stores it."""
+    return Stored(_stored_deflating(value) if compress else _stored_text(value))
 
 
 class FastJSON(sa.types.TypeDecorator):  # type: ignore[type-arg]
