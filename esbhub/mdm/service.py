@@ -302,6 +302,7 @@ def _write_changed(s: Session, tbl: sa.Table, pk: tuple[str, ...], rows: Iterabl
 
 _GOLDEN_COLS = tuple(c.key for c in Golden.__table__.columns)
 _GOLDEN_KEEP = ("golden_id", "seq_no", "founder", "created_at")  # never changed once inserted
+_GOLDEN_WRITTEN = tuple(c for c in _GOLDEN_COLS if c not in _GOLDEN_KEEP)
 
 
 class _GoldenRow:
@@ -315,7 +316,7 @@ class _GoldenRow:
     def __init__(self, row: Sequence[Any]) -> None:
         for k, v in zip(_GOLDEN_COLS, row, strict=True):
             setattr(self, k, v)
-        self.loaded = tuple(row)
+        self.loaded = dict(zip(_GOLDEN_COLS, row, strict=True))
 
 
 def _read_founded(s: Session, founders: list[str]) -> dict[str, Any]:
@@ -333,31 +334,8 @@ def _read_founded(s: Session, founders: list[str]) -> dict[str, Any]:
 
 
 def _write_goldens(s: Session, rows: Iterable[_GoldenRow]) -> None:
-    """Write the changed columns of golden rows read with Core: one ``executemany`` per set of
-    changed columns."""
-    by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for g in rows:
-        params: dict[str, Any] = {"g_id": g.golden_id}
-        cols = []
-        for i, c in enumerate(_GOLDEN_COLS):
-            v = getattr(g, c)
-            if c not in _GOLDEN_KEEP and v != g.loaded[i]:
-                cols.append(c)
-                params[f"v_{c}"] = v
-        if cols:
-            by_cols.setdefault(tuple(cols), []).append(params)
-    tbl = Golden.__table__
-    for cols, params in by_cols.items():
-        stmt = _GOLDEN_UPDATES.get(cols)
-        if stmt is None:
-            stmt = _GOLDEN_UPDATES[cols] = (
-                sa.update(tbl).where(tbl.c.golden_id == sa.bindparam("g_id", type_=tbl.c.golden_id.type))
-                .values({c: sa.bindparam(f"v_{c}", type_=tbl.c[c].type) for c in cols})
-            )
-        s.connection().execute(stmt, params)
-
-
-_GOLDEN_UPDATES: dict[tuple[str, ...], Any] = {}
+    """Write the changed columns of golden rows read with Core (:func:`_write_changed`)."""
+    _write_changed(s, Golden.__table__, ("golden_id",), ((g, g.loaded) for g in rows), _GOLDEN_WRITTEN)
 
 
 def _insert_rows(s: Session, model: Any, objs: list[Any]) -> None:
