@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import hashlib
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -127,8 +126,14 @@ def row_to_party(row: dict[str, Any] | PartyJSON, default_system: str | None = N
 
 def envelope_id_for(p: Party) -> str:
     """Deterministic id of a loaded record: same content → same id (idempotent re-load)."""
-    raw = orjson.dumps(p.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
-    return "load-" + hashlib.sha256(raw).hexdigest()[:40]
+    from esbhub.mdm.service import content_hash
+
+    return _envelope_id(content_hash(p.model_dump(mode="json", exclude_none=True))[0])
+
+
+def _envelope_id(content_hash: str) -> str:
+    return "load-" + content_hash[:40]
+
 
 
 def iter_csv(path: Path, encoding: str = "utf-8-sig") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -216,7 +221,7 @@ def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any
     Each row gives ``(where, message)`` if it does not validate, else ``(where, envelope id,
     record, raw, content hash, standardized, its JSON)`` — the record as a :class:`_Lite`, or
     the Party itself when it is left to the service to standardize (and to report)."""
-    from esbhub.mdm.service import content_hash
+    from esbhub.mdm.service import content_hash, std_json
 
     out: list[tuple[Any, ...]] = []
     for where, row in rows:
@@ -231,10 +236,10 @@ def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any
         if fn is not None:
             try:
                 std = fn(p)
-                stdj = std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
+                stdj = std_json(std)
             except Exception:  # noqa: BLE001 - the service standardizes it again and reports it
                 std = stdj = None
-        out.append((where, "load-" + h[:40], _Lite(p) if std is not None else p, raw, h, std, stdj))
+        out.append((where, _envelope_id(h), _Lite(p) if std is not None else p, raw, h, std, stdj))
     return out
 
 
@@ -242,11 +247,13 @@ def _standardize_batch(fn: Any, items: list[tuple[str, bytes]]) -> dict[str, tup
     """Standardize a batch in a worker process: each record comes as its canonical ``party.v1``
     JSON (cheaper to send than a pickled model) and goes back as (standardized form, its JSON).
     A record that fails is left to the service, which reports it as it would have without the worker."""
+    from esbhub.mdm.service import std_json
+
     out = {}
     for envelope_id, canon in items:
         try:
             std = fn(Party.model_validate_json(canon))
-            out[envelope_id] = (std, std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std))
+            out[envelope_id] = (std, std_json(std))
         except Exception:  # noqa: BLE001,S112 - the service standardizes it again and raises InvalidMessage
             continue
     return out
@@ -280,7 +287,7 @@ class _Item:
         raw = party.model_dump(mode="json", exclude_none=True)
         h, self.canon = content_hash(raw)
         self.party = party
-        self.envelope_id = "load-" + h[:40]  # = envelope_id_for(party), without dumping it twice
+        self.envelope_id = _envelope_id(h)  # = envelope_id_for(party), without dumping it twice
         self.prepared = Prepared(raw=raw, content_hash=h)
 
 

@@ -157,6 +157,11 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(_canon(obj)).hexdigest()
 
 
+def std_json(std: Any) -> dict[str, Any]:
+    """A standardized record's JSON, as the store keeps it."""
+    return std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
+
+
 def content_hash(raw: dict[str, Any]) -> tuple[str, bytes]:
     """The content hash of a record's raw JSON (sha256 hex of its canonical form) and that form."""
     canon = _canon(raw)
@@ -583,7 +588,7 @@ class MdmService:
         return self._standardize if self._standardize is _default_standardize() else None
 
     def _std_dict(self, std: Any) -> dict[str, Any]:
-        return std.model_dump(mode="json") if hasattr(std, "model_dump") else dict(std)
+        return std_json(std)
 
     # ----------------------------------------------------------------- ingest
     def ingest(self, party: Party, envelope_id: str, *, envelope: Envelope | None = None) -> list[Envelope]:
