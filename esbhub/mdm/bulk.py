@@ -189,6 +189,7 @@ class BulkLoad:
         self.link_id = 0  # the load numbers its links (the table is empty): supersede by primary key
         self.link_ids: dict[tuple[str, str], int] = {}  # active link → its id
         self.indexes: list[tuple[str, str]] = []  # (name, CREATE statement) dropped for the load (SQLite)
+        self._frozen_n = 0
         self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any], Any]] = {}
         from esbhub.mdm.cluster import can_link
 
@@ -359,8 +360,17 @@ class BulkLoad:
             if len(rows) >= CHUNK:
                 self.insert(tbl, rows)
                 rows.clear()
-        _freeze(len(self.recs))
+        svc._freeze_index()  # the matcher grew with the records staged: see there
         self.timings["stage"] += time.perf_counter() - t0
+
+    def _freeze(self, n: int) -> None:
+        """Park what the write-out keeps in memory (the records' hierarchy views, the events) out of
+        the cyclic garbage collector's way once it has grown by a tenth: each full collection walks
+        every live object, so the cost would grow with the square of the load (the staging phase
+        relies on :meth:`MdmService._freeze_index`, the same rule over the growing matcher)."""
+        if n >= self._frozen_n * 1.1 + 1000:
+            gc.freeze()
+            self._frozen_n = n
 
     def _drop_indexes(self) -> None:
         """Drop the secondary indexes of the tables the load fills (SQLite), to build them once
@@ -481,10 +491,12 @@ class BulkLoad:
         xrefs: list[dict[str, Any]] = []
         work = functools.partial(_survive_chunk, svc.settings.survivorship, svc.settings.tiering, sqlite)
 
+        def member(k: str) -> tuple[Any, ...]:
+            r = recs[k]
+            return k, r.system, r.sid, r.raw, r.std, aware(r.source_updated_at) or r.received_at, r.deleted
+
         def chunk_input(lo: int) -> list[list[tuple[Any, ...]]]:
-            return [[(k, recs[k].system, recs[k].sid, recs[k].raw, recs[k].std,
-                      aware(recs[k].source_updated_at) or recs[k].received_at, recs[k].deleted) for k in members]
-                    for _f, members in founders[lo : lo + CHUNK]]
+            return [[member(k) for k in members] for _f, members in founders[lo : lo + CHUNK]]
 
         def results() -> Iterator[tuple[int, list[Any]]]:
             starts = range(0, len(founders), CHUNK)
@@ -550,7 +562,7 @@ class BulkLoad:
                 if rows:
                     self.insert(tbl, rows)
                     rows.clear()
-            _freeze(len(compact))
+            self._freeze(lo + len(done))
         self.timings["golden"] = time.perf_counter() - t
         t = time.perf_counter()
         # xref and inbox rows in primary-key order: appended to their key's B-tree, not scattered
@@ -693,17 +705,5 @@ class _Entry:
         self.source_system, self.parent_billing_account = r.system, r.parent_billing_account
         self.std = std if std is not None else orjson.loads(r.std)
         self.raw = raw if raw is not None else orjson.loads(r.raw)
-
-
-_frozen = [0]
-
-
-def _freeze(n: int) -> None:
-    """Park what the load keeps in memory (records, events) out of the cyclic garbage collector's
-    way once it has grown by a tenth: each full collection walks every live object, so without
-    this the load's cost grows with the square of its size (as :meth:`MdmService._freeze_index`)."""
-    if n >= _frozen[0] * 1.1 + 1000 or n < _frozen[0]:
-        gc.freeze()
-        _frozen[0] = n
 
 
