@@ -41,10 +41,12 @@ keys and hierarchy).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import gc
 import operator
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -269,8 +271,10 @@ class BulkLoad:
             system, sid = party.source_system, party.source_id
             key = source_key(system, sid)
             r = self.recs.get(key)
+            rawt = stdt = None
             if prep is not None:
                 raw, content_hash, std, stdj = prep.raw, prep.content_hash, prep.std, prep.stdj
+                rawt, stdt = prep.rawt, prep.stdt
             else:
                 from esbhub.mdm.service import _hash
 
@@ -285,7 +289,7 @@ class BulkLoad:
                 errors(party, InvalidMessage(f"party {key} cannot be standardized: {exc}").message)
                 continue
             if stdj is None or prep is None or std is not prep.std:
-                stdj = svc._std_dict(std)
+                stdj, stdt = svc._std_dict(std), None
             now = utcnow()
             if r is None:
                 r = self.recs[key] = _Rec(system, sid, arrival)
@@ -300,7 +304,8 @@ class BulkLoad:
             attrs = raw.get("attributes") or {}
             # serialized once, for the version row and the xref row; kept as text, which is also
             # what the column stores: orjson's bytes keep their whole (over-allocated) buffer
-            rawt, stdt = _dump(raw).decode(), _dump(stdj).decode()
+            rawt = rawt or _dump(raw).decode()
+            stdt = stdt or _dump(stdj).decode()
             self.rows[SourceVersion.__table__].append(dict(
                 source_system=system, source_id=sid, version=r.version, envelope_id=envelope_id,
                 content_hash=content_hash, raw=Stored(rawt) if self.sqlite else raw,
@@ -393,9 +398,17 @@ class BulkLoad:
             conn.exec_driver_sql(f'DROP INDEX "{name}"')
 
     def _create_indexes(self) -> None:
+        """Build the dropped indexes; SQLite sorts each one's keys with helper threads meanwhile
+        (``PRAGMA threads``: the sort is most of an index build, the rest waits for it)."""
+        if not self.indexes:  # none dropped (not SQLite)
+            return
         conn = self.s.connection()
-        for _name, sql in self.indexes:
-            conn.exec_driver_sql(sql)
+        conn.exec_driver_sql(f"PRAGMA threads={min(8, os.cpu_count() or 1)}")
+        try:
+            for _name, sql in self.indexes:
+                conn.exec_driver_sql(sql)
+        finally:
+            conn.exec_driver_sql("PRAGMA threads=0")
         self.indexes = []
 
     def _flush(self) -> None:
@@ -421,7 +434,8 @@ class BulkLoad:
             compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(keys))
             order = list(compiled.positiontup or [])  # the statement's parameters in its own column order
             assert sorted(order) == sorted(keys), (order, keys)
-            procs = [(i, p) for i, k in enumerate(order) if (p := table.c[k].type._cached_bind_processor(conn.dialect))]
+            procs = [(i, _last_kept(p) if isinstance(table.c[k].type, sa.DateTime) else p)
+                     for i, k in enumerate(order) if (p := table.c[k].type._cached_bind_processor(conn.dialect))]
             plan = self._inserts[(table.name, keys)] = (str(compiled), procs, operator.itemgetter(*order))
         sql, procs, values = plan
         params = []
@@ -499,33 +513,45 @@ class BulkLoad:
             return [[member(k) for k in members] for _f, members in founders[lo : lo + CHUNK]]
 
         def results() -> Iterator[tuple[int, list[Any]]]:
-            starts = range(0, len(founders), CHUNK)
+            """Survived chunks in order. With a pool: it always has a chunk queued behind the one it
+            is surviving; while the oldest one it has is not done, this process survives the next
+            unassigned chunk itself instead of waiting — the two share the work as their speeds
+            allow (the pool's queue is never the one thing left to wait for)."""
+            starts = collections.deque(range(0, len(founders), CHUNK))
             if pool is None:
                 for lo in starts:
                     yield lo, work(chunk_input(lo))
                 return
-            def got(lo: int, fut: Any) -> list[Any]:
-                if fut.cancel():  # not started yet (the pool is behind): survive it here meanwhile
-                    return work(chunk_input(lo))
+            inflight = 2 * max(1, getattr(pool, "_max_workers", 1))
+            order: collections.deque[tuple[int, Any]] = collections.deque()  # (lo, future or result here)
+            here: dict[int, list[Any]] = {}
+            queued = 0
+            while starts or order:
+                while starts and queued < inflight:
+                    lo = starts.popleft()
+                    try:
+                        order.append((lo, pool.submit(work, chunk_input(lo))))
+                        queued += 1
+                    except Exception:  # noqa: BLE001 - pool broken or shut down: survive here
+                        here[lo] = work(chunk_input(lo))
+                        order.append((lo, None))
+                lo, fut = order[0]
+                if fut is not None and not fut.done() and starts:
+                    lo1 = starts.popleft()  # the pool is busy: take the next chunk here meanwhile
+                    here[lo1] = work(chunk_input(lo1))
+                    order.append((lo1, None))
+                    continue
+                order.popleft()
+                if fut is None:
+                    yield lo, here.pop(lo)
+                    continue
+                queued -= 1
                 try:
-                    return fut.result()  # type: ignore[no-any-return]
+                    done = fut.result()
                 except Exception as exc:  # noqa: BLE001 - a broken worker costs speed, never records
                     log.warning("mdm_bulk_survive_worker_failed", error_type=type(exc).__name__, error=str(exc))
-                    return work(chunk_input(lo))
-
-            ahead: list[tuple[int, Any]] = []
-            # chunks in flight: the pool survives them while this process writes the one before; one
-            # the pool has not started when it is due is survived here (the two share the work)
-            for lo in starts:
-                try:
-                    ahead.append((lo, pool.submit(work, chunk_input(lo))))
-                except Exception:  # noqa: BLE001 - pool broken or shut down: survive here
-                    ahead.append((lo, None))
-                if len(ahead) > 3:
-                    lo0, fut = ahead.pop(0)
-                    yield lo0, got(lo0, fut) if fut is not None else work(chunk_input(lo0))
-            for lo0, fut in ahead:
-                yield lo0, got(lo0, fut) if fut is not None else work(chunk_input(lo0))
+                    done = work(chunk_input(lo))
+                yield lo, done
 
         for lo, done in results():
             for i, (attrs, tier, attrs_stored, hier) in enumerate(done, start=lo):
@@ -685,6 +711,20 @@ def _survive_chunk(cfg: Any, tiering: Any, sqlite: bool,
         out.append((attrs, tiering.tier(hierarchy.revenue_of(tiered)),  # type: ignore[arg-type]
                     stored(attrs, compress=True).value if sqlite else None, hier))
     return out
+
+
+def _last_kept(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process`` remembering its last value: the load stamps whole runs of rows with the same
+    time (one ``now`` per record, per load), and SQLite's datetime bind processor formats each
+    anew (~5 % of the write-out). Only for immutable values (the same object, the same text)."""
+    last: list[Any] = [None, process(None)]
+
+    def kept(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, process(value)
+        return last[1]
+
+    return kept
 
 
 class _Tiered:

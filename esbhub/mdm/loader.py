@@ -20,6 +20,7 @@ twice changes nothing (the MDM also ignores unchanged source versions).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import functools
@@ -220,8 +221,12 @@ def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any
     validate, raw JSON and content hash, standardize (``fn``; None: left to the service).
     Each row gives ``(where, message)`` if it does not validate, else ``(where, envelope id,
     record, raw, content hash, standardized, its JSON)`` — the record as a :class:`_Lite`, or
-    the Party itself when it is left to the service to standardize (and to report)."""
+    the Party itself when it is left to the service to standardize (and to report). A
+    :class:`~esbhub.mdm.standardize.StdParty` goes as ``(…, raw JSON text, content hash, None,
+    standardized JSON text)``: the texts the store keeps, which the ingesting process needs anyway
+    and unpickles several times faster than the dicts and the model (:func:`_ingest_form`)."""
     from esbhub.mdm.service import content_hash, std_json
+    from esbhub.mdm.standardize import StdParty
 
     out: list[tuple[Any, ...]] = []
     for where, row in rows:
@@ -239,8 +244,35 @@ def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any
                 stdj = std_json(std)
             except Exception:  # noqa: BLE001 - the service standardizes it again and reports it
                 std = stdj = None
+        if type(std) is StdParty:
+            with contextlib.suppress(TypeError):  # as the store's _dump; where orjson fails (it falls
+                # back on the stdlib), as dicts
+                out.append((where, _envelope_id(h), _Lite(p), orjson.dumps(raw).decode(), h, None,
+                            orjson.dumps(stdj).decode()))
+                continue
         out.append((where, _envelope_id(h), _Lite(p) if std is not None else p, raw, h, std, stdj))
     return out
+
+
+def _ingest_form(row: tuple[Any, ...]) -> tuple[Any, str, Any]:
+    """A prepared row (:func:`_prepare_rows`, not an error) as :meth:`BulkLoad.add
+    <esbhub.mdm.bulk.BulkLoad.add>` takes it: ``(record, envelope id, Prepared)``."""
+    from esbhub.mdm.service import Prepared
+    from esbhub.mdm.standardize import _std_party
+
+    _where, envelope_id, rec, raw, h, std, stdj = row
+    if isinstance(raw, str):  # the texts of a StdParty record
+        rawt, stdt = raw, stdj
+        raw, stdj = orjson.loads(rawt), orjson.loads(stdt)
+        return rec, envelope_id, Prepared(raw=raw, content_hash=h, std=_std_party(dict(stdj)), stdj=stdj,
+                                          rawt=rawt, stdt=stdt)
+    return rec, envelope_id, Prepared(raw=raw, content_hash=h, std=std, stdj=stdj)
+
+
+def _taken(pending: collections.deque[tuple[list[Any], Any]], result: Any) -> tuple[list[Any], Any]:
+    """The oldest batch in flight and its workers' result."""
+    buf, futs = pending.popleft()
+    return buf, result(futs)
 
 
 def _standardize_batch(fn: Any, items: list[tuple[str, bytes]]) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -336,8 +368,7 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
             if len(row) == 2:
                 errors.append(RowError(row[0], row[1]))
                 continue
-            _where, envelope_id, rec, raw, h, std, stdj = row
-            items.append((rec, envelope_id, Prepared(raw=raw, content_hash=h, std=std, stdj=stdj)))
+            items.append(_ingest_form(row))
         n += len(items)
         assert bl is not None
         bl.add(items, lambda p, msg: errors.append(RowError(f"{p.source_system}:{p.source_id}", msg)))
@@ -413,13 +444,17 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
             return None
         return std
 
-    pending: tuple[list[Any], Any] | None = None  # a batch being standardized
+    # batches being standardized, oldest first: a few in flight, so the workers never wait for this
+    # process to take the next one (with one ahead, every batch here that took longer than usual
+    # left them idle, and every one that took less left this process waiting)
+    pending: collections.deque[tuple[list[Any], Any]] = collections.deque()
     buf: list[Any] = []
     with contextlib.ExitStack() as stack:
         bl = stack.enter_context(BulkLoad.open(svc)) if bulk is not False and isinstance(svc, MdmService) else None
         rows_mode = as_rows and bl is not None
         if as_rows and not rows_mode:  # batch by batch: rows become records here
             source = parties(iter(source), default_system, errors)
+        depth = 1 + 2 * max(workers, 1)
         try:
             for p in source:
                 if rows_mode:
@@ -428,17 +463,14 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
                     buf.append(_Item(p))
                     n += 1
                 if len(buf) >= batch:
-                    ahead = (buf, standardized(buf))
-                    if pending is not None:
-                        ingest(pending[0], result(pending[1]))
-                    pending, buf = ahead, []
+                    pending.append((buf, standardized(buf)))
+                    buf = []
+                    while len(pending) > depth:
+                        ingest(*_taken(pending, result))
             if buf:
-                ahead = (buf, standardized(buf))
-                if pending is not None:
-                    ingest(pending[0], result(pending[1]))
-                pending = ahead
-            if pending is not None:
-                ingest(pending[0], result(pending[1]))
+                pending.append((buf, standardized(buf)))
+            while pending:
+                ingest(*_taken(pending, result))
             if bl is not None:
                 events += bl.finish(pool)  # golden records survived in the standardizing processes
         finally:

@@ -141,12 +141,16 @@ class Prepared:
     """What :meth:`MdmService.ingest_many` computes from a record alone, computed ahead (e.g. by
     :func:`esbhub.mdm.loader.load_parties`, partly in another process): the raw ``party.v1``
     JSON, its content hash (:func:`content_hash`), and optionally
-    the standardized form with its JSON. They must be what the service would compute itself."""
+    the standardized form with its JSON; the initial load also takes both JSON as the text the
+    store keeps (``rawt`` / ``stdt``: :func:`esbhub.mdm.store._dump` of ``raw`` / ``stdj``). They
+    must be what the service would compute itself."""
 
     raw: dict[str, Any]
     content_hash: str
     std: Any = None
     stdj: dict[str, Any] | None = None
+    rawt: str | None = None
+    stdt: str | None = None
 
 
 def _canon(obj: Any) -> bytes:

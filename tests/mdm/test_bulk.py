@@ -292,3 +292,60 @@ def test_rows_validated_in_worker_processes_load_as_rows_validated_here(tmp_path
     parties = MdmService(f"sqlite:///{tmp_path / 'parties.db'}")  # the same records as Party objects
     loader.load_parties(parties, records, batch=30, workers=0)
     assert state(parties) == state(here)
+
+
+class _Later:
+    """A future done only once asked for its result: the pool is always busy when looked at."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def done(self):
+        return False
+
+    def result(self):
+        return self.fn(*self.args)
+
+
+class _Now(_Later):
+    def __init__(self, fn, args):
+        super().__init__(fn, args)
+        self.value = fn(*args)
+
+    def done(self):
+        return True
+
+    def result(self):
+        return self.value
+
+
+class _FakePool:
+    _max_workers = 1
+
+    def __init__(self, future):
+        self.future, self.submitted = future, 0
+
+    def submit(self, fn, *args):
+        self.submitted += 1
+        return self.future(fn, args)
+
+
+@pytest.mark.parametrize("future", [_Later, _Now], ids=["pool-busy", "pool-ahead"])
+def test_golden_records_survived_by_the_pool_or_here_while_it_is_busy_are_the_same(tmp_path, monkeypatch, future):
+    import esbhub.mdm.bulk as bulk
+
+    monkeypatch.setattr(bulk, "CHUNK", 7)  # many chunks: shared between the pool and this process
+    records = with_versions(generate(40, seed=9).records)
+    here = MdmService(f"sqlite:///{tmp_path / 'here.db'}")
+    loader.load_parties(here, records, batch=50, workers=0)
+    pool = _FakePool(future)
+    finish = BulkLoad.finish
+    monkeypatch.setattr(BulkLoad, "finish", lambda self, _pool=None: finish(self, pool))
+    pooled = MdmService(f"sqlite:///{tmp_path / 'pooled.db'}")
+    out = loader.load_parties(pooled, records, batch=50, workers=0)
+    chunks = -(-out["events"] // 7)
+    # a busy pool gets its first two chunks only, the rest are survived here; one ahead gets them all
+    assert pool.submitted == (2 if future is _Later else chunks) and chunks > 4
+    assert state(here) == state(pooled)
+    ids = [{gid: g[2] for gid, g in svc.snapshot()["goldens"].items()} for svc in (here, pooled)]
+    assert ids[0] == ids[1]  # golden ids too: in founding order either way
