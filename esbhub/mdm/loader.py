@@ -36,6 +36,8 @@ import structlog
 from pydantic import ValidationError
 
 from esbhub.errors import InvalidMessage
+from esbhub.mdm.service import Prepared
+from esbhub.mdm.standardize import _std_party
 from esbhub.schemas.party import Party
 
 log = structlog.get_logger("esbhub.mdm.loader")
@@ -257,9 +259,6 @@ def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any
 def _ingest_form(row: tuple[Any, ...]) -> tuple[Any, str, Any]:
     """A prepared row (:func:`_prepare_rows`, not an error) as :meth:`BulkLoad.add
     <esbhub.mdm.bulk.BulkLoad.add>` takes it: ``(record, envelope id, Prepared)``."""
-    from esbhub.mdm.service import Prepared
-    from esbhub.mdm.standardize import _std_party
-
     _where, envelope_id, rec, raw, h, std, stdj = row
     if isinstance(raw, str):  # the texts of a StdParty record
         rawt, stdt = raw, stdj
