@@ -75,11 +75,14 @@ class Run:
 
     def settle(self, n: int) -> dict:
         def done():
+            # counts first, events after: a message is recorded delivered only once its batch's
+            # events are on the bus, so draining afterwards cannot miss the last batch's events
+            # (draining first could, when that batch finished in between)
+            self.store.flush()
+            c = self.store.counts()
             while (d := self.broker.get(self.events_q, timeout=0.01)) is not None:
                 self.events.append(d.envelope)
                 d.ack()
-            self.store.flush()
-            c = self.store.counts()
             return c["delivered"] + c["dead_lettered"] == n and c["in_flight"] == 0 and c
 
         c: dict = {}
