@@ -112,6 +112,7 @@ class Records:
             return 0.0
         t = time.perf_counter()
         tmp = path.with_suffix(".part")
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
             for p in self:
                 fh.write(p.model_dump_json(exclude_none=True))
