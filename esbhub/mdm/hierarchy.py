@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, Xref, session_xrefs, source_key
+from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, session_xrefs, source_key
 
 
 class TieringConfig(BaseModel):
@@ -92,14 +92,73 @@ def index_entries(x: Xref) -> list[tuple[str, str]]:
     return [(k, v[:300]) for k, v in out]
 
 
+class XrefRow(NewXref):
+    """A stored xref row read with Core (:func:`read_xrefs`): the :class:`Xref` columns on a plain
+    object — no ORM instrumentation, identity map entry or unit-of-work bookkeeping. The ingest
+    path writes its changes itself with Core UPDATEs: what staging a new version sets
+    (``esbhub.mdm.service._Rows.flush``, the columns that changed) and a new ``golden_id`` /
+    ``linked_at`` (:meth:`esbhub.mdm.service.MdmService._apply`)."""
+
+    __slots__ = ()
+
+
+_XREF_ROWS = sa.select(*Xref.__table__.columns).where(
+    Xref.__table__.c.source_system == sa.bindparam("sys"),
+    Xref.__table__.c.source_id.in_(sa.bindparam("ids", expanding=True)),
+)
+
+
+def read_xrefs(s: Session, by_sys: dict[str, list[str]]) -> list[Any]:
+    """Xref rows by system → source ids, as :class:`XrefRow` (one Core query per 500 ids), except
+    rows the session holds as ORM objects already: those objects are returned, so a row never has
+    two live copies in one transaction. No autoflush: the ingest path only changes xref rows
+    through objects it keeps (:func:`esbhub.mdm.store.session_xrefs`), which are never read again."""
+    conn = s.connection()
+    imap = s.identity_map
+    cols = NewXref.__slots__
+    new = XrefRow.__new__
+    out: list[Any] = []
+    for sys_, ids in by_sys.items():
+        for i in range(0, len(ids), 500):
+            for row in conn.execute(_XREF_ROWS, {"sys": sys_, "ids": ids[i : i + 500]}):
+                x = imap.get((Xref, (row[0], row[1]), None)) if imap else None
+                if x is None:
+                    x = new(XrefRow)
+                    for k, v in zip(cols, row, strict=True):
+                        setattr(x, k, v)
+                out.append(x)
+    return out
+
+
 def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
     """``name_norm`` is the head office a branch names (exactly, or with the legal form the branch left out)."""
     return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
 
 
-def _goldens_of(lk: Lookup, where: Any) -> dict[str, list[Xref]]:
+def _in(name: str) -> Any:
+    return sa.bindparam(name, expanding=True)
+
+
+class _Q:
+    """The statements :func:`refresh` runs, built once (building a statement and its cache key costs
+    more Python than SQLite takes to run it); the same SQL as built on the spot."""
+
+    edges = sa.select(Hierarchy).where(
+        Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(_in("a")), Hierarchy.child_golden.in_(_in("b")))
+    )
+    active = sa.select(Golden.golden_id).where(Golden.golden_id.in_(_in("ids")), Golden.status != "retired")
+    keys_by = {
+        col: sa.select(Xref.source_system, Xref.source_id).where(getattr(Xref, col).in_(_in("vals")))
+        for col in ("golden_id", "core_name", "uscc", "billing_account")
+    }
+    index = sa.select(KeyIndex.value, KeyIndex.source_system, KeyIndex.source_id).where(
+        KeyIndex.kind == sa.bindparam("kind"), KeyIndex.value.in_(_in("vals"))
+    )
+
+
+def _goldens_of(lk: Lookup, golden_ids: list[str]) -> dict[str, list[Xref]]:
     out: dict[str, list[Xref]] = {}
-    for x in lk.xrefs_where(where):
+    for x in lk.xrefs_in("golden_id", golden_ids):
         out.setdefault(x.golden_id, []).append(x)
     return out
 
@@ -125,9 +184,8 @@ class Lookup:
         missing = sorted({v for v in values if v and v not in cache})
         for v in missing:
             cache[v] = []
-        column = getattr(Xref, col)
         for i in range(0, len(missing), 500):
-            for x in self.xrefs_where(column.in_(missing[i : i + 500])):
+            for x in self.xrefs_in(col, missing[i : i + 500]):
                 cache.setdefault(getattr(x, col), []).append(x)
         for v in missing:
             cache[v].sort(key=lambda x: (x.source_system, x.source_id))
@@ -144,10 +202,7 @@ class Lookup:
         for v in missing:
             self._idx[(kind, v)] = []
         for i in range(0, len(missing), 500):
-            for r in self.s.execute(
-                sa.select(KeyIndex.value, KeyIndex.source_system, KeyIndex.source_id)
-                .where(KeyIndex.kind == kind, KeyIndex.value.in_(missing[i : i + 500]))
-            ).all():
+            for r in self.s.execute(_Q.index, {"kind": kind, "vals": missing[i : i + 500]}).all():
                 self._idx.setdefault((kind, r[0]), []).append((r[1], r[2]))
         for v in missing:
             self._idx[(kind, v)].sort()
@@ -156,7 +211,13 @@ class Lookup:
     def xrefs_where(self, where: Any) -> list[Xref]:
         """Xref rows matching ``where`` in the query's order: only their keys are read, and rows
         the session already holds are not loaded (nor their JSON parsed) again."""
-        keys = [(a, b) for a, b in self.s.execute(sa.select(Xref.source_system, Xref.source_id).where(where))]
+        return self._rows_of([(a, b) for a, b in self.s.execute(sa.select(Xref.source_system, Xref.source_id).where(where))])
+
+    def xrefs_in(self, col: str, values: list[str]) -> list[Xref]:
+        """:meth:`xrefs_where` ``col IN values`` (one statement built once: :class:`_Q`)."""
+        return self._rows_of([(a, b) for a, b in self.s.execute(_Q.keys_by[col], {"vals": values})])
+
+    def _rows_of(self, keys: list[tuple[str, str]]) -> list[Xref]:
         got = self.get_many(keys)
         return [got[k] for k in keys if k in got]
 
@@ -171,12 +232,8 @@ class Lookup:
             self._xref[(sys_, sid)] = x
             if x is None:
                 by_sys.setdefault(sys_, []).append(sid)
-        for sys_, ids in by_sys.items():
-            for i in range(0, len(ids), 500):
-                for x in self.s.execute(
-                    sa.select(Xref).where(Xref.source_system == sys_, Xref.source_id.in_(ids[i : i + 500]))
-                ).scalars():
-                    self._xref[(x.source_system, x.source_id)] = known[x.key] = x
+        for x in read_xrefs(self.s, by_sys):
+            self._xref[(x.source_system, x.source_id)] = known[x.key] = x
         return {k: x for k in wanted if (x := self._xref.get(k)) is not None}
 
     def xrefs_for_keys(self, keys: list[tuple[str, str]]) -> list[Xref]:
@@ -312,17 +369,11 @@ def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
     lk = Lookup(s)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
-        for h in s.execute(
-            sa.select(Hierarchy).where(
-                Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(chunk), Hierarchy.child_golden.in_(chunk))
-            )
-        ).scalars():
+        for h in s.execute(_Q.edges, {"a": chunk, "b": chunk}).scalars():
             current[(h.parent_golden, h.child_golden, h.kind)] = h
-        for gid, xs in _goldens_of(lk, Xref.golden_id.in_(chunk)).items():
+        for gid, xs in _goldens_of(lk, chunk).items():
             members.setdefault(gid, []).extend(xs)
-        active |= set(s.execute(
-            sa.select(Golden.golden_id).where(Golden.golden_id.in_(chunk), Golden.status != "retired")
-        ).scalars())
+        active |= set(s.execute(_Q.active, {"ids": chunk}).scalars())
     lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
     for gid in ids:

@@ -249,6 +249,9 @@ class _Rows:
     def __init__(self) -> None:
         self.rows: dict[Any, list[dict[str, Any]]] = {tbl: [] for tbl in self.TABLES}
         self.stale_keys: list[dict[str, Any]] = []  # key-index rows of these source keys go first
+        # stored xref rows staging changed (XrefRow, read with Core): key → (row, column values
+        # as stored); :meth:`flush` writes the columns that differ, as the ORM would
+        self.xrefs: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.flushes = 0
 
     def add(self, model: Any, **row: Any) -> None:
@@ -268,6 +271,81 @@ class _Rows:
                 conn = conn or s.connection()
                 conn.execute(tbl.insert(), rows)
                 rows.clear()
+        if self.xrefs:
+            _write_changed(s, Xref.__table__, ("source_system", "source_id"), self.xrefs.values(), _XREF_STAGED)
+
+
+_XREF_STAGED = ("version", "content_hash", "kind", "name", "core_name", "name_norm", "uscc", "billing_account",
+                "parent_billing_account", "deleted", "raw", "std", "received_at", "source_updated_at")
+"""The xref columns :meth:`MdmService._stage` sets (golden_id / linked_at are :meth:`MdmService._apply`'s)."""
+
+_UPDATES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _write_changed(s: Session, tbl: sa.Table, pk: tuple[str, ...], rows: Iterable[tuple[Any, dict[str, Any]]],
+                   cols: Sequence[str]) -> None:
+    """Write the ``cols`` of plain row objects whose value differs from the value stored (the
+    comparison the ORM's unit of work makes), one ``executemany`` per set of changed columns;
+    the stored values are then the new ones."""
+    by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for x, stored in rows:
+        params = {f"k_{c}": getattr(x, c) for c in pk}
+        changed = []
+        for c in cols:
+            v = getattr(x, c)
+            if v != stored[c]:
+                changed.append(c)
+                params[f"v_{c}"] = v
+                stored[c] = v
+        if changed:
+            by_cols.setdefault(tuple(changed), []).append(params)
+    for changed_cols, params_list in by_cols.items():
+        key = (tbl.name, pk, changed_cols)
+        stmt = _UPDATES.get(key)
+        if stmt is None:
+            stmt = _UPDATES[key] = (
+                sa.update(tbl).where(*(tbl.c[c] == sa.bindparam(f"k_{c}", type_=tbl.c[c].type) for c in pk))
+                .values({c: sa.bindparam(f"v_{c}", type_=tbl.c[c].type) for c in changed_cols})
+            )
+        s.connection().execute(stmt, params_list)
+
+
+_GOLDEN_COLS = tuple(c.key for c in Golden.__table__.columns)
+_GOLDEN_KEEP = ("golden_id", "seq_no", "founder", "created_at")  # never changed once inserted
+_GOLDEN_WRITTEN = tuple(c for c in _GOLDEN_COLS if c not in _GOLDEN_KEEP)
+
+
+class _GoldenRow:
+    """A stored golden row read with Core (:meth:`MdmService._apply`): the :class:`Golden` columns
+    on a plain object with the values as read, no ORM instrumentation or unit-of-work flush. The
+    columns whose value changed are written back by :func:`_write_goldens` — what the ORM would
+    write (it compares each attribute with its loaded value the same way)."""
+
+    __slots__ = (*_GOLDEN_COLS, "loaded")
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        for k, v in zip(_GOLDEN_COLS, row, strict=True):
+            setattr(self, k, v)
+        self.loaded = dict(zip(_GOLDEN_COLS, row, strict=True))
+
+
+def _read_founded(s: Session, founders: list[str]) -> dict[str, Any]:
+    """Golden rows founded by these source keys, by founder: :class:`_GoldenRow`, or the ORM object
+    if the session holds the row already (a steward action resolved it) — one live copy per row."""
+    conn = s.connection()
+    imap = s.identity_map
+    out: dict[str, Any] = {}
+    for i in range(0, len(founders), 500):
+        for row in conn.execute(_Q.founded_rows, {"ids": founders[i : i + 500]}):
+            g = imap.get((Golden, (row[0],), None)) if imap else None
+            g = g if g is not None else _GoldenRow(row)
+            out[g.founder] = g
+    return out
+
+
+def _write_goldens(s: Session, rows: Iterable[_GoldenRow]) -> None:
+    """Write the changed columns of golden rows read with Core (:func:`_write_changed`)."""
+    _write_changed(s, Golden.__table__, ("golden_id",), ((g, g.loaded) for g in rows), _GOLDEN_WRITTEN)
 
 
 def _unindexed_columns(model: Any) -> tuple[str, ...]:
@@ -372,7 +450,6 @@ class _Q:
         .where(SourceVersion.id > sa.bindparam("since")).order_by(SourceVersion.id)
     )
     inbox = sa.select(Inbox).where(Inbox.envelope_id.in_(_in("ids")))
-    xrefs = sa.select(Xref).where(Xref.source_system == sa.bindparam("sys"), Xref.source_id.in_(_in("ids")))
     links = sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))))
     members = sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(Xref.golden_id.in_(_in("ids")))
     match_edges = sa.select(Link.id, Link.a_key, Link.b_key, Link.weight).where(  # not the evidence JSON
@@ -382,10 +459,26 @@ class _Q:
     constraints = sa.select(Constraint).where(
         Constraint.active.is_(True), sa.or_(Constraint.a_key.in_(_in("a")), Constraint.b_key.in_(_in("b")))
     )
-    founded = sa.select(Golden).where(Golden.founder.in_(_in("ids")))
+    founded_rows = sa.select(*Golden.__table__.columns).where(Golden.__table__.c.founder.in_(_in("ids")))
     overrides = (sa.select(Override).where(Override.golden_id.in_(_in("ids")), Override.active.is_(True))
                  .order_by(Override.id))
     open_tasks = sa.select(Task).where(Task.status == "open", sa.or_(Task.a_key.in_(_in("a")), Task.b_key.in_(_in("b"))))
+    move_xrefs = (
+        sa.update(Xref.__table__)
+        .where(Xref.__table__.c.source_system == sa.bindparam("sys_"), Xref.__table__.c.source_id == sa.bindparam("sid"))
+        .values(golden_id=sa.bindparam("gid", type_=Xref.__table__.c.golden_id.type),
+                linked_at=sa.bindparam("at", type_=Xref.__table__.c.linked_at.type))
+    )
+    decided = sa.select(Constraint.id).where(
+        Constraint.a_key == sa.bindparam("a"), Constraint.b_key == sa.bindparam("b"), Constraint.active.is_(True)
+    )
+    open_task = sa.select(Task).where(Task.a_key == sa.bindparam("a"), Task.b_key == sa.bindparam("b"),
+                                      Task.status == "open")
+    open_pair = sa.select(Task.id).where(  # golden ids not None: '= NULL' is not 'IS NULL' (see _open_tasks)
+        Task.status == "open",
+        sa.or_(sa.and_(Task.golden_a == sa.bindparam("ga"), Task.golden_b == sa.bindparam("gb")),
+               sa.and_(Task.golden_a == sa.bindparam("gb2"), Task.golden_b == sa.bindparam("ga2"))),
+    )
     close_history = (
         sa.update(GoldenHistory.__table__)
         .where(GoldenHistory.golden_id.in_(_in("ids")), GoldenHistory.valid_to.is_(None))
@@ -664,6 +757,8 @@ class MdmService:
             rows.flush(s)  # the same key twice in one batch: its first version's rows must be visible
             s.flush()
         x = pre["xref"].get(key)
+        stored = {c: getattr(x, c) for c in _XREF_STAGED} if type(x) is hierarchy.XrefRow and key not in rows.xrefs \
+            else None
         if x is not None and x.content_hash == content_hash:
             rows.add(Inbox, envelope_id=envelope_id, at=now, outcome="unchanged", events=[])
             return None
@@ -715,6 +810,8 @@ class MdmService:
         x.std = stdj
         x.received_at = now
         x.source_updated_at = party.source_updated_at
+        if type(x) is hierarchy.XrefRow and key not in rows.xrefs:  # written by rows.flush (not the ORM)
+            rows.xrefs[key] = (x, stored)
         if self._hier_keys is not None and _hier_signature(x) != old_sig:
             self._hier_keys.add(key)
         entries = set(hierarchy.index_entries(x))
@@ -785,7 +882,9 @@ class MdmService:
 
     def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
         """Xref rows by source key; rows this session already holds are not read (and their JSON
-        not parsed) again (:func:`esbhub.mdm.store.session_xrefs`)."""
+        not parsed) again (:func:`esbhub.mdm.store.session_xrefs`). Rows are read with Core as
+        :class:`esbhub.mdm.hierarchy.XrefRow`: what staging changes is written by :meth:`_Rows.flush`,
+        a new golden id by :meth:`_apply` — not by the ORM's unit of work."""
         known = session_xrefs(s)
         out: dict[str, Xref] = {}
         by_sys: dict[str, list[str]] = {}
@@ -796,10 +895,8 @@ class MdmService:
                 continue
             sys_, sid = split_key(k)
             by_sys.setdefault(sys_, []).append(sid)
-        for sys_, ids in by_sys.items():
-            for i in range(0, len(ids), 500):
-                for x in s.execute(_Q.xrefs, {"sys": sys_, "ids": ids[i : i + 500]}).scalars():
-                    out[x.key] = known[x.key] = x
+        for x in hierarchy.read_xrefs(s, by_sys):
+            out[x.key] = known[x.key] = x
         return out
 
     def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Any], list[Constraint]]:
@@ -875,10 +972,7 @@ class MdmService:
         """Give each cluster its golden id, survive attributes, write versions; return the changes."""
         self._history_buf = {"ids": set(), "close": {}, "rows": []}  # nothing left over from a failed call
         keys = sorted(xs)
-        founded: dict[str, Golden] = {}
-        for i in range(0, len(keys), 500):
-            for g in s.execute(_Q.founded, {"ids": keys[i : i + 500]}).scalars():
-                founded[g.founder] = g
+        founded = _read_founded(s, keys)
         prev_golden = {k: xs[k].golden_id for k in keys}
         assigned: list[tuple[Golden, frozenset[str], list[Golden]]] = []
         new_clusters: list[frozenset[str]] = []
@@ -905,6 +999,7 @@ class MdmService:
             new_goldens.append(g)  # inserted once written, below
             assigned.append((g, c, []))
         owner = {k: g.golden_id for g, c, _ in assigned for k in c}
+        moved: list[dict[str, Any]] = []  # golden id changes of rows read with Core (XrefRow)
         changes: list[_Change] = []
         touched: set[str] = set()
         hier: set[str] = set()  # goldens whose hierarchy edges may have changed
@@ -941,9 +1036,12 @@ class MdmService:
                 g.status == status and g.merged_into is None and list(g.members or []) == members and g.attributes == attrs
             )
             for k in members:
-                if xs[k].golden_id != g.golden_id:
-                    xs[k].golden_id = g.golden_id
-                    xs[k].linked_at = now
+                x = xs[k]
+                if x.golden_id != g.golden_id:
+                    x.golden_id = g.golden_id
+                    x.linked_at = now
+                    if type(x) is hierarchy.XrefRow:
+                        moved.append({"sys_": x.source_system, "sid": x.source_id, "gid": g.golden_id, "at": now})
             if same:
                 continue
             if g.version == 0:
@@ -973,6 +1071,9 @@ class MdmService:
         # new golden records and new source records, with their final values: one Core INSERT
         # each (no INSERT now and UPDATE later, no ORM unit of work; nothing changes them later
         # in this transaction — a later read loads them from the database)
+        if moved:
+            s.connection().execute(_Q.move_xrefs, moved)
+        _write_goldens(s, {id(g): g for g, _c, rs in assigned for g in (g, *rs) if type(g) is _GoldenRow}.values())
         _insert_rows(s, Golden, new_goldens)
         _insert_rows(s, Xref, s.info.pop("mdm_new_xrefs", []))
         self._flush_history(s)
@@ -1022,8 +1123,9 @@ class MdmService:
         self._history_buf = {"ids": set(), "close": {}, "rows": []}
 
     def _golden_of_key(self, s: Session, key: str) -> str | None:
-        sys_, sid = split_key(key)
-        x = s.get(Xref, (sys_, sid))
+        x = session_xrefs(s).get(key)  # rows this transaction read or wrote: no identity-map look-up or load
+        if x is None or (type(x) is NewXref and not x.golden_id):  # inserted once its golden id is known (_apply)
+            x = s.get(Xref, split_key(key))
         return x.golden_id if x is not None else None
 
     def _open_tasks(self, s: Session, reviews: list[tuple[str, str, Any]], now: datetime) -> None:
@@ -1031,20 +1133,17 @@ class MdmService:
             ga, gb = self._golden_of_key(s, a), self._golden_of_key(s, b)
             if ga == gb:
                 continue
-            decided = s.execute(
-                sa.select(Constraint.id).where(Constraint.a_key == a, Constraint.b_key == b, Constraint.active.is_(True))
-            ).first()
-            if decided:
+            if s.execute(_Q.decided, {"a": a, "b": b}).first():
                 continue
-            task = s.execute(
-                sa.select(Task).where(Task.a_key == a, Task.b_key == b, Task.status == "open")
-            ).scalar_one_or_none()
-            if task is None and s.execute(
-                sa.select(Task.id).where(
+            task = s.execute(_Q.open_task, {"a": a, "b": b}).scalar_one_or_none()
+            if ga is not None and gb is not None:
+                pair_task = _Q.open_pair, {"ga": ga, "gb": gb, "ga2": ga, "gb2": gb}
+            else:  # a comparison with None is 'IS NULL' built on the spot
+                pair_task = sa.select(Task.id).where(
                     Task.status == "open",
                     sa.or_(sa.and_(Task.golden_a == ga, Task.golden_b == gb), sa.and_(Task.golden_a == gb, Task.golden_b == ga)),
-                )
-            ).first():
+                ), {}
+            if task is None and s.execute(*pair_task).first():
                 continue  # one open task per pair of golden records
             ev = _evidence_json(r.evidence)
             if task is None:

@@ -184,10 +184,13 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def session_xrefs(s: Session) -> dict[str, Any]:
-    """The xref rows (ORM objects, key → :class:`Xref`) this session has loaded or added, so a
-    later read of the same rows in the same transaction takes them from memory instead of
-    re-reading them and re-parsing their JSON. Sound because xref rows are only ever changed
-    through these objects (never by a Core UPDATE), and a session is one transaction here."""
+    """The xref rows (key → row object: an ORM :class:`Xref`, or a plain
+    :class:`esbhub.mdm.hierarchy.XrefRow` / :class:`NewXref` read or made by the ingest path)
+    this session has loaded or added, so a later read of the same rows in the same transaction
+    takes them from memory instead of re-reading them and re-parsing their JSON. Sound because
+    within a transaction xref rows are only changed through these objects — the ingest path
+    then writes those changes itself with Core UPDATEs/INSERTs before anything reads the rows
+    back — and a session is one transaction here."""
     return s.info.setdefault("mdm_xrefs", {})  # type: ignore[no-any-return]
 
 
