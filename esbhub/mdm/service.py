@@ -67,7 +67,9 @@ from esbhub.mdm import hierarchy
 from esbhub.mdm.events import GoldenEvent, golden_event
 from esbhub.mdm.store import (
     Audit,
+    CompressedJSON,
     Constraint,
+    FastJSON,
     Golden,
     GoldenHistory,
     GoldenLink,
@@ -87,6 +89,7 @@ from esbhub.mdm.store import (
     session_xrefs,
     source_key,
     split_key,
+    stored,
     utcnow,
 )
 from esbhub.mdm.store import Sequence as Counter
@@ -282,21 +285,63 @@ _XREF_STAGED = ("version", "content_hash", "kind", "name", "core_name", "name_no
 _UPDATES: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
 
 
+class _Serialized:
+    """JSON values written to two rows in one transaction, serialized once: a record's raw and
+    standardized JSON go to its source version and its xref row, a golden record's attributes to
+    its row and its history row. SQLite only (:class:`esbhub.mdm.store.Stored`); elsewhere the
+    value goes to the driver as it is. Kept in the session's ``info`` for the transaction: it holds
+    the values it has seen, so an ``id`` cannot be reused for another value meanwhile."""
+
+    def __init__(self, sqlite: bool) -> None:
+        self.sqlite = sqlite
+        self._memo: dict[tuple[int, bool], tuple[Any, Any]] = {}
+
+    def __call__(self, value: Any, compress: bool = False) -> Any:
+        if not self.sqlite or value is None:
+            return value
+        k = (id(value), compress)
+        hit = self._memo.get(k)
+        if hit is None or hit[0] is not value:
+            hit = self._memo[k] = (value, stored(value, compress=compress))
+        return hit[1]
+
+
+def _ser(s: Session) -> _Serialized:
+    ser = s.info.get("mdm_ser")
+    if ser is None:
+        ser = s.info["mdm_ser"] = _Serialized(s.get_bind().dialect.name == "sqlite")
+    return ser  # type: ignore[no-any-return]
+
+
+_JSON_COLS: dict[tuple[str, str], bool | None] = {}
+
+
+def _json_col(tbl: sa.Table, col: str) -> bool | None:
+    """None: not a JSON column; else whether it is stored deflated."""
+    k = (tbl.name, col)
+    if k not in _JSON_COLS:
+        t = tbl.c[col].type
+        _JSON_COLS[k] = isinstance(t, CompressedJSON) if isinstance(t, FastJSON) else None
+    return _JSON_COLS[k]
+
+
 def _write_changed(s: Session, tbl: sa.Table, pk: tuple[str, ...], rows: Iterable[tuple[Any, dict[str, Any]]],
                    cols: Sequence[str]) -> None:
     """Write the ``cols`` of plain row objects whose value differs from the value stored (the
     comparison the ORM's unit of work makes), one ``executemany`` per set of changed columns;
     the stored values are then the new ones."""
     by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for x, stored in rows:
+    ser = _ser(s)
+    for x, was in rows:
         params = {f"k_{c}": getattr(x, c) for c in pk}
         changed = []
         for c in cols:
             v = getattr(x, c)
-            if v != stored[c]:
+            if v != was[c]:
                 changed.append(c)
-                params[f"v_{c}"] = v
-                stored[c] = v
+                deflated = _json_col(tbl, c)
+                params[f"v_{c}"] = v if deflated is None else ser(v, deflated)
+                was[c] = v
         if changed:
             by_cols.setdefault(tuple(changed), []).append(params)
     for changed_cols, params_list in by_cols.items():
@@ -385,8 +430,12 @@ def _uniform_updates(session: Session, _flush_context: Any, _instances: Any) -> 
 def _insert_rows(s: Session, model: Any, objs: list[Any]) -> None:
     """Insert new rows, built as (transient) ORM objects, with one Core ``executemany``."""
     if objs:
-        cols = [(a.key, a.columns[0].key) for a in sa.inspect(model).column_attrs]
-        s.connection().execute(model.__table__.insert(), [{c: getattr(o, k) for k, c in cols} for o in objs])
+        tbl = model.__table__
+        cols = [(a.key, a.columns[0].key, _json_col(tbl, a.columns[0].key)) for a in sa.inspect(model).column_attrs]
+        ser = _ser(s)
+        s.connection().execute(tbl.insert(), [
+            {c: (getattr(o, k) if j is None else ser(getattr(o, k), j)) for k, c, j in cols} for o in objs
+        ])
 
 
 _FROM_HISTORY = ("attributes", "source_keys")
@@ -772,7 +821,8 @@ class MdmService:
         rows.add(
             SourceVersion,
             source_system=system, source_id=sid, version=version, envelope_id=envelope_id, content_hash=content_hash,
-            raw=raw, std=stdj, received_at=now, source_updated_at=party.source_updated_at, deleted=party.deleted,
+            raw=_ser(s)(raw), std=_ser(s)(stdj), received_at=now, source_updated_at=party.source_updated_at,
+            deleted=party.deleted,
         )
         # matcher: score against everything else, then index the new version
         old_std = self._load_std(x.std) if x is not None and not x.deleted else None
@@ -1119,6 +1169,9 @@ class MdmService:
                 # Core, not the session: no autoflush of golden rows half written
                 s.connection().execute(_Q.close_history, {"ids": ids[i : i + 500], "at": at})
         if buf["rows"]:
+            ser = _ser(s)  # the golden row took the same attributes: serialized once
+            for r in buf["rows"]:
+                r["attributes"] = ser(r["attributes"], True)
             s.connection().execute(GoldenHistory.__table__.insert(), buf["rows"])
         self._history_buf = {"ids": set(), "close": {}, "rows": []}
 
