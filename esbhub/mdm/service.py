@@ -58,7 +58,6 @@ import sqlalchemy as sa
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
 from esbhub import db
 from esbhub.bus.envelope import Envelope
@@ -393,40 +392,6 @@ def _write_goldens(s: Session, rows: Iterable[_GoldenRow]) -> None:
     _write_changed(s, Golden.__table__, ("golden_id",), ((g, g.loaded) for g in rows), _GOLDEN_WRITTEN)
 
 
-def _unindexed_columns(model: Any) -> tuple[str, ...]:
-    """The attributes of ``model`` whose columns are in no primary key, index or unique constraint."""
-    t = model.__table__
-    indexed = {c.name for i in t.indexes for c in i.columns}
-    indexed |= {c.name for uc in t.constraints if isinstance(uc, sa.UniqueConstraint) for c in uc.columns}
-    return tuple(a.key for a in sa.inspect(model).column_attrs
-                 if not a.columns[0].primary_key and a.columns[0].name not in indexed)
-
-
-_UNIFORM_UPDATES: dict[type, tuple[str, ...]] = {}
-
-
-def _uniform_updates(session: Session, _flush_context: Any, _instances: Any) -> None:
-    """``before_flush``: every changed xref or golden row updates the same unindexed columns.
-
-    The ORM sends one UPDATE per run of consecutive rows (in primary-key order) that change the
-    same set of columns; a batch's golden rows change attributes + version + updated_at and, for
-    some, members, tier or name, and its xref rows raw + version and, for some, std — so 1,000
-    rows went out in ~850 statements. Marking the unindexed columns of every changed row modified
-    writes them all (with the values they have: nothing changes in the data) and the rows go
-    out in a few ``executemany`` runs. Indexed columns are left as they are: writing an index
-    entry that did not change costs SQLite a page write."""
-    if not _UNIFORM_UPDATES:
-        _UNIFORM_UPDATES.update({Golden: _unindexed_columns(Golden), Xref: _unindexed_columns(Xref)})
-    for obj in session.dirty:
-        cols = _UNIFORM_UPDATES.get(type(obj))
-        if cols is None:
-            continue
-        loaded = sa.inspect(obj).dict
-        for k in cols:
-            if k in loaded:
-                flag_modified(obj, k)
-
-
 def _insert_rows(s: Session, model: Any, objs: list[Any]) -> None:
     """Insert new rows, built as (transient) ORM objects, with one Core ``executemany``."""
     if objs:
@@ -606,7 +571,6 @@ class MdmService:
         if migrate:
             db.upgrade(url)
         self.Session = db.session_factory(url)
-        sa.event.listen(self.Session, "before_flush", _uniform_updates)
         self._standardize = standardize or _default_standardize()
         self._load_std = std_loader or _default_loader()
         self._can_link = can_link or _default_can_link()
