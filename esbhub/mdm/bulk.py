@@ -45,7 +45,6 @@ import collections
 import contextlib
 import functools
 import gc
-import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -76,6 +75,7 @@ from esbhub.mdm.store import (
     _dump,
     aware,
     golden_id_for,
+    insert_rows,
     next_value,
     pair,
     source_key,
@@ -192,7 +192,6 @@ class BulkLoad:
         self.link_ids: dict[tuple[str, str], int] = {}  # active link → its id
         self.indexes: list[tuple[str, str]] = []  # (name, CREATE statement) dropped for the load (SQLite)
         self._frozen_n = 0
-        self._inserts: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any], Any]] = {}
         from esbhub.mdm.cluster import can_link
 
         self.light_views = svc._can_link is can_link  # the engine's rule reads a few fields: keep only those
@@ -418,33 +417,8 @@ class BulkLoad:
                 rows.clear()
 
     def insert(self, table: Any, rows: list[dict[str, Any]]) -> None:
-        """``INSERT`` of rows that all have the same keys. On SQLite straight through the driver's
-        ``executemany`` with each column's own bind processor — the values stored are the ones
-        ``conn.execute(table.insert(), rows)`` stores, without SQLAlchemy building a parameter
-        dictionary per row (~10 % of the initial load's CPU); elsewhere through SQLAlchemy."""
-        if not rows:
-            return
-        conn = self.s.connection()
-        if not self.sqlite:
-            conn.execute(table.insert(), rows)
-            return
-        keys = tuple(rows[0])
-        plan = self._inserts.get((table.name, keys))
-        if plan is None:
-            compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(keys))
-            order = list(compiled.positiontup or [])  # the statement's parameters in its own column order
-            assert sorted(order) == sorted(keys), (order, keys)
-            procs = [(i, _last_kept(p) if isinstance(table.c[k].type, sa.DateTime) else p)
-                     for i, k in enumerate(order) if (p := table.c[k].type._cached_bind_processor(conn.dialect))]
-            plan = self._inserts[(table.name, keys)] = (str(compiled), procs, operator.itemgetter(*order))
-        sql, procs, values = plan
-        params = []
-        for r in rows:
-            row = list(values(r))
-            for i, p in procs:
-                row[i] = p(row[i])
-            params.append(tuple(row))
-        conn.exec_driver_sql(sql, params)
+        """``INSERT`` of rows that all have the same keys (:func:`esbhub.mdm.store.insert_rows`)."""
+        insert_rows(self.s.connection(), table, rows)
 
     def _supersede(self, key: str, now: datetime) -> None:
         """A new version of ``key``: its links stop being current (kept, inactive)."""
@@ -711,20 +685,6 @@ def _survive_chunk(cfg: Any, tiering: Any, sqlite: bool,
         out.append((attrs, tiering.tier(hierarchy.revenue_of(tiered)),  # type: ignore[arg-type]
                     stored(attrs, compress=True).value if sqlite else None, hier))
     return out
-
-
-def _last_kept(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``process`` remembering its last value: the load stamps whole runs of rows with the same
-    time (one ``now`` per record, per load), and SQLite's datetime bind processor formats each
-    anew (~5 % of the write-out). Only for immutable values (the same object, the same text)."""
-    last: list[Any] = [None, process(None)]
-
-    def kept(value: Any) -> Any:
-        if value is not last[0]:
-            last[0], last[1] = value, process(value)
-        return last[1]
-
-    return kept
 
 
 class _Tiered:

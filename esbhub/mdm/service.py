@@ -83,6 +83,7 @@ from esbhub.mdm.store import (
     Xref,
     aware,
     golden_id_for,
+    insert_rows,
     next_value,
     pair,
     session_xrefs,
@@ -271,7 +272,7 @@ class _Rows:
         for tbl, rows in self.rows.items():
             if rows:
                 conn = conn or s.connection()
-                conn.execute(tbl.insert(), rows)
+                insert_rows(conn, tbl, rows)
                 rows.clear()
         if self.xrefs:
             _write_changed(s, Xref.__table__, ("source_system", "source_id"), self.xrefs.values(), _XREF_STAGED)
@@ -398,7 +399,7 @@ def _insert_rows(s: Session, model: Any, objs: list[Any]) -> None:
         tbl = model.__table__
         cols = [(a.key, a.columns[0].key, _json_col(tbl, a.columns[0].key)) for a in sa.inspect(model).column_attrs]
         ser = _ser(s)
-        s.connection().execute(tbl.insert(), [
+        insert_rows(s.connection(), tbl, [
             {c: (getattr(o, k) if j is None else ser(getattr(o, k), j)) for k, c, j in cols} for o in objs
         ])
 
@@ -1136,7 +1137,7 @@ class MdmService:
             ser = _ser(s)  # the golden row took the same attributes: serialized once
             for r in buf["rows"]:
                 r["attributes"] = ser(r["attributes"], True)
-            s.connection().execute(GoldenHistory.__table__.insert(), buf["rows"])
+            insert_rows(s.connection(), GoldenHistory.__table__, buf["rows"])
         self._history_buf = {"ids": set(), "close": {}, "rows": []}
 
     def _golden_of_key(self, s: Session, key: str) -> str | None:
