@@ -255,3 +255,26 @@ def test_a_fastjson_column_reads_values_stored_deflated(tmp_path):
     with eng.connect() as c:
         assert c.execute(sa.select(plain.c.v)).scalar_one() == value
     eng.dispose()
+
+
+def test_insert_rows_leaves_rows_it_cannot_bind_straight_to_sqlalchemy(tmp_path):
+    """store.insert_rows binds rows itself only when all have the first row's keys and no column
+    left out has a client-side default; otherwise SQLAlchemy takes them: defaults filled in, and
+    rows with other keys get SQLAlchemy's own error instead of values bound to the wrong columns."""
+    from datetime import UTC, datetime
+
+    from esbhub.mdm.store import Link, insert_rows
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(url)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    link = dict(a_key="a:1", b_key="b:2", weight=1.0, probability=0.5, decision="match", hard=None, evidence=[],
+                created_at=when, superseded_at=None)  # no actor, no active: the model's defaults apply
+    with session_factory(url).begin() as s:
+        insert_rows(s.connection(), Link.__table__, [link])
+    with engine_for(url).connect() as c:
+        assert c.execute(sa.text("SELECT actor, active FROM mdm_link")).one() == ("engine", 1)
+    full = link | {"actor": "engine", "active": True}  # every column with a default given: bound here
+    other = {k: v for k, v in full.items() if k != "hard"} | {"id": 99}  # as many keys, not the same ones
+    with pytest.raises(sa.exc.StatementError, match="hard"), session_factory(url).begin() as s:
+        insert_rows(s.connection(), Link.__table__, [full, other])
