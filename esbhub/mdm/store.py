@@ -508,13 +508,17 @@ ALL_TABLES = [
 def _last_kept(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``process`` remembering its last value: a load or a batch stamps whole runs of rows with the
     same time (one ``now``), and SQLite's datetime bind processor formats each anew (~5 % of the
-    initial load's write-out). Only for immutable values (the same object, the same text)."""
-    last: list[Any] = [None, process(None)]
+    initial load's write-out). Only for immutable values (the same object, the same text). The
+    (value, text) pair is swapped in as one object, so threads sharing a plan never read one
+    value's text for another."""
+    last: list[tuple[Any, Any]] = [(None, process(None))]
 
     def kept(value: Any) -> Any:
-        if value is not last[0]:
-            last[0], last[1] = value, process(value)
-        return last[1]
+        seen, out = last[0]
+        if value is not seen:
+            out = process(value)
+            last[0] = (value, out)
+        return out
 
     return kept
 
