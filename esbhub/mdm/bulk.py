@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from esbhub.bus.envelope import Envelope
 from esbhub.errors import InvalidMessage
 from esbhub.mdm import hierarchy
+from esbhub.mdm.cluster import LinkView
 from esbhub.mdm.events import GoldenEvent, golden_event
 from esbhub.mdm.match import evidence_json
 from esbhub.mdm.store import (
@@ -111,16 +112,6 @@ class _Rec:
         self.system, self.sid, self.first_seen = system, sid, first_seen
         self.version = 0
         self.golden_id = ""
-
-
-class _View:
-    """What :func:`esbhub.mdm.cluster.can_link` reads of a standardized record."""
-
-    __slots__ = ("branch", "branch_name", "id_number", "id_number_valid", "kind", "uscc", "uscc_valid")
-
-    def __init__(self, std: Any) -> None:
-        for k in self.__slots__:
-            setattr(self, k, getattr(std, k, None))
 
 
 class _HierRec:
@@ -192,9 +183,7 @@ class BulkLoad:
         self.link_ids: dict[tuple[str, str], int] = {}  # active link → its id
         self.indexes: list[tuple[str, str]] = []  # (name, CREATE statement) dropped for the load (SQLite)
         self._frozen_n = 0
-        from esbhub.mdm.cluster import can_link
-
-        self.light_views = svc._can_link is can_link  # the engine's rule reads a few fields: keep only those
+        self.light_views = svc.engine_can_link  # the engine's rule reads a few fields: keep only those
         self.sqlite = s.connection().dialect.name == "sqlite"
 
     # ------------------------------------------------------------------ open
@@ -324,7 +313,7 @@ class BulkLoad:
             r.parent_billing_account = attrs.get("parent_billing_account")
             r.received_at, r.source_updated_at = now, party.source_updated_at
             r.raw, r.std = rawt, stdt
-            r.view = _View(std) if self.light_views else std
+            r.view = LinkView.of(std) if self.light_views else std
             entries = set(hierarchy.index_entries(_Entry(r, std=stdj, raw=raw)))
             if r.version == 1 or entries != old_entries:
                 for kind, value in old_entries:  # the old version's (written at the end, in key order)

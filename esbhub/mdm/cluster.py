@@ -28,12 +28,17 @@ from esbhub.mdm.standardize import StdParty
 
 
 class LinkView:
-    """What :func:`can_link` reads of a standardized record, taken from its stored JSON
-    (``std_json``, i.e. ``StdParty.model_dump``) without validating a whole :class:`StdParty`
-    (re-clustering a region asks for every member; validating them was ~5 % of a real-time batch).
-    Missing keys take :class:`StdParty`'s defaults."""
+    """What :func:`can_link` reads of a standardized record, and nothing else: taken from its stored
+    JSON (``std_json``, i.e. ``StdParty.model_dump``) without validating a whole :class:`StdParty`
+    (re-clustering a region asks for every member; validating them was ~5 % of a real-time batch),
+    or from a :class:`StdParty` an initial load keeps for every record (:meth:`of`). Missing keys
+    take :class:`StdParty`'s defaults."""
 
     __slots__ = ("kind", "uscc", "uscc_valid", "id_number", "id_number_valid", "branch", "branch_name")
+
+    @classmethod
+    def of(cls, std: StdParty) -> LinkView:
+        return cls({k: getattr(std, k) for k in cls.__slots__})
 
     def __init__(self, d: Mapping[str, Any]) -> None:
         g = d.get

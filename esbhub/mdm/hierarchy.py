@@ -208,18 +208,11 @@ class Lookup:
             self._idx[(kind, v)].sort()
         return [k for v in vals for k in self._idx[(kind, v)]]
 
-    def xrefs_where(self, where: Any) -> list[Xref]:
-        """Xref rows matching ``where`` in the query's order: only their keys are read, and rows
-        the session already holds are not loaded (nor their JSON parsed) again."""
-        return self._rows_of([(a, b) for a, b in self.s.execute(sa.select(Xref.source_system, Xref.source_id).where(where))])
-
     def xrefs_in(self, col: str, values: list[str]) -> list[Xref]:
-        """:meth:`xrefs_where` ``col IN values`` (one statement built once: :class:`_Q`)."""
-        return self._rows_of([(a, b) for a, b in self.s.execute(_Q.keys_by[col], {"vals": values})])
-
-    def _rows_of(self, keys: list[tuple[str, str]]) -> list[Xref]:
-        got = self.get_many(keys)
-        return [got[k] for k in keys if k in got]
+        """Xref rows whose ``col`` is one of ``values``, in the query's order: only their keys are
+        read (one statement built once: :class:`_Q`), and rows the session already holds are not
+        loaded (nor their JSON parsed) again."""
+        return self.xrefs_for_keys([(a, b) for a, b in self.s.execute(_Q.keys_by[col], {"vals": values})])
 
     def get_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Xref]:
         wanted = list(dict.fromkeys(keys))

@@ -641,6 +641,12 @@ class MdmService:
         """The standardize function if it is the engine's default (importable in a worker process)."""
         return self._standardize if self._standardize is _default_standardize() else None
 
+    @property
+    def engine_can_link(self) -> bool:
+        """The cannot-link rule is the engine's (:func:`esbhub.mdm.cluster.can_link`), which reads only
+        the fields of :class:`esbhub.mdm.cluster.LinkView`."""
+        return self._can_link is _default_can_link()
+
     def _std_dict(self, std: Any) -> dict[str, Any]:
         return std_json(std)
 
@@ -958,7 +964,7 @@ class MdmService:
         stds: dict[str, Any] = {}
         # the engine's own rule reads a few fields: no need to validate whole records
         load = self._load_std
-        if self._can_link is _default_can_link() and load == _default_loader():
+        if self.engine_can_link and load == _default_loader():  # LinkView reads the engine's std JSON
             from esbhub.mdm.cluster import LinkView
 
             load = LinkView
