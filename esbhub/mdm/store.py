@@ -263,10 +263,8 @@ class NewXref:
 
 class KeyIndex(Base):
     __tablename__ = "mdm_key_index"
-    __table_args__ = (
-        sa.Index("ix_mdm_key_index_kind_value", "kind", "value"),
-        sa.Index("ix_mdm_key_index_source", "source_system", "source_id"),  # a changed record's keys (mdm_0003)
-    )
+    # look-ups by (kind, value) use the primary key, which starts with them (mdm_0004)
+    __table_args__ = (sa.Index("ix_mdm_key_index_source", "source_system", "source_id"),)  # a record's keys (mdm_0003)
 
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # phone | email | name
     value: Mapped[str] = mapped_column(String(300), primary_key=True)
@@ -299,7 +297,7 @@ class GoldenHistory(Base):
     __table_args__ = (sa.UniqueConstraint("golden_id", "version", name="uq_mdm_golden_history_version"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    golden_id: Mapped[str] = mapped_column(String(32), index=True)
+    golden_id: Mapped[str] = mapped_column(String(32))  # indexed by the (golden_id, version) constraint (mdm_0004)
     version: Mapped[int] = mapped_column(Integer)
     change: Mapped[str] = mapped_column(String(16))  # created | updated | merged | unmerged
     status: Mapped[str] = mapped_column(String(16))
