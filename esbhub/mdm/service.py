@@ -252,6 +252,7 @@ class _Rows:
     def __init__(self) -> None:
         self.rows: dict[Any, list[dict[str, Any]]] = {tbl: [] for tbl in self.TABLES}
         self.stale_keys: list[dict[str, Any]] = []  # key-index rows of these source keys go first
+        self.superseded: list[dict[str, Any]] = []  # links (:class:`_LinkRow`) no longer current
         # stored xref rows staging changed (XrefRow, read with Core): key → (row, column values
         # as stored); :meth:`flush` writes the columns that differ, as the ORM would
         self.xrefs: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -269,6 +270,10 @@ class _Rows:
             conn.execute(ki.delete().where(ki.c.source_system == sa.bindparam("sys_"),
                                            ki.c.source_id == sa.bindparam("sid")), self.stale_keys)
             self.stale_keys.clear()
+        if self.superseded:
+            conn = conn or s.connection()
+            conn.execute(_Q.supersede_links, self.superseded)
+            self.superseded.clear()
         for tbl, rows in self.rows.items():
             if rows:
                 conn = conn or s.connection()
@@ -358,6 +363,23 @@ def _write_changed(s: Session, tbl: sa.Table, pk: tuple[str, ...], rows: Iterabl
 _GOLDEN_COLS = tuple(c.key for c in Golden.__table__.columns)
 _GOLDEN_KEEP = ("golden_id", "seq_no", "founder", "created_at")  # never changed once inserted
 _GOLDEN_WRITTEN = tuple(c for c in _GOLDEN_COLS if c not in _GOLDEN_KEEP)
+
+
+class _LinkRow:
+    """A stored link read with Core (:meth:`MdmService._prefetch`, :meth:`MdmService._stage`): the
+    :class:`Link` columns on a plain object. Superseding it is queued in :attr:`_Rows.superseded`
+    and written by :meth:`_Rows.flush` (one ``executemany``), before anything reads links again."""
+
+    __slots__ = tuple(c.key for c in Link.__table__.columns)
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        for k, v in zip(self.__slots__, row, strict=True):
+            setattr(self, k, v)
+
+
+def _read_links(s: Session, keys: list[str]) -> list[_LinkRow]:
+    """The active links touching these source keys, as :class:`_LinkRow`."""
+    return [_LinkRow(r) for r in s.connection().execute(_Q.links, {"a": keys, "b": keys})]
 
 
 class _GoldenRow:
@@ -465,7 +487,12 @@ class _Q:
         .where(SourceVersion.id > sa.bindparam("since")).order_by(SourceVersion.id)
     )
     inbox = sa.select(Inbox).where(Inbox.envelope_id.in_(_in("ids")))
-    links = sa.select(Link).where(Link.active.is_(True), sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))))
+    links = sa.select(*Link.__table__.columns).where(
+        Link.active.is_(True), sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))))
+    supersede_links = (
+        sa.update(Link.__table__).where(Link.__table__.c.id == sa.bindparam("lid"))
+        .values(active=False, superseded_at=sa.bindparam("at", type_=Link.__table__.c.superseded_at.type))
+    )
     members = sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(Xref.golden_id.in_(_in("ids")))
     match_edges = sa.select(Link.id, Link.a_key, Link.b_key, Link.weight).where(  # not the evidence JSON
         Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
@@ -737,13 +764,16 @@ class MdmService:
         # what staging a changed record reads — its active links, its golden record's members —
         # for the whole batch at once (staging changes neither before the end of the batch, but
         # a mid-batch flush makes new links visible: then :meth:`_stage` reads them itself)
-        links: dict[str, list[Link]] = {k: [] for k in xrefs}
+        links: dict[str, list[_LinkRow]] = {k: [] for k in xrefs}
         keys = sorted(links)
+        seen: set[int] = set()  # one object per link: a link between two records of the batch is shared
         for i in range(0, len(keys), 250):
-            chunk = keys[i : i + 250]
-            for link in s.execute(_Q.links, {"a": chunk, "b": chunk}).scalars():
+            for link in _read_links(s, keys[i : i + 250]):
+                if link.id in seen:
+                    continue
+                seen.add(link.id)
                 for k in {link.a_key, link.b_key}:
-                    if k in links and link not in links[k]:
+                    if k in links:
                         links[k].append(link)
         members: dict[str, set[str]] = {}
         gids = sorted({x.golden_id for x in xrefs.values() if x.golden_id})
@@ -843,11 +873,11 @@ class MdmService:
                 rows.add(KeyIndex, kind=kind, value=value, source_system=system, source_id=sid)
         # links: supersede the old ones, keep the new with their evidence
         if version == 1:
-            old_links: Sequence[Link] = []
+            old_links: Sequence[_LinkRow] = []
         elif rows.flushes == 0 and key in pre["links"]:
             old_links = pre["links"][key]
         else:
-            old_links = s.execute(_Q.links, {"a": [key], "b": [key]}).scalars().all()
+            old_links = _read_links(s, [key])
         seeds.add(key)
         new_links: list[tuple[str, str, Any, dict[str, Any]]] = []
         for r in results:
@@ -873,6 +903,7 @@ class MdmService:
                 continue
             link.active = False
             link.superseded_at = now
+            rows.superseded.append({"lid": link.id, "at": now})
         for a, b, r, v in new_links:
             other = b if a == key else a
             if (a, b) not in unchanged:
