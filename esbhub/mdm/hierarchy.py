@@ -170,7 +170,8 @@ class Lookup:
     record; this loads xref rows by core name, USCC, billing account and source key, and key
     index rows, with one ``IN`` query per 500 values, and answers repeats from memory. Results
     are ordered by (value, source key), so the evidence kept for an edge is deterministic.
-    Valid for one refresh only (the session must not change xref rows meanwhile).
+    Valid for one refresh only (the session must not change xref rows meanwhile). Its reads go
+    through the session's connection, not the ORM: flush the session before using it.
     """
 
     def __init__(self, s: Session) -> None:
@@ -202,7 +203,7 @@ class Lookup:
         for v in missing:
             self._idx[(kind, v)] = []
         for i in range(0, len(missing), 500):
-            for r in self.s.execute(_Q.index, {"kind": kind, "vals": missing[i : i + 500]}).all():
+            for r in self.s.connection().execute(_Q.index, {"kind": kind, "vals": missing[i : i + 500]}):
                 self._idx.setdefault((kind, r[0]), []).append((r[1], r[2]))
         for v in missing:
             self._idx[(kind, v)].sort()
@@ -211,8 +212,9 @@ class Lookup:
     def xrefs_in(self, col: str, values: list[str]) -> list[Xref]:
         """Xref rows whose ``col`` is one of ``values``, in the query's order: only their keys are
         read (one statement built once: :class:`_Q`), and rows the session already holds are not
-        loaded (nor their JSON parsed) again."""
-        return self.xrefs_for_keys([(a, b) for a, b in self.s.execute(_Q.keys_by[col], {"vals": values})])
+        loaded (nor their JSON parsed) again. Keys are read with Core (no ORM result machinery, no
+        autoflush: the caller flushed, see :class:`Lookup`)."""
+        return self.xrefs_for_keys([(a, b) for a, b in self.s.connection().execute(_Q.keys_by[col], {"vals": values})])
 
     def get_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Xref]:
         wanted = list(dict.fromkeys(keys))
@@ -366,7 +368,7 @@ def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
             current[(h.parent_golden, h.child_golden, h.kind)] = h
         for gid, xs in _goldens_of(lk, chunk).items():
             members.setdefault(gid, []).extend(xs)
-        active |= set(s.execute(_Q.active, {"ids": chunk}).scalars())
+        active |= set(s.connection().execute(_Q.active, {"ids": chunk}).scalars())
     lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
     for gid in ids:

@@ -778,7 +778,7 @@ class MdmService:
         members: dict[str, set[str]] = {}
         gids = sorted({x.golden_id for x in xrefs.values() if x.golden_id})
         for i in range(0, len(gids), 500):
-            for gid, sys_, sid in s.execute(_Q.members, {"ids": gids[i : i + 500]}).all():
+            for gid, sys_, sid in s.connection().execute(_Q.members, {"ids": gids[i : i + 500]}):
                 members.setdefault(gid, set()).add(source_key(sys_, sid))
         rows = _Rows()
         return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items), "rows": rows,
@@ -930,7 +930,7 @@ class MdmService:
         ids = [g for g in set(golden_ids) if g]
         if not ids:
             return set()
-        return {source_key(a, b) for _g, a, b in s.execute(_Q.members, {"ids": ids}).all()}
+        return {source_key(a, b) for _g, a, b in s.connection().execute(_Q.members, {"ids": ids})}
 
     def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
         """Xref rows by source key; rows this session already holds are not read (and their JSON
@@ -956,12 +956,15 @@ class MdmService:
         cons: list[Constraint] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            links += s.execute(_Q.match_edges, {"a": chunk, "b": chunk}).all()
+            links += s.connection().execute(_Q.match_edges, {"a": chunk, "b": chunk}).all()
             cons += s.execute(_Q.constraints, {"a": chunk, "b": chunk}).scalars().all()
         return links, cons
 
     def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Any], list[Constraint]]:
-        """Close ``seeds`` under match links, steward 'same' pairs and golden membership."""
+        """Close ``seeds`` under match links, steward 'same' pairs and golden membership. Links and
+        members are read with Core (no autoflush): the session is flushed first, so a steward
+        action's new links and memberships are in what it reads."""
+        s.flush()
         region: set[str] = set()
         frontier = set(seeds)
         links: dict[int, Any] = {}
