@@ -325,6 +325,25 @@ def test_the_loaded_matcher_index_is_kept_out_of_the_cyclic_garbage_collector(ur
     gc.unfreeze()
 
 
+def test_a_process_loading_the_matcher_index_collects_garbage_less_often_unless_it_chose_thresholds(url):
+    import gc
+
+    from esbhub.mdm.service import GC_THRESHOLDS
+
+    MdmService(url).ingest(crm1(), "e1")
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # the interpreter's defaults
+        MdmService(url).ingest(bill1(), "e2")  # first use loads the index
+        assert gc.get_threshold() == GC_THRESHOLDS
+        gc.set_threshold(2000, 5, 5)  # the process chose its own: left alone
+        MdmService(url).ingest(party("crm", "3", "其他科技有限公司"), "e3")
+        assert gc.get_threshold() == (2000, 5, 5)
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 def test_look_up_keys_follow_the_current_version_of_a_source_record(svc):
     from esbhub.mdm.store import KeyIndex
 
