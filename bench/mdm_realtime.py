@@ -53,6 +53,16 @@ def loadavg() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def probe() -> float:
+    """Seconds for a fixed pure-Python loop: how fast this (shared, drifting) machine is right now,
+    so that runs at different times can be told apart."""
+    t = time.perf_counter()
+    s = 0
+    for i in range(10_000_000):
+        s += i * i
+    return time.perf_counter() - t
+
+
 # ------------------------------------------------------------------------------ build
 def build(companies: int, seed: int, db: Path, batch: int) -> None:
     """Synthetic records → ``MdmService.ingest_many`` in batches (``esbhub mdm load --batches``)."""
@@ -306,7 +316,8 @@ def run(a: argparse.Namespace) -> None:
     configure("warning")
     work = Path(a.work or tempfile.mkdtemp(prefix="mdm_rt_"))
     print(f"# MDM real-time path — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load {loadavg()}", flush=True)
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load {loadavg()}, loop probe {probe():.2f} s",
+          flush=True)
     b = Bench(a.db, work)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(f"store {a.db} ({a.db.stat().st_size / 1e9:.1f} GB): matcher index of {b.n_index:,} records loaded in "
@@ -359,7 +370,7 @@ def run(a: argparse.Namespace) -> None:
     new = [x[4]["rate"] for x in rows if "batched" in x[1]]
     print(f"saturation batched / baseline: {sum(new) / len(new) / (sum(base) / len(base)):.1f}×; "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:,.0f} MB; "
-          f"index {b.n_index:,} records", flush=True)
+          f"index {b.n_index:,} records; loop probe {probe():.2f} s", flush=True)
     b.store.close()
     b.broker.close()
 
