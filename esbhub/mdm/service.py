@@ -504,7 +504,13 @@ class _Q:
     founded_rows = sa.select(*Golden.__table__.columns).where(Golden.__table__.c.founder.in_(_in("ids")))
     overrides = (sa.select(Override).where(Override.golden_id.in_(_in("ids")), Override.active.is_(True))
                  .order_by(Override.id))
-    open_tasks = sa.select(Task).where(Task.status == "open", sa.or_(Task.a_key.in_(_in("a")), Task.b_key.in_(_in("b"))))
+    # Open tasks by either side, or by either order of a golden pair: each side a subquery on its
+    # own index (mdm_0005). Written as one OR, SQLite without statistics read every open task
+    # through the status index instead (1.7 ms of a one-record transaction at 3,800 open tasks,
+    # and growing with the steward queue).
+    open_tasks = sa.select(Task).where(Task.status == "open", Task.id.in_(sa.union_all(
+        sa.select(Task.id).where(Task.a_key.in_(_in("a"))), sa.select(Task.id).where(Task.b_key.in_(_in("b"))),
+    )))
     move_xrefs = (
         sa.update(Xref.__table__)
         .where(Xref.__table__.c.source_system == sa.bindparam("sys_"), Xref.__table__.c.source_id == sa.bindparam("sid"))
@@ -517,9 +523,10 @@ class _Q:
     open_task = sa.select(Task).where(Task.a_key == sa.bindparam("a"), Task.b_key == sa.bindparam("b"),
                                       Task.status == "open")
     open_pair = sa.select(Task.id).where(  # golden ids not None: '= NULL' is not 'IS NULL' (see _open_tasks)
-        Task.status == "open",
-        sa.or_(sa.and_(Task.golden_a == sa.bindparam("ga"), Task.golden_b == sa.bindparam("gb")),
-               sa.and_(Task.golden_a == sa.bindparam("gb2"), Task.golden_b == sa.bindparam("ga2"))),
+        Task.status == "open", Task.id.in_(sa.union_all(
+            sa.select(Task.id).where(Task.golden_a == sa.bindparam("ga"), Task.golden_b == sa.bindparam("gb")),
+            sa.select(Task.id).where(Task.golden_a == sa.bindparam("gb2"), Task.golden_b == sa.bindparam("ga2")),
+        )),
     )
     close_history = (
         sa.update(GoldenHistory.__table__)

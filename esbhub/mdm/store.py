@@ -350,7 +350,11 @@ class Constraint(Base):
 
 class Task(Base):
     __tablename__ = "mdm_task"
-    __table_args__ = (sa.Index("ix_mdm_task_pair", "a_key", "b_key", "status"),)
+    __table_args__ = (
+        sa.Index("ix_mdm_task_pair", "a_key", "b_key", "status"),
+        sa.Index("ix_mdm_task_b_key", "b_key", "status"),  # open tasks by either side (mdm_0005)
+        sa.Index("ix_mdm_task_goldens", "golden_a", "golden_b", "status"),  # ... or by golden pair
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     a_key: Mapped[str] = mapped_column(String(140))
