@@ -573,7 +573,7 @@ def _tune_gc() -> None:
     ones; at 1M records a full collection took ~0.1 s and, with the more frequent younger ones,
     the collector took ~11 % of a batch's time (``gc.callbacks`` in the seventh session's
     measurements, docs/benchmarks.md). With 10,000 / 10 / 100 the index loads in ~45 s instead of
-    ~70 s and a batch costs ~5 % less CPU; the index itself is then frozen
+    ~70 s and a batch costs 5–19 % less CPU (two same-run comparisons); the index itself is then frozen
     (:meth:`MdmService._freeze_index`). Only the thresholds change: what is garbage is still
     collected, in fewer and larger passes.
     """
