@@ -174,6 +174,21 @@ def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rem
     assert svc.task(t["id"])["decision"] == "not_same"
 
 
+@BOTH
+def test_an_open_task_whose_two_records_come_to_share_a_golden_record_is_made_obsolete(svc):
+    a, b = review_pair()
+    svc.ingest(a, "e1")
+    svc.ingest(b, "e2")
+    (t,) = svc.tasks()
+    assert svc.task(t["id"])["status"] == "open"
+    # the resource system's record now carries the CRM record's phone and address: a match
+    svc.ingest(party("res", "R1", "华信科技有限公司", phones=["0755-88886666"], city="深圳",
+                     address="广东省深圳市南山区科技园路1号", updated=datetime(2026, 2, 1, tzinfo=UTC)), "e3")
+    assert svc.partition_now() == {frozenset({"crm:1", "res:R1"})}
+    assert svc.tasks() == []
+    assert svc.task(t["id"])["status"] == "obsolete"
+
+
 def test_steward_same_merges_the_pair_and_sticks_across_rematch(svc):
     a, b = review_pair()
     svc.ingest(a, "e1")
