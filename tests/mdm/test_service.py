@@ -189,6 +189,16 @@ def test_an_open_task_whose_two_records_come_to_share_a_golden_record_is_made_ob
     assert svc.task(t["id"])["status"] == "obsolete"
 
 
+@BOTH
+def test_a_second_review_pair_between_the_same_two_golden_records_opens_no_second_task(svc):
+    a, b = review_pair()
+    svc.ingest(a, "e1")
+    svc.ingest(b, "e2")
+    svc.ingest(party("res", "R2", "华信科技有限公司", city="深圳"), "e3")  # joins res:R1, in review with crm:1
+    assert svc.partition_now() == {frozenset({"crm:1"}), frozenset({"res:R1", "res:R2"})}
+    assert [(t["a"], t["b"]) for t in svc.tasks()] == [("crm:1", "res:R1")]
+
+
 def test_steward_same_merges_the_pair_and_sticks_across_rematch(svc):
     a, b = review_pair()
     svc.ingest(a, "e1")
