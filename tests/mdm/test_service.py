@@ -174,12 +174,18 @@ def test_review_pair_opens_one_task_with_evidence_and_not_same_sticks_across_rem
     assert svc.task(t["id"])["decision"] == "not_same"
 
 
-@BOTH
-def test_an_open_task_whose_two_records_come_to_share_a_golden_record_is_made_obsolete(svc):
+def review_task(svc) -> dict:
+    """Ingest the review pair of ``mdm.fakes`` (crm:1, res:R1); return its one open steward task."""
     a, b = review_pair()
     svc.ingest(a, "e1")
     svc.ingest(b, "e2")
     (t,) = svc.tasks()
+    return t
+
+
+@BOTH
+def test_an_open_task_whose_two_records_come_to_share_a_golden_record_is_made_obsolete(svc):
+    t = review_task(svc)
     assert svc.task(t["id"])["status"] == "open"
     # the resource system's record now carries the CRM record's phone and address: a match
     svc.ingest(party("res", "R1", "华信科技有限公司", phones=["0755-88886666"], city="深圳",
@@ -191,19 +197,14 @@ def test_an_open_task_whose_two_records_come_to_share_a_golden_record_is_made_ob
 
 @BOTH
 def test_a_second_review_pair_between_the_same_two_golden_records_opens_no_second_task(svc):
-    a, b = review_pair()
-    svc.ingest(a, "e1")
-    svc.ingest(b, "e2")
+    review_task(svc)
     svc.ingest(party("res", "R2", "华信科技有限公司", city="深圳"), "e3")  # joins res:R1, in review with crm:1
     assert svc.partition_now() == {frozenset({"crm:1"}), frozenset({"res:R1", "res:R2"})}
     assert [(t["a"], t["b"]) for t in svc.tasks()] == [("crm:1", "res:R1")]
 
 
 def test_steward_same_merges_the_pair_and_sticks_across_rematch(svc):
-    a, b = review_pair()
-    svc.ingest(a, "e1")
-    svc.ingest(b, "e2")
-    (t,) = svc.tasks()
+    t = review_task(svc)
     ev = svc.decide(t["id"], same=True, by="erin")
     assert [e.payload["change"] for e in ev] == ["merged", "merged"]
     svc.rematch()
