@@ -266,9 +266,7 @@ class _Rows:
         self.flushes += 1
         if self.stale_keys:
             conn = s.connection()
-            ki = KeyIndex.__table__
-            conn.execute(ki.delete().where(ki.c.source_system == sa.bindparam("sys_"),
-                                           ki.c.source_id == sa.bindparam("sid")), self.stale_keys)
+            conn.execute(_Q.delete_keys, self.stale_keys)
             self.stale_keys.clear()
         if self.superseded:
             conn = conn or s.connection()
@@ -489,6 +487,8 @@ class _Q:
     inbox = sa.select(Inbox).where(Inbox.envelope_id.in_(_in("ids")))
     links = sa.select(*Link.__table__.columns).where(
         Link.active.is_(True), sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))))
+    delete_keys = KeyIndex.__table__.delete().where(
+        KeyIndex.__table__.c.source_system == sa.bindparam("sys_"), KeyIndex.__table__.c.source_id == sa.bindparam("sid"))
     supersede_links = (
         sa.update(Link.__table__).where(Link.__table__.c.id == sa.bindparam("lid"))
         .values(active=False, superseded_at=sa.bindparam("at", type_=Link.__table__.c.superseded_at.type))
