@@ -12,7 +12,12 @@ was 20 % slower at one time than at another. So figures from separate runs do no
 script measures both trees in the same conditions:
 
 * each tree runs in its own process, on its own fresh copy of the store. After copying, the
-  original's page cache is dropped, so that neither copy is read back from disk;
+  original's page cache is dropped and both copies are read through, so that neither is read back
+  from disk. How much of each copy is in the page cache is printed then and after the chunks:
+  on 2026-11-27 a copy made first and partly evicted while the second was made (other stores
+  filled the cache) made whichever tree ran as A ~15 % slower — old A / new B gave ×1.23, the
+  same two trees swapped ×0.92, and with both copies in the cache ×1.03. Keep the machine's other
+  large files out of the cache;
 * both processes load their matcher index first, one after the other;
 * then they take the same chunks of one stream in turn: A B B A A B B A … The stream is
   ``bench/mdm_realtime.py``'s: ~70 % changed versions of stored records, ~20 % new records of
@@ -92,6 +97,23 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
+def warm(path: Path) -> None:
+    """Read a copy through, so that it is in the page cache like the other one."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(16 << 20):
+            pass
+
+
+def resident(path: Path) -> str:
+    """How much of ``path`` is in the page cache (util-linux ``fincore``), e.g. '6.3G of 6.4G'."""
+    try:
+        out = subprocess.run(["fincore", "--noheadings", "--output", "RES,SIZE", str(path)], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no fincore)"
+    return f"{out[0]} of {out[1]}"
+
+
 def table_digests(db: Path) -> dict[str, tuple[int, str]]:
     """Rows and a digest of every ``mdm_*`` table except the inbox, time columns left out."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -166,6 +188,9 @@ def main() -> int:
     con.close()
     dbs = {name: fresh_copy(a.store, a.work / name) for name in "AB"}
     drop_cache(a.store / "hub.db")
+    for name in "AB":  # the copy made first may have been partly evicted while the second was made
+        warm(dbs[name])
+    print("in the page cache: " + ", ".join(f"{n} {resident(dbs[n])}" for n in "AB"), flush=True)
     print(f"stream of {n} records and two copies of {a.store / 'hub.db'} in {time.perf_counter() - t:.0f} s", flush=True)
 
     procs: dict[str, subprocess.Popen[str]] = {}
@@ -206,6 +231,7 @@ def main() -> int:
     faster = sum(1 for x, y in zip(res["A"], res["B"], strict=True) if y["rate"] > x["rate"])
     print(f"old: {mean('A', 'rate'):.0f} records/s, CPU {mean('A', 'cpu_ms'):.2f} ms/record")
     print(f"new: {mean('B', 'rate'):.0f} records/s, CPU {mean('B', 'cpu_ms'):.2f} ms/record")
+    print("in the page cache after the chunks: " + ", ".join(f"{n} {resident(dbs[n])}" for n in "AB"), flush=True)
     print(f"new/old: records/s ×{mean('B', 'rate') / mean('A', 'rate'):.2f}, CPU per record "
           f"×{mean('B', 'cpu_ms') / mean('A', 'cpu_ms'):.2f}; new faster in {faster} of {a.chunks} chunks; "
           f"loop probe {probe():.2f} s", flush=True)
