@@ -498,7 +498,7 @@ class _Q:
         Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
         sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))),
     )
-    constraints = sa.select(Constraint).where(
+    constraints = sa.select(Constraint.id, Constraint.a_key, Constraint.b_key, Constraint.kind).where(  # columns
         Constraint.active.is_(True), sa.or_(Constraint.a_key.in_(_in("a")), Constraint.b_key.in_(_in("b")))
     )
     founded_rows = sa.select(*Golden.__table__.columns).where(Golden.__table__.c.founder.in_(_in("ids")))
@@ -980,16 +980,19 @@ class MdmService:
             out[x.key] = known[x.key] = x
         return out
 
-    def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Any], list[Constraint]]:
+    def _edges_touching(self, s: Session, keys: list[str]) -> tuple[list[Any], list[Any]]:
+        """Match links and active constraints touching ``keys``, as Core rows (the columns
+        clustering reads). Core reads do not autoflush: :meth:`_region` flushes first."""
         links: list[Any] = []
-        cons: list[Constraint] = []
+        cons: list[Any] = []
+        conn = s.connection()
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            links += s.connection().execute(_Q.match_edges, {"a": chunk, "b": chunk}).all()
-            cons += s.execute(_Q.constraints, {"a": chunk, "b": chunk}).scalars().all()
+            links += conn.execute(_Q.match_edges, {"a": chunk, "b": chunk}).all()
+            cons += conn.execute(_Q.constraints, {"a": chunk, "b": chunk}).all()
         return links, cons
 
-    def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Any], list[Constraint]]:
+    def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Any], list[Any]]:
         """Close ``seeds`` under match links, steward 'same' pairs and golden membership. Links and
         members are read with Core (no autoflush): the session is flushed first, so a steward
         action's new links and memberships are in what it reads."""
@@ -997,7 +1000,7 @@ class MdmService:
         region: set[str] = set()
         frontier = set(seeds)
         links: dict[int, Any] = {}
-        cons: dict[int, Constraint] = {}
+        cons: dict[int, Any] = {}
         self._region_xrefs: dict[str, Xref] = {}
         while frontier:
             batch = sorted(frontier - region)
