@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/mdm_realtime.py build --companies 43000 --db /tmp/rt/mdm150k.db
     .venv/bin/python bench/mdm_realtime.py run --db /tmp/rt/mdm150k.db [--rate 500] [--seconds 20]
+    .venv/bin/python bench/mdm_realtime.py run --db /tmp/mdm1m/hub.db \
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/mdm1m_copy
+
+With ``--database-url`` the store is that database (PostgreSQL: the hub's production store; the
+bus state goes there too, as in a deployment on it) and ``--db`` is only read, for the stream:
+a SQLite store holding the same records (the same file loaded into both), so that SQLite and
+PostgreSQL take the same stream.
 
 ``build`` fills an MDM store with synthetic Chinese enterprise records (``esbhub.mdm.synth``)
 through ``MdmService.ingest_many`` in batches — the path ``esbhub mdm load --batches`` takes (a
@@ -174,13 +181,19 @@ def _publisher(url: str, exchange: str, bodies: list[bytes], rate: float, t0: fl
     out.put(lag)
 
 
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
 
 
 class Bench:
-    def __init__(self, db: Path, work: Path) -> None:
+    def __init__(self, db: Path, work: Path, database_url: str | None = None) -> None:
         from esbhub.bus.broker import create_broker
         from esbhub.bus.store import BusStore
         from esbhub.config import Settings
@@ -200,7 +213,7 @@ class Bench:
         work.mkdir(parents=True, exist_ok=True)
         self.db = db
         self.done = done
-        self.settings = Settings(data_dir=work, database_url=f"sqlite:///{db}", log_level="warning")
+        self.settings = Settings(data_dir=work, database_url=database_url or f"sqlite:///{db}", log_level="warning")
         self.broker_url = f"sqlite:///{work / 'broker.db'}"
         self.broker = create_broker(self.broker_url, exchange="bench")
         self.broker.connect()
@@ -318,9 +331,10 @@ def run(a: argparse.Namespace) -> None:
     print(f"# MDM real-time path — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load {loadavg()}, loop probe {probe():.2f} s",
           flush=True)
-    b = Bench(a.db, work)
+    b = Bench(a.db, work, a.database_url)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
-    print(f"store {a.db} ({a.db.stat().st_size / 1e9:.1f} GB): matcher index of {b.n_index:,} records loaded in "
+    where = _redacted(a.database_url) if a.database_url else f"{a.db} ({a.db.stat().st_size / 1e9:.1f} GB)"
+    print(f"store {where}: matcher index of {b.n_index:,} records loaded in "
           f"{b.index_s:.0f} s; process peak RSS {rss:,.0f} MB", flush=True)
     tag = datetime.now(UTC).strftime("%H%M%S")
     rates = [float(x) for x in str(a.rate).split(",")]
@@ -384,7 +398,10 @@ def main() -> None:
     b.add_argument("--db", type=Path, required=True)
     b.add_argument("--batch", type=int, default=500)
     r = sub.add_parser("run", help="Measure latency and saturation against a store (it grows by the stream).")
-    r.add_argument("--db", type=Path, required=True)
+    r.add_argument("--db", type=Path, required=True,
+                   help="The SQLite store (changed by the run: give it a copy); with --database-url, only read.")
+    r.add_argument("--database-url", default=None,
+                   help="The store to run against instead of --db, e.g. a PostgreSQL copy of the same records.")
     r.add_argument("--work", type=Path, default=None, help="Directory for the broker file (default: a temp dir).")
     r.add_argument("--rate", default="500", help="Offered records/s of the latency phase; several: '500,200'.")
     r.add_argument("--seconds", type=float, default=20.0, help="Length of the latency phase.")
