@@ -995,9 +995,9 @@ class MdmService:
         return links, cons
 
     def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Any], list[Any]]:
-        """Close ``seeds`` under match links, steward 'same' pairs and golden membership. Links and
-        members are read with Core (no autoflush): the session is flushed first, so a steward
-        action's new links and memberships are in what it reads."""
+        """Close ``seeds`` under match links, steward 'same' pairs and golden membership. Links,
+        constraints and members are read with Core (no autoflush): the session is flushed first, so
+        a steward action's new links, constraints and memberships are in what it reads."""
         s.flush()
         region: set[str] = set()
         frontier = set(seeds)
