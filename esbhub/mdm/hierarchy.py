@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, session_xrefs, source_key
+from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, any_of, session_xrefs, source_key
 
 
 class TieringConfig(BaseModel):
@@ -104,7 +104,7 @@ class XrefRow(NewXref):
 
 _XREF_ROWS = sa.select(*Xref.__table__.columns).where(
     Xref.__table__.c.source_system == sa.bindparam("sys"),
-    Xref.__table__.c.source_id.in_(sa.bindparam("ids", expanding=True)),
+    any_of(Xref.__table__.c.source_id, "ids"),
 )
 
 
@@ -135,24 +135,21 @@ def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
     return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
 
 
-def _in(name: str) -> Any:
-    return sa.bindparam(name, expanding=True)
-
 
 class _Q:
     """The statements :func:`refresh` runs, built once (building a statement and its cache key costs
     more Python than SQLite takes to run it); the same SQL as built on the spot."""
 
     edges = sa.select(Hierarchy).where(
-        Hierarchy.active.is_(True), sa.or_(Hierarchy.parent_golden.in_(_in("a")), Hierarchy.child_golden.in_(_in("b")))
+        Hierarchy.active.is_(True), sa.or_(any_of(Hierarchy.parent_golden, "a"), any_of(Hierarchy.child_golden, "b"))
     )
-    active = sa.select(Golden.golden_id).where(Golden.golden_id.in_(_in("ids")), Golden.status != "retired")
+    active = sa.select(Golden.golden_id).where(any_of(Golden.golden_id, "ids"), Golden.status != "retired")
     keys_by = {
-        col: sa.select(Xref.source_system, Xref.source_id).where(getattr(Xref, col).in_(_in("vals")))
+        col: sa.select(Xref.source_system, Xref.source_id).where(any_of(getattr(Xref, col), "vals"))
         for col in ("golden_id", "core_name", "uscc", "billing_account")
     }
     index = sa.select(KeyIndex.value, KeyIndex.source_system, KeyIndex.source_id).where(
-        KeyIndex.kind == sa.bindparam("kind"), KeyIndex.value.in_(_in("vals"))
+        KeyIndex.kind == sa.bindparam("kind"), any_of(KeyIndex.value, "vals")
     )
 
 

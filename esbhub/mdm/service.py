@@ -81,6 +81,7 @@ from esbhub.mdm.store import (
     SourceVersion,
     Task,
     Xref,
+    any_of,
     aware,
     golden_id_for,
     insert_rows,
@@ -468,9 +469,6 @@ def _expand_events(s: Session, stored: list[dict[str, Any]]) -> list[Envelope]:
     return out
 
 
-def _in(name: str) -> Any:
-    return sa.bindparam(name, expanding=True)
-
 
 class _Q:
     """The ingest path's statements, built once: building a statement and its cache key costs more
@@ -484,32 +482,32 @@ class _Q:
                   SourceVersion.deleted)
         .where(SourceVersion.id > sa.bindparam("since")).order_by(SourceVersion.id)
     )
-    inbox = sa.select(Inbox).where(Inbox.envelope_id.in_(_in("ids")))
+    inbox = sa.select(Inbox).where(any_of(Inbox.envelope_id, "ids"))
     links = sa.select(*Link.__table__.columns).where(
-        Link.active.is_(True), sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))))
+        Link.active.is_(True), sa.or_(any_of(Link.a_key, "a"), any_of(Link.b_key, "b")))
     delete_keys = KeyIndex.__table__.delete().where(
         KeyIndex.__table__.c.source_system == sa.bindparam("sys_"), KeyIndex.__table__.c.source_id == sa.bindparam("sid"))
     supersede_links = (
         sa.update(Link.__table__).where(Link.__table__.c.id == sa.bindparam("lid"))
         .values(active=False, superseded_at=sa.bindparam("at", type_=Link.__table__.c.superseded_at.type))
     )
-    members = sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(Xref.golden_id.in_(_in("ids")))
+    members = sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(any_of(Xref.golden_id, "ids"))
     match_edges = sa.select(Link.id, Link.a_key, Link.b_key, Link.weight).where(  # not the evidence JSON
         Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
-        sa.or_(Link.a_key.in_(_in("a")), Link.b_key.in_(_in("b"))),
+        sa.or_(any_of(Link.a_key, "a"), any_of(Link.b_key, "b")),
     )
     constraints = sa.select(Constraint.id, Constraint.a_key, Constraint.b_key, Constraint.kind).where(  # columns
-        Constraint.active.is_(True), sa.or_(Constraint.a_key.in_(_in("a")), Constraint.b_key.in_(_in("b")))
+        Constraint.active.is_(True), sa.or_(any_of(Constraint.a_key, "a"), any_of(Constraint.b_key, "b"))
     )
-    founded_rows = sa.select(*Golden.__table__.columns).where(Golden.__table__.c.founder.in_(_in("ids")))
-    overrides = (sa.select(Override).where(Override.golden_id.in_(_in("ids")), Override.active.is_(True))
+    founded_rows = sa.select(*Golden.__table__.columns).where(any_of(Golden.__table__.c.founder, "ids"))
+    overrides = (sa.select(Override).where(any_of(Override.golden_id, "ids"), Override.active.is_(True))
                  .order_by(Override.id))
     # Open tasks by either side, or by either order of a golden pair: each side a subquery on its
     # own index (mdm_0005). Written as one OR, SQLite without statistics read every open task
     # through the status index instead (1.7 ms of a one-record transaction at 3,800 open tasks,
     # and growing with the steward queue).
     open_tasks = sa.select(Task).where(Task.status == "open", Task.id.in_(sa.union_all(
-        sa.select(Task.id).where(Task.a_key.in_(_in("a"))), sa.select(Task.id).where(Task.b_key.in_(_in("b"))),
+        sa.select(Task.id).where(any_of(Task.a_key, "a")), sa.select(Task.id).where(any_of(Task.b_key, "b")),
     )))
     move_xrefs = (
         sa.update(Xref.__table__)
@@ -530,7 +528,7 @@ class _Q:
     )
     close_history = (
         sa.update(GoldenHistory.__table__)
-        .where(GoldenHistory.golden_id.in_(_in("ids")), GoldenHistory.valid_to.is_(None))
+        .where(any_of(GoldenHistory.golden_id, "ids"), GoldenHistory.valid_to.is_(None))
         .values(valid_to=sa.bindparam("at"))
     )
 

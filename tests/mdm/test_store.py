@@ -278,3 +278,29 @@ def test_insert_rows_leaves_rows_it_cannot_bind_straight_to_sqlalchemy(tmp_path)
     other = {k: v for k, v in full.items() if k != "hard"} | {"id": 99}  # as many keys, not the same ones
     with pytest.raises(sa.exc.StatementError, match="hard"), session_factory(url).begin() as s:
         insert_rows(s.connection(), Link.__table__, [full, other])
+
+
+def test_any_of_is_an_in_list_on_sqlite_and_one_array_parameter_on_postgresql():
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from esbhub.mdm.store import KeyIndex, any_of
+
+    stmt = sa.select(KeyIndex.source_id).where(KeyIndex.kind == "phone", any_of(KeyIndex.value, "vals"))
+    lite = " ".join(str(stmt.compile(dialect=sqlite.dialect())).split())
+    assert lite.endswith("mdm_key_index.value IN (__[POSTCOMPILE_vals])")  # no '= 1' after it: the index applies
+    pg = " ".join(str(stmt.compile(dialect=postgresql.psycopg.dialect())).split())
+    assert pg.endswith("mdm_key_index.value = ANY (%(vals)s::VARCHAR(300)[])")
+
+
+def test_any_of_selects_the_rows_whose_value_is_in_the_list_whatever_its_length(url):
+    from esbhub.mdm.store import KeyIndex, any_of
+
+    upgrade(url)
+    Session = session_factory(url)
+    stmt = sa.select(KeyIndex.value).where(KeyIndex.kind == "phone", any_of(KeyIndex.value, "vals"))
+    with Session.begin() as s:
+        s.add_all(KeyIndex(kind="phone", value=f"+8610{i:08d}", source_system="crm", source_id=str(i)) for i in range(5))
+    with Session() as s:
+        for wanted in ([], ["+861000000003"], ["+861000000001", "+861000000004", "+869999999999"]):
+            got = sorted(s.connection().execute(stmt, {"vals": wanted}).scalars())
+            assert got == sorted(v for v in wanted if v != "+869999999999")
