@@ -135,7 +135,6 @@ def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
     return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
 
 
-
 class _Q:
     """The statements :func:`refresh` runs, built once (building a statement and its cache key costs
     more Python than SQLite takes to run it); the same SQL as built on the spot."""

@@ -469,7 +469,6 @@ def _expand_events(s: Session, stored: list[dict[str, Any]]) -> list[Envelope]:
     return out
 
 
-
 class _Q:
     """The ingest path's statements, built once: building a statement and its cache key costs more
     than SQLite running it (~0.3-0.5 ms of Python each; a one-record transaction runs ~25)."""
