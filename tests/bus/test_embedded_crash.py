@@ -49,6 +49,18 @@ def sink_count(path: Path) -> int:
         c.close()
 
 
+def new_sink(path: Path) -> Path:
+    """The consumers' sink file, already in WAL mode. Two consumer processes starting together
+    would otherwise both switch a new file to WAL, and one of them failed at once with 'database is
+    locked' (seen in a clean-clone run, despite the connection's 30 s busy timeout)."""
+    c = sqlite3.connect(path)
+    try:
+        c.execute("PRAGMA journal_mode=WAL")
+    finally:
+        c.close()
+    return path
+
+
 def start(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, HELPER, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -73,7 +85,7 @@ def test_consumer_killed_mid_run_loses_nothing_and_sink_sees_each_id_once(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'broker.db'}"
-    sink = tmp_path / "sink.db"
+    sink = new_sink(tmp_path / "sink.db")
     broker = EmbeddedBroker(url)
     broker.declare_queue("work", ["party.v1"])
     envs = [Envelope.create("party.v1", {"i": i}, source="crash") for i in range(10_000)]
@@ -118,7 +130,7 @@ def test_peer_consumer_takes_over_leases_of_a_killed_one_without_restart(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'broker.db'}"
-    sink = tmp_path / "sink.db"
+    sink = new_sink(tmp_path / "sink.db")
     broker = EmbeddedBroker(url)  # lease_timeout 30 s: only the pid check can recover in time
     broker.declare_queue("work", ["party.v1"])
     envs = [Envelope.create("party.v1", {"i": i}, source="crash") for i in range(3_000)]
@@ -140,7 +152,7 @@ def test_competing_consumer_processes_each_get_disjoint_messages_while_publishin
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'broker.db'}"
-    sink = tmp_path / "sink.db"
+    sink = new_sink(tmp_path / "sink.db")
     broker = EmbeddedBroker(url)
     broker.declare_queue("work", ["party.v1"])
     workers = [start("consume", url, "work", str(sink)) for _ in range(2)]
@@ -167,7 +179,7 @@ def test_soak_two_competing_consumer_processes_killed_repeatedly_lose_nothing(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'broker.db'}"
-    sink = tmp_path / "sink.db"
+    sink = new_sink(tmp_path / "sink.db")
     broker = EmbeddedBroker(url)
     broker.declare_queue("work", ["party.v1"])
     envs = [Envelope.create("party.v1", {"i": i}, source="soak") for i in range(100_000)]
