@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, any_of, session_xrefs, source_key
@@ -106,27 +107,60 @@ _XREF_ROWS = sa.select(*Xref.__table__.columns).where(
     Xref.__table__.c.source_system == sa.bindparam("sys"),
     any_of(Xref.__table__.c.source_id, "ids"),
 )
+_KEYS = (sa.func.unnest(sa.bindparam("systems", type_=ARRAY(sa.String)), sa.bindparam("ids", type_=ARRAY(sa.String)))
+         .table_valued("s", "i").render_derived(name="k"))
+_XREF_ROWS_PG = sa.select(*Xref.__table__.columns).select_from(Xref.__table__.join(
+    _KEYS, sa.and_(Xref.__table__.c.source_system == _KEYS.c.s, Xref.__table__.c.source_id == _KEYS.c.i)))
+"""PostgreSQL: the rows of any number of keys of any systems in one statement — the keys as two
+arrays, unnested and joined to the primary key (a one-record MDM transaction reads the keys of
+two or three systems: one round trip instead of one per system)."""
+_XREF_ROWS_OF = sa.select(*Xref.__table__.columns).where(any_of(Xref.__table__.c.golden_id, "ids"))
 
 
-def read_xrefs(s: Session, by_sys: dict[str, list[str]]) -> list[Any]:
-    """Xref rows by system → source ids, as :class:`XrefRow` (one Core query per 500 ids), except
-    rows the session holds as ORM objects already: those objects are returned, so a row never has
-    two live copies in one transaction. No autoflush: the ingest path only changes xref rows
-    through objects it keeps (:func:`esbhub.mdm.store.session_xrefs`), which are never read again."""
-    conn = s.connection()
+def _as_xrefs(s: Session, rows: Iterable[Any]) -> list[Any]:
+    """Xref result rows as :class:`XrefRow`, except rows the session holds as ORM objects already:
+    those objects are returned, so a row never has two live copies in one transaction."""
     imap = s.identity_map
     cols = NewXref.__slots__
     new = XrefRow.__new__
     out: list[Any] = []
+    for row in rows:
+        x = imap.get((Xref, (row[0], row[1]), None)) if imap else None
+        if x is None:
+            x = new(XrefRow)
+            for k, v in zip(cols, row, strict=True):
+                setattr(x, k, v)
+        out.append(x)
+    return out
+
+
+def read_xrefs(s: Session, by_sys: dict[str, list[str]]) -> list[Any]:
+    """Xref rows by system → source ids, as :class:`XrefRow` (one Core query per 500 ids — per
+    system on SQLite, where a query is cheap), except rows the session holds as ORM objects already
+    (:func:`_as_xrefs`). No autoflush: the ingest path only changes xref rows through objects it
+    keeps (:func:`esbhub.mdm.store.session_xrefs`), which are never read again."""
+    conn = s.connection()
+    out: list[Any] = []
+    if conn.dialect.name == "postgresql":
+        keys = list(dict.fromkeys((sys_, sid) for sys_, ids in by_sys.items() for sid in ids))  # a row once, as IN
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            out += _as_xrefs(s, conn.execute(_XREF_ROWS_PG, {"systems": [k[0] for k in chunk],
+                                                             "ids": [k[1] for k in chunk]}))
+        return out
     for sys_, ids in by_sys.items():
         for i in range(0, len(ids), 500):
-            for row in conn.execute(_XREF_ROWS, {"sys": sys_, "ids": ids[i : i + 500]}):
-                x = imap.get((Xref, (row[0], row[1]), None)) if imap else None
-                if x is None:
-                    x = new(XrefRow)
-                    for k, v in zip(cols, row, strict=True):
-                        setattr(x, k, v)
-                out.append(x)
+            out += _as_xrefs(s, conn.execute(_XREF_ROWS, {"sys": sys_, "ids": ids[i : i + 500]}))
+    return out
+
+
+def read_xrefs_of(s: Session, golden_ids: list[str]) -> list[Any]:
+    """The xref rows of golden records' members (one Core query per 500 golden ids), as
+    :func:`read_xrefs` returns them."""
+    conn = s.connection()
+    out: list[Any] = []
+    for i in range(0, len(golden_ids), 500):
+        out += _as_xrefs(s, conn.execute(_XREF_ROWS_OF, {"ids": golden_ids[i : i + 500]}))
     return out
 
 

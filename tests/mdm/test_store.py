@@ -60,6 +60,19 @@ def test_golden_id_sequence_hands_out_each_value_once_under_concurrency(url):
     assert sorted(got) == list(range(2, 82))
 
 
+@pytest.mark.parametrize("returning", [True, False], ids=["update-returning", "read-back"])
+def test_a_counter_hands_out_blocks_of_values_in_one_statement_or_by_reading_back(url, returning, monkeypatch):
+    upgrade(url)
+    Session = session_factory(url)
+    with Session.begin() as s:
+        monkeypatch.setattr(s.get_bind().dialect, "update_returning", returning)
+        assert next_value(s, "arrival", 5) == 1  # the row is created with the first block
+        assert next_value(s, "arrival", 3) == 6
+        assert next_value(s, "arrival") == 9
+    with Session.begin() as s:
+        assert next_value(s, "arrival", 2) == 10
+
+
 def test_keys_and_ids_have_one_string_form():
     assert source_key("crm", "a:b") == "crm:a:b" and split_key("crm:a:b") == ("crm", "a:b")
     assert pair("b", "a") == ("a", "b") and golden_id_for(42) == "G0000000042"
