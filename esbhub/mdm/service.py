@@ -93,8 +93,13 @@ from esbhub.mdm.store import (
     stored,
     utcnow,
 )
-from esbhub.mdm.store import Sequence as Counter
-from esbhub.mdm.survivorship import Member, SurvivorshipConfig, survive
+from esbhub.mdm.survivorship import (
+    Member,
+    SurvivorshipConfig,
+    override_problem,
+    overrides_always_win,
+    survive,
+)
 from esbhub.schemas.party import Party
 
 log = structlog.get_logger("esbhub.mdm")
@@ -123,6 +128,10 @@ class MdmSettings(BaseModel):
 
 class NotFound(LookupError):
     """No such golden record, source key or task."""
+
+
+class InvalidOverride(ValueError):
+    """A steward override of an attribute survivorship does not make, or with a value of the wrong shape."""
 
 
 class Conflict(PermanentError):
@@ -473,14 +482,13 @@ class _Q:
     """The ingest path's statements, built once: building a statement and its cache key costs more
     than SQLite running it (~0.3-0.5 ms of Python each; a one-record transaction runs ~25)."""
 
-    bump_writer = (sa.update(Counter).where(Counter.name == "writer").values(value=Counter.value + 1)
-                   .execution_options(synchronize_session=False))
-    max_version = sa.select(sa.func.max(SourceVersion.id))
+    # not the standardized JSON: most rows since are this process's own (:meth:`MdmService._catch_up`)
     versions_since = (
-        sa.select(SourceVersion.id, SourceVersion.source_system, SourceVersion.source_id, SourceVersion.std,
+        sa.select(SourceVersion.id, SourceVersion.source_system, SourceVersion.source_id, SourceVersion.version,
                   SourceVersion.deleted)
         .where(SourceVersion.id > sa.bindparam("since")).order_by(SourceVersion.id)
     )
+    std_of_versions = sa.select(SourceVersion.id, SourceVersion.std).where(any_of(SourceVersion.id, "ids"))
     inbox = sa.select(Inbox).where(any_of(Inbox.envelope_id, "ids"))
     links = sa.select(*Link.__table__.columns).where(
         Link.active.is_(True), sa.or_(any_of(Link.a_key, "a"), any_of(Link.b_key, "b")))
@@ -532,12 +540,20 @@ class _Q:
     )
 
 
+def _has_override(attributes: Mapping[str, Any] | None) -> bool:
+    """Some attribute of these golden attributes is a steward's override."""
+    for v in (attributes or {}).values():
+        lineage = v.get("lineage") if isinstance(v, dict) else None
+        if isinstance(lineage, dict) and lineage.get("rule") == "override":
+            return True
+    return False
+
+
 def _bump_writer(s: Session) -> None:
     """Take the cross-process MDM writer lock (see the module doc): one UPDATE of the ``writer``
-    counter row — its row lock on PostgreSQL, the write lock on SQLite — held to commit."""
-    res = s.execute(_Q.bump_writer)
-    if res.rowcount == 0:  # type: ignore[attr-defined]
-        next_value(s, "writer")  # first writer ever: creates the row (race-safe)
+    counter row — its row lock on PostgreSQL, the write lock on SQLite — held to commit (the
+    first writer ever creates the row, race-safe: :func:`esbhub.mdm.store.next_value`)."""
+    next_value(s, "writer")
 
 
 SQLITE_CACHE_KIB = 131_072
@@ -635,7 +651,9 @@ class MdmService:
         self._history_buf: dict[str, Any] = {"ids": set(), "close": {}, "rows": []}
         self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
         self._indexed = False  # the matcher index is loaded on first use (API processes may never need it)
+        self._overrides_shown = overrides_always_win(self.settings.survivorship)
         self._seen_max = 0
+        self._own: dict[str, int] = {}  # source versions this service committed since _seen_max: key → version
         self._frozen_n = 0
 
     # ------------------------------------------------------------------ index
@@ -682,14 +700,30 @@ class MdmService:
 
     def _catch_up(self, s: Session) -> None:
         """Index source versions other processes committed since we last looked (writers are
-        serialized, so version ids grow in commit order)."""
-        rows = s.execute(_Q.versions_since, {"since": self._seen_max}).all()
-        for vid, system, sid, std, deleted in rows:
-            key = source_key(system, sid)
+        serialized, so version ids grow in commit order).
+
+        The versions this service committed itself since then (:attr:`_own`) are in the index
+        already: they are passed over without reading their standardized JSON. That is what
+        keeps the look-out for others' versions at one statement per transaction — the id of
+        the newest version need not be read back before each commit.
+        """
+        conn = s.connection()
+        rows = conn.execute(_Q.versions_since, {"since": self._seen_max}).all()
+        own, self._own = self._own, {}
+        # ours: a version of a key at or below the one we wrote last (the same key twice in a
+        # batch); another process's versions since are above it, as writers are serialized
+        theirs = [(vid, source_key(system, sid), deleted) for vid, system, sid, version, deleted in rows
+                  if version > own.get(source_key(system, sid), 0)]
+        stds: dict[int, Any] = {}
+        wanted = [vid for vid, _k, deleted in theirs if not deleted]
+        for i in range(0, len(wanted), 500):
+            stds.update(conn.execute(_Q.std_of_versions, {"ids": wanted[i : i + 500]}).all())
+        for vid, key, deleted in theirs:
             self.matcher.remove(key)
             if not deleted:
-                self.matcher.add(key, self._load_std(std))
-            self._seen_max = vid
+                self.matcher.add(key, self._load_std(stds[vid]))
+        if rows:
+            self._seen_max = rows[-1][0]
 
     @property
     def standardizer(self) -> Callable[[Party], Any] | None:
@@ -752,7 +786,6 @@ class MdmService:
                     rows.flush(s)
                     _insert_rows(s, Xref, s.info.pop("mdm_new_xrefs", []))
                     s.flush()
-                    newest = s.execute(_Q.max_version).scalar()
             except BaseException:
                 self._hier_keys = None
                 for key, old in reversed(undo):
@@ -761,7 +794,7 @@ class MdmService:
                         self.matcher.add(key, old)
                 raise
             self._hier_keys = None
-            self._seen_max = max(self._seen_max, int(newest or 0))
+            self._own.update(pre["written"])
         self._freeze_index()
         return events
 
@@ -803,14 +836,10 @@ class MdmService:
                 for k in {link.a_key, link.b_key}:
                     if k in links:
                         links[k].append(link)
-        members: dict[str, set[str]] = {}
-        gids = sorted({x.golden_id for x in xrefs.values() if x.golden_id})
-        for i in range(0, len(gids), 500):
-            for gid, sys_, sid in s.connection().execute(_Q.members, {"ids": gids[i : i + 500]}):
-                members.setdefault(gid, set()).add(source_key(sys_, sid))
+        members = self._golden_members(s, {x.golden_id for x in xrefs.values()})
         rows = _Rows()
         return {"inbox": inbox, "xref": xrefs, "arrival": None, "n": len(items), "rows": rows,
-                "links": links, "members": members}
+                "links": links, "members": members, "written": {}}
 
     def _stage(
         self, s: Session, party: Party, envelope_id: str, undo: list[tuple[str, Any]], seeds: set[str],
@@ -847,6 +876,7 @@ class MdmService:
         stdj = ahead.stdj if isinstance(ahead, Prepared) and ahead.stdj is not None and ahead.std is std \
             else self._std_dict(std)
         version = (x.version + 1) if x is not None else 1
+        pre["written"][key] = version
         rows.add(
             SourceVersion,
             source_system=system, source_id=sid, version=version, envelope_id=envelope_id, content_hash=content_hash,
@@ -960,6 +990,24 @@ class MdmService:
             return set()
         return {source_key(a, b) for _g, a, b in s.connection().execute(_Q.members, {"ids": ids})}
 
+    def _golden_members(self, s: Session, golden_ids: Iterable[str]) -> dict[str, set[str]]:
+        """The member keys of golden records, by golden id. Their xref rows are read whole, into
+        the rows this transaction holds (:func:`esbhub.mdm.store.session_xrefs`): the region
+        around a change reads its members next, and then need not read them again. What was read
+        is kept in the session until :meth:`_apply` moves records (the staging of a batch and
+        the region after it read the members of the same golden records: one query)."""
+        cache: dict[str, set[str]] = s.info.setdefault("mdm_members", {})
+        ids = {g for g in golden_ids if g}
+        todo = sorted(ids - cache.keys())
+        if todo:
+            known = session_xrefs(s)
+            for g in todo:
+                cache[g] = set()
+            for x in hierarchy.read_xrefs_of(s, todo):
+                cache[x.golden_id].add(x.key)  # as the database has it (what the region reads)
+                known.setdefault(x.key, x)  # a row this transaction holds already: that object stays
+        return {g: cache[g] for g in ids}
+
     def _xrefs(self, s: Session, keys: Iterable[str]) -> dict[str, Xref]:
         """Xref rows by source key; rows this session already holds are not read (and their JSON
         not parsed) again (:func:`esbhub.mdm.store.session_xrefs`). Rows are read with Core as
@@ -1008,7 +1056,7 @@ class MdmService:
             region |= set(batch)
             xs = self._xrefs(s, batch)
             self._region_xrefs.update(xs)
-            nxt = self._members(s, {x.golden_id for x in xs.values()})
+            nxt = set().union(*self._golden_members(s, {x.golden_id for x in xs.values()}).values())
             ls, cs = self._edges_touching(s, batch)
             for link in ls:
                 links[link.id] = link
@@ -1057,6 +1105,7 @@ class MdmService:
     ) -> list[_Change]:
         """Give each cluster its golden id, survive attributes, write versions; return the changes."""
         self._history_buf = {"ids": set(), "close": {}, "rows": []}  # nothing left over from a failed call
+        s.info.pop("mdm_members", None)  # records move below: golden records' members read before are stale
         keys = sorted(xs)
         founded = _read_founded(s, keys)
         prev_golden = {k: xs[k].golden_id for k in keys}
@@ -1069,7 +1118,11 @@ class MdmService:
             else:
                 new_clusters.append(c)
         all_overrides: dict[str, dict[str, Any]] = {}
-        ids = [g.golden_id for g, _c, _r in assigned if g.version]
+        # a golden record's active overrides show in its attributes (rule "override") when every
+        # rule lets them win: then the engine's changes read them only for records that have some
+        # (steward actions, which add and remove overrides, always read them)
+        shown = actor == "engine" and self._overrides_shown
+        ids = [g.golden_id for g, _c, _r in assigned if g.version and not (shown and not _has_override(g.attributes))]
         for i in range(0, len(ids), 500):
             for o in s.execute(_Q.overrides, {"ids": ids[i : i + 500]}).scalars():
                 all_overrides.setdefault(o.golden_id, {})[o.attribute] = o.value
@@ -1166,8 +1219,12 @@ class MdmService:
         if touched:
             s.flush()
             hierarchy.refresh(s, hier, now)
-            # obsolete open tasks whose two sides now share a golden record
-            for t in s.execute(_Q.open_tasks, {"a": list(owner), "b": list(owner)}).scalars():
+            # obsolete open tasks whose two sides now share a golden record: only a record that
+            # changed golden record can have come to share one with the other side of a task (an
+            # open task's sides were apart when it was opened or last obsoleted) — most changes
+            # move none, and skip the look-up
+            moved_keys = [k for k in owner if prev_golden.get(k) != owner[k]]
+            for t in (s.execute(_Q.open_tasks, {"a": moved_keys, "b": moved_keys}).scalars() if moved_keys else ()):
                 ga, gb = self._golden_of_key(s, t.a_key), self._golden_of_key(s, t.b_key)
                 if ga and ga == gb:
                     t.status = "obsolete"
@@ -1438,7 +1495,11 @@ class MdmService:
         return self._steward(run, by, reason, f"task:{task_id}")
 
     def override(self, golden_id: str, attribute: str, value: Any, by: str, reason: str | None = None) -> list[Envelope]:
-        """A steward's manual value for one attribute (``value=None`` removes the override)."""
+        """A steward's manual value for one attribute (``value=None`` removes the override);
+        :class:`InvalidOverride` when the attribute or the value's shape is not one survivorship has."""
+        problem = override_problem(attribute, value)
+        if problem is not None:
+            raise InvalidOverride(problem)
 
         def run(s: Session, now: datetime) -> list[_Change]:
             g = self.resolve(s, golden_id)

@@ -396,6 +396,32 @@ def survive_list(attr: str, members: list[Member], rule: AttributeRule) -> dict[
 
 
 
+ATTRIBUTES = (*_SCALAR_NAMES, *_LIST_NAMES)
+"""The golden attributes survivorship makes (besides ``extra.<name>``)."""
+
+
+def override_problem(attribute: str, value: Any) -> str | None:
+    """Why a steward cannot override ``attribute`` with ``value`` (None: they can). The golden
+    attributes are the scalar and list attributes survivorship makes, and ``extra.<name>`` for
+    system-specific ones; a list attribute takes a list, the others a string, number or boolean."""
+    if value is None:
+        return None  # removes the override
+    if attribute in _LIST_NAMES:
+        return None if isinstance(value, list) else f"'{attribute}' is a list attribute: the value must be a list"
+    if attribute in _SCALAR_NAMES or (attribute.startswith("extra.") and len(attribute) > len("extra.")):
+        return None if isinstance(value, str | int | float | bool) else (
+            f"'{attribute}' is a single value: the value must be a string, number or boolean")
+    return f"no golden attribute '{attribute}': one of {', '.join(ATTRIBUTES)} or extra.<name>"
+
+
+def overrides_always_win(config: SurvivorshipConfig) -> bool:
+    """Every attribute's rules contain ``override``: then each active override of a golden
+    record shows in its survived attributes with the rule ``override`` (:func:`survive`), and a
+    golden record whose attributes show none has none. False for a config class of its own."""
+    return type(config) is SurvivorshipConfig and all(
+        "override" in r.rules for r in (config.default, *config.attributes.values()))
+
+
 def survive(
     members: list[Member], config: SurvivorshipConfig | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from esbhub.mdm.match import Matcher
 from esbhub.mdm.service import Conflict, MdmService
 from esbhub.mdm.store import Golden, GoldenHistory, Link, SourceVersion, Xref
 from mdm.fakes import db_fixture_url, party, review_pair, uscc
@@ -231,6 +232,38 @@ def test_golden_ids_are_stable_across_rematch(svc):
 
 
 @BOTH
+def test_a_steward_override_wins_over_later_source_changes_until_it_is_removed(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(bill1(), "e2")
+    ev = svc.override("G0000000001", "name", "华信科技集团有限公司", by="erin", reason="registry")
+    assert kinds(ev) == [("party.golden.updated.v1", "G0000000001", 3)]
+    won = {"value": "华信科技集团有限公司", "lineage": {"source_system": "steward", "source_id": None, "rule": "override"}}
+    assert svc.get_customer("G0000000001")["attributes"]["name"] == won
+    # the engine's changes later: the override still wins (a new phone, then a new name at the source)
+    svc.ingest(crm1_phone("0755-12345678"), "e3")
+    svc.ingest(party("crm", "1", "深圳华信科技股份有限公司", uscc=U1, phones=["0755-12345678"], city="深圳"), "e4")
+    c = svc.get_customer("G0000000001")
+    assert c["attributes"]["name"] == won and c["attributes"]["phones"]["value"][0] == "+8675512345678"
+    svc.override("G0000000001", "name", None, by="erin", reason="wrong")
+    assert svc.get_customer("G0000000001")["attributes"]["name"]["lineage"]["rule"] != "override"
+    assert [(a["action"], a["actor"], a["target"]) for a in svc.audit()][:2] == [
+        ("override", "erin", "G0000000001.name"), ("override", "erin", "G0000000001.name")]
+
+
+def test_an_override_its_rule_does_not_let_win_fills_in_once_no_source_has_the_attribute(url):
+    from esbhub.mdm.service import MdmSettings
+    from esbhub.mdm.survivorship import AttributeRule, SurvivorshipConfig
+
+    cfg = SurvivorshipConfig(attributes={"industry": AttributeRule(rules=["trust", "recency"])})
+    svc = MdmService(url, settings=MdmSettings(survivorship=cfg))
+    svc.ingest(bill1(attributes={"billing_account": "BA1", "industry": "制造"}), "e1")
+    svc.override("G0000000001", "industry", "金融", by="erin")
+    assert svc.get_customer("G0000000001")["attributes"]["industry"]["value"] == "制造"  # the source wins
+    svc.ingest(bill1(attributes={"billing_account": "BA1"}), "e2")  # the engine's change: no source has it now
+    assert svc.get_customer("G0000000001")["attributes"]["industry"]["value"] == "金融"
+
+
+@BOTH
 def test_as_of_returns_the_version_valid_at_that_time(svc):
     svc.ingest(crm1(), "e1")
     t1 = datetime.now(UTC)
@@ -315,6 +348,43 @@ def test_a_second_service_on_the_same_database_sees_the_records_the_first_one_in
     other.ingest(crm1(), "e1")
     svc.ingest(bill1(), "e2")
     assert svc.partition_now() == {frozenset({"crm:1", "billing:A1"})}
+
+
+class _Recording(Matcher):
+    """The engine's matcher, remembering the last record indexed under each key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, object] = {}
+
+    def add(self, key, rec) -> None:
+        self.last[key] = rec
+        super().add(key, rec)
+
+
+def crm1_phone(phone: str):
+    return party("crm", "1", "深圳市华信科技有限公司", uscc=U1, phones=[phone], city="深圳",
+                 address="广东省深圳市南山区科技园路1号")
+
+
+def test_the_same_record_twice_in_one_batch_stays_indexed_at_its_newer_version_after_the_next_catch_up(url):
+    svc = MdmService(url, matcher=_Recording())
+    svc.ingest_many([(crm1(), "e1", None), (crm1_phone("0755-12345678"), "e2", None)])
+    svc.ingest(other_company(), "e3")  # its transaction first looks out for versions committed since
+    assert svc.matcher.last["crm:1"].phones == ["+8675512345678"]
+
+
+@BOTH
+def test_a_service_indexes_another_service_s_newer_version_of_a_record_it_wrote_itself(url):
+    svc, other = MdmService(url, matcher=_Recording()), MdmService(url)
+    svc.ingest(crm1(), "e1")
+    other.ingest(crm1_phone("0755-12345678"), "e2")
+    svc.ingest(other_company(), "e3")
+    assert svc.matcher.last["crm:1"].phones == ["+8675512345678"]
+    svc.ingest(crm1_phone("0755-22223333"), "e4")  # and its own version after that one
+    other.ingest(other_company(), "e5")
+    svc.ingest(bill1(), "e6")
+    assert svc.matcher.last["crm:1"].phones == ["+8675522223333"]
 
 
 def test_a_change_that_does_not_move_the_score_keeps_its_link_and_one_that_does_supersedes_it(svc):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime
 
-from esbhub.mdm.survivorship import AttributeRule, Member, SurvivorshipConfig, survive, values
+import pytest
+
+from esbhub.mdm.survivorship import (
+    AttributeRule,
+    Member,
+    SurvivorshipConfig,
+    override_problem,
+    overrides_always_win,
+    survive,
+    values,
+)
 
 
 def m(system: str, sid: str, *, day: int = 1, deleted: bool = False, std: dict | None = None, **raw) -> Member:
@@ -118,6 +128,23 @@ def test_overrides_keep_their_place_among_the_attributes():
     assert list(out) == ["name", "phones", "status", "extra.x"]  # status has no override rule: added last
     out = survive([m("crm", "1", status="active")], cfg, {"status": "closed"})
     assert out["status"]["value"] == "active"
+
+
+def test_overrides_always_show_only_when_every_rule_lets_them_win():
+    assert overrides_always_win(SurvivorshipConfig())
+    assert not overrides_always_win(SurvivorshipConfig(attributes={"status": AttributeRule(rules=["recency"])}))
+    assert not overrides_always_win(SurvivorshipConfig(default=AttributeRule(rules=["trust"])))
+
+
+@pytest.mark.parametrize(("attribute", "value", "problem"), [
+    ("industry", "金融", None), ("phones", ["+8675588886666"], None), ("extra.segment", 3, None), ("name", None, None),
+    ("phones", "+8675588886666", "'phones' is a list attribute: the value must be a list"),
+    ("name", {"zh": "甲"}, "'name' is a single value: the value must be a string, number or boolean"),
+    ("colour", "red", "no golden attribute 'colour'"), ("extra.", "x", "no golden attribute 'extra.'"),
+])
+def test_an_override_names_an_attribute_survivorship_makes_with_a_value_of_its_shape(attribute, value, problem):
+    got = override_problem(attribute, value)
+    assert got == problem if problem is None else got.startswith(problem)
 
 
 def test_the_rival_decides_the_rule_and_equal_members_fall_back_to_the_source_key():
