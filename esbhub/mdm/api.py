@@ -1,6 +1,6 @@
 """HTTP API of the MDM: the 360° customer view, search, xref, history and the steward queue.
 
-Read calls need the ``read`` scope, steward actions the ``steward`` scope (``admin`` implies
+Read calls need the ``read`` scope, steward actions (decide, merge, unmerge, override) the ``steward`` scope (``admin`` implies
 both). Every steward action is audited twice: in the MDM's own ``mdm_audit`` table (who,
 when, why, what it changed) and through :func:`esbhub.auth.audit`. Events of steward actions
 go through the MDM outbox and are published to the bus right after the action commits; if the
@@ -12,14 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from esbhub.api.errors import ApiError
 from esbhub.auth import Principal, audit, require
 from esbhub.bus.envelope import Envelope
 from esbhub.logging import get_logger
-from esbhub.mdm.service import Conflict, MdmService, NotFound, service_for
+from esbhub.mdm.service import Conflict, InvalidOverride, MdmService, NotFound, service_for
+from esbhub.mdm.survivorship import ATTRIBUTES
 
 log = get_logger("esbhub.mdm.api")
 router = APIRouter(tags=["customers (MDM)"])
@@ -49,6 +51,28 @@ class UnmergeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source_keys: list[str] = Field(min_length=1, description="Source keys 'system:id' to split off the golden record.")
     reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
+
+
+class OverrideBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: JsonValue = Field(description="The value that wins for this golden record whatever the sources say: a "
+                                         "list for a list attribute (phones, emails, circuit_ids, contacts, "
+                                         "addresses), else a string, number or boolean.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
+
+    @field_validator("value")
+    @classmethod
+    def _some_value(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("null is not a value: DELETE the override to remove it")
+        if len(orjson.dumps(v)) > MAX_OVERRIDE_BYTES:
+            raise ValueError(f"longer than {MAX_OVERRIDE_BYTES} bytes as JSON")
+        return v
+
+
+MAX_OVERRIDE_BYTES = 16_384
+ATTRIBUTE = Path(pattern=r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_\-]+)?$", max_length=64,
+                 description="A golden attribute (name, address, phones, …) or extra.<name>.")
 
 
 def _not_found(exc: Exception) -> ApiError:
@@ -174,3 +198,31 @@ def unmerge(golden_id: str, body: UnmergeBody, request: Request, svc: MdmService
         raise _not_found(exc) from None
     audit(p, "mdm_unmerge", golden_id, source_keys=body.source_keys)
     return _steward_answer(request, svc, events)
+
+
+def _override(golden_id: str, attribute: str, value: Any, reason: str | None, request: Request, svc: MdmService,
+              p: Principal) -> dict[str, Any]:
+    try:
+        events = svc.override(golden_id, attribute, value, by=p.actor, reason=reason)
+    except NotFound as exc:
+        raise _not_found(exc) from None
+    except InvalidOverride as exc:
+        loc = "body.value" if attribute in ATTRIBUTES or attribute.startswith("extra.") else "path.attribute"
+        raise ApiError(422, "invalid_request", str(exc), [{"loc": loc, "msg": str(exc), "type": "value_error"}]) from None
+    audit(p, "mdm_override", f"{golden_id}.{attribute}", removed=value is None)
+    return _steward_answer(request, svc, events)
+
+
+@router.put("/v1/customers/{golden_id}/overrides/{attribute}",
+            summary="Set a steward's value for one attribute of a customer: it wins over every source (steward)")
+def set_override(body: OverrideBody, request: Request, golden_id: str, attribute: str = ATTRIBUTE,
+                 svc: MdmService = Depends(mdm), p: Principal = Depends(require("steward"))) -> dict[str, Any]:
+    return _override(golden_id, attribute, body.value, body.reason, request, svc, p)
+
+
+@router.delete("/v1/customers/{golden_id}/overrides/{attribute}",
+               summary="Remove a steward's value: the attribute survives from the sources again (steward)")
+def remove_override(request: Request, golden_id: str, attribute: str = ATTRIBUTE,
+                    reason: str | None = Query(default=None, max_length=2000, description="Why (kept in the audit trail)."),
+                    svc: MdmService = Depends(mdm), p: Principal = Depends(require("steward"))) -> dict[str, Any]:
+    return _override(golden_id, attribute, None, reason, request, svc, p)

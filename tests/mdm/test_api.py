@@ -107,3 +107,29 @@ def test_steward_queue_decide_merge_unmerge_are_audited_and_publish_events(hub):
     assert per_golden and all(s == sorted(s) for s in per_golden.values())
     assert ("party.golden.unmerged.v1", "G0000000002", 3) in got
 
+
+
+def test_a_steward_override_is_set_validated_audited_and_removed_over_http(hub):
+    seed(hub.svc)
+    c = hub.client
+    url = "/v1/customers/G0000000001/overrides/industry"
+    assert c.put(url, json={"value": "金融"}, headers=hub.h("reader")).status_code == 403
+    r = c.put(url, json={"value": "金融", "reason": "contract"}, headers=hub.h("steward"))
+    assert r.status_code == 200 and r.json()["events"][0]["change"] == "updated"
+    body = c.get("/v1/customers/G0000000001", headers=hub.h("reader")).json()
+    assert body["attributes"]["industry"] == {"value": "金融", "lineage": {"source_system": "steward",
+                                                                         "source_id": None, "rule": "override"}}
+    bad = c.put("/v1/customers/G0000000001/overrides/phones", json={"value": "0755-1"}, headers=hub.h("steward"))
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"] == "body.value"
+    bad = c.put("/v1/customers/G0000000001/overrides/colour", json={"value": "red"}, headers=hub.h("steward"))
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"] == "path.attribute"
+    assert "no golden attribute 'colour'" in bad.json()["error"]["message"]
+    bad = c.put(url, json={"value": None}, headers=hub.h("steward"))
+    assert bad.status_code == 422 and "DELETE" in bad.json()["error"]["details"][0]["msg"]
+    assert c.put("/v1/customers/G0000000404/overrides/industry", json={"value": "x"},
+                 headers=hub.h("steward")).status_code == 404
+    r = c.delete(url, params={"reason": "wrong"}, headers=hub.h("steward"))
+    assert r.status_code == 200
+    body = c.get("/v1/customers/G0000000001", headers=hub.h("reader")).json()
+    assert "industry" not in body["attributes"]
+    assert [(a["action"], a["reason"]) for a in hub.svc.audit()][:2] == [("override", "wrong"), ("override", "contract")]
