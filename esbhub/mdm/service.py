@@ -499,12 +499,16 @@ class _Q:
         .values(active=False, superseded_at=sa.bindparam("at", type_=Link.__table__.c.superseded_at.type))
     )
     members = sa.select(Xref.golden_id, Xref.source_system, Xref.source_id).where(any_of(Xref.golden_id, "ids"))
-    match_edges = sa.select(Link.id, Link.a_key, Link.b_key, Link.weight).where(  # not the evidence JSON
-        Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
-        sa.or_(any_of(Link.a_key, "a"), any_of(Link.b_key, "b")),
-    )
-    constraints = sa.select(Constraint.id, Constraint.a_key, Constraint.b_key, Constraint.kind).where(  # columns
-        Constraint.active.is_(True), sa.or_(any_of(Constraint.a_key, "a"), any_of(Constraint.b_key, "b"))
+    # the match links (not their evidence JSON) and the active constraints touching a set of keys,
+    # in one statement: ``kind`` is None for a link, the constraint's kind otherwise
+    edges = sa.union_all(
+        sa.select(Link.id, Link.a_key, Link.b_key, Link.weight, sa.null().label("kind")).where(
+            Link.active.is_(True), Link.decision == "match", Link.hard.is_(None),
+            sa.or_(any_of(Link.a_key, "a"), any_of(Link.b_key, "b")),
+        ),
+        sa.select(Constraint.id, Constraint.a_key, Constraint.b_key, sa.null(), Constraint.kind).where(
+            Constraint.active.is_(True), sa.or_(any_of(Constraint.a_key, "a"), any_of(Constraint.b_key, "b")),
+        ),
     )
     founded_rows = sa.select(*Golden.__table__.columns).where(any_of(Golden.__table__.c.founder, "ids"))
     overrides = (sa.select(Override).where(any_of(Override.golden_id, "ids"), Override.active.is_(True))
@@ -1035,8 +1039,8 @@ class MdmService:
         conn = s.connection()
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            links += conn.execute(_Q.match_edges, {"a": chunk, "b": chunk}).all()
-            cons += conn.execute(_Q.constraints, {"a": chunk, "b": chunk}).all()
+            for row in conn.execute(_Q.edges, {"a": chunk, "b": chunk}):
+                (links if row.kind is None else cons).append(row)
         return links, cons
 
     def _region(self, s: Session, seeds: set[str]) -> tuple[set[str], list[Any], list[Any]]:
