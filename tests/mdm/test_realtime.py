@@ -41,7 +41,7 @@ def _envelope(p: Party) -> Envelope:
 class Run:
     """A Worker with the MDM subscription; the backlog is published before it starts."""
 
-    def __init__(self, settings: Settings, unique: str) -> None:
+    def __init__(self, settings: Settings, unique: str, hold: int = HOLD_FOR, **kw) -> None:
         self.settings = settings
         self.url = settings.effective_database_url
         upgrade(self.url)
@@ -50,7 +50,7 @@ class Run:
         self.events_q = unique
         self.broker.declare_queue(unique, ["party.golden.#"])
         self.store = BusStore(self.url)
-        [sub] = realtime.subscriptions(settings, self.broker)
+        [sub] = realtime.subscriptions(settings, self.broker, **kw)
         sub.retry = RetryPolicy(max_attempts=1)
         self.sub = sub
         self.batches: list[list[str]] = []
@@ -58,9 +58,9 @@ class Run:
         assert inner is not None
 
         def recorded(items):
-            if not self.batches:  # hold the first batch until a backlog is queued behind it
+            if not self.batches and hold:  # hold the first batch until a backlog is queued behind it
                 rt = self.worker._subs[sub.name]
-                wait_for(lambda: len(items) + sum(len(f) for f in rt.feeds) >= HOLD_FOR, 30, "backlog queued")
+                wait_for(lambda: len(items) + sum(len(f) for f in rt.feeds) >= hold, 30, "backlog queued")
             self.batches.append([env.id for env, _ in items])
             return inner(items)
 
@@ -169,3 +169,27 @@ def _without_times(lineage):
         return [_without_times(x) for x in lineage]
     return {k: v for k, v in (lineage or {}).items() if k != "source_updated_at"}
 
+
+
+@pytest.mark.parametrize("sweep", [0.0, 3600.0], ids=["every-batch", "once-an-hour"])
+def test_steward_events_left_in_the_outbox_go_out_after_a_batch_when_the_last_look_is_old_enough(
+        settings, unique, sweep):
+    r = Run(settings, unique, hold=0, outbox_sweep_s=sweep)
+    try:
+        records = _stream()[:8]
+        r.publish([_envelope(p) for p in records[:4]])
+        r.worker.start()
+        r.settle(4)
+        svc = service_for(r.settings)
+        a, b = sorted({svc.resolve_id(f"{p.source_system}:{p.source_id}") for p in records[:4]})[:2]
+        svc.merge(a, b, by="erin")  # its events wait in the outbox (nobody published them)
+        assert svc.pending_events() > 0
+        r.publish([_envelope(p) for p in records[4:]])
+        r.settle(8)
+        merged = [e for e in r.events if e.payload.get("actor") == "erin"]
+        if sweep == 0.0:
+            assert svc.pending_events() == 0 and merged
+        else:  # the first batch looked a moment ago: the next look is an hour away
+            assert svc.pending_events() > 0 and not merged
+    finally:
+        r.close()
