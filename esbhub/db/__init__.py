@@ -9,10 +9,12 @@ Each subsystem keeps its tables in its own module (``esbhub.bus.store``, ``esbhu
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import exc as exc_mod
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from esbhub.db import wal
@@ -71,7 +73,44 @@ def make_engine(url: str, **kw: Any) -> Engine:
         connect_args = {"connect_timeout": 10}
     elif url.startswith("mysql"):
         connect_args = {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60}
-    return create_engine(url, pool_pre_ping=True, pool_timeout=10, connect_args=connect_args, **kw)
+    eng = create_engine(url, pool_timeout=10, connect_args=connect_args, **kw)
+    _ping_when_idle(eng)
+    return eng
+
+
+PING_IDLE_S = 5.0
+"""A pooled connection idle this long (seconds) is pinged before it is handed out again."""
+
+
+def _ping_when_idle(eng: Engine) -> None:
+    """Pessimistic disconnect handling, as ``pool_pre_ping`` — but only for a connection that has
+    been idle :data:`PING_IDLE_S` or longer.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip and ~0.1 ms of the hub's CPU per
+    transaction (measured on PostgreSQL: a one-statement transaction 0.45 ms without, 0.68 ms with
+    it), and a busy hub runs several transactions per message. A connection used a moment ago is
+    handed out as it is; one idle longer — a database restarted, a firewall that dropped the
+    socket — is pinged with the dialect's own ping, and replaced when that fails (raising
+    ``DisconnectionError`` in a checkout handler makes the pool discard it and connect afresh).
+    A connection that broke within the idle window fails its first statement; SQLAlchemy then
+    invalidates the pool and the caller's error is transient (the bus retries the message).
+    """
+
+    @event.listens_for(eng, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["esbhub_idle_since"] = time.monotonic()
+
+    @event.listens_for(eng, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("esbhub_idle_since", None)
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return  # connected just now, or used a moment ago
+        try:
+            alive = eng.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure to ping: replace the connection
+            raise exc_mod.DisconnectionError(f"idle connection failed its ping: {type(exc).__name__}") from exc
+        if not alive:
+            raise exc_mod.DisconnectionError("idle connection failed its ping")
 
 
 def engine_for(url: str) -> Engine:
