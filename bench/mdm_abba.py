@@ -2,7 +2,7 @@
 
     git worktree add /tmp/oldtree <commit>
     .venv/bin/python bench/mdm_abba.py --store /tmp/mdm1m --old /tmp/oldtree [--new .] \\
-        [--work /tmp/abba] [--chunks 8] [--chunk 1000] [--batch 200] [--seed 9]
+        [--work /tmp/abba] [--chunks 8] [--chunk 1000] [--batch 200] [--seed 9] [--pg URL]
 
 ``--store`` is a directory with ``hub.db`` and ``mdm_model.json``: what ``bench/mdm_load.py --keep``
 leaves (a 1M store takes ~10 min to load).
@@ -30,6 +30,11 @@ script measures both trees in the same conditions:
   were made. Anything else that differs is printed, and the exit status is 1.
 
 A loop probe is printed at the start and at the end: it shows how fast the machine was then.
+
+``--pg URL`` runs the same on PostgreSQL: ``URL`` names a database holding the same store as
+``--store`` (``esbhub mdm load`` of the same file). The two copies are databases made from it with
+``CREATE DATABASE … TEMPLATE``, analysed and read through (their files, as the server keeps
+them); the outcome is compared on every value's text form; the copies are dropped at the end.
 """
 
 from __future__ import annotations
@@ -56,9 +61,9 @@ configure("warning")
 from esbhub.bus.envelope import Envelope
 from esbhub.mdm.service import MdmService, MdmSettings
 from esbhub.schemas.party import Party
-db, model, stream_path, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+url, model, stream_path, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 stream = pickle.load(open(stream_path, "rb"))
-svc = MdmService(f"sqlite:///{db}", settings=MdmSettings(model_path=Path(model)))
+svc = MdmService(url, settings=MdmSettings(model_path=Path(model)))
 t = time.perf_counter()
 svc._ensure_index()
 print(json.dumps({"index_s": time.perf_counter() - t}), flush=True)
@@ -112,6 +117,98 @@ def resident(path: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (no fincore)"
     return f"{out[0]} of {out[1]}"
+
+
+class PgCopies:
+    """``--pg``: the two copies are PostgreSQL databases made from the database holding the store
+    (``CREATE DATABASE … TEMPLATE …``), read through after copying, dropped at the end."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.sa = sa
+        self.url = sa.make_url(url)
+        self.admin = sa.create_engine(self.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        self.names: list[str] = []
+
+    def copy(self, tag: str) -> str:
+        name = f"{self.url.database}_abba_{tag.lower()}"
+        with self.admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            c.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{self.url.database}"')
+        self.names.append(name)
+        eng = self.sa.create_engine(self.url.set(database=name), isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.exec_driver_sql("ANALYZE")
+        eng.dispose()
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def files(self, url: str) -> list[Path]:
+        """The database's files (tables, indexes, TOAST, every 1 GB segment)."""
+        eng = self.sa.create_engine(url)
+        with eng.connect() as c:
+            data = Path(c.exec_driver_sql("SHOW data_directory").scalar())
+            rels = [r[0] for r in c.exec_driver_sql(
+                "SELECT pg_relation_filepath(oid) FROM pg_class WHERE relkind IN ('r', 'i', 't') "
+                "AND pg_relation_filepath(oid) IS NOT NULL")]
+        eng.dispose()
+        out: list[Path] = []
+        for rel in rels:
+            base = data / rel
+            out += ([base] if base.exists() else []) + sorted(base.parent.glob(base.name + ".[0-9]*"))
+        return out
+
+    def warm(self, url: str) -> None:
+        for f in self.files(url):
+            warm(f)
+
+    def resident(self, url: str) -> str:
+        files = self.files(url)
+        total = sum(f.stat().st_size for f in files)
+        try:
+            out = subprocess.run(["fincore", "--noheadings", "--bytes", "--output", "RES", *map(str, files)],
+                                 capture_output=True, text=True, timeout=120, check=True).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            return "unknown (no fincore)"
+        return f"{sum(int(x) for x in out) / 2**30:.1f}G of {total / 2**30:.1f}G"
+
+    def drop(self) -> None:
+        with self.admin.connect() as c:
+            for name in self.names:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.admin.dispose()
+
+
+def pg_digests(url: str, ids: list[str]) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[str, str]]]:
+    """:func:`table_digests` and :func:`inbox` of a PostgreSQL copy: every value as its text form,
+    the inbox rows of the stream's envelope ids."""
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(url)
+    out: dict[str, tuple[int, str]] = {}
+    box: dict[str, tuple[str, str]] = {}
+    with eng.connect() as c:
+        tables = [r[0] for r in c.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'mdm_%' "
+            "AND tablename != 'mdm_inbox' ORDER BY tablename"))]
+        for t in tables:
+            cols = [r[0] for r in c.execute(sa.text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = :t ORDER BY ordinal_position"), {"t": t}) if r[0] not in TIME_COLUMNS]
+            order = ", ".join(str(i + 1) for i in range(len(cols)))
+            h, n = hashlib.sha256(), 0
+            for row in c.execute(sa.text(f"SELECT {', '.join(f'{x}::text' for x in cols)} FROM {t} ORDER BY {order}")):
+                h.update(repr(tuple(row)).encode())
+                n += 1
+            out[t] = (n, h.hexdigest()[:16])
+        for i in range(0, len(ids), 1000):
+            for eid, outcome, events in c.execute(sa.text(
+                    "SELECT envelope_id, outcome, events::text FROM mdm_inbox WHERE envelope_id = ANY(:ids)"),
+                    {"ids": ids[i : i + 1000]}):
+                text = json.dumps(json.loads(events), ensure_ascii=False, sort_keys=True)
+                box[eid] = (outcome, _GENERATED.sub('"_": 0', text))
+    eng.dispose()
+    return out, box
 
 
 def table_digests(db: Path) -> dict[str, tuple[int, str]]:
@@ -170,6 +267,9 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=1000, help="Records per chunk.")
     ap.add_argument("--batch", type=int, default=200, help="Records per MdmService.ingest_many call.")
     ap.add_argument("--seed", type=int, default=9, help="Seed of the stream.")
+    ap.add_argument("--pg", default=None,
+                    help="PostgreSQL database holding the same store (e.g. postgresql+psycopg://postgres@127.0.0.1/mdm1m): "
+                         "the two copies are made from it; --store's hub.db then only makes the stream.")
     a = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -186,18 +286,41 @@ def main() -> int:
     con = sqlite3.connect(f"file:{a.store / 'hub.db'}?mode=ro", uri=True)
     inbox_since = con.execute("SELECT coalesce(max(rowid), 0) FROM mdm_inbox").fetchone()[0]
     con.close()
-    dbs = {name: fresh_copy(a.store, a.work / name) for name in "AB"}
-    drop_cache(a.store / "hub.db")
-    for name in "AB":  # the copy made first may have been partly evicted while the second was made
-        warm(dbs[name])
-    print("in the page cache: " + ", ".join(f"{n} {resident(dbs[n])}" for n in "AB"), flush=True)
-    print(f"stream of {n} records and two copies of {a.store / 'hub.db'} in {time.perf_counter() - t:.0f} s", flush=True)
+    pg = PgCopies(a.pg) if a.pg else None
+    try:
+        return _run(a, stream_path, inbox_since, pg, t, stream)
+    finally:
+        if pg is not None:
+            pg.drop()
+
+
+def _run(a: argparse.Namespace, stream_path: Path, inbox_since: int, pg: PgCopies | None, t: float,
+         stream: list[bytes]) -> int:
+    from mdm_realtime import loadavg, probe
+
+    urls: dict[str, str] = {}
+    if pg is not None:
+        for name in "AB":
+            urls[name] = pg.copy(name)
+        for name in "AB":
+            pg.warm(urls[name])
+        where = "PostgreSQL " + pg.url.render_as_string(hide_password=True)
+        print("in the page cache: " + ", ".join(f"{n} {pg.resident(urls[n])}" for n in "AB"), flush=True)
+    else:
+        dbs = {name: fresh_copy(a.store, a.work / name) for name in "AB"}
+        drop_cache(a.store / "hub.db")
+        for name in "AB":  # the copy made first may have been partly evicted while the second was made
+            warm(dbs[name])
+        urls = {name: f"sqlite:///{dbs[name]}" for name in "AB"}
+        where = str(a.store / "hub.db")
+        print("in the page cache: " + ", ".join(f"{n} {resident(dbs[n])}" for n in "AB"), flush=True)
+    print(f"stream of {len(stream)} records and two copies of {where} in {time.perf_counter() - t:.0f} s", flush=True)
 
     procs: dict[str, subprocess.Popen[str]] = {}
     try:
         for name, tree in (("A", a.old), ("B", a.new)):
             env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-            p = subprocess.Popen([sys.executable, "-c", _CHILD, str(dbs[name]), str(a.store / "mdm_model.json"),
+            p = subprocess.Popen([sys.executable, "-c", _CHILD, urls[name], str(a.store / "mdm_model.json"),
                                   str(stream_path), str(a.batch)], env=env, cwd=str(a.work), text=True,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             procs[name] = p
@@ -231,11 +354,26 @@ def main() -> int:
     faster = sum(1 for x, y in zip(res["A"], res["B"], strict=True) if y["rate"] > x["rate"])
     print(f"old: {mean('A', 'rate'):.0f} records/s, CPU {mean('A', 'cpu_ms'):.2f} ms/record")
     print(f"new: {mean('B', 'rate'):.0f} records/s, CPU {mean('B', 'cpu_ms'):.2f} ms/record")
-    print("in the page cache after the chunks: " + ", ".join(f"{n} {resident(dbs[n])}" for n in "AB"), flush=True)
+    if pg is not None:
+        print("in the page cache after the chunks: " + ", ".join(f"{n} {pg.resident(urls[n])}" for n in "AB"),
+              flush=True)
+    else:
+        print("in the page cache after the chunks: " + ", ".join(f"{n} {resident(dbs[n])}" for n in "AB"),
+              flush=True)
     print(f"new/old: records/s ×{mean('B', 'rate') / mean('A', 'rate'):.2f}, CPU per record "
           f"×{mean('B', 'cpu_ms') / mean('A', 'cpu_ms'):.2f}; new faster in {faster} of {a.chunks} chunks; "
           f"loop probe {probe():.2f} s", flush=True)
-    diffs = same_outcome(dbs["A"], dbs["B"], inbox_since)
+    if pg is not None:
+        from esbhub.bus.envelope import Envelope
+
+        ids = [Envelope.from_bytes(x).id for x in stream]
+        (da, ia), (db_, ib) = pg_digests(urls["A"], ids), pg_digests(urls["B"], ids)
+        diffs = [f"{t}: {da.get(t)} vs {db_.get(t)}" for t in sorted(set(da) | set(db_)) if da.get(t) != db_.get(t)]
+        bad = [k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k)]
+        if bad:
+            diffs.append(f"mdm_inbox: {len(bad)} of {len(ia)} rows differ, e.g. {sorted(bad)[0]}")
+    else:
+        diffs = same_outcome(dbs["A"], dbs["B"], inbox_since)
     if diffs:
         print("DIFFERENT OUTCOME:\n  " + "\n  ".join(diffs))
         return 1
