@@ -34,7 +34,7 @@ A loop probe is printed at the start and at the end: it shows how fast the machi
 ``--pg URL`` runs the same on PostgreSQL: ``URL`` names a database holding the same store as
 ``--store`` (``esbhub mdm load`` of the same file). The two copies are databases made from it with
 ``CREATE DATABASE … TEMPLATE``, analysed and read through (their files, as the server keeps
-them); the outcome is compared on every value's text form; the copies are dropped at the end.
+them), the original's files dropped from the page cache; the outcome is compared on every value's text form; the copies are dropped at the end.
 """
 
 from __future__ import annotations
@@ -302,6 +302,9 @@ def _run(a: argparse.Namespace, stream_path: Path, inbox_since: int, pg: PgCopie
     if pg is not None:
         for name in "AB":
             urls[name] = pg.copy(name)
+        for f in pg.files(pg.url.render_as_string(hide_password=False)):  # the original: out of the way
+            drop_cache(f)
+        drop_cache(a.store / "hub.db")
         for name in "AB":
             pg.warm(urls[name])
         where = "PostgreSQL " + pg.url.render_as_string(hide_password=True)
