@@ -34,7 +34,9 @@ A loop probe is printed at the start and at the end: it shows how fast the machi
 ``--pg URL`` runs the same on PostgreSQL: ``URL`` names a database holding the same store as
 ``--store`` (``esbhub mdm load`` of the same file). The two copies are databases made from it with
 ``CREATE DATABASE … TEMPLATE``, analysed and read through (their files, as the server keeps
-them), the original's files dropped from the page cache; the outcome is compared on every value's text form; the copies are dropped at the end.
+them), the original's files dropped from the page cache. The outcome is compared on every value's
+text form (JSON as ``jsonb``'s, so that one value written as escaped ASCII or as UTF-8 compares
+equal). The copies are dropped at the end.
 """
 
 from __future__ import annotations
@@ -192,12 +194,13 @@ def pg_digests(url: str, ids: list[str]) -> tuple[dict[str, tuple[int, str]], di
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'mdm_%' "
             "AND tablename != 'mdm_inbox' ORDER BY tablename"))]
         for t in tables:
-            cols = [r[0] for r in c.execute(sa.text(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                "AND table_name = :t ORDER BY ordinal_position"), {"t": t}) if r[0] not in TIME_COLUMNS]
+            # JSON as jsonb's text: the same value written as escaped ASCII or as UTF-8 reads the same
+            cols = [f"{name}::jsonb::text" if kind == "json" else f"{name}::text" for name, kind in c.execute(sa.text(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = :t ORDER BY ordinal_position"), {"t": t}) if name not in TIME_COLUMNS]
             order = ", ".join(str(i + 1) for i in range(len(cols)))
             h, n = hashlib.sha256(), 0
-            for row in c.execute(sa.text(f"SELECT {', '.join(f'{x}::text' for x in cols)} FROM {t} ORDER BY {order}")):
+            for row in c.execute(sa.text(f"SELECT {', '.join(cols)} FROM {t} ORDER BY {order}")):
                 h.update(repr(tuple(row)).encode())
                 n += 1
             out[t] = (n, h.hexdigest()[:16])

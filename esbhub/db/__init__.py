@@ -8,11 +8,14 @@ Each subsystem keeps its tables in its own module (``esbhub.bus.store``, ``esbhu
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy import exc as exc_mod
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
@@ -71,11 +74,42 @@ def make_engine(url: str, **kw: Any) -> Engine:
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         connect_args = {"connect_timeout": 10}
+        kw.setdefault("json_serializer", json_dumps)
+        kw.setdefault("json_deserializer", json_loads)
     elif url.startswith("mysql"):
         connect_args = {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60}
     eng = create_engine(url, pool_timeout=10, connect_args=connect_args, **kw)
     _ping_when_idle(eng)
     return eng
+
+
+def json_dumps(value: Any) -> bytes:
+    """JSON of the values PostgreSQL's ``json`` columns get: orjson's compact UTF-8 (the stdlib's
+    default, SQLAlchemy's, escapes every Chinese character as ``\\uXXXX`` — twice its UTF-8 size —
+    and pads separators, in every row, its WAL and TOAST), several times faster. Values orjson does
+    not take (non-string keys, integers over 64 bits) go through the stdlib, as UTF-8 too. Reading
+    is orjson's too: the stored text of either form reads back as the same value."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False).encode()
+
+
+_LONG_DIGITS = re.compile(rb"\d{20}")
+
+
+def json_loads(data: bytes | str) -> Any:
+    """A JSON value from its text, with orjson. orjson reads an integer beyond 64 bits as a float
+    (precision lost); text with 20 digits in a row — such an integer, or just a long number in a
+    string — is read with the stdlib, which keeps every integer exact. Invalid text for orjson
+    (``NaN``) goes to the stdlib too."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 PING_IDLE_S = 5.0

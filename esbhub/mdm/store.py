@@ -30,14 +30,12 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 
 from __future__ import annotations
 
-import json
 import operator
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -45,7 +43,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql import visitors
 
-from esbhub.db import Base
+from esbhub.db import Base, json_dumps, json_loads
 
 DEFLATED = b"\x01"
 """First byte of a value stored deflated (:class:`CompressedJSON`): JSON text never starts with it."""
@@ -63,11 +61,7 @@ def _deflate(text: bytes) -> bytes:
     return DEFLATED + c.compress(text) + c.flush()
 
 
-def _dump(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # non-string keys, NaN, huge ints: the stdlib takes them
-        return json.dumps(value).encode()
+_dump = json_dumps  # orjson; non-string keys and huge ints through the stdlib
 
 
 def _load(value: Any) -> Any:
@@ -76,10 +70,7 @@ def _load(value: Any) -> Any:
             value = zlib.decompress(memoryview(value)[1:], -15)  # raw deflate, any window
     elif not isinstance(value, str):
         return value  # None; or a bare JSON number SQLite's NUMERIC affinity turned into a number
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return json.loads(value)
+    return json_loads(value)  # orjson; the stdlib where an integer may be beyond 64 bits
 
 
 def _stored_text(value: Any) -> str:
