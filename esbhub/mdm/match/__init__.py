@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from esbhub.mdm.cluster import can_link
-from esbhub.mdm.match.comparisons import COMPARISONS, PUBLIC_MAIL_DOMAINS, Comparison, _first
+from esbhub.mdm.match.comparisons import COMPARISONS, PUBLIC_MAIL_DOMAINS, Comparison, _first, other_district
 from esbhub.mdm.standardize import StdParty
 
 Kind = Literal["organization", "person"]
@@ -297,7 +297,7 @@ class _Scorer:
 
 _VIEW_FIELDS = ("source_system", "source_id", "kind", "name_norm", "core_name", "pinyin_key", "uscc", "uscc_valid",
                 "org_code", "branch", "branch_name", "phones", "phones_generic", "emails", "address", "street",
-                "province", "city", "postcode", "given_name", "family_name", "birth_date", "id_number",
+                "division_code", "province", "city", "postcode", "given_name", "family_name", "birth_date", "id_number",
                 "id_number_valid")
 
 
@@ -551,7 +551,7 @@ class Matcher:
         a_uscc, a_valid, a_org = a.uscc, a.uscc_valid, a.org_code
         a_nn, a_core, a_py = a.name_norm, a.core_name, a.pinyin_key
         a_long = len(a_core) >= 4
-        a_city, a_prov, a_street = a.city, a.province, a.street
+        a_city, a_prov, a_street, a_div = a.city, a.province, a.street, a.division_code
         phones = self._phone_probe(a)
         a_mails = frozenset(a.emails)
         a_domains = {e.rsplit("@", 1)[-1] for e in a.emails} - PUBLIC_MAIL_DOMAINS if a_mails else a_mails
@@ -604,6 +604,8 @@ class Matcher:
             sb = b.street
             if not a_street or not sb:
                 la = 0
+            elif other_district(a_div, b.division_code):
+                la = 4
             elif a_street == sb:
                 la = 1
             else:

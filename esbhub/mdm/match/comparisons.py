@@ -92,11 +92,20 @@ def cmp_phone(a: StdParty, b: StdParty) -> tuple[int, str | None, str | None]:
     return 3, _first(a.phones or a.phones_generic), _first(b.phones or b.phones_generic)
 
 
+def other_district(a: str | None, b: str | None) -> bool:
+    """Two division codes (GB/T 2260) of different districts or counties: the same street and
+    number in two districts of one city are two places (新华路515号 in 建邺区 and in 鼓楼区). Codes at
+    city or province level (``…00``) say nothing about the district."""
+    return bool(a and b and a != b and a[4:] != "00" and b[4:] != "00")
+
+
 def cmp_address(a: StdParty, b: StdParty) -> tuple[int, str | None, str | None]:
     # levels: null, exact, near, partial, else
     sa, sb = a.street, b.street
     if not sa or not sb:
         return 0, a.address, b.address
+    if other_district(a.division_code, b.division_code):
+        return 4, a.address, b.address
     if sa == sb:
         return 1, a.address, b.address
     s = _jw(sa, sb)
