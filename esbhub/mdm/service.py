@@ -489,7 +489,7 @@ class _Q:
         .where(SourceVersion.id > sa.bindparam("since")).order_by(SourceVersion.id)
     )
     std_of_versions = sa.select(SourceVersion.id, SourceVersion.std).where(any_of(SourceVersion.id, "ids"))
-    inbox = sa.select(Inbox).where(any_of(Inbox.envelope_id, "ids"))
+    inbox = sa.select(Inbox.envelope_id, Inbox.events).where(any_of(Inbox.envelope_id, "ids"))  # Core rows
     links = sa.select(*Link.__table__.columns).where(
         Link.active.is_(True), sa.or_(any_of(Link.a_key, "a"), any_of(Link.b_key, "b")))
     delete_keys = KeyIndex.__table__.delete().where(
@@ -821,9 +821,9 @@ class MdmService:
     def _prefetch(self, s: Session, items: Sequence[tuple[Party, str, Envelope | None]]) -> dict[str, Any]:
         """Inbox rows and current xref rows of a whole batch in a few queries."""
         ids = [e for _p, e, _x in items]
-        inbox: dict[str, Inbox] = {}
+        inbox: dict[str, Any] = {}  # envelope id → (envelope_id, events)
         for i in range(0, len(ids), 500):
-            for row in s.execute(_Q.inbox, {"ids": ids[i : i + 500]}).scalars():
+            for row in s.connection().execute(_Q.inbox, {"ids": ids[i : i + 500]}):
                 inbox[row.envelope_id] = row
         xrefs = self._xrefs(s, {source_key(p.source_system, p.source_id) for p, _e, _x in items})
         # what staging a changed record reads — its active links, its golden record's members —
