@@ -480,7 +480,7 @@ def _expand_events(s: Session, stored: list[dict[str, Any]]) -> list[Envelope]:
 
 class _Q:
     """The ingest path's statements, built once: building a statement and its cache key costs more
-    than SQLite running it (~0.3-0.5 ms of Python each; a one-record transaction runs ~25)."""
+    than SQLite running it (~0.3-0.5 ms of Python each; a one-record transaction runs ~20)."""
 
     # not the standardized JSON: most rows since are this process's own (:meth:`MdmService._catch_up`)
     versions_since = (
