@@ -21,7 +21,6 @@ from esbhub.auth import Principal, audit, require
 from esbhub.bus.envelope import Envelope
 from esbhub.logging import get_logger
 from esbhub.mdm.service import Conflict, InvalidOverride, MdmService, NotFound, service_for
-from esbhub.mdm.survivorship import ATTRIBUTES
 
 log = get_logger("esbhub.mdm.api")
 router = APIRouter(tags=["customers (MDM)"])
@@ -53,6 +52,9 @@ class UnmergeBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
 
 
+MAX_OVERRIDE_BYTES = 16_384
+
+
 class OverrideBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: JsonValue = Field(description="The value that wins for this golden record whatever the sources say: a "
@@ -70,7 +72,6 @@ class OverrideBody(BaseModel):
         return v
 
 
-MAX_OVERRIDE_BYTES = 16_384
 ATTRIBUTE = Path(pattern=r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_\-]+)?$", max_length=64,
                  description="A golden attribute (name, address, phones, …) or extra.<name>.")
 
@@ -207,7 +208,7 @@ def _override(golden_id: str, attribute: str, value: Any, reason: str | None, re
     except NotFound as exc:
         raise _not_found(exc) from None
     except InvalidOverride as exc:
-        loc = "body.value" if attribute in ATTRIBUTES or attribute.startswith("extra.") else "path.attribute"
+        loc = "body.value" if exc.field == "value" else "path.attribute"
         raise ApiError(422, "invalid_request", str(exc), [{"loc": loc, "msg": str(exc), "type": "value_error"}]) from None
     audit(p, "mdm_override", f"{golden_id}.{attribute}", removed=value is None)
     return _steward_answer(request, svc, events)

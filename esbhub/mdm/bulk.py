@@ -57,6 +57,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from esbhub.bus.envelope import Envelope
+from esbhub.db import json_dumps
 from esbhub.errors import InvalidMessage
 from esbhub.mdm import hierarchy
 from esbhub.mdm.cluster import LinkView
@@ -73,7 +74,6 @@ from esbhub.mdm.store import (
     Stored,
     Task,
     Xref,
-    _dump,
     aware,
     golden_id_for,
     insert_rows,
@@ -292,8 +292,8 @@ class BulkLoad:
             attrs = raw.get("attributes") or {}
             # serialized once, for the version row and the xref row; kept as text, which is also
             # what the column stores: orjson's bytes keep their whole (over-allocated) buffer
-            rawt = rawt or _dump(raw).decode()
-            stdt = stdt or _dump(stdj).decode()
+            rawt = rawt or json_dumps(raw).decode()
+            stdt = stdt or json_dumps(stdj).decode()
             self.rows[SourceVersion.__table__].append(dict(
                 source_system=system, source_id=sid, version=r.version, envelope_id=envelope_id,
                 content_hash=content_hash, raw=Stored(rawt) if self.sqlite else raw,

@@ -247,7 +247,7 @@ def _prepare_rows(fn: Any, default_system: str | None, rows: list[tuple[str, Any
             except Exception:  # noqa: BLE001 - the service standardizes it again and reports it
                 std = stdj = None
         if type(std) is StdParty:
-            with contextlib.suppress(TypeError):  # as the store's _dump; where orjson fails (it falls
+            with contextlib.suppress(TypeError):  # as the store's json_dumps; where orjson fails (it falls
                 # back on the stdlib), as dicts
                 out.append((where, _envelope_id(h), _Lite(p), orjson.dumps(raw).decode(), h, None,
                             orjson.dumps(stdj).decode()))

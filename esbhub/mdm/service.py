@@ -131,7 +131,12 @@ class NotFound(LookupError):
 
 
 class InvalidOverride(ValueError):
-    """A steward override of an attribute survivorship does not make, or with a value of the wrong shape."""
+    """A steward override of an attribute survivorship does not make, or with a value of the wrong
+    shape; ``field`` says which of the two ("attribute" or "value")."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Conflict(PermanentError):
@@ -156,7 +161,7 @@ class Prepared:
     :func:`esbhub.mdm.loader.load_parties`, partly in another process): the raw ``party.v1``
     JSON, its content hash (:func:`content_hash`), and optionally
     the standardized form with its JSON; the initial load also takes both JSON as the text the
-    store keeps (``rawt`` / ``stdt``: :func:`esbhub.mdm.store._dump` of ``raw`` / ``stdj``). They
+    store keeps (``rawt`` / ``stdt``: :func:`esbhub.db.json_dumps` of ``raw`` / ``stdj``). They
     must be what the service would compute itself."""
 
     raw: dict[str, Any]
@@ -716,8 +721,11 @@ class MdmService:
         own, self._own = self._own, {}
         # ours: a version of a key at or below the one we wrote last (the same key twice in a
         # batch); another process's versions since are above it, as writers are serialized
-        theirs = [(vid, source_key(system, sid), deleted) for vid, system, sid, version, deleted in rows
-                  if version > own.get(source_key(system, sid), 0)]
+        theirs = []
+        for vid, system, sid, version, deleted in rows:
+            key = source_key(system, sid)
+            if version > own.get(key, 0):
+                theirs.append((vid, key, deleted))
         stds: dict[int, Any] = {}
         wanted = [vid for vid, _k, deleted in theirs if not deleted]
         for i in range(0, len(wanted), 500):
@@ -975,7 +983,7 @@ class MdmService:
                 reviews.append((a, b, r))
         if old_golden:
             known = pre["members"].get(old_golden)
-            seeds |= known if known is not None else self._members(s, [old_golden])
+            seeds |= known if known is not None else self._golden_members(s, [old_golden])[old_golden]
         return "new" if version == 1 else ("deleted" if party.deleted else "changed")
 
     # -------------------------------------------------------------- clustering
@@ -1227,7 +1235,7 @@ class MdmService:
             # changed golden record can have come to share one with the other side of a task (an
             # open task's sides were apart when it was opened or last obsoleted) — most changes
             # move none, and skip the look-up
-            moved_keys = [k for k in owner if prev_golden.get(k) != owner[k]]
+            moved_keys = [k for k in owner if prev_golden[k] != owner[k]]
             for t in (s.execute(_Q.open_tasks, {"a": moved_keys, "b": moved_keys}).scalars() if moved_keys else ()):
                 ga, gb = self._golden_of_key(s, t.a_key), self._golden_of_key(s, t.b_key)
                 if ga and ga == gb:
@@ -1503,7 +1511,7 @@ class MdmService:
         :class:`InvalidOverride` when the attribute or the value's shape is not one survivorship has."""
         problem = override_problem(attribute, value)
         if problem is not None:
-            raise InvalidOverride(problem)
+            raise InvalidOverride(*problem)
 
         def run(s: Session, now: datetime) -> list[_Change]:
             g = self.resolve(s, golden_id)

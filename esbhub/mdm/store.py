@@ -61,9 +61,6 @@ def _deflate(text: bytes) -> bytes:
     return DEFLATED + c.compress(text) + c.flush()
 
 
-_dump = json_dumps  # orjson; non-string keys and huge ints through the stdlib
-
-
 def _load(value: Any) -> Any:
     if isinstance(value, bytes):
         if value[:1] == DEFLATED:
@@ -74,11 +71,11 @@ def _load(value: Any) -> Any:
 
 
 def _stored_text(value: Any) -> str:
-    return _dump(value).decode()
+    return json_dumps(value).decode()
 
 
 def _stored_deflating(value: Any) -> str | bytes:
-    text = _dump(value)
+    text = json_dumps(value)
     if len(text) >= COMPRESS_FROM:
         packed = _deflate(text)
         if len(packed) < len(text):

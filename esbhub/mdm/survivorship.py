@@ -394,24 +394,23 @@ def survive_list(attr: str, members: list[Member], rule: AttributeRule) -> dict[
     return _survive_list([getter(m) for m in members], _Live(members), rule)
 
 
-
-
 ATTRIBUTES = (*_SCALAR_NAMES, *_LIST_NAMES)
 """The golden attributes survivorship makes (besides ``extra.<name>``)."""
 
 
-def override_problem(attribute: str, value: Any) -> str | None:
-    """Why a steward cannot override ``attribute`` with ``value`` (None: they can). The golden
-    attributes are the scalar and list attributes survivorship makes, and ``extra.<name>`` for
-    system-specific ones; a list attribute takes a list, the others a string, number or boolean."""
+def override_problem(attribute: str, value: Any) -> tuple[Literal["attribute", "value"], str] | None:
+    """What is wrong with a steward's override of ``attribute`` with ``value`` — which of the two,
+    and why — or None. The golden attributes are the scalar and list attributes survivorship
+    makes, and ``extra.<name>`` for system-specific ones; a list attribute takes a list, the
+    others a string, number or boolean."""
     if value is None:
         return None  # removes the override
     if attribute in _LIST_NAMES:
-        return None if isinstance(value, list) else f"'{attribute}' is a list attribute: the value must be a list"
+        return None if isinstance(value, list) else ("value", f"'{attribute}' is a list attribute: the value must be a list")
     if attribute in _SCALAR_NAMES or (attribute.startswith("extra.") and len(attribute) > len("extra.")):
         return None if isinstance(value, str | int | float | bool) else (
-            f"'{attribute}' is a single value: the value must be a string, number or boolean")
-    return f"no golden attribute '{attribute}': one of {', '.join(ATTRIBUTES)} or extra.<name>"
+            "value", f"'{attribute}' is a single value: the value must be a string, number or boolean")
+    return "attribute", f"no golden attribute '{attribute}': one of {', '.join(ATTRIBUTES)} or extra.<name>"
 
 
 def overrides_always_win(config: SurvivorshipConfig) -> bool:

@@ -136,15 +136,20 @@ def test_overrides_always_show_only_when_every_rule_lets_them_win():
     assert not overrides_always_win(SurvivorshipConfig(default=AttributeRule(rules=["trust"])))
 
 
-@pytest.mark.parametrize(("attribute", "value", "problem"), [
-    ("industry", "金融", None), ("phones", ["+8675588886666"], None), ("extra.segment", 3, None), ("name", None, None),
-    ("phones", "+8675588886666", "'phones' is a list attribute: the value must be a list"),
-    ("name", {"zh": "甲"}, "'name' is a single value: the value must be a string, number or boolean"),
-    ("colour", "red", "no golden attribute 'colour'"), ("extra.", "x", "no golden attribute 'extra.'"),
+@pytest.mark.parametrize(("attribute", "value", "field", "problem"), [
+    ("industry", "金融", None, None), ("phones", ["+8675588886666"], None, None), ("extra.segment", 3, None, None),
+    ("name", None, None, None),
+    ("phones", "+8675588886666", "value", "'phones' is a list attribute: the value must be a list"),
+    ("name", {"zh": "甲"}, "value", "'name' is a single value: the value must be a string, number or boolean"),
+    ("colour", "red", "attribute", "no golden attribute 'colour'"),
+    ("extra.", "x", "attribute", "no golden attribute 'extra.'"),
 ])
-def test_an_override_names_an_attribute_survivorship_makes_with_a_value_of_its_shape(attribute, value, problem):
+def test_an_override_names_an_attribute_survivorship_makes_with_a_value_of_its_shape(attribute, value, field, problem):
     got = override_problem(attribute, value)
-    assert got == problem if problem is None else got.startswith(problem)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and got[0] == field and got[1].startswith(problem)
 
 
 def test_the_rival_decides_the_rule_and_equal_members_fall_back_to_the_source_key():
