@@ -193,7 +193,7 @@ class BulkLoad:
         """A bulk load in one transaction if the store holds no source record yet, else None
         (load batch by batch: nothing is held then). Commits when the block ends normally
         (after :meth:`finish`); rolls back — store and matcher index — when it raises."""
-        from esbhub.mdm.service import SQLITE_CACHE_KIB, _bump_writer, _tune_sqlite
+        from esbhub.mdm.service import SQLITE_CACHE_KIB, _bump_writer, _take_flipped, _tune_sqlite
 
         svc._ensure_index()
         svc._lock.acquire()  # held to the end of the load: the service's other writers wait
@@ -231,6 +231,7 @@ class BulkLoad:
                 s.rollback()
                 for key in bulk.added:
                     svc.matcher.remove(key)
+                _take_flipped(svc.matcher)  # the index is back as it was
                 raise
             finally:
                 if sqlite:
@@ -247,6 +248,8 @@ class BulkLoad:
     def add(self, items: list[tuple[Party, str, Any]], errors: Callable[[Party, str], None]) -> None:
         """Stage a batch in arrival order: ``(party, envelope id, Prepared)``; a record that cannot
         be standardized goes to ``errors(party, message)``, the rest go on."""
+        from esbhub.mdm.service import _take_flipped
+
         t0 = time.perf_counter()
         s, svc = self.s, self.svc
         fresh = sum(1 for p, _e, _x in items if source_key(p.source_system, p.source_id) not in self.recs)
@@ -305,6 +308,7 @@ class BulkLoad:
                 results = svc._kept_matches(key, std)
                 svc.matcher.add(key, std)
                 self.added.append(key)
+            flipped = _take_flipped(svc.matcher)
             r.content_hash, r.kind, r.name, r.deleted = content_hash, party.kind, party.name, party.deleted
             r.core_name = (stdj.get("core_name") or "")[:500]
             r.name_norm = (stdj.get("name_norm") or "")[:500]
@@ -332,23 +336,9 @@ class BulkLoad:
                 other = m.b if m.a == key else m.a
                 if other == key:
                     continue
-                p = pair(key, other)
-                ev = evidence_json(m.evidence)
-                link = dict(
-                    a_key=p[0], b_key=p[1], weight=float(m.weight), probability=float(m.probability),
-                    decision=m.decision, hard=m.hard, evidence=ev, actor="engine", created_at=now, active=True,
-                    superseded_at=None,
-                )
-                if self.sqlite:  # numbered here (a rowid table, empty): superseded by primary key
-                    self.link_id += 1
-                    self.link_ids[p] = link["id"] = self.link_id
-                self.rows[Link.__table__].append(link)
-                if m.decision == "match" and m.hard is None:
-                    self.edges[p] = float(m.weight)
-                if m.decision == "review" or m.hard:
-                    self.reviews[p] = (float(m.weight), float(m.probability), ev)
-                for k in p:
-                    self.touching.setdefault(k, []).append(p)
+                self._link(pair(key, other), m, now)
+            if flipped:
+                self._rescore_shared(key, flipped, now)
         for tbl, rows in self.rows.items():
             if len(rows) >= CHUNK:
                 self.insert(tbl, rows)
@@ -408,6 +398,66 @@ class BulkLoad:
     def insert(self, table: Any, rows: list[dict[str, Any]]) -> None:
         """``INSERT`` of rows that all have the same keys (:func:`esbhub.mdm.store.insert_rows`)."""
         insert_rows(self.s.connection(), table, rows)
+
+    def _link(self, p: tuple[str, str], m: Any, now: datetime) -> None:
+        """Keep the link of pair ``p`` scored ``m`` (a match or review result)."""
+        ev = evidence_json(m.evidence)
+        link = dict(
+            a_key=p[0], b_key=p[1], weight=float(m.weight), probability=float(m.probability),
+            decision=m.decision, hard=m.hard, evidence=ev, actor="engine", created_at=now, active=True,
+            superseded_at=None,
+        )
+        if self.sqlite:  # numbered here (a rowid table, empty): superseded by primary key
+            self.link_id += 1
+            self.link_ids[p] = link["id"] = self.link_id
+        self.rows[Link.__table__].append(link)
+        if m.decision == "match" and m.hard is None:
+            self.edges[p] = float(m.weight)
+        if m.decision == "review" or m.hard:
+            self.reviews[p] = (float(m.weight), float(m.probability), ev)
+        for k in p:
+            self.touching.setdefault(k, []).append(p)
+
+    def _rescore_shared(self, key: str, phones: list[str], now: datetime) -> None:
+        """What :meth:`MdmService._rescore_shared <esbhub.mdm.service.MdmService._rescore_shared>`
+        does in the per-batch path, on the load's links in memory: the pairs of other records
+        holding a number that staging ``key`` made generic or specific again are scored again;
+        a link whose weight changed is superseded by the new score (or none)."""
+        from esbhub.mdm.service import _KEPT
+
+        matcher = self.svc.matcher
+        for phone in phones:
+            hs = [k for k in matcher.holders(phone) if k != key]  # sorted
+            fresh = {(r.a, r.b): r for r in matcher.score_pairs_among(hs, decisions=_KEPT)}
+            for i, a in enumerate(hs):
+                for b in hs[i + 1 :]:
+                    p = (a, b)
+                    old = self.edges.get(p)
+                    if old is None and p in self.reviews:
+                        old = self.reviews[p][0]
+                    r = fresh.get(p)
+                    if (old is None and r is None) or (old is not None and r is not None and old == float(r.weight)):
+                        continue
+                    if old is not None:
+                        self._supersede_pair(p, now)
+                    if r is not None:
+                        self._link(p, r, now)
+
+    def _supersede_pair(self, p: tuple[str, str], now: datetime) -> None:
+        """The link of pair ``p`` stops being current (kept, inactive)."""
+        self._flush()
+        lk = Link.__table__
+        i = self.link_ids.pop(p, None)
+        if i is not None:
+            where = lk.c.id == i
+        else:
+            where = sa.and_(lk.c.active.is_(True), lk.c.a_key == p[0], lk.c.b_key == p[1])
+        self.s.connection().execute(lk.update().where(where).values(active=False, superseded_at=now))
+        self.edges.pop(p, None)
+        self.reviews.pop(p, None)
+        for k in p:
+            with contextlib.suppress(KeyError, ValueError):
+                self.touching[k].remove(p)
 
     def _supersede(self, key: str, now: datetime) -> None:
         """A new version of ``key``: its links stop being current (kept, inactive)."""

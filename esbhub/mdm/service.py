@@ -390,6 +390,13 @@ class _LinkRow:
             setattr(self, k, v)
 
 
+def _take_flipped(matcher: Any) -> list[str]:
+    """:meth:`Matcher.take_flipped <esbhub.mdm.match.Matcher.take_flipped>` of the engine's
+    matcher; nothing for a matcher of another kind (tests plug their own in)."""
+    take = getattr(matcher, "take_flipped", None)
+    return take() if take is not None else []
+
+
 def _read_links(s: Session, keys: list[str]) -> list[_LinkRow]:
     """The active links touching these source keys, as :class:`_LinkRow`."""
     return [_LinkRow(r) for r in s.connection().execute(_Q.links, {"a": keys, "b": keys})]
@@ -705,6 +712,7 @@ class MdmService:
             for system, sid, std in rows:
                 self.matcher.add(source_key(system, sid), self._load_std(std))
                 n += 1
+        _take_flipped(self.matcher)  # the stored links were scored with these counts
         return n
 
     def _catch_up(self, s: Session) -> None:
@@ -734,6 +742,7 @@ class MdmService:
             self.matcher.remove(key)
             if not deleted:
                 self.matcher.add(key, self._load_std(stds[vid]))
+        _take_flipped(self.matcher)  # the process that wrote them re-scored what they flipped
         if rows:
             self._seen_max = rows[-1][0]
 
@@ -804,6 +813,7 @@ class MdmService:
                     self.matcher.remove(key)
                     if old is not None:
                         self.matcher.add(key, old)
+                _take_flipped(self.matcher)  # the index is back as it was
                 raise
             self._hier_keys = None
             self._own.update(pre["written"])
@@ -904,6 +914,7 @@ class MdmService:
         if not party.deleted:
             results = self._kept_matches(key, std)
             self.matcher.add(key, std)
+        flipped = _take_flipped(self.matcher)
         old_golden = x.golden_id if x is not None else None
         old_sig = _hier_signature(x) if x is not None else None
         old_entries = set(hierarchy.index_entries(x)) if x is not None else set()
@@ -984,7 +995,48 @@ class MdmService:
         if old_golden:
             known = pre["members"].get(old_golden)
             seeds |= known if known is not None else self._golden_members(s, [old_golden])[old_golden]
+        if flipped:
+            self._rescore_shared(s, key, flipped, seeds, reviews, rows, now)
         return "new" if version == 1 else ("deleted" if party.deleted else "changed")
+
+    def _rescore_shared(self, s: Session, key: str, phones: list[str], seeds: set[str],
+                        reviews: list[tuple[str, str, Any]], rows: _Rows, now: datetime) -> None:
+        """Staging ``key`` made these phone numbers generic (held by more than
+        ``generic_phone_records`` records) or specific again: the links between the other records
+        holding one were scored on the other side of that line. Each such pair is scored again; a
+        link whose weight changed is superseded by the new score (or by none, if the pair no longer
+        reaches review), a pair that now does gets its link — so the outcome depends on how many
+        records share a number, not on the order they came in. ``key``'s own pairs were scored
+        with it counted in (:meth:`Matcher._phone_probe <esbhub.mdm.match.Matcher._phone_probe>`)."""
+        holders: set[str] = set()
+        within: set[tuple[str, str]] = set()  # the pairs sharing one of the numbers
+        fresh: dict[tuple[str, str], Any] = {}
+        for phone in phones:
+            hs = [k for k in self.matcher.holders(phone) if k != key]  # sorted
+            holders.update(hs)
+            within.update((a, b) for i, a in enumerate(hs) for b in hs[i + 1 :])
+            for r in self.matcher.score_pairs_among(hs, decisions=_KEPT):
+                fresh.setdefault((r.a, r.b), r)  # r.a < r.b
+        if not within:
+            return
+        rows.flush(s)  # this batch's links are read back below
+        old: dict[tuple[str, str], _LinkRow] = {}
+        for link in _read_links(s, sorted(holders)):
+            if link.actor == "engine" and (link.a_key, link.b_key) in within:
+                old[(link.a_key, link.b_key)] = link
+        for a, b in sorted(old.keys() | fresh.keys()):
+            was, r = old.get((a, b)), fresh.get((a, b))
+            if was is not None and r is not None and float(was.weight) == float(r.weight):
+                continue  # the same score: the link stands
+            if was is not None:
+                rows.superseded.append({"lid": was.id, "at": now})
+            if r is not None:
+                rows.add(Link, a_key=a, b_key=b, weight=float(r.weight), probability=float(r.probability),
+                         decision=r.decision, hard=r.hard, evidence=_evidence_json(r.evidence), actor="engine",
+                         created_at=now, active=True, superseded_at=None)
+                if r.decision == "review" or r.hard:
+                    reviews.append((a, b, r))
+            seeds.update((a, b))
 
     # -------------------------------------------------------------- clustering
     def _kept_matches(self, key: str, std: Any) -> list[Any]:
@@ -1550,6 +1602,7 @@ class MdmService:
                 stds = {x.key: self._load_std(x.std) for x in rows}
                 for k, v in stds.items():
                     matcher.add(k, v)
+                _take_flipped(matcher)  # every pair is scored below, all records indexed
                 s.execute(sa.update(Link).where(Link.active.is_(True)).values(active=False, superseded_at=now))
                 seen: set[tuple[str, str]] = set()
                 reviews = []

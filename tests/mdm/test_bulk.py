@@ -349,3 +349,19 @@ def test_golden_records_survived_by_the_pool_or_here_while_it_is_busy_are_the_sa
     assert state(here) == state(pooled)
     ids = [{gid: g[2] for gid, g in svc.snapshot()["goldens"].items()} for svc in (here, pooled)]
     assert ids[0] == ids[1]  # golden ids too: in founding order either way
+
+
+def test_a_number_made_generic_during_the_load_is_generic_for_the_pairs_scored_before_as_in_batches(tmp_path):
+    from mdm.test_service import agent_clients
+
+    a, b, others = agent_clients()
+    records = [a, b, *others]  # the pair is scored while the agent's number still looks specific
+    batches = MdmService(f"sqlite:///{tmp_path / 'batches.db'}")
+    loader.load_parties(batches, records, batch=3, workers=0, bulk=False)
+    bulk = MdmService(f"sqlite:///{tmp_path / 'bulk.db'}")
+    assert loader.load_parties(bulk, records, batch=3, workers=0)["mode"] == "bulk"
+    sa_, sb = state(batches), state(bulk)
+    for part in sa_:
+        assert sa_[part] == sb[part], part
+    assert frozenset({"crm:1", "billing:1"}) not in sa_["partition"]
+    assert [lk[4] for lk in sa_["links"] if lk[:2] == ("billing:1", "crm:1")] == ["review"]

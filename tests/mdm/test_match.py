@@ -416,3 +416,41 @@ def test_link_evidence_read_from_the_fields_is_what_pydantic_dumps():
             compared[p.kind] += len(r.evidence)
         matcher.add(key, std)
     assert compared["organization"] > 1000 and compared["person"] > 100
+
+
+def test_take_flipped_names_the_numbers_that_crossed_the_generic_limit_either_way_since_last_asked():
+    m = Matcher(MatchModel(generic_phone_records=2))
+    recs = {f"crm:{i}": org(f"深圳市公司{'甲乙丙丁'[i]}贸易有限公司", str(i), phones=[{"number": "0755-86001234"}]) for i in range(4)}
+    for k in ("crm:0", "crm:1"):
+        m.add(k, recs[k])
+    assert m.take_flipped() == []  # two records: still specific
+    m.add("crm:2", recs["crm:2"])
+    assert m.take_flipped() == ["+8675586001234"]  # a third: generic
+    m.remove("crm:2")
+    m.add("crm:2", recs["crm:2"])  # a new version with the same number: back where it was
+    assert m.take_flipped() == []
+    m.add("crm:3", recs["crm:3"])
+    m.remove("crm:3")
+    m.remove("crm:0")
+    assert m.take_flipped() == ["+8675586001234"]  # two left: specific again
+    assert m.holders("+8675586001234") == ["crm:1", "crm:2"]
+
+
+def test_a_record_counts_itself_among_the_holders_of_its_number_before_it_is_indexed():
+    """The record that makes a number generic is scored as its pairs are scored once it is indexed."""
+    m = Matcher(MatchModel(generic_phone_records=2))
+    agent = [{"number": "0755-86001234"}]
+    a = org("深圳市宏达电子有限公司", "1", phones=agent)
+    b = org("深圳市宏大电子有限公司", "2", phones=agent)
+    c = org("深圳市宏达电子科技有限公司", "3", phones=agent)
+    m.add("crm:1", a)
+    m.add("crm:2", b)
+    before = {r.b: r for r in m.match("crm:3", c)}  # not indexed yet: three records hold the number with it
+    assert set(before) == {"crm:1", "crm:2"}
+    m.add("crm:3", c)
+    assert m.take_flipped() == ["+8675586001234"]
+    after = {(r.a, r.b): r for r in m.score_pairs_among(["crm:3", "crm:1", "crm:2"])}
+    assert {k: (r.weight, r.decision) for k, r in before.items()} == {
+        a_: (r.weight, r.decision) for (a_, b_), r in after.items() if b_ == "crm:3"} | {
+        b_: (r.weight, r.decision) for (a_, b_), r in after.items() if a_ == "crm:3"}
+    assert all(e.level == "shared_generic" for r in after.values() for e in r.evidence if e.field == "phone")

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
@@ -83,6 +84,41 @@ def test_the_partition_does_not_depend_on_arrival_order(template, order, data):
     assert shuffled.partition_now() == canonical.partition_now()
 
 
+AGENT = "0755-86001234"
+AGENT_POOL = [  # an agent's number given for several companies: generic once more than 3 records hold it
+    party("crm", "1", "深圳市宏达电子有限公司", phones=[AGENT], city="深圳"),
+    party("billing", "1", "深圳市宏大电子有限公司", phones=[AGENT], city="深圳"),
+    party("res", "1", "宏达电子(深圳)有限公司", phones=[AGENT, "0755-26669999"], city="深圳"),
+    party("crm", "2", "深圳市远景物流有限公司", phones=[AGENT], city="深圳"),
+    party("billing", "2", "远景物流(深圳)有限公司", phones=[AGENT, "0755-26668888"], city="深圳"),
+    party("crm", "3", "深圳市金石建材有限公司", phones=[AGENT], city="深圳"),
+    party("crm", "4", "深圳市青松餐饮管理有限公司", phones=["0755-26669999"], city="深圳"),
+]
+
+
+def agent_store(template: Path, order: list[int]) -> tuple:
+    from esbhub.mdm.match import Matcher, MatchModel
+    from esbhub.mdm.store import Link
+
+    path = template.parent / f"db{next(_counter)}.db"
+    shutil.copy(template, path)
+    svc = MdmService(f"sqlite:///{path}", Matcher(MatchModel(generic_phone_records=3)), migrate=False)
+    for i in order:
+        p = AGENT_POOL[i]
+        svc.ingest(p, f"env-{p.source_system}-{p.source_id}")
+    with svc.Session() as s:
+        links = sorted((lk.a_key, lk.b_key, lk.decision, lk.weight)
+                       for lk in s.execute(sa.select(Link).where(Link.active.is_(True))).scalars())
+    return svc.partition_now(), links
+
+
+@PROPS
+@given(order=st.permutations(list(range(len(AGENT_POOL)))), data=st.data())
+def test_whether_a_shared_number_counts_as_generic_does_not_depend_on_arrival_order(template, order, data):
+    chosen = data.draw(st.lists(st.integers(0, len(AGENT_POOL) - 1), min_size=2, max_size=len(AGENT_POOL), unique=True))
+    assert agent_store(template, [i for i in order if i in chosen]) == agent_store(template, sorted(chosen))
+
+
 @PROPS
 @given(chosen=subsets, data=st.data())
 def test_redelivery_is_idempotent(template, chosen, data):
@@ -121,6 +157,14 @@ def test_unmerge_after_merge_restores_the_prior_state_exactly(template, chosen, 
 
 
 LONG = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.slow
+@LONG
+@given(order=st.permutations(list(range(len(AGENT_POOL)))), data=st.data())
+def test_whether_a_shared_number_counts_as_generic_does_not_depend_on_arrival_order_long(template, order, data):
+    test_whether_a_shared_number_counts_as_generic_does_not_depend_on_arrival_order.hypothesis.inner_test(
+        template, order, data)
 
 
 @pytest.mark.slow

@@ -512,3 +512,52 @@ def test_a_stored_record_changed_twice_in_one_batch_is_stored_as_its_last_versio
     assert row(batched)[:3] == (3, row(single)[1], "深圳市华信信息技术有限公司")
     assert batched.search("0755-11112222")[0]["source_keys"] == single.search("0755-11112222")[0]["source_keys"]
     assert batched.partition_now() == single.partition_now()
+
+
+AGENT = "0755-86001234"  # an agent's number, given as the contact of ten companies
+_AGENT_CLIENTS = ["深圳市远景物流有限公司", "深圳市金石建材有限公司", "深圳市青松餐饮管理有限公司", "深圳市博雅教育咨询有限公司",
+                  "深圳市恒通汽车服务有限公司", "深圳市百川贸易有限公司", "深圳市星辰广告有限公司", "深圳市绿洲园林工程有限公司"]
+
+
+def agent_clients(phone: str = AGENT) -> tuple:
+    """Two companies one character apart and eight others, all giving the same phone number."""
+    a = party("crm", "1", "深圳市宏达电子有限公司", phones=[AGENT], city="深圳")
+    b = party("billing", "1", "深圳市宏大电子有限公司", phones=[AGENT], city="深圳")
+    return a, b, [party("crm", str(10 + i), n, phones=[phone], city="深圳") for i, n in enumerate(_AGENT_CLIENTS)]
+
+
+def store_state(svc: MdmService) -> tuple:
+    with svc.Session() as s:
+        links = sorted((lk.a_key, lk.b_key, lk.decision, lk.weight)
+                       for lk in s.execute(sa.select(Link).where(Link.active.is_(True))).scalars())
+    return svc.partition_now(), links
+
+
+def test_a_number_on_more_records_than_the_generic_limit_counts_as_generic_whatever_the_arrival_order(tmp_path):
+    a, b, others = agent_clients()
+    early = MdmService(f"sqlite:///{tmp_path / 'early.db'}")
+    for p in [a, b, *others]:  # the pair's link is scored while the number looks specific
+        early.ingest(p, f"{p.source_system}-{p.source_id}")
+    late = MdmService(f"sqlite:///{tmp_path / 'late.db'}")
+    for p in [*others, a, b]:
+        late.ingest(p, f"{p.source_system}-{p.source_id}")
+    assert store_state(early) == store_state(late)
+    partition, links = store_state(early)
+    assert frozenset({"crm:1", "billing:1"}) not in partition  # names one character apart and an agent's phone
+    assert [lk[2] for lk in links if lk[:2] == ("billing:1", "crm:1")] == ["review"]
+
+
+def test_a_number_that_stops_being_generic_counts_as_specific_again_for_the_pairs_scored_meanwhile(tmp_path):
+    a, b, others = agent_clients()
+    svc = MdmService(f"sqlite:///{tmp_path / 'svc.db'}")
+    for p in [*others, a, b]:
+        svc.ingest(p, f"{p.source_system}-{p.source_id}")
+    assert frozenset({"crm:1", "billing:1"}) not in svc.partition_now()
+    moved = [party(p.source_system, p.source_id, p.name, phones=["0755-26669999"], city="深圳") for p in others[:2]]
+    for p in moved:  # two clients leave the agent: eight records hold the number now
+        svc.ingest(p, f"{p.source_system}-{p.source_id}-v2")
+    fresh = MdmService(f"sqlite:///{tmp_path / 'fresh.db'}")
+    for p in [a, b, *moved, *others[2:]]:
+        fresh.ingest(p, f"{p.source_system}-{p.source_id}")
+    assert store_state(svc) == store_state(fresh)
+    assert frozenset({"crm:1", "billing:1"}) in svc.partition_now()

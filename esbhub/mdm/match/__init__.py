@@ -334,6 +334,9 @@ class Matcher:
         self.core_count: Counter[str] = Counter()
         self.family_count: Counter[str] = Counter()
         self.phone_count: Counter[str] = Counter()
+        # phones whose count crossed ``generic_phone_records`` since :meth:`take_flipped`: → whether
+        # the number was generic ("hot") before the first crossing
+        self._hot_was: dict[str, bool] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -361,8 +364,11 @@ class Matcher:
         self.core_count[view.core_name] += 1
         if view.family_name:
             self.family_count[view.family_name] += 1
+        g = self.model.generic_phone_records
         for p in view.phones:
             self.phone_count[p] += 1
+            if self.phone_count[p] == g + 1:  # now on more records than a specific number is
+                self._hot_was.setdefault(p, False)
 
     def remove(self, key: str) -> None:
         rec = self.records.pop(key, None)
@@ -381,8 +387,40 @@ class Matcher:
         _dec(self.core_count, rec.core_name)
         if rec.family_name:
             _dec(self.family_count, rec.family_name)
+        g = self.model.generic_phone_records
         for p in rec.phones:
             _dec(self.phone_count, p)
+            if self.phone_count.get(p, 0) == g:  # specific again
+                self._hot_was.setdefault(p, True)
+
+    def take_flipped(self) -> list[str]:
+        """The phone numbers that became generic, or stopped being generic, through the
+        :meth:`add` / :meth:`remove` calls since the last call (sorted). The pairs of records sharing
+        such a number were scored on the other side of the threshold: the caller re-scores them
+        (:meth:`score_pairs_among` the number's :meth:`holders`), so whether a shared number counts
+        as generic depends on how many records hold it, not on when each pair was scored."""
+        g = self.model.generic_phone_records
+        out = sorted(p for p, was in self._hot_was.items() if (self.phone_count.get(p, 0) > g) != was)
+        self._hot_was.clear()
+        return out
+
+    def holders(self, phone: str) -> list[str]:
+        """Keys of the indexed records holding this specific phone number (sorted)."""
+        lst = self.blocks.get(hash("T" + phone))
+        if lst is _OVERFLOWED:  # a number on thousands of records once: look at every record
+            lst = list(self.records)
+        records = self.records
+        return sorted(k for k in lst or () if phone in records[k].phones)
+
+    def score_pairs_among(self, keys: Iterable[str], decisions: Container[str] | None = None) -> list[MatchResult]:
+        """Every pair of these indexed records scored as :meth:`match` scores it, from the side of the
+        pair's smaller key (``result.a < result.b``); as in :meth:`match`, pairs below
+        ``model.report_threshold``, or whose decision is not among ``decisions``, are left out."""
+        ks = sorted(k for k in set(keys) if k in self.records)
+        out: list[MatchResult] = []
+        for i, k in enumerate(ks):
+            out += self._results(k, self.records[k], ks[i + 1 :], len(ks), decisions)
+        return out
 
     def candidates(self, rec: StdParty | MatchView, limit: int = 200) -> list[str]:
         """Keys of indexed records sharing at least one blocking key, most shared keys first
@@ -498,8 +536,12 @@ class Matcher:
         ``decisions``, so are pairs whose decision is not among them (the same list, filtered).
 
         Only the reported pairs get their evidence and a result object built."""
+        return self._results(key, rec, self.candidates(rec, limit=limit + 1), limit, decisions)
+
+    def _results(self, key: str, rec: StdParty | MatchView, cands: list[str], limit: int,
+                 decisions: Container[str] | None) -> list[MatchResult]:
+        """:meth:`match` of ``rec`` against these candidates."""
         floor = _logit2(self.model.report_threshold)
-        cands = self.candidates(rec, limit=limit + 1)
         scored: list[tuple[float, str, MatchView, tuple[int, ...], Any]]  # Any: the name's weight / all weights
         if rec.kind == "organization":
             scored = self._score_organizations(key, rec, cands, floor)
@@ -521,13 +563,16 @@ class Matcher:
             out.append(_match_result(key, k, round(total, 4), p, decision, ev, hard))
         return out
 
-    def _phone_probe(self, a: StdParty | MatchView) -> tuple[bool, frozenset[str], frozenset[str], frozenset[str]]:
+    def _phone_probe(self, key: str, a: StdParty | MatchView
+                     ) -> tuple[bool, frozenset[str], frozenset[str], frozenset[str]]:
         """What the phone comparison needs of ``a``, worked out once per call: whether it has any
-        phone, its specific and generic numbers, and its "hot" numbers — shared by more records
-        than ``generic_phone_records``, so a match on them is demoted to shared_generic."""
+        phone, its specific and generic numbers, and its "hot" numbers — held by more records than
+        ``generic_phone_records``, ``a`` counted in (whether or not it is indexed yet under ``key``),
+        so a match on them is demoted to shared_generic."""
         a_phones, a_generic = frozenset(a.phones), frozenset(a.phones_generic)
         if a_phones:
-            g, counts = self.model.generic_phone_records, self.phone_count
+            counts = self.phone_count
+            g = self.model.generic_phone_records - (key not in self.records)
             a_hot = frozenset(p for p in a_phones if counts.get(p, 0) > g)
         else:
             a_hot = a_phones
@@ -552,7 +597,7 @@ class Matcher:
         a_nn, a_core, a_py = a.name_norm, a.core_name, a.pinyin_key
         a_long = len(a_core) >= 4
         a_city, a_prov, a_street, a_div = a.city, a.province, a.street, a.division_code
-        phones = self._phone_probe(a)
+        phones = self._phone_probe(key, a)
         a_mails = frozenset(a.emails)
         a_domains = {e.rsplit("@", 1)[-1] for e in a.emails} - PUBLIC_MAIL_DOMAINS if a_mails else a_mails
         jw, lev = JaroWinkler.similarity, Levenshtein.distance
@@ -638,7 +683,7 @@ class Matcher:
         a_gn, a_fn = a.given_name, a.family_name
         a_swappable = bool(a_gn and a_fn) and a_gn != a_fn
         a_bd, a_id, a_st, a_ci, a_pc, a_pr = a.birth_date, a.id_number, a.street, a.city, a.postcode, a.province
-        phones = self._phone_probe(a)
+        phones = self._phone_probe(key, a)
         graded, edit = _graded_level, _edit_level
         records = self.records
         out = []
