@@ -168,13 +168,13 @@ def std_febrl(p: Party) -> StdParty:
     return s.model_copy(update={"postcode": str(pc) if pc else None}) if pc and s.postcode is None else s
 
 
-def bench_febrl(skip_splink: bool) -> list[tuple[str, ...]]:
+def bench_febrl(skip_splink: bool, tf: bool = False) -> list[tuple[str, ...]]:
     parties, true = febrl_parties()
     t0 = time.perf_counter()
     recs = {f"{p.source_system}:{p.source_id}": std_febrl(p) for p in parties}
     t_std = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model = train_em(list(recs.values()))
+    model = train_em(list(recs.values()), term_frequencies=tf)
     t_train = time.perf_counter() - t0
     # link a against b: index b, match each a; best match above threshold (one-to-one not enforced)
     t0 = time.perf_counter()
@@ -250,7 +250,7 @@ def splink_febrl(true: set[tuple[str, str]]) -> tuple[str, ...]:
 # ------------------------------------------------------------------ synthetic Chinese enterprises
 
 
-def bench_synth(n: int, seed: int = 7, splink: bool = True) -> list[tuple[str, ...]]:
+def bench_synth(n: int, seed: int = 7, splink: bool = True, tf: bool = False) -> list[tuple[str, ...]]:
     from esbhub.mdm.synth import generate
 
     ds = generate(n, seed=seed)
@@ -258,7 +258,7 @@ def bench_synth(n: int, seed: int = 7, splink: bool = True) -> list[tuple[str, .
     recs = {ds.key(p): standardize(p) for p in ds.records}
     t_std = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model = train_em(list(recs.values()))
+    model = train_em(list(recs.values()), term_frequencies=tf)
     t_train = time.perf_counter() - t0
     keys = list(recs)
     t0 = time.perf_counter()
@@ -422,12 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-splink", action="store_true")
     ap.add_argument("--skip-synth", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--term-frequencies", action="store_true",
+                    help="train the model with the term frequencies of the records (TermFrequencies)")
     a = ap.parse_args(argv)
     rows: list[tuple[str, ...]] = []
     if not a.skip_febrl:
-        rows += bench_febrl(a.skip_splink)
+        rows += bench_febrl(a.skip_splink, tf=a.term_frequencies)
     if not a.skip_synth:
-        rows += bench_synth(a.synth, seed=a.seed, splink=not a.skip_splink)
+        rows += bench_synth(a.synth, seed=a.seed, splink=not a.skip_splink, tf=a.term_frequencies)
     if not a.skip_speed:
         rows += bench_speed(a.speed)
     print(f"\n## MDM matching bench — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

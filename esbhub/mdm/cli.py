@@ -188,7 +188,11 @@ def export_xref_cmd(out: Path | None) -> None:
               help="Where to write the model [DATA_DIR/mdm_model.json, which the hub uses].")
 @click.option("--max-records", default=200_000, show_default=True, type=click.IntRange(10),
               help="Train on at most this many current source records.")
-def train_cmd(out: Path | None, max_records: int) -> None:
+@click.option("--term-frequencies", is_flag=True,
+              help="Also count how many records hold each core name / family name, so that agreeing on a "
+              "common one weighs less (off: record counts include each company's own duplicates, which "
+              "cost recall on the synthetic set — docs/benchmarks.md).")
+def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> None:
     """Learn m/u by EM from the stored records (no labels); refine with steward decisions if any."""
     import sqlalchemy as sa
 
@@ -208,7 +212,7 @@ def train_cmd(out: Path | None, max_records: int) -> None:
         ]
     if len(stds) < 10:
         raise click.ClickException(f"only {len(stds)} records stored: load data first")
-    model = match.train_em(list(stds.values()))
+    model = match.train_em(list(stds.values()), term_frequencies=term_frequencies)
     if labels:
         model = match.refine_with_labels(model, labels)
     path = out or Path(_settings().data_dir) / "mdm_model.json"

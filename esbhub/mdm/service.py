@@ -14,7 +14,10 @@ Pipeline of one source record (:meth:`MdmService.ingest`), in one database trans
    weight (ties by key), each joining two clusters unless a steward "not same" pair or an
    engine cannot-link (``esbhub.mdm.cluster.can_link``: e.g. two different valid USCCs) lies
    between them. So the partition does not depend on arrival order, a steward decision
-   sticks across re-matching, and a changed record that no longer matches splits off;
+   sticks across re-matching, and a changed record that no longer matches splits off. (A link's
+   score depends on its two records and the model alone — term frequencies are the model's — and
+   on how many records hold a shared phone number: when that count crosses the generic limit,
+   :meth:`MdmService._rescore_shared` scores the pairs of the number's holders again.)
 5. **golden ids**: an id belongs to the source record that founded it. A cluster takes the
    oldest id founded by one of its members; the other founded ids are retired with a
    ``merged_into`` pointer; a cluster without a founder gets a new id founded by its oldest

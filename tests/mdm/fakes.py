@@ -1,8 +1,7 @@
 """Helpers for the MDM store/service tests: party builders and valid codes.
 
 The tests run the real engine (``esbhub.mdm.standardize``, ``esbhub.mdm.match.Matcher``,
-``esbhub.mdm.cluster.can_link``) with its default model; sets stay below the model's
-``tf_min_records`` so scores do not depend on what else is indexed.
+``esbhub.mdm.cluster.can_link``) with its default model (no term frequencies).
 """
 
 from __future__ import annotations

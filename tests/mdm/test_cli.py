@@ -134,3 +134,21 @@ def test_load_reads_party_json_lines_with_nested_fields_and_reports_bad_lines(tm
     assert r2.exit_code == 1
     other = service_for(Settings(data_dir=tmp_path / "var2"))
     assert svc.partition_now() == other.partition_now()
+
+
+def test_train_writes_the_model_the_hub_uses_with_term_frequencies_only_when_asked(tmp_path):
+    from esbhub.mdm.match import MatchModel
+    from esbhub.mdm.synth import generate
+
+    f = tmp_path / "synth.jsonl"
+    f.write_text("".join(p.model_dump_json(exclude_none=True) + "\n" for p in generate(40, seed=3).records),
+                 encoding="utf-8")
+    assert run(tmp_path, "load", str(f)).exit_code == 0
+    plain = run(tmp_path, "train", "--out", str(tmp_path / "plain.json"))
+    assert plain.exit_code == 0, plain.output
+    assert MatchModel.from_json((tmp_path / "plain.json").read_text(encoding="utf-8")).term_frequencies is None
+    tf = run(tmp_path, "train", "--term-frequencies")
+    assert tf.exit_code == 0, tf.output
+    model = MatchModel.from_json((tmp_path / "var" / "mdm_model.json").read_text(encoding="utf-8"))
+    assert model.term_frequencies is not None
+    assert model.term_frequencies.records == json.loads(tf.stdout.strip().splitlines()[-1])["records"]

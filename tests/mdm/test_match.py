@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esbhub.mdm.match import Matcher, MatchModel, blocking_keys, evidence_json, refine_with_labels, train_em
+from esbhub.mdm.match import (
+    Matcher,
+    MatchModel,
+    TermFrequencies,
+    blocking_keys,
+    evidence_json,
+    refine_with_labels,
+    train_em,
+)
 from esbhub.mdm.standardize import codes, standardize
 from esbhub.mdm.synth import generate
 from esbhub.schemas.party import Party
@@ -109,12 +117,10 @@ def test_agent_phone_on_many_records_is_demoted_to_generic():
 
 
 def test_common_core_name_weighs_less_than_a_rare_one():
-    model = MatchModel(tf_min_records=10, tf_clamp=(-30.0, 2.0))
+    population = [org(f"{['深圳', '广州', '杭州', '南京', '成都', '武汉'][i % 6]}市华信科技有限公司", f"c{i}") for i in range(30)]
+    population += [org(f"深圳市独{i}特科技有限公司", f"r{i}") for i in range(30)]
+    model = MatchModel(tf_min_records=10, tf_clamp=(-30.0, 2.0), term_frequencies=TermFrequencies.of(population))
     m = Matcher(model)
-    for i in range(30):
-        m.add(f"c{i}", org(f"{['深圳', '广州', '杭州', '南京', '成都', '武汉'][i % 6]}市华信科技有限公司", f"c{i}"))
-    for i in range(30):
-        m.add(f"r{i}", org(f"深圳市独{i}特科技有限公司", f"r{i}"))
     common = m.score(org("深圳市华信科技有限公司", "x"), org("华信科技(深圳)有限公司", "y"))
     rare = m.score(org("深圳市独1特科技有限公司", "x"), org("独1特科技(深圳)有限公司", "y"))
     wc = {e.field: e.weight for e in common.evidence}["name"]
@@ -242,8 +248,9 @@ def pool_matcher():
     import random
 
     rng = random.Random(12)
-    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6))
     recs = dict(_pool_record(i, lambda f, vals: rng.choice(vals)) for i in range(150))
+    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6,
+                           term_frequencies=TermFrequencies.of(recs.values())))
     for k, r in recs.items():
         m.add(k, r)
     return m, recs
@@ -285,7 +292,7 @@ def test_match_reports_what_weighing_every_candidate_in_turn_reports(pool_matche
         for limit in (200, 3):
             assert _dump(m.match(k, r, limit=limit)) == _dump(_generic(m, k, r, limit=limit))
     _, srecs = synth
-    m2 = Matcher(MatchModel(tf_min_records=10))
+    m2 = Matcher(MatchModel(tf_min_records=10, term_frequencies=TermFrequencies.of(srecs.values())))
     for k, r in srecs.items():
         m2.add(k, r)
     n = 0
@@ -318,7 +325,6 @@ def person_pool_matcher():
     from esbhub.mdm.standardize import StdParty
 
     rng = random.Random(5)
-    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6))
     recs = {}
     for i in range(150):
         kw = {f: rng.choice(vals) for f, vals in _PERSON_POOL.items()}
@@ -327,6 +333,8 @@ def person_pool_matcher():
     for i, (given_name, family_name) in enumerate((("wei", "wang"), ("wang", "wei"))):  # written the other way round
         recs[f"s:{i}"] = recs["a:0"].model_copy(update={"source_id": f"s{i}", "given_name": given_name,
                                                          "family_name": family_name})
+    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6,
+                           term_frequencies=TermFrequencies.of(recs.values())))
     for k, r in recs.items():
         m.add(k, r)
     return m, recs
@@ -454,3 +462,29 @@ def test_a_record_counts_itself_among_the_holders_of_its_number_before_it_is_ind
         a_: (r.weight, r.decision) for (a_, b_), r in after.items() if b_ == "crm:3"} | {
         b_: (r.weight, r.decision) for (a_, b_), r in after.items() if a_ == "crm:3"}
     assert all(e.level == "shared_generic" for r in after.values() for e in r.evidence if e.field == "phone")
+
+
+def test_a_pairs_weight_does_not_depend_on_what_else_is_indexed():
+    """Term frequencies come from the model, frozen: the same pair weighs the same in an index of two
+    records and in one where its core name is on thirty more."""
+    population = [org(f"{['深圳', '广州', '杭州'][i % 3]}市华信科技有限公司", f"c{i}") for i in range(30)]
+    a, b = org("深圳市华信科技有限公司", "x"), org("华信科技(深圳)有限公司", "y")
+    model = MatchModel(tf_min_records=10, term_frequencies=TermFrequencies.of([*population, a, b]))
+    alone, crowded = Matcher(model), Matcher(model)
+    alone.add("crm:y", b)
+    for i, r in enumerate([*population, b]):
+        crowded.add(f"crm:{i}", r)
+    w_alone = {r.b: r.weight for r in alone.match("crm:x", a)}["crm:y"]
+    w_crowded = {r.b: r.weight for r in crowded.match("crm:x", a)}[f"crm:{len(population)}"]
+    assert w_alone == w_crowded
+    assert w_alone < Matcher(MatchModel()).score(a, b).weight  # the common name is adjusted down
+
+
+def test_train_em_takes_the_term_frequencies_of_its_records_when_asked(synth):
+    _, recs = synth
+    rs = list(recs.values())
+    assert train_em(rs, n_random_pairs=2_000, max_iter=2).term_frequencies is None
+    tf = train_em(rs, n_random_pairs=2_000, max_iter=2, term_frequencies=True).term_frequencies
+    assert tf is not None and tf.records == len(rs)
+    assert tf.core == {v: c for v, c in collections.Counter(r.core_name for r in rs if r.kind == "organization").items()
+                       if c > 1}

@@ -19,9 +19,20 @@
   (:func:`train_em`, numpy), ``u`` (P(level | non-match)) from random pairs, both refined by
   steward decisions (:func:`refine_with_labels`). The total weight adds the prior
   ``log2(λ/(1-λ))``; probability = 2^w / (1 + 2^w).
-* **Term frequency**: an exact core-name agreement on a common 字号 weighs less
-  (``log2(u_level / tf(value))``, clamped); a phone found on many records with different names
-  (a shared 400/800 number, an agent's phone) is demoted to the weak ``shared_generic`` level.
+* **Term frequency**: with the model's :class:`TermFrequencies` (``esbhub mdm train
+  --term-frequencies``), an exact core-name agreement on a common 字号 weighs less
+  (``log2(u_level / tf(value))``, clamped). The counts are the model's, frozen, not the index's:
+  counted live, a link's weight depended on how many records happened to be indexed when it was
+  scored, and the same records in another order gave other golden records (12k synthetic records:
+  48 of ~4,400 differed). Off by default: counting records counts each company's own duplicates,
+  and on the synthetic set of 20,000 companies the adjustment cost recall (0.995 → 0.979) and
+  quadrupled the steward reviews, at the same precision (docs/benchmarks.md).
+* **Generic phones**: a phone held by more than ``generic_phone_records`` records (a shared
+  400/800 number, an agent's phone) is demoted to the weak ``shared_generic`` level. Here the
+  count is the index's (an agent's number must be recognised as it spreads), the scored record
+  counted in; when a number crosses the limit either way, :meth:`Matcher.take_flipped` names it
+  and the MDM service scores the pairs of its holders again (:meth:`Matcher.score_pairs_among`),
+  so whether it counts as generic depends on how many records hold it, not on arrival order.
 * **Decision**: ``match`` at probability ≥ ``merge_threshold``, ``review`` at ≥ ``review_threshold``,
   else ``no_match``; any cannot-link reason (:func:`esbhub.mdm.cluster.can_link`) forces
   ``no_match`` and is reported in ``hard``.
@@ -141,6 +152,37 @@ class KindModel(BaseModel):
     comparisons: list[ComparisonParams] = Field(description="Per comparison m/u.")
 
 
+class TermFrequencies(BaseModel):
+    """How many records of a population hold each value of the term-frequency-adjusted fields —
+    part of the model, frozen like m and u: a pair's weight must not depend on what else happened to
+    be indexed when it was scored (the same records in another order would weigh their links
+    differently). Taken by :func:`train_em` over its records (``esbhub mdm train``, over the store)."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: int = Field(ge=0, description="Records the counts were taken over.")
+    core: dict[str, int] = Field(
+        default_factory=dict,
+        description="Organizations' core names (字号) held by two or more of those records: how many. "
+        "A core name not listed counts as held by one.")
+    family: dict[str, int] = Field(
+        default_factory=dict, description="Persons' family names held by two or more records (as ``core``).")
+
+    @classmethod
+    def of(cls, records: Iterable[StdParty | MatchView]) -> TermFrequencies:
+        core: Counter[str] = Counter()
+        family: Counter[str] = Counter()
+        n = 0
+        for r in records:
+            n += 1
+            if r.kind == "organization":
+                if r.core_name:
+                    core[r.core_name] += 1
+            elif r.family_name:
+                family[r.family_name] += 1
+        return cls(records=n, core={v: c for v, c in sorted(core.items()) if c > 1},
+                   family={v: c for v, c in sorted(family.items()) if c > 1})
+
+
 class MatchModel(BaseModel):
     """Comparison levels, m/u per level, prior and thresholds. Saved and loaded as JSON."""
 
@@ -153,7 +195,10 @@ class MatchModel(BaseModel):
     report_threshold: float = Field(
         default=0.01, description="Matcher.match leaves out candidates below this probability (cheap path)."
     )
-    tf_min_records: int = Field(default=500, description="Term-frequency adjustment only once this many records are indexed.")
+    term_frequencies: TermFrequencies | None = Field(
+        default=None, description="Value counts of the term-frequency adjustment; none: no adjustment.")
+    tf_min_records: int = Field(
+        default=500, description="Term-frequency adjustment only from counts over at least this many records.")
     tf_clamp: tuple[float, float] = Field(default=(-8.0, 2.0), description="Bounds (bits) of a TF adjustment.")
     generic_phone_records: int = Field(
         default=8, description="A phone on more records than this (different names) counts as generic."
@@ -331,8 +376,6 @@ class Matcher:
         self._scorer = _Scorer(self.model)
         self.records: dict[str, MatchView] = {}
         self.blocks: dict[int, list[str]] = {}  # a block past the hard cap is _OVERFLOWED
-        self.core_count: Counter[str] = Counter()
-        self.family_count: Counter[str] = Counter()
         self.phone_count: Counter[str] = Counter()
         # phones whose count crossed ``generic_phone_records`` since :meth:`take_flipped`: → whether
         # the number was generic ("hot") before the first crossing
@@ -361,9 +404,6 @@ class Matcher:
                 self.blocks[hash(bk)] = _OVERFLOWED
                 continue
             lst.append(key)
-        self.core_count[view.core_name] += 1
-        if view.family_name:
-            self.family_count[view.family_name] += 1
         g = self.model.generic_phone_records
         for p in view.phones:
             self.phone_count[p] += 1
@@ -384,9 +424,6 @@ class Matcher:
                     pass
                 if not lst:
                     del self.blocks[h]
-        _dec(self.core_count, rec.core_name)
-        if rec.family_name:
-            _dec(self.family_count, rec.family_name)
         g = self.model.generic_phone_records
         for p in rec.phones:
             _dec(self.phone_count, p)
@@ -457,17 +494,21 @@ class Matcher:
         return [k for k, _ in hits.most_common(limit)]
 
     # ---- scoring
+    def _tf_on(self, value: str | None) -> bool:
+        """Whether an agreement on ``value`` is adjusted: the model has counts over at least
+        ``tf_min_records`` records, and there is a value."""
+        tf = self.model.term_frequencies
+        return bool(value) and tf is not None and tf.records >= self.model.tf_min_records
+
     def _tf_bits(self, comp: Comparison, a: StdParty | MatchView, base_u: float) -> float:
-        """Extra bits of a core-name / family-name agreement on ``a``'s value (0 below ``tf_min_records``)."""
-        n = len(self.records)
-        if n < self.model.tf_min_records:
-            return 0.0
-        counts = self.core_count if comp.tf == "core" else self.family_count
+        """Extra bits of a core-name / family-name agreement on ``a``'s value, from the model's
+        :class:`TermFrequencies` (0 without them)."""
         value = a.core_name if comp.tf == "core" else a.family_name
-        c = counts.get(value or "", 0)
-        if c <= 0:
+        tfs = self.model.term_frequencies
+        if tfs is None or not self._tf_on(value):
             return 0.0
-        tf = c / n
+        counts = tfs.core if comp.tf == "core" else tfs.family
+        tf = counts.get(value or "", 1) / tfs.records
         lo, hi = self.model.tf_clamp
         return min(max(math.log2(base_u / tf), lo), hi)
 
@@ -589,7 +630,7 @@ class Matcher:
         prior, comps, ws, params = self._scorer.kinds["organization"]
         w_u, w_n, w_c, w_p, w_a, w_e = self._scorer.org_weights
         name = comps[1]
-        if len(self.records) >= self.model.tf_min_records and self.core_count.get(a.core_name or "", 0) > 0:
+        if self._tf_on(a.core_name):
             w_n = w_n.copy()
             for level in name.tf_levels:
                 w_n[level] = ws[1][level] + self._tf_bits(name, a, params[1].u[level])
@@ -676,7 +717,7 @@ class Matcher:
         prior, comps, ws, params = self._scorer.kinds["person"]
         w_gn, w_fn, w_sw, w_bd, w_id, w_st, w_ci, w_pc, w_pr, w_ph = self._scorer.person_weights
         family = comps[1]
-        if len(self.records) >= self.model.tf_min_records and self.family_count.get(a.family_name or "", 0) > 0:
+        if self._tf_on(a.family_name):
             w_fn = w_fn.copy()
             for level in family.tf_levels:
                 w_fn[level] = ws[1][level] + self._tf_bits(family, a, params[1].u[level])
@@ -994,7 +1035,8 @@ def estimate_prior(records: Sequence[StdParty], kind: str, m: list[np.ndarray], 
 
 
 def train_em(records: list[StdParty], model: MatchModel | None = None, *, n_random_pairs: int = 200_000,
-             max_iter: int = 50, max_pairs_per_session: int = 300_000, seed: int = 42) -> MatchModel:
+             max_iter: int = 50, max_pairs_per_session: int = 300_000, seed: int = 42,
+             term_frequencies: bool = False) -> MatchModel:
     """Learn m, u and λ for each kind present in ``records`` without labels.
 
     * u: from random record pairs (almost all non-matches).
@@ -1002,10 +1044,14 @@ def train_em(records: list[StdParty], model: MatchModel | None = None, *, n_rand
       leaving out the comparisons that key forces to agree; each m is the mean over the
       sessions that estimated it.
     * λ (the prior, per random pair): EM on λ alone over all blocked candidate pairs.
+    * with ``term_frequencies``, the value counts of the term-frequency adjustment over
+      ``records`` (:class:`TermFrequencies`); otherwise the model's are kept.
     Thresholds and other settings are kept.
     """
     base = model or MatchModel()
     out = base.model_copy(deep=True)
+    if term_frequencies:
+        out.term_frequencies = TermFrequencies.of(records)
     for kind in ("organization", "person"):
         if sum(1 for r in records if r.kind == kind) < 20:
             continue
