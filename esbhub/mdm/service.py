@@ -559,6 +559,13 @@ class _Q:
     )
 
 
+def _link_item(ref: str, via: str | None) -> str:
+    """The item's own reference: a linked ref is ``<item>@<via>`` (``mdm_link`` makes it unique per
+    customer key), so the 360 view can show the bill or circuit id without the key."""
+    suffix = f"@{via}"
+    return ref[: -len(suffix)] if via and ref.endswith(suffix) and len(ref) > len(suffix) else ref
+
+
 def _has_override(attributes: Mapping[str, Any] | None) -> bool:
     """Some attribute of these golden attributes is a steward's override."""
     for v in (attributes or {}).values():
@@ -1706,9 +1713,10 @@ class MdmService:
                 conds.append(sa.and_(GoldenLink.source_system == x.source_system, GoldenLink.source_id == x.source_id))
             linked: dict[str, list[dict[str, Any]]] = {}
             for gl in s.execute(sa.select(GoldenLink).where(sa.or_(*conds)).order_by(GoldenLink.id)).scalars():
+                via = source_key(gl.source_system, gl.source_id) if gl.source_system else gl.golden_id
                 linked.setdefault(gl.kind, []).append(
-                    {"ref": gl.ref, "data": gl.data, "at": aware(gl.at).isoformat(),  # type: ignore[union-attr]
-                     "via": source_key(gl.source_system, gl.source_id) if gl.source_system else gl.golden_id}
+                    {"ref": gl.ref, "item": _link_item(gl.ref, via), "data": gl.data,
+                     "at": aware(gl.at).isoformat(), "via": via}  # type: ignore[union-attr]
                 )
             out["linked"] = linked
             out["hierarchy"] = hierarchy.edges_of(s, golden_id)

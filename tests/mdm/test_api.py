@@ -13,9 +13,11 @@ from fastapi.testclient import TestClient
 from esbhub.api.app import create_app
 from esbhub.auth.store import ApiKey, ApiKeyStore
 from esbhub.bus.broker import create_broker
+from esbhub.bus.envelope import Envelope
 from esbhub.config import Settings
 from esbhub.db import engine_for
 from esbhub.mdm.service import MdmService
+from esbhub.telecom.links import MdmLinkConfig, MdmLinkSink
 from mdm.fakes import party, review_pair, uscc
 
 
@@ -74,6 +76,25 @@ def test_customer_360_search_xref_and_history_need_read_scope(hub):
     assert r.json()["version"]["source_keys"] == ["crm:1"]
     assert c.get("/v1/customers/G0000000001/history", params={"as_of": "2001-01-01T00:00:00Z"},
                  headers=hub.h("reader")).status_code == 404
+
+
+def test_the_360_view_lists_linked_items_by_kind_with_the_key_each_came_through(hub):
+    """What the routes' ``mdm_link`` sinks write shows on GET /v1/customers/{id}: grouped by kind,
+    each with its own id (``item``) and the source key or golden id it was linked by (``via``)."""
+    seed(hub.svc)
+    db = hub.svc.url
+    bills = MdmLinkSink(MdmLinkConfig(kind="bill", ref_field="bill_id", source_system="crm",
+                                      source_id_field="customer_source_id", database_url=db))
+    bills.send(Envelope.create("bill.v1", {"bill_id": "B1", "customer_source_id": "9", "total": "10.00"}, source="t"))
+    alarms = MdmLinkSink(MdmLinkConfig(kind="alarm", database_url=db))
+    alarms.send(Envelope.create("alarm.v1", {"alarm_id": "A1", "customers": [{"golden_id": "G0000000002"}]}, source="t"))
+    body = hub.client.get("/v1/customers/G0000000002", headers=hub.h("reader")).json()
+    assert body["linked"] == {
+        "bill": [{"ref": "B1@crm:9", "item": "B1", "via": "crm:9", "at": body["linked"]["bill"][0]["at"],
+                  "data": {"bill_id": "B1", "customer_source_id": "9", "total": "10.00"}}],
+        "alarm": [{"ref": "A1@G0000000002", "item": "A1", "via": "G0000000002", "at": body["linked"]["alarm"][0]["at"],
+                   "data": {"alarm_id": "A1", "customers": [{"golden_id": "G0000000002"}]}}],
+    }
 
 
 def test_steward_queue_decide_merge_unmerge_are_audited_and_publish_events(hub):
