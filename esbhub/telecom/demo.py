@@ -78,6 +78,15 @@ class DemoSummary:
     alarms_right_customer: int = 0
     alarms_on_360: int = 0
     duplicate_alarms: int = 0
+    # the 360 view: items linked by a route under a source key (mdm_link), found on the golden
+    # record holding that key, with that key as their ``via``
+    accounts: int = 0  # billing customers' accounts and the accounts of completed service orders
+    accounts_on_360: int = 0
+    services: int = 0  # circuits of resource customers
+    services_on_360: int = 0
+    bills: int = 0
+    bills_on_360: int = 0
+    payments_on_360: int = 0
     orders: int = 0
     orders_completed: int = 0
     orders_failed: int = 0
@@ -119,6 +128,9 @@ class DemoSummary:
             f"{self.payer_matched}/{self.payer_checked}",
             f"alarms: {self.alarms_delivered}/{self.alarms} delivered, {self.alarms_right_customer} with the right "
             f"key customer, {self.alarms_on_360} on the 360 view (duplicates refused {self.duplicate_alarms})",
+            f"360 view by source key: accounts {self.accounts_on_360}/{self.accounts}, services (circuits) "
+            f"{self.services_on_360}/{self.services}, bills {self.bills_on_360}/{self.bills}, payments "
+            f"{self.payments_on_360}/{self.payments}, alarms {self.alarms_on_360}/{self.alarms}",
             f"service orders: {self.orders} → {self.orders_completed} completed, {self.orders_failed} failed "
             f"({self.orders_compensated} compensated), {self.orders_as_expected} as expected, {self.orders_inconsistent} "
             f"left inconsistent; {self.status_events} status events",
@@ -366,6 +378,18 @@ class Demo:
                     golden_of[key] = None
             return golden_of[key]
 
+        views: dict[str, dict[str, list[dict[str, Any]]]] = {}  # golden id -> its 360 view's linked items
+
+        def on_360(kind: str, ref: str, system: str, sid: str) -> bool:
+            """Whether the item a route linked under ``system:sid`` is on that key's golden record."""
+            gid = gid_of(system, sid)
+            if gid is None:
+                return False
+            if gid not in views:
+                views[gid] = svc.get_customer(gid).get("linked", {})
+            key = f"{system}:{sid}"
+            return any(x["ref"] == f"{ref}@{key}" and x["via"] == key for x in views[gid].get(kind, []))
+
         # files: taken off their peers by the hub's ftp/sftp sources
         s.bank_file_via_sftp = self.sftp is not None and self.archived(self.bank_file) and self.bank_file is not None \
             and self.bank_file.is_relative_to(self.sftp.root)
@@ -426,9 +450,7 @@ class Demo:
             want = gid_of("resource", a.resource_customer)
             if want and any(c.get("golden_id") == want for c in custs):
                 s.alarms_right_customer += 1
-                linked = svc.get_customer(want).get("linked", {}).get("alarm", [])
-                if any(x["ref"] == f"{a.alarm_id}@{want}" for x in linked):
-                    s.alarms_on_360 += 1
+            s.alarms_on_360 += on_360("alarm", a.alarm_id, "resource", a.resource_customer)
         # service orders: final status as expected, compensation done, nothing left half-done
         s.orders = len(w.orders)
         events = self.order_statuses(broker) if broker is not None else []
@@ -447,6 +469,24 @@ class Demo:
                 s.orders_compensated += 1
             if sim.provisioned.get(oid) == "active" and oid not in sim.accounts:
                 s.orders_inconsistent += 1
+        # the 360 view: accounts, services, bills and payments under the source key they came with
+        for p in w.billing:
+            if p.attributes.billing_account:
+                s.accounts += 1
+                s.accounts_on_360 += on_360("account", p.attributes.billing_account, "billing", p.source_id)
+        for o in w.orders:
+            oid = o.payload["order_id"]
+            if oid in sim.accounts and final.get(oid, {}).get("status") == "completed":
+                s.accounts += 1
+                s.accounts_on_360 += on_360("account", sim.accounts[oid], o.payload["customer_source"],
+                                            o.payload["customer_source_id"])
+        for p in w.resource:
+            for cid in p.attributes.circuit_ids:
+                s.services += 1
+                s.services_on_360 += on_360("service", cid, "resource", p.source_id)
+        s.bills = len(w.bills)
+        s.bills_on_360 = sum(on_360("bill", b["bill_id"], "billing", b["customer_source_id"]) for b in w.bills)
+        s.payments_on_360 = sum(on_360("payment", p.payment_id, "bank", p.payer_account) for p in w.payments)
         # tiers: each golden holding billing records, from the bills of its accounts
         revenue = w.expected_revenue()
         tiering = svc.settings.tiering

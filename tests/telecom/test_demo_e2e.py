@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from esbhub.config import Settings
+from esbhub.mdm.service import MdmService
 from esbhub.telecom.demo import DemoSummary, run_inprocess
 
 
@@ -89,6 +90,36 @@ def test_every_alarm_is_delivered_with_its_key_customer_and_on_the_360_view(outc
     assert s.alarms > 10
     assert s.alarms_delivered == s.alarms_with_customer == s.alarms_right_customer == s.alarms_on_360 == s.alarms
     assert s.duplicate_alarms == 0
+
+
+def test_accounts_services_bills_payments_and_alarms_reach_the_360_view_by_their_source_keys(
+        outcome: tuple[object, DemoSummary]) -> None:
+    _demo, s = outcome
+    assert s.accounts > 20 and s.services > 20 and s.bills > 20 and s.payments > 20 and s.alarms > 10
+    assert (s.accounts_on_360, s.services_on_360, s.bills_on_360, s.payments_on_360, s.alarms_on_360) == (
+        s.accounts, s.services, s.bills, s.payments, s.alarms)
+
+
+def test_a_billing_customers_bill_and_payment_show_on_its_360_view_via_their_source_keys(
+        outcome: tuple[object, DemoSummary]) -> None:
+    demo, _s = outcome
+    w = demo.world  # type: ignore[attr-defined]
+    svc = MdmService(demo.database_url, migrate=False)  # type: ignore[attr-defined]
+    bills = {b["account"]: b for b in w.bills}
+    # a payment to a billing customer's own account, by a payer mastered into that customer's golden record
+    for p in w.payments:
+        cust = w.account_customer.get(p.billing_account)
+        if cust and p.billing_account in bills and svc.xref("bank", p.payer_account)["golden_id"] == (
+                gid := svc.xref("billing", cust)["golden_id"]):
+            break
+    else:
+        pytest.fail("no payment whose payer is mastered with the billing customer it pays")
+    linked = svc.get_customer(gid)["linked"]
+    bill = bills[p.billing_account]
+    [b] = [i for i in linked["bill"] if i["ref"] == f"{bill['bill_id']}@billing:{cust}"]
+    assert b["via"] == f"billing:{cust}" and b["data"]["total"] == bill["total"]
+    [pay] = [i for i in linked["payment"] if i["ref"] == f"{p.payment_id}@bank:{p.payer_account}"]
+    assert pay["via"] == f"bank:{p.payer_account}" and pay["data"]["amount"] == str(p.amount)
 
 
 def test_service_orders_end_as_expected_with_compensation_and_nothing_half_done(

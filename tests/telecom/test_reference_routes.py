@@ -20,4 +20,4 @@ def test_telecom_routes_lint_clean() -> None:
 def test_telecom_route_tests_pass() -> None:
     r = CliRunner().invoke(main, ["routes", "test", str(ROUTES)])
     assert r.exit_code == 0, r.output
-    assert "= 28 passed in" in r.output
+    assert "= 29 passed in" in r.output
