@@ -7,6 +7,7 @@ description) comes from the same pydantic model that validates a route's ``confi
 from __future__ import annotations
 
 import enum
+import inspect
 import types
 import typing
 from pathlib import Path
@@ -123,7 +124,7 @@ def render(spec: AdapterSpec) -> str:
     for title, model in models:
         out += [f"## {title} (`{model.__name__}`)", ""]
         if model.__doc__:
-            out += [model.__doc__.strip(), ""]
+            out += [inspect.cleandoc(model.__doc__), ""]  # dedented: an indented line is a code block in Markdown
         out += ["| field | type | default | secret | description |", "|---|---|---|---|---|"]
         out += field_table(model)
         out.append("")

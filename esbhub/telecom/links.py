@@ -46,6 +46,45 @@ FieldPath = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^.\s]
 
 
 class MdmLinkConfig(AdapterConfig):
+    """Which item a message is (``ref_field``) and whose: configure exactly one of two modes.
+
+    **By source key** — ``source_system`` (or ``source_system_field``) and ``source_id_field``: the
+    link is stored under the sending system's own customer key and resolved through the xref
+    whenever the 360 view is read, so it shows once that source record is mastered (it may arrive
+    after the bill) and follows the record through merges and unmerges. The 360 view gives
+    ``via: billing:C1``.
+
+    ```yaml
+    to:
+      - topic: bill.v1
+        name: bills
+      - adapter: mdm_link          # the same message also goes to the customer's 360 view
+        name: customer-360
+        config:
+          kind: bill                          # → linked.bill on GET /v1/customers/{golden_id}
+          ref_field: bill_id                  # ref B1@billing:C1, item B1
+          source_system: billing              # or source_system_field: customer_source
+          source_id_field: customer_source_id # billing's customer id on the bill
+    ```
+
+    **By golden id** — ``customers_field`` (the default mode, field ``customers``, when no source
+    key is configured): every ``{golden_id, …}`` listed gets a link ``<ref>@<golden_id>`` that stays
+    on that golden id (and what it is merged into); after an unmerge it does not follow the source
+    record. The 360 view gives ``via: G0000000042``.
+
+    ```yaml
+      - adapter: mdm_link
+        config: {kind: alarm, ref_field: alarm_id, customers_field: customers}
+    ```
+
+    Field names are dotted paths into the payload (``attributes.billing_account``,
+    ``customers.0.resource_customer``); a list at ``ref_field`` makes one link per element (a
+    customer's circuits). A value that is absent, null, blank or an empty list is missing:
+    ``when_missing: fail`` refuses the message naming the field, ``skip`` links nothing and logs
+    ``mdm_link_skipped``. Relinking an item under the same key updates its data; linking it under
+    another key adds a link and leaves the old one.
+    """
+
     kind: str = Field(default="alarm", min_length=1, max_length=32,
                       description="Link kind shown on the 360 view (account, service, bill, payment, alarm …).")
     ref_field: FieldPath = Field(
