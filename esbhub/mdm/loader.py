@@ -147,9 +147,9 @@ def iter_csv(path: Path, encoding: str = "utf-8-sig") -> Iterator[tuple[str, dic
 
 def iter_parquet(path: Path, batch_size: int = 10_000) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pyarrow is an optional (bench) dependency
-        raise RuntimeError("reading Parquet needs pyarrow: pip install 'esbhub[bench]'") from exc
+        import pyarrow.parquet as pq  # a dependency of esbhub, imported only when Parquet is read (it is big)
+    except ImportError as exc:  # an install that left it out
+        raise RuntimeError("reading Parquet needs pyarrow, a dependency of esbhub: pip install 'pyarrow>=15'") from exc
     n = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
         for row in batch.to_pylist():
