@@ -370,6 +370,9 @@ def worker(c: Ctx) -> None:
     """Run one worker process: consume the queues of the routes and the MDM until SIGTERM/SIGINT."""
     settings = c.settings
     _configure_logging(settings)
+    from esbhub.config import set_process_settings
+
+    set_process_settings(settings)  # sinks and look-ups not handed the settings (mdm_link, enrich.mdm) use these
     from esbhub.bus.broker import create_broker
     from esbhub.bus.store import BusStore
     from esbhub.bus.worker import Worker

@@ -5,6 +5,7 @@ under ``data_dir`` for both the broker and the hub database.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from esbhub.mdm.settings import MdmSettings
 from esbhub.secrets import check_url_secret
+
+CONFIG_ENV = "ESBHUB_CONFIG"
+"""The environment variable naming the YAML settings file (the ``--config`` option's)."""
 
 
 class RetryPolicy(BaseModel):
@@ -63,6 +68,11 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
     log_payloads: bool = Field(default=False, description="Log message payloads (off: they may hold personal data).")
     admin_key_file: Path | None = Field(default=None, description="Where the first admin key is written (0600).")
+    mdm: MdmSettings = Field(
+        default_factory=MdmSettings,
+        description="Master data: survivorship rules and source trust per attribute, key-account tier "
+        "thresholds, match model, search limit, queue.",
+    )
 
     @field_validator("broker_url", "database_url")
     @classmethod
@@ -87,6 +97,12 @@ class Settings(BaseSettings):
         return self.effective_broker_url.startswith("sqlite")
 
     @classmethod
+    def from_environment(cls) -> Settings:
+        """What ``esbhub`` loads without command-line options: the YAML file named by
+        ``ESBHUB_CONFIG``, if set, over the ``ESBHUB_*`` variables."""
+        return cls.load(os.environ.get(CONFIG_ENV) or None)
+
+    @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
         data: dict[str, Any] = {}
         if path:
@@ -94,3 +110,22 @@ class Settings(BaseSettings):
                 data = yaml.safe_load(fh) or {}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+
+_process_settings: Settings | None = None
+
+
+def set_process_settings(settings: Settings | None) -> Settings | None:
+    """Make ``settings`` what :func:`process_settings` returns in this process (None: forget them);
+    returns the ones set before. ``esbhub worker`` sets the settings it was started with."""
+    global _process_settings
+    before, _process_settings = _process_settings, settings
+    return before
+
+
+def process_settings() -> Settings:
+    """The settings of this process, for the parts of it that are not handed them (a sink's MDM
+    service, the MDM look-ups of routes): those of :func:`set_process_settings`, else
+    :meth:`Settings.from_environment`. So an ``mdm_link`` sink in a worker started with
+    ``--config hub.yaml`` sees the file's database and ``mdm`` section, as the worker's consumer does."""
+    return _process_settings if _process_settings is not None else Settings.from_environment()

@@ -7,7 +7,9 @@ models that validate messages and settings, never written by hand.
                              (incl. the ``party.golden.*`` events of :mod:`esbhub.mdm.events`)
                              and the :class:`~esbhub.bus.envelope.Envelope` around them
 * ``docs/configuration.md``  :class:`~esbhub.config.Settings`, :class:`~esbhub.config.RetryPolicy`,
-                             the broker options and the CLI's own environment variables
+                             the ``mdm`` section (:mod:`esbhub.mdm.settings`, with its example and
+                             the default survivorship rules), the broker options and the CLI's own
+                             environment variables
 * ``docs/adapters/<name>.md`` through :func:`esbhub.adapters.docs.render`
 * ``docs/routes.md``         the reference part, through :func:`esbhub.routes.docs.update_file`
 
@@ -135,6 +137,9 @@ def _meta_text(m: Any) -> Iterator[str]:
             yield f"{_BOUNDS[key]} {value}"
         elif key == "pattern":
             yield f"pattern `{value}`"
+        elif key == "allow_inf_nan":
+            if not value:
+                yield "finite"
         elif key == "strip_whitespace":
             if value:
                 yield "whitespace stripped"
@@ -379,11 +384,11 @@ def render_configuration() -> str:
         "",
         "Settings come, highest precedence first, from command-line options (`--broker-url`, …), "
         f"a YAML file given with `--config` / `ESBHUB_CONFIG` (keys = field names), and `{prefix}<FIELD>` "
-        "environment variables; unknown keys are refused. Nested settings (`retry`) are a mapping in YAML "
+        "environment variables; unknown keys are refused. Nested settings (`retry`, `mdm`) are a mapping in YAML "
         f"and a JSON object in the environment, e.g. `{prefix}RETRY='{{\"max_attempts\": 3}}'`. "
         "Passwords are given only by reference (`${env:NAME}` / `${file:PATH}`).",
         "",
-        "Contents: [Settings](#settings) · [RetryPolicy](#retrypolicy) · "
+        "Contents: [Settings](#settings) · [RetryPolicy](#retrypolicy) · [MDM settings](#mdm-settings) · "
         "[Embedded broker URL options](#embedded-broker-url-options) · [RabbitMQ options](#rabbitmq-options) · "
         "[Other environment variables](#other-environment-variables)",
         "",
@@ -400,6 +405,7 @@ def render_configuration() -> str:
         "",
         *_option_rows(RetryPolicy),
         "",
+        *_mdm_section(),
     ]
     for title, intro, target in _broker_option_models():
         out += [f"## {title}", ""]
@@ -417,6 +423,85 @@ def render_configuration() -> str:
         "",
     ]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _mdm_section() -> list[str]:
+    """The ``mdm`` settings: an example, one table per model, the checks, the default rules."""
+    from esbhub.mdm.settings import EXAMPLE_YAML, MdmSettings, TieringConfig
+    from esbhub.mdm.survivorship import AttributeRule, SurvivorshipConfig
+
+    defaults = {("SurvivorshipConfig", "attributes"): "[default rules](#default-survivorship-rules)",
+                ("SurvivorshipConfig", "default"): "[default rules](#default-survivorship-rules)"}
+
+    def rows(model: type[BaseModel]) -> list[str]:
+        out = ["| option | type | default | constraints | description |", "|---|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            dflt = defaults.get((model.__name__, name)) or default_text(info)
+            out.append(f"| `{name}` | {type_name(info.annotation)} | {dflt} | {constraints(info)} | {_desc(info)} |")
+        return out
+
+    survivorship = SurvivorshipConfig()
+    rules = ["| attribute | rules | trust |", "|---|---|---|"]
+    for attr, rule in [*survivorship.attributes.items(), ("(default)", survivorship.default)]:
+        trust = ", ".join(f"{k} {v}" for k, v in sorted(rule.trust.items(), key=lambda kv: (-kv[1], kv[0])))
+        rules.append(f"| `{attr}` | {', '.join(rule.rules) if not rule.collect else 'union of all sources'} | {trust} |")
+    out = [
+        "## MDM settings",
+        "",
+        "The `mdm` section: survivorship rules and source trust per golden attribute, key-account tier "
+        "thresholds, the match model, the search limit and the consumer's queue. Every process that builds "
+        "the MDM service (the API, `esbhub worker` — its `party.v1` consumer, `mdm_link` sinks and `enrich.mdm` "
+        "look-ups —, `esbhub mdm …`, `esbhub serve --demo`) uses this section of its settings. A bad value "
+        "stops the process at start with its path, e.g. "
+        "`mdm.tiering.thresholds.gold: Input should be greater than or equal to 0`. Example (YAML config file):",
+        "",
+        "```yaml",
+        EXAMPLE_YAML.rstrip(),
+        "```",
+        "",
+        "The same in the environment: `ESBHUB_MDM='{\"tiering\": {\"thresholds\": {\"A\": 2000000, …}}}'`. "
+        "Tiers and surviving values are computed when a golden record changes: after a change of these "
+        "settings, a stored golden record shows the new ones with its next change.",
+        "",
+        f"### `mdm` — {MdmSettings.__name__}",
+        "",
+        f"Model: `{MdmSettings.__module__}.{MdmSettings.__qualname__}`. {_doc(MdmSettings)}",
+        "",
+        *rows(MdmSettings),
+        "",
+        f"### `mdm.tiering` — {TieringConfig.__name__}",
+        "",
+        f"Model: `{TieringConfig.__module__}.{TieringConfig.__qualname__}`. {_doc(TieringConfig)}",
+        "",
+        *rows(TieringConfig),
+        "",
+        f"### `mdm.survivorship` — {SurvivorshipConfig.__name__}",
+        "",
+        f"Model: `{SurvivorshipConfig.__module__}.{SurvivorshipConfig.__qualname__}`. {_cell(_doc(SurvivorshipConfig))}",
+        "",
+        *rows(SurvivorshipConfig),
+        "",
+        f"### `mdm.survivorship.attributes.<attribute>`, `mdm.survivorship.default` — {AttributeRule.__name__}",
+        "",
+        f"Model: `{AttributeRule.__module__}.{AttributeRule.__qualname__}`. {_doc(AttributeRule)} Rules: "
+        "`override` (a steward's value), `trust` (the trust table), `valid` (a code that passes its check), "
+        "`recency` (newest `source_updated_at`), `completeness` (the fuller value), `frequency` (the value "
+        "most sources agree on); ties go to the lowest source key.",
+        "",
+        *rows(AttributeRule),
+        "",
+        "Checks beyond the table:",
+        "",
+        *_checks(MdmSettings),
+        "",
+        "### Default survivorship rules",
+        "",
+        "What an attribute not configured gets (`extra.<name>` attributes and any other: `(default)`).",
+        "",
+        *rules,
+        "",
+    ]
+    return out
 
 
 def _broker_option_models() -> list[tuple[str, str, Any]]:

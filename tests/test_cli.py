@@ -207,3 +207,23 @@ def test_config_file_settings_are_used(tmp_path):
     cfg.write_text(f"data_dir: {data}\n")
     r = CliRunner().invoke(main, ["--config", str(cfg), "db", "upgrade"], catch_exceptions=False)
     assert r.exit_code == 0 and (data / "hub.db").exists()
+
+
+def test_worker_makes_its_settings_the_process_settings_its_sinks_read(tmp_path, monkeypatch):
+    """`esbhub worker --config hub.yaml`: an mdm_link sink or an enrich.mdm look-up (not handed the
+    settings) reads the file's database and mdm section, not the environment alone."""
+    from esbhub.bus.worker import Worker
+    from esbhub.config import process_settings, set_process_settings
+
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nmdm: {{tiering: {{thresholds: {{gold: 5}}}}}}\n", encoding="utf-8")
+    seen = []
+    monkeypatch.setattr(Worker, "run_forever", lambda self: seen.append(process_settings()))
+    before = set_process_settings(None)
+    try:
+        r = CliRunner().invoke(main, ["--config", str(cfg), "worker"], catch_exceptions=False)
+    finally:
+        set_process_settings(before)
+    assert r.exit_code == 0, r.output
+    [s] = seen
+    assert s.data_dir == tmp_path / "var" and s.mdm.tiering.thresholds == {"gold": 5}

@@ -16,9 +16,9 @@ def _settings() -> Any:
     obj = ctx.find_root().obj
     if obj is not None and hasattr(obj, "settings"):
         return obj.settings
-    from esbhub.config import Settings
+    from esbhub.config import process_settings
 
-    return Settings()
+    return process_settings()
 
 
 def _service() -> Any:
@@ -185,7 +185,7 @@ def export_xref_cmd(out: Path | None) -> None:
 
 @mdm.command("train")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the model [DATA_DIR/mdm_model.json, which the hub uses].")
+              help="Where to write the model [mdm.model_path, default DATA_DIR/mdm_model.json: the one the hub uses].")
 @click.option("--max-records", default=200_000, show_default=True, type=click.IntRange(10),
               help="Train on at most this many current source records.")
 @click.option("--term-frequencies", is_flag=True,
@@ -215,7 +215,7 @@ def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> Non
     model = match.train_em(list(stds.values()), term_frequencies=term_frequencies)
     if labels:
         model = match.refine_with_labels(model, labels)
-    path = out or Path(_settings().data_dir) / "mdm_model.json"
+    path = Path(out or svc.settings.model_path)  # mdm.model_path, by default DATA_DIR/mdm_model.json
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(model.model_dump_json(indent=2), encoding="utf-8")
     click.echo(json.dumps({"records": len(stds), "labels": len(labels), "model": str(path),

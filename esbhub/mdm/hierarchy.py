@@ -25,30 +25,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from esbhub.mdm.settings import TieringConfig  # noqa: F401 - re-exported: it lives with the MDM settings
 from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, any_of, session_xrefs, source_key
-
-
-class TieringConfig(BaseModel):
-    """Key-account tiers by monthly billed revenue (CNY), highest first."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    thresholds: dict[str, float] = Field(
-        default_factory=lambda: {"A": 1_000_000.0, "B": 100_000.0, "C": 10_000.0},
-        description="Tier → minimum monthly revenue; a golden below every threshold gets 'D'.",
-    )
-    below: str = Field(default="D", description="Tier of a customer below every threshold (or without revenue).")
-
-    def tier(self, revenue: float | None) -> str:
-        if revenue is not None:
-            for name, floor in sorted(self.thresholds.items(), key=lambda kv: -kv[1]):
-                if revenue >= floor:
-                    return name
-        return self.below
 
 
 def _num(v: Any) -> float | None:

@@ -1,8 +1,9 @@
 """The MDM's bus consumer: ``party.v1`` → golden records → ``party.golden.*`` events, micro-batched.
 
-One subscription (queue ``route.mdm``, concurrency 1 — MDM writers are serialized anyway) on the
-worker's micro-batch contract (:mod:`esbhub.bus.worker`, "Micro-batched handlers"): the worker
-hands over the ``party.v1`` deliveries already waiting, at most ``batch_max``, and they go
+One subscription (queue ``route.<mdm.queue>`` of the hub settings, by default ``route.mdm``;
+concurrency 1 — MDM writers are serialized anyway) on the worker's micro-batch contract
+(:mod:`esbhub.bus.worker`, "Micro-batched handlers"): the worker hands over the ``party.v1``
+deliveries already waiting, at most ``batch_max``, and they go
 through :meth:`MdmService.ingest_many` in ONE transaction. Nothing waits for a batch to fill: at
 low load a batch is one record (same latency as one ``ingest`` per message); under load the
 per-transaction cost (~20 SQL statements, the commit, the writer lock) is shared by the batch.
@@ -36,7 +37,7 @@ import structlog
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.worker import HandlerContext, Subscription
 from esbhub.errors import InvalidMessage
-from esbhub.mdm.service import MdmService, MdmSettings, service_for
+from esbhub.mdm.service import MdmService, service_for
 from esbhub.schemas.party import Party
 
 log = structlog.get_logger("esbhub.mdm.realtime")
@@ -96,5 +97,5 @@ def subscriptions(settings: Any, broker: Any, *, batch_max: int = BATCH_MAX,
     def handle(env: Envelope, ctx: HandlerContext) -> None:
         handle_batch([(env, ctx)])  # a batch of one = MdmService.ingest; a failure raises or is ctx.error
 
-    return [Subscription(name=MdmSettings().queue, binding_keys=["party.v1"], handler=handle, dedup=False,
+    return [Subscription(name=settings.mdm.queue, binding_keys=["party.v1"], handler=handle, dedup=False,
                          concurrency=1, batch_handler=handle_batch, batch_max=batch_max)]

@@ -59,7 +59,6 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from esbhub import db
@@ -67,6 +66,7 @@ from esbhub.bus.envelope import Envelope
 from esbhub.errors import InvalidMessage, PermanentError
 from esbhub.mdm import hierarchy
 from esbhub.mdm.events import GoldenEvent, golden_event
+from esbhub.mdm.settings import MdmSettings, mdm_settings_of
 from esbhub.mdm.store import (
     Audit,
     CompressedJSON,
@@ -98,7 +98,6 @@ from esbhub.mdm.store import (
 )
 from esbhub.mdm.survivorship import (
     Member,
-    SurvivorshipConfig,
     override_problem,
     overrides_always_win,
     survive,
@@ -115,18 +114,6 @@ def _evidence_json(evidence: list[Any]) -> list[dict[str, Any]]:
     from esbhub.mdm.match import evidence_json  # the matcher (numpy, rapidfuzz) loads on first use
 
     return evidence_json(evidence)
-
-
-class MdmSettings(BaseModel):
-    """MDM configuration (defaults work out of the box)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    survivorship: SurvivorshipConfig = Field(default_factory=SurvivorshipConfig, description="Per-attribute rules.")
-    tiering: hierarchy.TieringConfig = Field(default_factory=hierarchy.TieringConfig, description="Key-account tiers.")
-    model_path: Path | None = Field(default=None, description="Trained MatchModel JSON; default: engine defaults.")
-    search_limit: int = Field(default=20, ge=1, le=500, description="Most results a search returns.")
-    queue: str = Field(default="mdm", description="Subscription name (queue 'route.<name>') consuming party.v1.")
 
 
 class NotFound(LookupError):
@@ -1939,16 +1926,23 @@ class MdmService:
 
 
 # --------------------------------------------------------------------- bus wiring
-_services: dict[str, MdmService] = {}
+_services: dict[tuple[str, str], MdmService] = {}
 _services_lock = threading.Lock()
 
 
 def service_for(settings: Any) -> MdmService:
-    """One MdmService per database URL in this process."""
+    """One MdmService per database URL and MDM settings in this process, with the ``mdm`` section
+    of the hub settings ``settings`` (:class:`esbhub.config.Settings`; ``model_path`` defaults to
+    DATA_DIR/mdm_model.json).
+
+    Keyed by the settings too, not the URL alone: a process part whose settings came from
+    elsewhere (an adapter reading the environment) must not hand its service — and its tiers and
+    survivorship rules — to the process's ingesting consumer, whichever of them came first."""
     url = settings.effective_database_url
+    mdm = mdm_settings_of(settings)
+    key = (url, mdm.model_dump_json())
     with _services_lock:
-        svc = _services.get(url)
+        svc = _services.get(key)
         if svc is None:
-            model_path = Path(settings.data_dir) / "mdm_model.json"
-            svc = _services[url] = MdmService(url, settings=MdmSettings(model_path=model_path))
+            svc = _services[key] = MdmService(url, settings=mdm)
         return svc

@@ -7,7 +7,7 @@ tells two different values apart decides — and finally by source key, so the o
 depends on arrival order. Rules:
 
 ``override``      a steward's manual value for this golden id wins over everything
-``trust``         source trust for this attribute (``trust``: system → score, ``*`` = default)
+``trust``         source trust for this attribute (``trust``: system → score 0–100, ``*`` = default)
 ``valid``         values that passed their check (USCC check character) first
 ``recency``       newest ``source_updated_at`` (falls back to when the hub received it)
 ``completeness``  longer / more complete values first (e.g. a full address)
@@ -25,13 +25,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from difflib import get_close_matches
 from itertools import compress
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 RuleName = Literal["override", "trust", "valid", "recency", "completeness", "frequency"]
+SystemName = Annotated[str, StringConstraints(min_length=1)]
+"""A source system (``party.v1`` ``source_system``), or ``*`` for every system not listed."""
+TrustScore = Annotated[int, Field(ge=0, le=100)]
+"""How far a system is trusted for an attribute: 0 (not at all) to 100; higher wins."""
 
 
 class AttributeRule(BaseModel):
@@ -43,10 +48,21 @@ class AttributeRule(BaseModel):
         default_factory=lambda: ["override", "trust", "frequency", "recency", "completeness"],
         description="Rules in order; the first that tells two different values apart decides.",
     )
-    trust: dict[str, int] = Field(
-        default_factory=dict, description="Source trust for this attribute: system → score (higher wins); '*' default."
+    trust: dict[SystemName, TrustScore] = Field(
+        default_factory=dict, description="Source trust for this attribute: system → score 0–100 (higher wins); "
+        "'*' for systems not listed (else 0). The table given replaces the default one whole."
     )
-    collect: bool = Field(default=False, description="List attribute: the golden value is the union of all members.")
+    collect: bool = Field(default=False, description="True for the list attributes (phones, emails, circuit_ids, "
+                          "contacts, addresses) and only for them: their golden value is the union of all members'.")
+
+    @field_validator("rules")
+    @classmethod
+    def _each_rule_once(cls, v: list[str]) -> list[str]:
+        """A rule is listed once (only its first place could ever decide)."""
+        for i, r in enumerate(v):
+            if r in v[:i]:
+                raise ValueError(f"'{r}' is listed twice: a rule decides at its first place only")
+        return v
 
 
 _CRM_FIRST = {"crm": 90, "callcenter": 70, "billing": 60, "resource": 50, "bank": 40, "*": 30}
@@ -77,18 +93,74 @@ def _default_attributes() -> dict[str, AttributeRule]:
     }
 
 
+def _default_rule() -> AttributeRule:
+    return AttributeRule(trust=_CRM_FIRST)
+
+
+def _over(base: AttributeRule, given: AttributeRule) -> AttributeRule:
+    """``base`` with the fields ``given`` was given (not those it has by default)."""
+    if given.model_fields_set >= set(AttributeRule.model_fields):
+        return given
+    return base.model_copy(update={f: getattr(given, f) for f in given.model_fields_set})
+
+
+def _known_attribute(attr: str) -> str:
+    """``attr`` names a golden attribute survivorship makes (see :data:`ATTRIBUTES`)."""
+    if attr in ATTRIBUTES or (attr.startswith("extra.") and len(attr) > len("extra.")):
+        return attr
+    near = get_close_matches(attr, ATTRIBUTES, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    raise ValueError(f"no golden attribute '{attr}'{hint}: one of {', '.join(ATTRIBUTES)} or extra.<name>")
+
+
 class SurvivorshipConfig(BaseModel):
     """Survivorship rules per attribute (defaults: billing for billing data, CRM for contacts,
     a valid check for registry codes)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    attributes: dict[str, AttributeRule] = Field(
-        default_factory=_default_attributes, description="Rules per golden attribute name."
+    attributes: dict[Annotated[str, AfterValidator(_known_attribute)], AttributeRule] = Field(
+        default_factory=_default_attributes,
+        description="Rules per golden attribute name (or 'extra.<name>'; another name is refused). An attribute "
+        "given here keeps the defaults of the fields it does not give (rules, trust); attributes not given keep "
+        "their default rule.",
     )
     default: AttributeRule = Field(
-        default_factory=lambda: AttributeRule(trust=_CRM_FIRST), description="Rules for attributes not listed."
+        default_factory=_default_rule,
+        description="Rules for attributes not in 'attributes' (the fields not given keep their defaults).",
     )
+
+    @field_validator("attributes")
+    @classmethod
+    def _over_the_defaults(cls, v: dict[str, AttributeRule]) -> dict[str, AttributeRule]:
+        """The attributes given are laid over the default ones, field by field.
+
+        A config that changes the trust of one attribute must not drop the defaults of the others
+        (billing first for revenue…), nor the rules of that one (the ``valid`` check of a USCC).
+        """
+        out = _default_attributes()
+        for attr, rule in v.items():
+            out[attr] = _over(out[attr], rule) if attr in out else rule
+        return out
+
+    @field_validator("attributes")
+    @classmethod
+    def _collect_only_lists(cls, v: dict[str, AttributeRule]) -> dict[str, AttributeRule]:
+        """``collect`` is true for the list attributes and only for them (it says, it does not choose)."""
+        for attr, rule in v.items():
+            if rule.collect != (attr in _LIST_NAMES):
+                raise ValueError(
+                    f"{attr}.collect: '{attr}' is a list attribute, always the union of its sources' values"
+                    if attr in _LIST_NAMES else
+                    f"{attr}.collect: '{attr}' is a single value; only list attributes ({', '.join(_LIST_NAMES)}) "
+                    "are collected")
+        return v
+
+    @field_validator("default")
+    @classmethod
+    def _over_the_default(cls, v: AttributeRule) -> AttributeRule:
+        """The fields ``default`` does not give keep their defaults."""
+        return _over(_default_rule(), v)
 
     def rule_for(self, attr: str) -> AttributeRule:
         return self.attributes.get(attr) or self.default

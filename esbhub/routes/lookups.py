@@ -4,7 +4,8 @@
   record holding that source record, or null;
 * ``mdm.golden`` — key: a golden id → the golden record, or null.
 
-They read the hub database named by the settings (``ESBHUB_DATABASE_URL`` / data dir).
+They read the hub database named by the process settings (:func:`esbhub.config.process_settings`:
+the worker's, else ``ESBHUB_CONFIG`` / ``ESBHUB_DATABASE_URL`` / data dir).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ def _service() -> Any:
     global _svc
     with _lock:
         if _svc is None:
-            from esbhub.config import Settings
-            from esbhub.mdm.service import MdmService
+            from esbhub.config import process_settings
+            from esbhub.mdm.service import MdmService, mdm_settings_of
 
-            _svc = MdmService(Settings().effective_database_url, migrate=False)
+            settings = process_settings()
+            _svc = MdmService(settings.effective_database_url, settings=mdm_settings_of(settings), migrate=False)
         return _svc
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from esbhub.bus.envelope import Envelope
+from esbhub.mdm.settings import MdmSettings
 from esbhub.telecom import peers, sims
 from esbhub.telecom.world import TelecomWorld, build
 
@@ -50,7 +51,7 @@ PEER_DIRECTORY = "outbox"  # the directory both file routes poll on their peer
 ROUTE_NAMES = ("telecom-nms-traps", "telecom-bank-payment-file", "telecom-bill-file", "telecom-billing-customers", "telecom-resource-customers", "telecom-bank-customers",
                "telecom-bill-revenue", "telecom-bank-payments", "telecom-circuit-down-alarms", "telecom-service-orders")
 STATUS_QUEUE = "telecom-demo.order-status"  # the portal's view of service_order.status.v1 events
-QUEUES = tuple(f"route.{n}" for n in ROUTE_NAMES) + ("route.mdm",)
+ROUTE_QUEUES = tuple(f"route.{n}" for n in ROUTE_NAMES)
 
 Publish = Callable[[Sequence[Envelope]], None]
 
@@ -144,8 +145,10 @@ class DemoSummary:
 
 class Demo:
     def __init__(self, data_dir: Path, *, n_companies: int = 120, seed: int = 2026, sim_port: int = 0,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, mdm: MdmSettings | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.mdm = mdm or MdmSettings()  # the hub's: its MDM queue, and the tiers the summary checks
+        self.queues = (*ROUTE_QUEUES, f"route.{self.mdm.queue}")
         self.n_companies, self.seed, self.sim_port = n_companies, seed, sim_port
         self.database_url = database_url or f"sqlite:///{self.data_dir / 'hub.db'}"
         self.world: TelecomWorld | None = None
@@ -302,13 +305,13 @@ class Demo:
             f"{n_res} rows in the resource inventory's change outbox (polled by the sql source), "
             f"{len(self._w.bank)} from the bank, {len(crm)} from the CRM")
         self.wait_resource_changes_taken(timeout=timeout)
-        wait_idle(store, broker, timeout=timeout)
+        wait_idle(store, broker, timeout=timeout, queues=self.queues)
         bill_file = self.drop_bill_file()
         assert self.ftp is not None and self.sftp is not None
         log(f"phase 2: {len(self._w.bills)} monthly bills in {bill_file.name} on billing's FTP server "
             f"(ftp://127.0.0.1:{self.ftp.port}/{PEER_DIRECTORY}; revenue → tier)")
         self.wait_archived(bill_file, timeout=timeout)
-        wait_idle(store, broker, timeout=timeout)
+        wait_idle(store, broker, timeout=timeout, queues=self.queues)
         orders = self.order_messages()
         bank_file = self.drop_bank_file()
         _publish_batches(publish, orders)
@@ -325,7 +328,7 @@ class Demo:
         deadline = time.monotonic() + timeout
         while len({b.get("alarm_id") for b in list(sim.alarms.values())}) < len(alarms) and time.monotonic() < deadline:
             time.sleep(0.2)
-        wait_idle(store, broker, timeout=timeout)
+        wait_idle(store, broker, timeout=timeout, queues=self.queues)
 
     def declare_queues(self, broker: Any) -> None:
         """Declare the routes' and the MDM's queues (as the workers do), so nothing published before
@@ -337,7 +340,7 @@ class Demo:
             raise RuntimeError(f"telecom routes invalid: {res.errors[0]}")
         for lr in res.routes:
             broker.declare_queue(f"route.{lr.route.name}", list(lr.route.from_.topics))
-        broker.declare_queue("route.mdm", ["party.v1"])
+        broker.declare_queue(f"route.{self.mdm.queue}", ["party.v1"])
         broker.declare_queue(STATUS_QUEUE, ["service_order.status.v1"])
 
     # ---------------------------------------------------------------- checks
@@ -355,7 +358,7 @@ class Demo:
         w = self._w
         sim = self.sim
         assert sim is not None
-        svc = MdmService(self.database_url, migrate=False)
+        svc = MdmService(self.database_url, settings=self.mdm, migrate=False)
         s = DemoSummary(companies=len({e for e in w.truth.values()}), source_records=len(w.truth))
         # golden records against the truth
         part = [set(c) & set(w.truth) for c in svc.partition_now()]
@@ -542,15 +545,17 @@ def _publish_batches(publish: Publish, envs: list[Envelope], size: int = 200) ->
         publish(envs[i:i + size])
 
 
-def wait_idle(store: Any, broker: Any, *, timeout: float = 120.0, settle: int = 3) -> None:
-    """Return once nothing is queued, in flight or waiting for a retry (``settle`` checks in a row)."""
+def wait_idle(store: Any, broker: Any, *, timeout: float = 120.0, settle: int = 3,
+              queues: Sequence[str] = (*ROUTE_QUEUES, "route.mdm")) -> None:
+    """Return once nothing is queued (in ``queues``), in flight or waiting for a retry (``settle``
+    checks in a row)."""
     deadline = time.monotonic() + timeout
     quiet = 0
     while True:
         store.flush()
         c = store.counts()
         depth = 0
-        for q in QUEUES:
+        for q in queues:
             try:
                 depth += broker.queue_depth(q)
             except Exception:  # noqa: BLE001, S112 - a queue not declared yet holds nothing
@@ -642,6 +647,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
     from esbhub.bus.broker import create_broker
     from esbhub.bus.store import BusStore
     from esbhub.bus.worker import Worker
+    from esbhub.config import set_process_settings
     from esbhub.db import upgrade
     from esbhub.mdm.realtime import subscriptions as mdm_subscriptions
     from esbhub.routes import lookups
@@ -650,10 +656,12 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
     started = time.monotonic()
     db_url = settings.effective_database_url
     saved_env = dict(os.environ)
-    demo = Demo(Path(settings.data_dir), n_companies=n_companies, seed=seed, database_url=db_url).prepare()
+    demo = Demo(Path(settings.data_dir), n_companies=n_companies, seed=seed, database_url=db_url,
+                mdm=settings.mdm).prepare()
     settings = settings.model_copy(update={"routes_dir": demo.routes_dir})
     upgrade(db_url)
     lookups._svc = None  # the MDM lookups read the database the settings name now
+    process_before = set_process_settings(settings)  # as `esbhub worker` does: the sinks' MDM service is ours
     broker = create_broker(settings.effective_broker_url, exchange=settings.exchange)
     broker.connect()
     store = BusStore(db_url)
@@ -682,6 +690,7 @@ def run_inprocess(settings: Any, *, n_companies: int = 60, seed: int = 2026, tim
         broker.close()
         demo.stop()
         lookups._svc = None
+        set_process_settings(process_before)
         for k in demo.env:  # the demo's environment was for this run only
             if k in saved_env:
                 os.environ[k] = saved_env[k]
@@ -708,7 +717,7 @@ class ServeDemo:
         n = n_companies or int(os.environ.get("ESBHUB_DEMO_COMPANIES", "120"))
         sd = seed if seed is not None else int(os.environ.get("ESBHUB_DEMO_SEED", "2026"))
         self.demo = Demo(Path(settings.data_dir), n_companies=n, seed=sd,
-                         database_url=settings.effective_database_url).prepare()
+                         database_url=settings.effective_database_url, mdm=settings.mdm).prepare()
         self._thread: Any = None
         self.summary: DemoSummary | None = None
         self.error: str | None = None
@@ -798,7 +807,7 @@ class ServeDemo:
         if not w or not w.alarms:
             return None
         try:
-            return MdmService(self.demo.database_url, migrate=False).xref("resource", w.alarms[0].resource_customer)["golden_id"]
+            return MdmService(self.demo.database_url, settings=self.demo.mdm, migrate=False).xref("resource", w.alarms[0].resource_customer)["golden_id"]
         except NotFound:
             return None
 

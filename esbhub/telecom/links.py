@@ -21,7 +21,8 @@ naming the field (InvalidMessage → dead-letter), ``skip`` links nothing and lo
 where the item is optional (a customer change without an account). The link's data is the
 payload, or the ``data_fields`` of it. Linking is idempotent on kind + ref, so a redelivery
 changes nothing but the data and time. Writes go to ``database_url`` (the MDM's database;
-default: the hub database of the process settings, ``ESBHUB_DATABASE_URL`` / data dir). An
+default: the hub database of the process settings, :func:`esbhub.config.process_settings` — the
+worker's own, with its ``mdm`` section). An
 unreachable database is a transient error.
 """
 
@@ -109,7 +110,7 @@ class MdmLinkConfig(AdapterConfig):
         "'fail' refuses it naming the field (dead-letter); 'skip' links nothing and logs why.")
     database_url: Annotated[str, AfterValidator(check_url_secret)] | None = Field(
         default=None, description="SQLAlchemy URL of the MDM database (password only as ${env:..}/${file:..}); "
-        "default: the hub database of the settings.")
+        "default: the hub database of the process settings.")
 
     @model_validator(mode="after")
     def _one_mode(self) -> MdmLinkConfig:
@@ -186,9 +187,9 @@ class MdmLinkSink(Sink[MdmLinkConfig]):
             if self.config.database_url:
                 self._svc = MdmService(resolve_url(self.config.database_url), migrate=False)
             else:
-                from esbhub.config import Settings
+                from esbhub.config import process_settings
 
-                self._svc = service_for(Settings())
+                self._svc = service_for(process_settings())
         return self._svc
 
     def _required(self, payload: Any, field: str) -> Any:

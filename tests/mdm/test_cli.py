@@ -152,3 +152,21 @@ def test_train_writes_the_model_the_hub_uses_with_term_frequencies_only_when_ask
     model = MatchModel.from_json((tmp_path / "var" / "mdm_model.json").read_text(encoding="utf-8"))
     assert model.term_frequencies is not None
     assert model.term_frequencies.records == json.loads(tf.stdout.strip().splitlines()[-1])["records"]
+def test_load_and_train_use_the_mdm_section_of_the_config_file(tmp_path):
+    from esbhub.mdm.synth import generate
+
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n"
+                   "mdm:\n  tiering: {thresholds: {top: 1000000}, below: rest}\n"
+                   f"  model_path: {tmp_path / 'models' / 'm.json'}\n", encoding="utf-8")
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text("\n".join(p.model_dump_json(exclude_none=True) for p in generate(12, seed=3).records),
+                     encoding="utf-8")
+    for f in (write_csv(tmp_path / "p.csv"), jsonl):  # the initial (set at a time) load, then batch by batch
+        assert CliRunner().invoke(main, ["--config", str(cfg), "mdm", "load", str(f)]).exit_code in (0, 1)
+    svc = service_for(Settings.load(cfg))
+    assert svc.golden(svc.resolve_id("billing:A1"))["tier"] == "top"
+    assert svc.golden(svc.resolve_id("crm:9"))["tier"] == "rest"
+    r = CliRunner().invoke(main, ["--config", str(cfg), "mdm", "train"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == str(tmp_path / "models" / "m.json") and (tmp_path / "models" / "m.json").exists()

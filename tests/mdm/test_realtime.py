@@ -193,3 +193,22 @@ def test_steward_events_left_in_the_outbox_go_out_after_a_batch_when_the_last_lo
             assert svc.pending_events() > 0 and not merged
     finally:
         r.close()
+
+
+def test_the_consumer_takes_its_queue_and_the_tiers_it_gives_from_the_hub_settings(tmp_path, unique):
+    configured = Settings(data_dir=tmp_path / "var", mdm={"queue": "mdm-east",
+                                                          "tiering": {"thresholds": {"gold": 40_000}, "below": "std"}})
+    r = Run(configured, unique, hold=0)
+    try:
+        assert r.sub.queue == "route.mdm-east"
+        rich, poor = (Party(source_system="billing", source_id=sid, name=name,
+                            attributes={"billing_account": f"BA-{sid}", "monthly_revenue": revenue})
+                      for sid, name, revenue in (("1", "深圳市华信科技有限公司", "50000"),
+                                                 ("2", "广州市远洋物流有限公司", "100")))
+        r.publish([_envelope(rich), _envelope(poor)])
+        r.worker.start()
+        r.settle(2)
+        svc = service_for(configured)
+        assert [svc.golden(svc.resolve_id(k))["tier"] for k in ("billing:1", "billing:2")] == ["gold", "std"]
+    finally:
+        r.close()

@@ -561,3 +561,64 @@ def test_a_number_that_stops_being_generic_counts_as_specific_again_for_the_pair
         fresh.ingest(p, f"{p.source_system}-{p.source_id}")
     assert store_state(svc) == store_state(fresh)
     assert frozenset({"crm:1", "billing:1"}) in svc.partition_now()
+# ------------------------------------------------------------ the hub's mdm settings, end to end
+def hub_settings(tmp_path, name: str, mdm_yaml: str = ""):
+    """Hub settings as `esbhub --config` loads them: a YAML file, its own data dir (and database)."""
+    from esbhub.config import Settings
+
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / name}\n{mdm_yaml}", encoding="utf-8")
+    return Settings.load(cfg)
+
+
+def test_a_customer_ingested_through_service_for_gets_the_tier_of_the_configured_thresholds(tmp_path):
+    from esbhub.mdm.service import service_for
+
+    tiers = "mdm:\n  tiering:\n    thresholds: {gold: 1000000, silver: 30000}\n    below: bronze\n"
+    configured = service_for(hub_settings(tmp_path, "tiered", tiers))
+    default = service_for(hub_settings(tmp_path, "default"))
+    for svc in (configured, default):
+        svc.ingest(bill1(attributes={"billing_account": "BA1", "monthly_revenue": "50000"}), "e1")
+        svc.ingest(other_company(), "e2")  # no revenue
+    assert [configured.golden(g)["tier"] for g in ("G0000000001", "G0000000002")] == ["silver", "bronze"]
+    assert [default.golden(g)["tier"] for g in ("G0000000001", "G0000000002")] == ["C", "D"]
+    assert configured.get_customer("G0000000001")["group_tier"] == "silver"
+
+
+def test_configured_source_trust_for_one_attribute_changes_which_source_s_value_survives(tmp_path):
+    from esbhub.mdm.service import service_for
+
+    trust = "mdm:\n  survivorship:\n    attributes:\n      account_manager: {trust: {billing: 100, '*': 10}}\n"
+    configured = service_for(hub_settings(tmp_path, "trusted", trust))
+    default = service_for(hub_settings(tmp_path, "default"))
+    for svc in (configured, default):
+        svc.ingest(crm1(attributes={"account_manager": "王经理"}), "e1")
+        svc.ingest(bill1(attributes={"billing_account": "BA1", "account_manager": "系统", "monthly_revenue": "5"}), "e2")
+    got = configured.get_customer("G0000000001")["attributes"]
+    assert default.get_customer("G0000000001")["attributes"]["account_manager"]["value"] == "王经理"  # CRM first
+    assert got["account_manager"]["value"] == "系统" and got["account_manager"]["lineage"]["rule"] == "trust"
+    # the attributes the config does not name keep their defaults
+    assert got["billing_account"]["lineage"]["source_system"] == "billing"
+    assert got["phones"] == default.get_customer("G0000000001")["attributes"]["phones"]
+
+
+def test_service_for_keeps_one_service_per_database_and_mdm_settings_whoever_asks_first(tmp_path):
+    """A sink that built the database's service from other settings must not hand it (its tiers)
+    to the consumer configured otherwise; the same settings share one service."""
+    from esbhub.config import Settings
+    from esbhub.mdm.service import service_for
+
+    first = service_for(Settings(data_dir=tmp_path))
+    configured = Settings(data_dir=tmp_path, mdm={"tiering": {"thresholds": {"gold": 1.0}}})
+    svc = service_for(configured)
+    assert svc is not first and svc.settings.tiering.thresholds == {"gold": 1.0}
+    assert service_for(Settings(data_dir=tmp_path, mdm={"tiering": {"thresholds": {"gold": 1.0}}})) is svc
+
+
+def test_the_match_model_is_the_configured_one_else_the_one_in_the_data_dir(tmp_path):
+    from esbhub.config import Settings
+    from esbhub.mdm.service import service_for
+
+    assert service_for(Settings(data_dir=tmp_path)).settings.model_path == tmp_path / "mdm_model.json"
+    mine = Settings(data_dir=tmp_path, mdm={"model_path": str(tmp_path / "models" / "v2.json")})
+    assert service_for(mine).settings.model_path == tmp_path / "models" / "v2.json"

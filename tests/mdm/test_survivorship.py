@@ -159,3 +159,19 @@ def test_the_rival_decides_the_rule_and_equal_members_fall_back_to_the_source_ke
     assert out["name"]["lineage"]["source_id"] == "1"
     out = survive([m("a", "2", name="乙"), m("a", "1", name="甲")], cfg)
     assert (out["name"]["value"], out["name"]["lineage"]["rule"]) == ("甲", "source_key")
+
+
+def test_a_configured_attribute_keeps_the_defaults_it_does_not_give_and_unnamed_attributes_keep_theirs():
+    defaults = SurvivorshipConfig()
+    cfg = SurvivorshipConfig.model_validate({"attributes": {"uscc": {"trust": {"registry": 100, "crm": 90}}},
+                                             "default": {"rules": ["trust", "recency"]}})
+    uscc = cfg.rule_for("uscc")
+    assert uscc.trust == {"registry": 100, "crm": 90}  # the table given, whole
+    assert uscc.rules == defaults.rule_for("uscc").rules  # the USCC check still comes first
+    assert {a: r for a, r in cfg.attributes.items() if a != "uscc"} == {
+        a: r for a, r in defaults.attributes.items() if a != "uscc"}
+    assert cfg.default.rules == ["trust", "recency"] and cfg.default.trust == defaults.default.trust
+    out = survive([m("crm", "1", std={"uscc": "91440300MA5GOOD002", "uscc_valid": True}),
+                   m("registry", "2", std={"uscc": "91440300MA5FAKE001", "uscc_valid": False})], cfg)
+    assert out["uscc"]["value"] == "91440300MA5GOOD002" and out["uscc"]["lineage"]["rule"] == "valid"
+

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from esbhub.bus.envelope import Envelope
 from esbhub.cli import main
+from esbhub.config import Settings, set_process_settings
 from esbhub.errors import InvalidMessage
-from esbhub.mdm.service import MdmService
+from esbhub.mdm.service import MdmService, service_for
 from esbhub.telecom.links import MdmLinkConfig, MdmLinkSink
 
 BILL = {"kind": "bill", "ref_field": "bill_id", "source_system": "billing", "source_id_field": "customer_source_id"}
@@ -155,3 +156,17 @@ def test_route_lint_names_a_half_configured_source_key(tmp_path):
     r = CliRunner().invoke(main, ["routes", "lint", str(tmp_path)])
     assert r.exit_code == 1
     assert "to[0].config" in r.output and "needs source_id_field" in r.output, r.output
+
+
+
+
+def test_without_a_database_url_the_sink_shares_the_mdm_service_of_the_worker_s_settings(tmp_path):
+    """As `esbhub worker --config hub.yaml` runs it: the worker's settings, ``mdm`` section included,
+    not the environment alone — and so the very service the worker's MDM consumer ingests with."""
+    worker = Settings(data_dir=tmp_path, mdm={"tiering": {"thresholds": {"gold": 1.0}}})
+    before = set_process_settings(worker)
+    try:
+        sink = MdmLinkSink(MdmLinkConfig(kind="alarm"))
+        assert sink._service() is service_for(worker)
+    finally:
+        set_process_settings(before)
