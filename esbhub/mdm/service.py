@@ -63,7 +63,7 @@ from sqlalchemy.orm import Session
 
 from esbhub import db
 from esbhub.bus.envelope import Envelope
-from esbhub.errors import InvalidMessage, PermanentError
+from esbhub.errors import ErrorDetail, InvalidMessage, PermanentError
 from esbhub.mdm import hierarchy
 from esbhub.mdm.events import GoldenEvent, golden_event
 from esbhub.mdm.settings import MdmSettings, mdm_settings_of
@@ -117,7 +117,12 @@ def _evidence_json(evidence: list[Any]) -> list[dict[str, Any]]:
 
 
 class NotFound(LookupError):
-    """No such golden record, source key or task."""
+    """No such golden record, source key or task; ``field`` names the argument that referred to
+    it when the call takes several (e.g. "a" or "b" of :meth:`MdmService.merge`), else None."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidOverride(ValueError):
@@ -632,8 +637,27 @@ def _default_matcher(settings: MdmSettings) -> Any:
 
     model = None
     if settings.model_path and Path(settings.model_path).exists():
-        model = MatchModel.model_validate_json(Path(settings.model_path).read_text(encoding="utf-8"))
+        model = MatchModel.from_file(Path(settings.model_path))
     return Matcher(model)
+
+
+def _check_unmerge(golden_id: str, source_keys: list[str], members: set[str]) -> None:
+    """:class:`InvalidMessage` unless ``source_keys`` are some, not all, members of ``golden_id``;
+    its details name each key that is not (``source_keys.<index>``)."""
+    if not source_keys:
+        raise InvalidMessage("unmerge needs at least one source key", details=[
+            ErrorDetail(loc="source_keys", msg="empty: name the source keys 'system:id' to split off", type="too_short")])
+    shown = ", ".join(sorted(members)[:10]) + (", …" if len(members) > 10 else "")
+    strangers = [ErrorDetail(loc=f"source_keys.{i}", msg=f"'{k}' is not a member of {golden_id} (its members: {shown})",
+                             type="not_member")
+                 for i, k in enumerate(source_keys) if k not in members]
+    if strangers:
+        raise InvalidMessage(f"not members of {golden_id}: {', '.join(k for k in source_keys if k not in members)}",
+                             details=strangers)
+    if not members - set(source_keys):
+        raise InvalidMessage("unmerge must leave at least one source record in the golden record", details=[
+            ErrorDetail(loc="source_keys", msg=f"names every member of {golden_id}: leave at least one",
+                        type="all_members")])
 
 
 class MdmService:
@@ -1380,14 +1404,15 @@ class MdmService:
         return out
 
     # ---------------------------------------------------------- steward actions
-    def resolve(self, s: Session, ref: str) -> Golden:
-        """A golden id or a source key → the active golden record (following merge pointers)."""
+    def resolve(self, s: Session, ref: str, field: str | None = None) -> Golden:
+        """A golden id or a source key → the active golden record (following merge pointers);
+        ``field``: the argument ``ref`` came as, named by the :class:`NotFound` if it is unknown."""
         g = s.get(Golden, ref)
         if g is None and ":" in ref:
             gid = self._golden_of_key(s, ref)
             g = s.get(Golden, gid) if gid else None
         if g is None:
-            raise NotFound(f"no golden record or source key '{ref}'")
+            raise NotFound(f"no golden record or source key '{ref}'", field=field)
         hops = 0
         while g.status == "retired" and g.merged_into and hops < 100:
             nxt = s.get(Golden, g.merged_into)
@@ -1451,7 +1476,7 @@ class MdmService:
             raise InvalidMessage("a steward merge needs 'by'")
 
         def run(s: Session, now: datetime) -> list[_Change]:
-            ga, gb = self.resolve(s, a), self.resolve(s, b)
+            ga, gb = self.resolve(s, a, "a"), self.resolve(s, b, "b")
             if ga.golden_id == gb.golden_id:
                 return []
             ma, mb = set(ga.members or []), set(gb.members or [])
@@ -1502,14 +1527,11 @@ class MdmService:
             raise InvalidMessage("a steward unmerge needs 'by'")
 
         def run(s: Session, now: datetime) -> list[_Change]:
-            g = self.resolve(s, golden_id)
+            g = self.resolve(s, golden_id, "golden_id")
             members = set(g.members or [])
             split = set(source_keys)
-            if not split or not split <= members:
-                raise InvalidMessage(f"source keys {sorted(split - members) or '[]'} are not members of {g.golden_id}")
+            _check_unmerge(g.golden_id, list(source_keys), members)
             rest = members - split
-            if not rest:
-                raise InvalidMessage("unmerge must leave at least one source record in the golden record")
             for c in s.execute(
                 sa.select(Constraint).where(Constraint.active.is_(True), Constraint.kind == "must",
                                             sa.or_(Constraint.a_key.in_(members), Constraint.b_key.in_(members)))
@@ -1832,14 +1854,14 @@ class MdmService:
         """Per-field evidence for two source keys or golden ids (best-scoring member pair)."""
         self._ensure_index()  # term frequencies come from the index
         with self.Session() as s:
-            def keys(ref: str) -> list[str]:
+            def keys(ref: str, field: str) -> list[str]:
                 if s.get(Golden, ref) is not None:
-                    return list(self.resolve(s, ref).members or [])
+                    return list(self.resolve(s, ref, field).members or [])
                 if self._golden_of_key(s, ref) is None:
-                    raise NotFound(f"no golden record or source key '{ref}'")
+                    raise NotFound(f"no golden record or source key '{ref}'", field=field)
                 return [ref]
 
-            ka, kb = keys(a), keys(b)
+            ka, kb = keys(a, "a"), keys(b, "b")
             xs = self._xrefs(s, ka + kb)
             best = None
             for x in ka:
@@ -1850,7 +1872,9 @@ class MdmService:
                     if best is None or r.weight > best[0].weight:
                         best = (r, x, y)
             if best is None:
-                raise InvalidMessage("nothing to compare: both refer to the same source record")
+                empty = a if not ka else b if not kb else None
+                raise InvalidMessage(f"nothing to compare: '{empty}' has no source record" if empty else
+                                     f"nothing to compare: '{a}' and '{b}' are one and the same source record {ka[0]}")
             r, x, y = best
             forbid = self._can_link(self._load_std(xs[x].std), self._load_std(xs[y].std))
             out = r.model_dump(mode="json")

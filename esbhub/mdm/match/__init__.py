@@ -49,6 +49,7 @@ import random
 from collections import Counter
 from collections.abc import Container, Iterable, Sequence
 from itertools import chain
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -217,6 +218,37 @@ class MatchModel(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> MatchModel:
         return cls.model_validate_json(text)
+
+    @classmethod
+    def from_file(cls, path: Path) -> MatchModel:
+        """The model saved in ``path``; :class:`~esbhub.errors.ConfigError` naming the file and,
+        per problem, the line (not JSON) or the field (not a MatchModel) — a model file is written
+        by ``esbhub mdm train`` but may be edited or truncated by hand."""
+        import json
+
+        from pydantic import ValidationError
+
+        from esbhub.errors import ConfigError, ErrorDetail
+
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+            raise ConfigError(f"cannot read match model {path}",
+                              details=[ErrorDetail(loc="(file)", msg=str(why), file=str(path))]) from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"match model {path} is not JSON", details=[ErrorDetail(
+                loc="(json)", msg=f"{exc.msg} at column {exc.colno}", type="json_invalid", file=str(path),
+                line=exc.lineno)]) from None
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as exc:
+            raise ConfigError(f"match model {path} is not a valid MatchModel", details=[
+                ErrorDetail(loc=".".join(str(x) for x in e["loc"]) or "(root)", msg=e["msg"], type=e["type"],
+                            file=str(path))
+                for e in exc.errors()]) from None
 
     def kind(self, kind: str) -> KindModel:
         return self.organization if kind == "organization" else self.person
