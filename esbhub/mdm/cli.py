@@ -1,4 +1,10 @@
-"""``esbhub mdm …``: bulk load, re-match, explain a pair, export the xref, train the model."""
+"""``esbhub mdm …``: bulk load, re-match, explain a pair, export the xref, train the model.
+
+Bad input is one ``Error: …`` line (or a few naming each problem) and exit 1 — the file and line,
+the table and database, the reference or the field, and why; never a traceback. Exit 2 is
+click's: the command line itself is wrong (a FILE that does not exist, an option's value or
+combination). ``esbhub mdm load`` also exits 1 when rows were reported and skipped.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+
+class MdmGroup(click.Group):
+    """Every error of the hub's own tree (:mod:`esbhub.errors`) a command does not handle itself
+    ends as its message and exit 1, like the commands' own errors — not as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from esbhub.errors import EsbhubError
+
+        try:
+            return super().invoke(ctx)
+        except EsbhubError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _settings() -> Any:
@@ -36,7 +55,7 @@ def _broker() -> Any:
     return b
 
 
-@click.group("mdm")
+@click.group("mdm", cls=MdmGroup)
 def mdm() -> None:
     """Master data: golden customer records, matching, steward work."""
 
@@ -60,22 +79,31 @@ def mdm() -> None:
               help="Publish the resulting party.golden.* events to the bus (direct mode).")
 def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str | None, table: str | None,
              batch: int, force_batches: bool, workers: int | None, via_bus: bool, publish: bool) -> None:
-    """Load CSV / Parquet / party.v1 JSON-lines FILES (or a SQL table) through the MDM pipeline.
+    """Load CSV / TSV / Parquet / party.v1 JSON-lines FILES (or a SQL table) through the MDM pipeline.
 
     Columns are party.v1 field names (see esbhub.mdm.loader); rows that do not validate are
-    reported with their row number and skipped. Loading the same data again changes nothing.
+    reported with their file and line and skipped. Loading the same data again changes nothing.
+    Every source is checked before anything loads (file type, header or table columns): a bad
+    one stops the load with nothing stored. A .tsv file is tab-separated; other text files are
+    separated by what their header line holds (comma, tab, ';' or '|').
     Into an empty store the whole load is one transaction, clustered once (esbhub.mdm.bulk);
     otherwise it goes in transactions of --batch records.
     """
+    from esbhub.errors import EsbhubError
     from esbhub.mdm import loader
 
     if not files and not sql_url:
         raise click.UsageError("give FILE… or --sql URL --table NAME")
     if sql_url and not table:
         raise click.UsageError("--sql needs --table")
-    sources = [loader.iter_file(f) for f in files]
-    if sql_url:
-        sources.append(loader.iter_sql(sql_url, table or ""))
+    if table and not sql_url:
+        raise click.UsageError("--table needs --sql URL")
+    try:  # every source's type, header or table, before anything is loaded
+        sources = [loader.iter_file(f, default_system) for f in files]
+        if sql_url:
+            sources.append(loader.iter_sql(sql_url, table or "", default_system=default_system))
+    except (loader.SourceError, OSError) as exc:
+        raise click.ClickException(f"{exc}; nothing was loaded") from None
 
     def rows() -> Any:
         for src in sources:
@@ -85,16 +113,23 @@ def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str |
         if via_bus:
             result = _load_via_bus(rows(), default_system, batch)
         else:
-            broker = _broker() if publish else None
+            broker = _publisher() if publish else None
             try:
                 result = loader.load(_service(), rows(), default_system=default_system, batch=batch,
-                                     publish=broker.publish_many if broker is not None else None, workers=workers,
+                                     publish=_publishing(broker) if broker is not None else None, workers=workers,
                                      bulk=False if force_batches else None)
             finally:
                 if broker is not None:
                     broker.close()
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except _PublishFailed as exc:
+        raise click.ClickException(
+            f"publishing the load's party.golden.* events failed: {exc}; the records loaded up to there stay "
+            "stored, the events not yet published are not sent later (a direct load keeps no outbox)") from None
+    except (RuntimeError, ValueError, OSError, EsbhubError) as exc:
+        done = "the records published before it stay published" if via_bus else \
+            "into an empty store nothing was stored (one transaction); else the batches before it stay " \
+            "stored and loading again skips them"
+        raise click.ClickException(f"{exc}; the load stopped there: {done}") from None
     for e in result["errors"][:50]:
         click.echo(f"{e['where']}: {e['message']}", err=True)
     click.echo(json.dumps({k: (len(v) if k == "errors" else v) for k, v in result.items()}, ensure_ascii=False))
@@ -102,12 +137,41 @@ def load_cmd(files: tuple[Path, ...], default_system: str | None, sql_url: str |
         sys.exit(1)
 
 
+class _PublishFailed(Exception):
+    """The broker refused a direct load's events after their records were stored."""
+
+
+def _publishing(broker: Any) -> Any:
+    def publish(events: list[Any]) -> None:
+        try:
+            broker.publish_many(events)
+        except Exception as exc:
+            raise _PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    return publish
+
+
+def _publisher() -> Any:
+    """The broker a direct load publishes its events to, connected before anything is loaded."""
+    from esbhub.errors import EsbhubError
+
+    try:
+        return _broker()
+    except EsbhubError as exc:
+        raise click.ClickException(f"{exc}; nothing was loaded (start the broker, or load with --no-publish: "
+                                   "the load's party.golden.* events are then not published)") from None
+
+
 def _load_via_bus(rows: Any, default_system: str | None, batch: int) -> dict[str, Any]:
     from esbhub.bus.envelope import Envelope
+    from esbhub.errors import EsbhubError
     from esbhub.mdm import loader
 
     errors: list[loader.RowError] = []
-    broker = _broker()
+    try:
+        broker = _broker()
+    except EsbhubError as exc:
+        raise click.ClickException(f"{exc}; nothing was published") from None
     n = 0
     buf: list[Envelope] = []
     try:
@@ -129,20 +193,60 @@ def _load_via_bus(rows: Any, default_system: str | None, batch: int) -> dict[str
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="MatchModel JSON to match with (default: the hub's current model).")
 def rematch_cmd(model_path: Path | None) -> None:
-    """Re-run matching over all records and re-cluster (steward decisions and golden ids stand)."""
+    """Re-run matching over all records and re-cluster (steward decisions and golden ids stand).
+
+    The changed golden records' events are written to the MDM outbox with the rematch and then
+    published; if the broker is down the rematch stands, the events stay in the outbox and
+    `esbhub mdm publish-pending` (or an MDM worker) sends them later.
+    """
     model = None
     if model_path:
+        from esbhub.errors import ConfigError
         from esbhub.mdm.match import MatchModel
 
-        model = MatchModel.model_validate_json(model_path.read_text(encoding="utf-8"))
+        try:
+            model = MatchModel.from_file(model_path)
+        except ConfigError as exc:
+            raise click.ClickException("\n".join([f"--model: {exc.message}; nothing was re-matched",
+                                                  *(f"  - {d}" for d in exc.details)])) from None
     svc = _service()
     events = svc.rematch(model)
-    broker = _broker()
+    published, pending, failure = _publish_outbox(svc)
+    click.echo(json.dumps({"changed_golden_records": len(events), "events_published": published,
+                           "events_pending": pending}))
+    if failure:
+        raise click.ClickException(
+            f"the rematch committed ({len(events)} golden records changed), but publishing its events failed: "
+            f"{failure}. They stay in the MDM outbox ({pending} pending) and go out with "
+            "'esbhub mdm publish-pending' once the broker is back (an MDM worker also sends them).")
+
+
+def _publish_outbox(svc: Any) -> tuple[int, int, str | None]:
+    """Publish every event in the MDM outbox: (published, still pending, why publishing failed or None).
+    The outbox is published up to 1000 events at a time, so this goes on until it is empty; an
+    empty outbox needs no broker."""
+    published = 0
+    if not svc.pending_events():
+        return 0, 0, None
     try:
-        svc.publish_pending(broker)
-    finally:
-        broker.close()
-    click.echo(json.dumps({"changed_golden_records": len(events), "events_pending": svc.pending_events()}))
+        broker = _broker()
+        try:
+            while n := svc.publish_pending(broker):
+                published += n
+        finally:
+            broker.close()
+    except Exception as exc:  # noqa: BLE001 - whatever the broker raises, the events stay in the outbox
+        return published, svc.pending_events(), f"{type(exc).__name__}: {exc}"
+    return published, svc.pending_events(), None
+
+
+@mdm.command("publish-pending")
+def publish_pending_cmd() -> None:
+    """Publish the events left in the MDM outbox (a rematch's or a steward action's, while the broker was down)."""
+    published, pending, failure = _publish_outbox(_service())
+    click.echo(json.dumps({"events_published": published, "events_pending": pending}))
+    if failure:
+        raise click.ClickException(f"publishing failed: {failure}; {pending} event(s) stay in the MDM outbox")
 
 
 @mdm.command("explain")
@@ -151,11 +255,14 @@ def rematch_cmd(model_path: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def explain_cmd(a: str, b: str, as_json: bool) -> None:
     """Per-field match evidence for A and B (source keys 'system:id' or golden ids)."""
+    from esbhub.errors import InvalidMessage
     from esbhub.mdm.service import NotFound
 
     try:
         r = _service().explain(a, b)
     except NotFound as exc:
+        raise click.ClickException(f"{exc.field.upper() + ': ' if exc.field else ''}{exc}") from None
+    except InvalidMessage as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(r, ensure_ascii=False, indent=2))
@@ -172,7 +279,10 @@ def explain_cmd(a: str, b: str, as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="CSV file (default: stdout).")
 def export_xref_cmd(out: Path | None) -> None:
     """Every source key with its golden id, as CSV."""
-    fh = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout  # noqa: SIM115
+    try:
+        fh = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise click.ClickException(f"--out: cannot write '{out}': {exc.strerror}") from None
     try:
         w = csv.DictWriter(fh, fieldnames=["source_system", "source_id", "golden_id", "version", "deleted"])
         w.writeheader()
@@ -216,7 +326,11 @@ def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> Non
     if labels:
         model = match.refine_with_labels(model, labels)
     path = Path(out or svc.settings.model_path)  # mdm.model_path, by default DATA_DIR/mdm_model.json
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(model.model_dump_json(indent=2), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(model.model_dump_json(indent=2), encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{'--out: ' if out else ''}cannot write the model to '{path}': "
+                                   f"{exc.strerror}; the training is lost") from None
     click.echo(json.dumps({"records": len(stds), "labels": len(labels), "model": str(path),
                            "next": "esbhub mdm rematch"}))

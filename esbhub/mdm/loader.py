@@ -14,6 +14,16 @@ Rows are flat; columns named like ``party.v1`` fields map onto them:
 ``attributes.extra``. A row that does not validate is reported with its row number and
 skipped; the load goes on.
 
+A delimited text file (``.csv``, ``.tsv``, ``.txt``) is UTF-8; ``.tsv`` is tab-separated, the
+others are separated by whichever of ``,`` tab ``;`` ``|`` their header line holds most
+(comma on a tie). A row is reported (file and line) and skipped if it is not UTF-8, not
+CSV (e.g. a NUL byte) or has more values than the header has columns.
+
+A source that cannot load at all raises :class:`SourceError` before any row is read: an unknown
+file type, a file that is not Parquet, an empty file, a header (or table) without a column every
+row needs (``source_system`` unless a default system is given, ``source_id``, ``name``), a SQL
+table or database that does not exist.
+
 Each record gets a deterministic envelope id (hash of its content), so loading the same file
 twice changes nothing (the MDM also ignores unchanged source versions).
 """
@@ -55,6 +65,39 @@ class RowError:
     message: str
 
 
+class SourceError(ValueError):
+    """A load source (file or SQL table) that cannot load at all; the message names it (file and
+    line, or table and database) and says why. Raised before any of its rows is read, so a load
+    that names a bad source stores nothing."""
+
+
+REQUIRED = ("source_system", "source_id", "name")
+"""Columns a flat row cannot validate without (``source_system`` may come as a default)."""
+
+
+def check_columns(where: str, columns: Iterable[str | None], default_system: str | None) -> None:
+    """Raise :class:`SourceError` if a header or table lacks a column every row needs: else each
+    of its rows would be reported alone with the same 'Field required'."""
+    have = [c.strip() for c in columns if c is not None]
+    missing = [c for c in REQUIRED if c not in have and not (c == "source_system" and default_system)]
+    if not missing:
+        return
+    shown = ", ".join(repr(c) for c in have[:20]) + (", …" if len(have) > 20 else "")
+    hint = " (or give a default system: --system)" if "source_system" in missing else ""
+    raise SourceError(f"{where}: no column {' or '.join(repr(c) for c in missing)}{hint}; "
+                      f"the columns are: {shown or 'none'}")
+
+
+class Unreadable:
+    """A row its file holds but that could not be read as one (not UTF-8, not CSV): reported with
+    its line like a row that does not validate, and the load goes on."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
 def _split(v: Any) -> list[str]:
     if v is None:
         return []
@@ -76,8 +119,10 @@ class PartyJSON:
         self.text = text
 
 
-def row_to_party(row: dict[str, Any] | PartyJSON, default_system: str | None = None) -> Party:
+def row_to_party(row: dict[str, Any] | PartyJSON | Unreadable, default_system: str | None = None) -> Party:
     """One flat row (or a :class:`PartyJSON` record) → a validated Party (raises ValidationError / ValueError)."""
+    if isinstance(row, Unreadable):
+        raise ValueError(row.why)
     if isinstance(row, PartyJSON):
         try:
             obj = orjson.loads(row.text)
@@ -88,6 +133,10 @@ def row_to_party(row: dict[str, Any] | PartyJSON, default_system: str | None = N
         if default_system and not obj.get("source_system"):
             obj["source_system"] = default_system
         return Party.model_validate(obj)
+    if row.get(None):  # type: ignore[call-overload]  # csv.DictReader's place for values beyond the header
+        spill = row[None]  # type: ignore[index]
+        raise ValueError(f"{len(spill)} value(s) more than the header has columns ({', '.join(map(repr, spill[:3]))}"
+                         f"{', …' if len(spill) > 3 else ''}): a separator inside an unquoted value?")
     data: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -139,36 +188,209 @@ def _envelope_id(content_hash: str) -> str:
 
 
 
-def iter_csv(path: Path, encoding: str = "utf-8-sig") -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding=encoding, newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            yield f"{path}:{i}", row
+CSV_DELIMITERS = (",", "\t", ";", "|")
+"""Separators a delimited text file may use; its header line decides (:func:`delimiter_of`)."""
+
+FILE_TYPES = ".csv .tsv .txt (delimited text), .parquet .pq (Parquet), .jsonl .ndjson (party.v1 JSON lines)"
 
 
-def iter_parquet(path: Path, batch_size: int = 10_000) -> Iterator[tuple[str, dict[str, Any]]]:
+def delimiter_of(path: Path, header: str) -> str:
+    """A ``.tsv`` file's separator is a tab; any other's is the one its header line holds most
+    (a column name holds none of them), a comma on a tie — a tab-separated file named ``.csv``
+    or ``.txt`` is read as one too."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    return max(CSV_DELIMITERS, key=lambda d: (header.count(d), d == ","))
+
+
+class _Lines:
+    """A text file's lines, each decoded on its own so that a byte that is not ``encoding`` is
+    pinned to its line: that line comes out with replacement characters and :attr:`bad` gets its
+    number and why (the row spanning it is then reported, not loaded). :attr:`n` is the number
+    of the last line read (the csv module's ``line_num`` lags behind it when a row fails).
+    ``encoding`` must keep ``\\n`` a byte of its own (UTF-8, GB18030, … — not UTF-16)."""
+
+    def __init__(self, fh: Any, encoding: str) -> None:
+        self.fh, self.encoding, self.n = fh, encoding, 0
+        self.bad: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        enc = self.encoding
+        name = "UTF-8" if enc.lower().replace("_", "-") in ("utf-8", "utf-8-sig", "utf8") else enc
+        for raw in self.fh:
+            self.n += 1
+            try:
+                yield raw.decode(enc)
+            except UnicodeDecodeError as exc:
+                self.bad[self.n] = (f"not {name} text: byte {exc.start + 1} of the line is "
+                                    f"{raw[exc.start:exc.start + 1]!r} ({exc.reason})")
+                yield raw.decode(enc, errors="replace")
+
+
+def iter_csv(path: Path, encoding: str = "utf-8-sig", default_system: str | None = None,
+             ) -> Iterator[tuple[str, dict[str, Any] | Unreadable]]:
+    """The rows of a delimited text file, each with ``file:line``. The header is read here, at
+    once: :class:`SourceError` if the file is empty, its header is not text or lacks a column
+    every row needs (:func:`check_columns`)."""
+    fh = open(path, "rb")  # noqa: SIM115 - handed on to the row generator, which closes it
     try:
-        import pyarrow.parquet as pq  # a dependency of esbhub, imported only when Parquet is read (it is big)
-    except ImportError as exc:  # an install that left it out
-        raise RuntimeError("reading Parquet needs pyarrow, a dependency of esbhub: pip install 'pyarrow>=15'") from exc
+        header = fh.readline().decode(encoding, errors="replace")
+        fh.seek(0)
+        lines = _Lines(fh, encoding)
+        reader = csv.DictReader(lines, delimiter=delimiter_of(path, header))
+        try:
+            columns = reader.fieldnames
+        except csv.Error as exc:
+            raise SourceError(f"{path}:1: the header line is not CSV: {exc}") from None
+        if columns is None:
+            raise SourceError(f"{path}: empty file: the first line must name the columns")
+        if 1 in lines.bad:
+            raise SourceError(f"{path}:1: the header line is {lines.bad[1]}")
+        check_columns(f"{path}:1", columns, default_system)
+    except BaseException:
+        fh.close()
+        raise
+    return _csv_rows(path, fh, reader, lines)
+
+
+def _csv_rows(path: Path, fh: Any, reader: csv.DictReader[str], lines: _Lines,
+              ) -> Iterator[tuple[str, dict[str, Any] | Unreadable]]:
+    """Rows by the line they end on (a row's own line, but for a quoted value spanning lines)."""
+    with fh:
+        end = lines.n
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # the reader starts afresh at the next line
+                end = lines.n
+                yield f"{path}:{end}", Unreadable(f"not CSV: {exc}")
+                continue
+            start, end = end + 1, lines.n
+            bad = lines.bad
+            broken = next((n for n in range(start, end + 1) if n in bad), None) if bad else None
+            if broken is not None:
+                yield f"{path}:{broken}", Unreadable(bad[broken])
+            else:
+                yield f"{path}:{end}", row
+
+
+def iter_parquet(path: Path, batch_size: int = 10_000, default_system: str | None = None,
+                 ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The rows of a Parquet file, each with ``file#rowN``; the file's schema is read here, at once
+    (:class:`SourceError` if it is not Parquet or lacks a column every row needs)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # a dependency of esbhub, imported only when Parquet is read (it is big); an install left it out
+        raise SourceError(f"{path}: reading Parquet needs pyarrow, a dependency of esbhub: pip install 'pyarrow>=15'"
+                          ) from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"{path}: not a Parquet file ({exc})") from None
+    check_columns(str(path), pf.schema_arrow.names, default_system)
+    return _parquet_rows(path, pf, batch_size)
+
+
+def _parquet_rows(path: Path, pf: Any, batch_size: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        for row in batch.to_pylist():
-            n += 1
-            yield f"{path}#row{n}", row
+    try:
+        for batch in pf.iter_batches(batch_size=batch_size):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{path}#row{n}", row
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"{path}: cannot read beyond row {n} ({exc})") from None
 
 
-def iter_sql(url: str, table: str, batch_size: int = 10_000) -> Iterator[tuple[str, dict[str, Any]]]:
+def shown_url(url: str) -> str:
+    """A database URL fit for a message: its password masked (only the scheme if it does not parse)."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return url.split("://", 1)[0] + "://…"
+
+
+def _why_db(exc: Exception, url: str) -> str:
+    """The driver's own first line for a database error, without the URL's password."""
+    import sqlalchemy as sa
+
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    msg = lines[0] if lines else type(exc).__name__
+    with contextlib.suppress(sa.exc.ArgumentError, ValueError):
+        pw = sa.engine.make_url(url).password
+        if pw:
+            msg = msg.replace(str(pw), "***")
+    return msg
+
+
+def iter_sql(url: str, table: str, batch_size: int = 10_000, default_system: str | None = None,
+             ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The rows of a SQL table, each with ``table#rowN``. The table is looked up here, at once:
+    :class:`SourceError` naming the table and the database (password masked) if the URL does
+    not parse, the database or the table does not exist, it cannot be reached, or the table
+    lacks a column every row needs."""
     import sqlalchemy as sa
 
     from esbhub.db import make_engine
 
-    eng = make_engine(url)
+    db = shown_url(url)
+    try:
+        u = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise SourceError(f"--sql {db}: not a database URL (e.g. postgresql+psycopg://user@host/db, "
+                          "sqlite:///path/file.db)") from None
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" \
+            and "mode=memory" not in url and not Path(u.database).is_file():
+        raise SourceError(f"--sql {db}: no database file '{u.database}'")  # not one made empty by looking
+    try:
+        eng = make_engine(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise SourceError(f"--sql {db}: cannot open this database ({exc})") from None
     try:
         t = sa.Table(table, sa.MetaData(), autoload_with=eng)
+        check_columns(f"table '{table}' in {db}", t.columns.keys(), default_system)
+    except sa.exc.NoSuchTableError:
+        known = _table_names(eng)
+        eng.dispose()
+        raise SourceError(f"no table '{table}' in {db}"
+                          + (f" (its tables: {', '.join(known[:20])}{', …' if len(known) > 20 else ''})" if known else "")
+                          ) from None
+    except sa.exc.SQLAlchemyError as exc:
+        eng.dispose()
+        raise SourceError(f"cannot read table '{table}' in {db}: {_why_db(exc, url)}") from None
+    except BaseException:
+        eng.dispose()
+        raise
+    return _sql_rows(url, db, eng, t, batch_size)
+
+
+def _table_names(eng: Any) -> list[str]:
+    import sqlalchemy as sa
+
+    try:
+        return sorted(sa.inspect(eng).get_table_names())
+    except sa.exc.SQLAlchemyError:
+        return []
+
+
+def _sql_rows(url: str, db: str, eng: Any, t: Any, batch_size: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    import sqlalchemy as sa
+
+    n = 0
+    try:
         with eng.connect() as conn:
             res = conn.execution_options(stream_results=True, yield_per=batch_size).execute(sa.select(t))
-            for n, row in enumerate(res.mappings(), start=1):
-                yield f"{table}#row{n}", dict(row)
+            for n, row in enumerate(res.mappings(), start=1):  # noqa: B007 - n is read after the loop fails
+                yield f"{t.name}#row{n}", dict(row)
+    except sa.exc.SQLAlchemyError as exc:
+        raise SourceError(f"cannot read table '{t.name}' in {db} beyond row {n}: {_why_db(exc, url)}") from None
     finally:
         eng.dispose()
 
@@ -181,15 +403,18 @@ def iter_jsonl(path: Path) -> Iterator[tuple[str, PartyJSON]]:
                 yield f"{path}:{i}", PartyJSON(line)
 
 
-def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_file(path: Path, default_system: str | None = None) -> Iterator[tuple[str, Any]]:
+    """The rows of a file by its type (:data:`FILE_TYPES`); what can be checked before reading its
+    rows (type, header) is checked here, at once (:class:`SourceError`)."""
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return iter_parquet(path)
+        return iter_parquet(path, default_system=default_system)
     if suffix in (".csv", ".txt", ".tsv"):
-        return iter_csv(path)
+        return iter_csv(path, default_system=default_system)
     if suffix in (".jsonl", ".ndjson"):
         return iter_jsonl(path)
-    raise ValueError(f"{path}: unknown file type '{suffix}' (CSV, Parquet or party.v1 JSON lines)")
+    hint = "; a .json file: one party.v1 record per line, named .jsonl" if suffix == ".json" else ""
+    raise SourceError(f"{path}: unknown file type '{suffix or '(none)'}'; known: {FILE_TYPES}{hint}")
 
 
 def parties(rows: Iterator[tuple[str, dict[str, Any]]], default_system: str | None,

@@ -152,6 +152,8 @@ def test_train_writes_the_model_the_hub_uses_with_term_frequencies_only_when_ask
     model = MatchModel.from_json((tmp_path / "var" / "mdm_model.json").read_text(encoding="utf-8"))
     assert model.term_frequencies is not None
     assert model.term_frequencies.records == json.loads(tf.stdout.strip().splitlines()[-1])["records"]
+
+
 def test_load_and_train_use_the_mdm_section_of_the_config_file(tmp_path):
     from esbhub.mdm.synth import generate
 
@@ -170,3 +172,151 @@ def test_load_and_train_use_the_mdm_section_of_the_config_file(tmp_path):
     r = CliRunner().invoke(main, ["--config", str(cfg), "mdm", "train"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"] == str(tmp_path / "models" / "m.json") and (tmp_path / "models" / "m.json").exists()
+
+
+def fails(tmp_path: Path, *args: str, code: int = 1):
+    """Run ``esbhub mdm ARGS`` expecting a clean failure: the exit code and no traceback."""
+    r = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var"), "mdm", *args])
+    assert r.exit_code == code, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output
+    return r
+
+
+def stored(tmp_path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(run(tmp_path, "export-xref").stdout.splitlines()))
+
+
+def test_load_from_a_missing_sql_table_names_table_and_database_with_the_password_masked(tmp_path):
+    import sqlalchemy as sa
+
+    src = f"sqlite:///{tmp_path / 'src.db'}"
+    eng = sa.create_engine(src)
+    with eng.begin() as c:
+        c.execute(sa.text("CREATE TABLE customers (source_system TEXT, source_id TEXT, name TEXT)"))
+    eng.dispose()
+    r = fails(tmp_path, "load", "--sql", src, "--table", "nope")
+    assert f"Error: no table 'nope' in {src} (its tables: customers); nothing was loaded" in r.stderr
+    r = fails(tmp_path, "load", "--sql", f"sqlite:///{tmp_path / 'typo.db'}", "--table", "customers")
+    assert "no database file" in r.stderr and not (tmp_path / "typo.db").exists()  # not made by looking
+    r = fails(tmp_path, "load", "--sql", "postgresql+psycopg://hub:s3cr3t@127.0.0.1:1/crm", "--table", "customers")
+    assert "cannot read table 'customers' in postgresql+psycopg://hub:***@127.0.0.1:1/crm" in r.stderr
+    assert "s3cr3t" not in r.output
+    f = write_csv(tmp_path / "p.csv")
+    assert "--table needs --sql" in fails(tmp_path, "load", str(f), "--table", "customers", code=2).stderr
+
+
+def test_a_tsv_file_is_read_tab_separated_and_a_tab_separated_csv_by_its_header(tmp_path):
+    cols = sorted({k for r in ROWS for k in r})
+    text = "\n".join(["\t".join(cols), *("\t".join(str(r.get(c, "")) for c in cols) for r in ROWS)]) + "\n"
+    (tmp_path / "p.tsv").write_text(text, encoding="utf-8")
+    r = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var"), "mdm", "load", str(tmp_path / "p.tsv")])
+    assert r.exit_code == 1 and "source_id: Field required" not in r.stderr  # the one bad row: its own faults
+    assert "p.tsv:5: name:" in r.stderr and json.loads(r.stdout.strip().splitlines()[-1])["records"] == 3
+    (tmp_path / "tabs.csv").write_text(text, encoding="utf-8")
+    r = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var2"), "mdm", "load", str(tmp_path / "tabs.csv")])
+    assert json.loads(r.stdout.strip().splitlines()[-1])["records"] == 3
+
+
+def test_a_header_without_a_required_column_names_the_column_the_file_and_the_line(tmp_path):
+    f = tmp_path / "nosid.csv"
+    f.write_text("source_system,name\ncrm,深圳市华信科技有限公司\n", encoding="utf-8")
+    r = fails(tmp_path, "load", str(write_csv(tmp_path / "good.csv")), str(f))
+    assert f"{f}:1: no column 'source_id'; the columns are: 'source_system', 'name'; nothing was loaded" in r.stderr
+    assert stored(tmp_path) == []  # the good file before it was not loaded either
+    f.write_text("source_id,name\n1,深圳市华信科技有限公司\n", encoding="utf-8")
+    assert "no column 'source_system' (or give a default system: --system)" in fails(tmp_path, "load", str(f)).stderr
+    assert run(tmp_path, "load", "--system", "crm", str(f)).exit_code == 0
+
+
+def test_sources_that_cannot_be_read_are_named_with_why_and_load_nothing(tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "latin.csv").write_bytes("source_system,source_id,nam\xe9\n".encode("latin-1"))
+    (tmp_path / "p.xlsx").write_bytes(b"PK")
+    (tmp_path / "p.parquet").write_bytes(b"not parquet")
+    assert "empty.csv: empty file: the first line must name the columns" in fails(
+        tmp_path, "load", str(tmp_path / "empty.csv")).stderr
+    assert "latin.csv:1: the header line is not UTF-8 text: byte 28 of the line is b'\\xe9'" in fails(
+        tmp_path, "load", str(tmp_path / "latin.csv")).stderr
+    assert "p.xlsx: unknown file type '.xlsx'; known: .csv .tsv .txt" in fails(
+        tmp_path, "load", str(tmp_path / "p.xlsx")).stderr
+    assert "p.parquet: not a Parquet file" in fails(tmp_path, "load", str(tmp_path / "p.parquet")).stderr
+
+
+def test_rows_that_cannot_be_read_are_reported_by_line_and_the_rest_loaded(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_bytes(
+        b"source_system,source_id,name\n"
+        + "crm,1,深圳市华信科技有限公司\n".encode()
+        + "crm,2,广州市远洋物流有限公司\n".encode("gb18030")  # line 3: not UTF-8
+        + b"crm,3," + b"x" * 200_000 + b"\n"  # line 4: a value beyond the csv module's limit
+        + "crm,4,杭州市西湖电子有限公司,extra\n".encode()  # line 5: one value more than the header
+        + "crm,5,南京市玄武软件有限公司\n".encode()
+    )
+    r = fails(tmp_path, "load", "--no-publish", str(f))
+    assert f"{f}:3: not UTF-8 text: byte 7 of the line" in r.stderr
+    assert f"{f}:4: not CSV: field larger than field limit" in r.stderr
+    assert f"{f}:5: 1 value(s) more than the header has columns ('extra')" in r.stderr
+    assert {x["source_id"] for x in stored(tmp_path)} == {"1", "5"}
+
+
+def test_explain_of_one_record_with_itself_is_a_clean_error(tmp_path):
+    run(tmp_path, "load", str(write_csv(tmp_path / "p.csv")))
+    r = fails(tmp_path, "explain", "crm:9", "crm:9")
+    assert "Error: nothing to compare: 'crm:9' and 'crm:9' are one and the same source record crm:9" in r.stderr
+    assert "B: no golden record or source key 'nope:2'" in fails(tmp_path, "explain", "crm:9", "nope:2").stderr
+
+
+def test_a_model_file_that_is_not_json_or_not_a_match_model_is_named_with_its_line_or_field(tmp_path):
+    run(tmp_path, "load", str(write_csv(tmp_path / "p.csv")))
+    m = tmp_path / "m.json"
+    m.write_text('{\n  "merge_threshold": 0.99,\n  oops\n}', encoding="utf-8")
+    r = fails(tmp_path, "rematch", "--model", str(m))
+    assert f"--model: match model {m} is not JSON; nothing was re-matched\n  - {m}:3: (json): " in r.stderr
+    m.write_text('{"merge_threshold": "high", "colour": 1}', encoding="utf-8")
+    r = fails(tmp_path, "rematch", "--model", str(m))
+    assert f"{m}: merge_threshold: Input should be a valid number" in r.stderr
+    assert f"{m}: colour: Extra inputs are not permitted" in r.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mdm_model.json").write_text("[]", encoding="utf-8")  # a hub's own model, broken
+    r = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "other"), "mdm", "explain", "crm:1", "crm:9"])
+    assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit)
+    assert f"{tmp_path / 'other' / 'mdm_model.json'}: (root): Input should be a valid dictionary" in r.stderr
+
+
+def test_a_rematch_whose_events_cannot_be_published_says_it_committed_and_they_wait_in_the_outbox(tmp_path, monkeypatch):
+    from esbhub.errors import BrokerUnavailable
+    from esbhub.mdm import cli as mdm_cli
+    from esbhub.mdm.match import MatchModel
+
+    run(tmp_path, "load", str(write_csv(tmp_path / "p.csv")))
+    (tmp_path / "m.json").write_text(MatchModel(merge_threshold=1.0, review_threshold=1.0).model_dump_json())
+    real_broker = mdm_cli._broker
+
+    def down() -> None:
+        raise BrokerUnavailable("RabbitMQ unavailable (connect): ConnectionRefusedError")
+
+    monkeypatch.setattr(mdm_cli, "_broker", down)
+    r = fails(tmp_path, "rematch", "--model", str(tmp_path / "m.json"))
+    assert json.loads(r.stdout) == {"changed_golden_records": 2, "events_published": 0, "events_pending": 2}
+    assert ("the rematch committed (2 golden records changed), but publishing its events failed: BrokerUnavailable: "
+            "RabbitMQ unavailable") in r.stderr
+    assert "They stay in the MDM outbox (2 pending) and go out with 'esbhub mdm publish-pending'" in r.stderr
+    svc = service_for(Settings(data_dir=tmp_path / "var"))
+    assert svc.audit()[0]["action"] == "rematch" and len({x["golden_id"] for x in stored(tmp_path)}) == 3
+    monkeypatch.setattr(mdm_cli, "_broker", real_broker)
+    r = run(tmp_path, "publish-pending")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"events_published": 2, "events_pending": 0}
+
+
+def test_writing_the_xref_or_a_model_where_it_cannot_be_written_is_a_clean_error(tmp_path):
+    from esbhub.mdm.synth import generate
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(p.model_dump_json(exclude_none=True) for p in generate(12, seed=3).records), encoding="utf-8")
+    run(tmp_path, "load", str(f))
+    (tmp_path / "file").write_text("")
+    r = fails(tmp_path, "export-xref", "--out", str(tmp_path / "file" / "x.csv"))
+    assert f"--out: cannot write '{tmp_path / 'file' / 'x.csv'}': Not a directory" in r.stderr
+    r = fails(tmp_path, "train", "--out", str(tmp_path / "file" / "m.json"))
+    assert f"--out: cannot write the model to '{tmp_path / 'file' / 'm.json'}'" in r.stderr

@@ -561,6 +561,8 @@ def test_a_number_that_stops_being_generic_counts_as_specific_again_for_the_pair
         fresh.ingest(p, f"{p.source_system}-{p.source_id}")
     assert store_state(svc) == store_state(fresh)
     assert frozenset({"crm:1", "billing:1"}) in svc.partition_now()
+
+
 # ------------------------------------------------------------ the hub's mdm settings, end to end
 def hub_settings(tmp_path, name: str, mdm_yaml: str = ""):
     """Hub settings as `esbhub --config` loads them: a YAML file, its own data dir (and database)."""
