@@ -10,17 +10,19 @@ broker is down they stay pending (``events_pending`` in the answer) and go out l
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from esbhub.api.errors import ApiError
 from esbhub.auth import Principal, audit, require
 from esbhub.bus.envelope import Envelope
+from esbhub.errors import ErrorDetail, InvalidMessage
 from esbhub.logging import get_logger
 from esbhub.mdm.service import Conflict, InvalidOverride, MdmService, NotFound, service_for
+from esbhub.mdm.store import check_source_key
 
 log = get_logger("esbhub.mdm.api")
 router = APIRouter(tags=["customers (MDM)"])
@@ -41,14 +43,20 @@ class DecideBody(BaseModel):
 
 class MergeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    a: str = Field(description="Golden id or source key 'system:id' (its golden id survives if it is the older).")
-    b: str = Field(description="Golden id or source key 'system:id'.")
+    a: str = Field(min_length=1, max_length=200,
+                   description="Golden id or source key 'system:id' (its golden id survives if it is the older).")
+    b: str = Field(min_length=1, max_length=200, description="Golden id or source key 'system:id'.")
     reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
+
+
+SourceKey = Annotated[str, AfterValidator(check_source_key)]
+"""A source key 'system:id' (its form checked; whether it exists is the service's to say)."""
 
 
 class UnmergeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source_keys: list[str] = Field(min_length=1, description="Source keys 'system:id' to split off the golden record.")
+    source_keys: list[SourceKey] = Field(min_length=1,
+                                         description="Source keys 'system:id' to split off the golden record.")
     reason: str | None = Field(default=None, max_length=2000, description="Why (kept in the audit trail).")
 
 
@@ -76,8 +84,20 @@ ATTRIBUTE = Path(pattern=r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_\-]+)?$", max_length=64
                  description="A golden attribute (name, address, phones, …) or extra.<name>.")
 
 
-def _not_found(exc: Exception) -> ApiError:
-    return ApiError(404, "not_found", str(exc.args[0] if exc.args else exc))
+def _not_found(exc: NotFound, loc: str) -> ApiError:
+    """404 naming what was not found (``loc``: the path parameter or body field that named it,
+    ``body.<field>`` when the service says which argument it was)."""
+    msg = str(exc.args[0] if exc.args else exc)
+    if exc.field is not None and loc.startswith("body"):
+        loc = f"body.{exc.field}"
+    return ApiError(404, "not_found", msg, [ErrorDetail(loc=loc, msg=msg, type="not_found")])
+
+
+def _invalid(exc: InvalidMessage, prefix: str) -> ApiError:
+    """422 of the service's :class:`InvalidMessage`, its details' ``loc`` under ``prefix`` (e.g.
+    ``source_keys.1`` → ``body.source_keys.1``)."""
+    details = [ErrorDetail(loc=f"{prefix}.{d.loc}", msg=d.msg, type=d.type) for d in exc.details]
+    return ApiError(422, "invalid_request", exc.message, details or [ErrorDetail(loc=prefix, msg=exc.message)])
 
 
 def _publish(request: Request, svc: MdmService) -> int:
@@ -107,6 +127,10 @@ def search(
     svc: MdmService = Depends(mdm),
     _p: Principal = Depends(require("read")),
 ) -> dict[str, Any]:
+    if not q.strip():  # would find nothing: say why rather than answer an empty list
+        raise ApiError(422, "invalid_request", "the request is not valid", [ErrorDetail(
+            loc="query.q", msg="only spaces: give a name, USCC, phone, billing account or 'system:id'",
+            type="string_too_short")])
     return {"q": q, "results": svc.search(q, limit=limit)}
 
 
@@ -115,7 +139,7 @@ def customer(golden_id: str, svc: MdmService = Depends(mdm), _p: Principal = Dep
     try:
         return svc.get_customer(golden_id)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.golden_id") from None
 
 
 @router.get("/v1/customers/{golden_id}/history", summary="Every version of a golden record, or the one valid at as_of")
@@ -133,7 +157,7 @@ def history(
             return {"golden_id": golden_id, "as_of": as_of.isoformat(), "version": version}
         return {"golden_id": golden_id, "versions": svc.history(golden_id)}
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.golden_id") from None
 
 
 @router.get("/v1/xref/{source_system}/{source_id}", summary="Golden id of a source key")
@@ -142,7 +166,7 @@ def xref(source_system: str, source_id: str, svc: MdmService = Depends(mdm),
     try:
         return svc.xref(source_system, source_id)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.source_id") from None
 
 
 @router.get("/v1/steward/tasks", summary="The steward review queue")
@@ -161,7 +185,7 @@ def task(task_id: int, svc: MdmService = Depends(mdm), _p: Principal = Depends(r
     try:
         return svc.task(task_id)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.task_id") from None
 
 
 @router.post("/v1/steward/tasks/{task_id}/decide", summary="Decide a review task: same customer or not")
@@ -170,7 +194,7 @@ def decide(task_id: int, body: DecideBody, request: Request, svc: MdmService = D
     try:
         events = svc.decide(task_id, body.same, by=p.actor, reason=body.reason)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.task_id") from None
     except Conflict as exc:
         raise ApiError(409, "conflict", exc.message) from None
     audit(p, "mdm_decide", f"task:{task_id}", same=body.same)
@@ -183,7 +207,7 @@ def merge(body: MergeBody, request: Request, svc: MdmService = Depends(mdm),
     try:
         events = svc.merge(body.a, body.b, by=p.actor, reason=body.reason)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "body") from None
     except Conflict as exc:
         raise ApiError(409, "conflict", exc.message) from None
     audit(p, "mdm_merge", f"{body.a}+{body.b}")
@@ -196,7 +220,9 @@ def unmerge(golden_id: str, body: UnmergeBody, request: Request, svc: MdmService
     try:
         events = svc.unmerge(golden_id, body.source_keys, by=p.actor, reason=body.reason)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.golden_id") from None
+    except InvalidMessage as exc:
+        raise _invalid(exc, "body") from None
     audit(p, "mdm_unmerge", golden_id, source_keys=body.source_keys)
     return _steward_answer(request, svc, events)
 
@@ -206,7 +232,7 @@ def _override(golden_id: str, attribute: str, value: Any, reason: str | None, re
     try:
         events = svc.override(golden_id, attribute, value, by=p.actor, reason=reason)
     except NotFound as exc:
-        raise _not_found(exc) from None
+        raise _not_found(exc, "path.golden_id") from None
     except InvalidOverride as exc:
         loc = "body.value" if exc.field == "value" else "path.attribute"
         raise ApiError(422, "invalid_request", str(exc), [{"loc": loc, "msg": str(exc), "type": "value_error"}]) from None

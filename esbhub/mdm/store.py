@@ -176,6 +176,23 @@ def split_key(key: str) -> tuple[str, str]:
     return system, sid
 
 
+def check_source_key(key: str) -> str:
+    """``key`` if it has the form of a source key, ``system:id`` as :func:`source_key` writes it
+    (both parts as ``party.v1`` takes them: 1–64 characters, no spaces around); else ValueError
+    saying what is wrong with it."""
+    system, colon, sid = key.partition(":")
+    if not colon:
+        raise ValueError(f"'{key}' is not a source key: expected 'system:id', e.g. 'crm:1001'")
+    for part, what in ((system, "system (before ':')"), (sid, "id (after ':')")):
+        if not part.strip():
+            raise ValueError(f"'{key}' has no {what}; expected 'system:id', e.g. 'crm:1001'")
+        if part != part.strip():
+            raise ValueError(f"'{key}': its {what} has spaces around it")
+        if len(part) > 64:
+            raise ValueError(f"'{key[:80]}…': its {what} is longer than 64 characters")
+    return key
+
+
 def session_xrefs(s: Session) -> dict[str, Any]:
     """The xref rows (key → row object: an ORM :class:`Xref`, or a plain
     :class:`esbhub.mdm.hierarchy.XrefRow` / :class:`NewXref` read or made by the ingest path)

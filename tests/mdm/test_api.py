@@ -154,3 +154,58 @@ def test_a_steward_override_is_set_validated_audited_and_removed_over_http(hub):
     body = c.get("/v1/customers/G0000000001", headers=hub.h("reader")).json()
     assert "industry" not in body["attributes"]
     assert [(a["action"], a["reason"]) for a in hub.svc.audit()][:2] == [("override", "wrong"), ("override", "contract")]
+
+
+def details(r: Any) -> list[tuple[str, str]]:
+    return [(d["loc"], d["msg"]) for d in r.json()["error"]["details"]]
+
+
+def test_a_merge_with_an_unknown_reference_names_the_field_that_holds_it(hub):
+    seed(hub.svc)
+    c, h = hub.client, hub.h("steward")
+    r = c.post("/v1/customers/merge", json={"a": "G0000000001", "b": "crm:404"}, headers=h)
+    assert r.status_code == 404 and details(r) == [("body.b", "no golden record or source key 'crm:404'")]
+    r = c.post("/v1/customers/merge", json={"a": "G0000000404", "b": "crm:9"}, headers=h)
+    assert r.status_code == 404 and details(r) == [("body.a", "no golden record or source key 'G0000000404'")]
+    r = c.post("/v1/customers/merge", json={"a": "", "b": "crm:9"}, headers=h)
+    assert r.status_code == 422 and details(r)[0][0] == "body.a"
+    assert hub.svc.audit() == []
+
+
+def test_an_unmerge_names_each_bad_source_key_by_its_index_and_why(hub):
+    seed(hub.svc)
+    c, h = hub.client, hub.h("steward")
+    hub.svc.merge("G0000000001", "crm:9", by="alice")
+    url = "/v1/customers/G0000000001/unmerge"
+    r = c.post(url, json={"source_keys": ["crm:9", "nope:1"]}, headers=h)
+    assert r.status_code == 422
+    assert details(r) == [("body.source_keys.1", "'nope:1' is not a member of G0000000001 "
+                                                 "(its members: crm:1, crm:9)")]
+    r = c.post(url, json={"source_keys": ["crm:9", "crm9", ":1", "crm: 9"]}, headers=h)
+    assert r.status_code == 422
+    assert [(loc, msg.split(", e.g.")[0]) for loc, msg in details(r)] == [
+        ("body.source_keys.1", "Value error, 'crm9' is not a source key: expected 'system:id'"),
+        ("body.source_keys.2", "Value error, ':1' has no system (before ':'); expected 'system:id'"),
+        ("body.source_keys.3", "Value error, 'crm: 9': its id (after ':') has spaces around it"),
+    ]
+    r = c.post(url, json={"source_keys": ["crm:1", "crm:9"]}, headers=h)
+    assert r.status_code == 422 and details(r) == [
+        ("body.source_keys", "names every member of G0000000001: leave at least one")]
+    r = c.post(url, json={"source_keys": []}, headers=h)
+    assert r.status_code == 422 and details(r)[0][0] == "body.source_keys"
+    r = c.post("/v1/customers/G0000000404/unmerge", json={"source_keys": ["crm:9"]}, headers=h)
+    assert r.status_code == 404 and details(r) == [("path.golden_id", "no golden record or source key 'G0000000404'")]
+    assert [a["action"] for a in hub.svc.audit()] == ["merge"]
+
+
+def test_not_found_answers_and_a_blank_search_name_the_parameter(hub):
+    seed(hub.svc)
+    c = hub.client
+    r = c.get("/v1/customers/G0000000404", headers=hub.h("reader"))
+    assert r.status_code == 404 and details(r) == [("path.golden_id", "no golden record 'G0000000404'")]
+    r = c.get("/v1/steward/tasks/404", headers=hub.h("steward"))
+    assert r.status_code == 404 and details(r) == [("path.task_id", "no steward task 404")]
+    r = c.get("/v1/customers", params={"q": "   "}, headers=hub.h("reader"))
+    assert r.status_code == 422 and details(r)[0][0] == "query.q" and "only spaces" in details(r)[0][1]
+    r = c.get("/v1/customers", params={"q": ""}, headers=hub.h("reader"))
+    assert r.status_code == 422 and details(r)[0][0] == "query.q"
