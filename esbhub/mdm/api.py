@@ -153,7 +153,8 @@ def history(
         if as_of is not None:
             version = svc.as_of(golden_id, as_of)
             if version is None:
-                raise ApiError(404, "not_found", f"{golden_id} did not exist at {as_of.isoformat()}")
+                msg = f"{golden_id} did not exist at {as_of.isoformat()}"
+                raise ApiError(404, "not_found", msg, [ErrorDetail(loc="query.as_of", msg=msg, type="not_found")])
             return {"golden_id": golden_id, "as_of": as_of.isoformat(), "version": version}
         return {"golden_id": golden_id, "versions": svc.history(golden_id)}
     except NotFound as exc:

@@ -210,14 +210,14 @@ class _Lines:
     of the last line read (the csv module's ``line_num`` lags behind it when a row fails).
     ``encoding`` must keep ``\\n`` a byte of its own (UTF-8, GB18030, … — not UTF-16)."""
 
-    def __init__(self, fh: Any, encoding: str) -> None:
-        self.fh, self.encoding, self.n = fh, encoding, 0
+    def __init__(self, raw_lines: Iterable[bytes], encoding: str) -> None:
+        self.raw_lines, self.encoding, self.n = raw_lines, encoding, 0
         self.bad: dict[int, str] = {}
 
     def __iter__(self) -> Iterator[str]:
         enc = self.encoding
         name = "UTF-8" if enc.lower().replace("_", "-") in ("utf-8", "utf-8-sig", "utf8") else enc
-        for raw in self.fh:
+        for raw in self.raw_lines:
             self.n += 1
             try:
                 yield raw.decode(enc)
@@ -227,6 +227,17 @@ class _Lines:
                 yield raw.decode(enc, errors="replace")
 
 
+def _cr_lines(fh: Any, size: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a file whose lines end with CR alone, each with its CR."""
+    rest = b""
+    for chunk in iter(lambda: fh.read(size), b""):
+        *done, rest = (rest + chunk).split(b"\r")
+        for line in done:
+            yield line + b"\r"
+    if rest:
+        yield rest
+
+
 def iter_csv(path: Path, encoding: str = "utf-8-sig", default_system: str | None = None,
              ) -> Iterator[tuple[str, dict[str, Any] | Unreadable]]:
     """The rows of a delimited text file, each with ``file:line``. The header is read here, at
@@ -234,9 +245,11 @@ def iter_csv(path: Path, encoding: str = "utf-8-sig", default_system: str | None
     every row needs (:func:`check_columns`)."""
     fh = open(path, "rb")  # noqa: SIM115 - handed on to the row generator, which closes it
     try:
-        header = fh.readline().decode(encoding, errors="replace")
+        first = fh.readline()
         fh.seek(0)
-        lines = _Lines(fh, encoding)
+        header = first.decode(encoding, errors="replace")
+        cr_only = b"\r" in first.removesuffix(b"\n").removesuffix(b"\r")  # lines ended by CR alone (old Mac)
+        lines = _Lines(_cr_lines(fh) if cr_only else fh, encoding)
         reader = csv.DictReader(lines, delimiter=delimiter_of(path, header))
         try:
             columns = reader.fieldnames

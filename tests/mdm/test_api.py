@@ -205,6 +205,8 @@ def test_not_found_answers_and_a_blank_search_name_the_parameter(hub):
     assert r.status_code == 404 and details(r) == [("path.golden_id", "no golden record 'G0000000404'")]
     r = c.get("/v1/steward/tasks/404", headers=hub.h("steward"))
     assert r.status_code == 404 and details(r) == [("path.task_id", "no steward task 404")]
+    r = c.get("/v1/customers/G0000000001/history", params={"as_of": "2001-01-01T00:00:00Z"}, headers=hub.h("reader"))
+    assert r.status_code == 404 and details(r)[0][0] == "query.as_of"
     r = c.get("/v1/customers", params={"q": "   "}, headers=hub.h("reader"))
     assert r.status_code == 422 and details(r)[0][0] == "query.q" and "only spaces" in details(r)[0][1]
     r = c.get("/v1/customers", params={"q": ""}, headers=hub.h("reader"))

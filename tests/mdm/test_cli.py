@@ -216,6 +216,9 @@ def test_a_tsv_file_is_read_tab_separated_and_a_tab_separated_csv_by_its_header(
     (tmp_path / "tabs.csv").write_text(text, encoding="utf-8")
     r = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var2"), "mdm", "load", str(tmp_path / "tabs.csv")])
     assert json.loads(r.stdout.strip().splitlines()[-1])["records"] == 3
+    (tmp_path / "mac.tsv").write_text(text.replace("\n", "\r"), encoding="utf-8")  # lines ended by CR alone
+    r = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "var3"), "mdm", "load", str(tmp_path / "mac.tsv")])
+    assert "mac.tsv:5: name:" in r.stderr and json.loads(r.stdout.strip().splitlines()[-1])["records"] == 3
 
 
 def test_a_header_without_a_required_column_names_the_column_the_file_and_the_line(tmp_path):
