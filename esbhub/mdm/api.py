@@ -1,7 +1,9 @@
 """HTTP API of the MDM: the 360° customer view, search, xref, history and the steward queue.
 
 Read calls need the ``read`` scope, steward actions (decide, merge, unmerge, override) the ``steward`` scope (``admin`` implies
-both). Every steward action is audited twice: in the MDM's own ``mdm_audit`` table (who,
+both). A merge or a "same" decision that contradicts a standing "not the same" or a hard
+cannot-link rule (two different valid USCCs, a branch and its head office, …) is a 409 whose
+message names the rule and the two records; nothing is changed. Every steward action is audited twice: in the MDM's own ``mdm_audit`` table (who,
 when, why, what it changed) and through :func:`esbhub.auth.audit`. Events of steward actions
 go through the MDM outbox and are published to the bus right after the action commits; if the
 broker is down they stay pending (``events_pending`` in the answer) and go out later.

@@ -14,7 +14,9 @@ The match weight says how alike two records are; these rules say when alike is n
   typo inside a longer label is tolerated.
 
 A steward's "not the same" decision is a cannot-link as well; the store applies it (it knows the
-decisions), this module only knows the records.
+decisions), this module only knows the records. The rules here are hard: no score and no steward
+"same" decision overrides them (a steward merge that contradicts one is refused with the rule's
+:data:`RULES` text); a record that is wrong at its source is corrected there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ from typing import Any
 from rapidfuzz.distance import Levenshtein
 
 from esbhub.mdm.standardize import StdParty
+
+RULES: dict[str, str] = {
+    "cannot_link:kind": "an organization and a person are never one customer",
+    "cannot_link:uscc_conflict": "two different valid USCCs are two legal entities",
+    "cannot_link:id_conflict": "two different valid resident ID numbers are two persons",
+    "cannot_link:branch_vs_head": "a branch is its own entity, linked to its head office in the hierarchy, "
+                                  "never merged into it",
+    "cannot_link:different_branches": "two branches with different names are separate entities",
+}
+"""What each reason :func:`can_link` gives means, in words a steward reads in a refusal."""
 
 
 class LinkView:

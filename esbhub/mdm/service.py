@@ -135,7 +135,8 @@ class InvalidOverride(ValueError):
 
 
 class Conflict(PermanentError):
-    """The steward action contradicts a standing decision (e.g. merge across a 'not same')."""
+    """The steward action contradicts a standing decision (e.g. merge across a 'not same') or a
+    hard cannot-link rule (two different valid USCCs, a branch and its head office, …)."""
 
     code = "conflict"
 
@@ -225,14 +226,18 @@ def partition(
     """Constraint-aware greedy clustering; a pure function of its inputs (order-independent).
 
     Steward "same" pairs join first, then match edges by descending weight (ties by keys).
-    A join is skipped when any cross pair is a steward "not same" (``cannot``, sorted pairs) or,
-    for engine edges, when ``engine_forbids(a, b)`` gives a reason.
+    A join is skipped when any cross pair is a steward "not same" (``cannot``, sorted pairs) or
+    ``engine_forbids(a, b)`` gives a reason — for a steward "same" pair too: the engine's
+    cannot-link rules are hard (a steward action that contradicts one is refused up front,
+    :meth:`MdmService.merge`; this keeps a record whose source later changed so that a rule
+    applies — e.g. it now carries another valid USCC — out of the golden record a steward
+    made, instead of merging two legal entities).
     """
     uf = _UnionFind(sorted(set(keys)))
     ordered: list[tuple[int, float, str, str]] = [(0, 0.0, *pair(a, b)) for a, b in must]
     ordered += [(1, -w, *pair(a, b)) for a, b, w in match_edges]
     ordered.sort()
-    for kind, _w, a, b in ordered:
+    for _kind, _w, a, b in ordered:
         if a not in uf.parent or b not in uf.parent:
             continue
         ra, rb = uf.find(a), uf.find(b)
@@ -242,7 +247,7 @@ def partition(
         ok = True
         for x in xs:
             for y in ys:
-                if pair(x, y) in cannot or (kind == 1 and engine_forbids(x, y)):
+                if pair(x, y) in cannot or engine_forbids(x, y):
                     ok = False
                     break
             if not ok:
@@ -1471,7 +1476,9 @@ class MdmService:
         s.add(Constraint(a_key=a, b_key=b, kind=kind, actor=by, reason=reason, task_id=task_id, created_at=now, active=True))
 
     def merge(self, a: str, b: str, by: str, reason: str | None = None) -> list[Envelope]:
-        """Manually merge two golden records (ids or source keys). Refused across a 'not same'."""
+        """Manually merge two golden records (ids or source keys). Refused (:class:`Conflict`, nothing
+        changed) across a steward's 'not same' or an engine cannot-link rule between any two of
+        their members (:meth:`_refuse_hard_conflict`)."""
         if not by:
             raise InvalidMessage("a steward merge needs 'by'")
 
@@ -1494,6 +1501,7 @@ class MdmService:
                     f"{blocking.a_key} and {blocking.b_key} were decided 'not the same' by {blocking.actor}; "
                     "decide their task 'same' first"
                 )
+            self._refuse_hard_conflict(s, ma, mb, f"merging {ga.golden_id} and {gb.golden_id}")
             self._set_constraint(s, ga.founder, gb.founder, "must", by, reason, now)
             self._audit(s, now, by, "merge", f"{ga.golden_id}+{gb.golden_id}", reason, a=a, b=b,
                         before={ga.golden_id: list(ma), gb.golden_id: list(mb)})
@@ -1511,6 +1519,36 @@ class MdmService:
             return changes
 
         return self._steward(run, by, reason, "merge")
+
+    def _refuse_hard_conflict(self, s: Session, ma: set[str], mb: set[str], what: str) -> None:
+        """:class:`Conflict` if a record of ``ma`` and one of ``mb`` may never be one customer by
+        the engine's cannot-link rules (:mod:`esbhub.mdm.cluster`: two different valid USCCs, a
+        branch and its head office, …). Those rules are hard — clustering never joins across
+        one, a steward's "same" included — so a steward action that needs such a join is refused
+        before it changes anything, naming the rule and the two records, rather than recording a
+        decision that cannot hold. There is no force: the way out is to correct the record at its
+        source (a mistyped USCC, a branch name); then the rule no longer applies."""
+        from esbhub.mdm.cluster import RULES
+
+        xs = self._xrefs(s, ma | mb)
+        stds: dict[str, Any] = {}
+
+        def std(k: str) -> Any:
+            if k not in stds:
+                stds[k] = self._load_std(xs[k].std)
+            return stds[k]
+
+        for x in sorted(ma):
+            for y in sorted(mb):
+                if x == y or x not in xs or y not in xs:
+                    continue
+                reason = self._can_link(std(x), std(y))
+                if reason:
+                    why = RULES.get(reason)
+                    raise Conflict(
+                        f"{what} is refused: {x} and {y} can never be one customer ({reason}"
+                        f"{': ' + why if why else ''}); correct the source record if it is wrong"
+                    )
 
     def _why_apart(self, s: Session, key: str, others: set[str]) -> str:
         xs = self._xrefs(s, [key, *others])
@@ -1549,7 +1587,9 @@ class MdmService:
         return self._steward(run, by, reason, "unmerge")
 
     def decide(self, task_id: int, same: bool, by: str, reason: str | None = None) -> list[Envelope]:
-        """A steward's answer to a review task: the pair is (not) the same customer. Sticks."""
+        """A steward's answer to a review task: the pair is (not) the same customer. Sticks. "Same"
+        is refused (:class:`Conflict`) when the two golden records hold two records an engine
+        cannot-link rule keeps apart."""
         if not by:
             raise InvalidMessage("a steward decision needs 'by'")
 
@@ -1559,6 +1599,12 @@ class MdmService:
                 raise NotFound(f"no steward task {task_id}")
             if t.status == "decided":
                 raise Conflict(f"task {task_id} was already decided by {t.decided_by}")
+            if same:  # the two golden records would become one: every cross pair must be allowed
+                ga, gb = self._golden_of_key(s, t.a_key), self._golden_of_key(s, t.b_key)
+                if ga != gb:
+                    ma = (self._members(s, [ga]) if ga else set()) | {t.a_key}
+                    mb = (self._members(s, [gb]) if gb else set()) | {t.b_key}
+                    self._refuse_hard_conflict(s, ma, mb, f"deciding task {task_id} 'same'")
             t.status, t.decision, t.decided_by, t.decided_at, t.reason = (
                 "decided", "same" if same else "not_same", by, now, reason,
             )

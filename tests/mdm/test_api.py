@@ -129,6 +129,22 @@ def test_steward_queue_decide_merge_unmerge_are_audited_and_publish_events(hub):
     assert ("party.golden.unmerged.v1", "G0000000002", 3) in got
 
 
+def test_a_merge_of_two_legal_entities_is_a_409_naming_the_rule_and_changes_nothing(hub):
+    hub.svc.ingest(party("crm", "20", "北京市星河贸易有限公司", uscc=uscc(20), city="北京"), "e1")
+    hub.svc.ingest(party("crm", "21", "上海市蓝海贸易有限公司", uscc=uscc(21), city="上海"), "e2")
+    before = hub.svc.snapshot()
+    r = hub.client.post("/v1/customers/merge", json={"a": "crm:20", "b": "crm:21", "reason": "one group"},
+                        headers=hub.h("steward"))
+    assert r.status_code == 409
+    error = r.json()["error"]
+    assert error["code"] == "conflict"
+    assert error["message"] == (
+        "merging G0000000001 and G0000000002 is refused: crm:20 and crm:21 can never be one customer "
+        "(cannot_link:uscc_conflict: two different valid USCCs are two legal entities); "
+        "correct the source record if it is wrong")
+    assert hub.svc.snapshot() == before and hub.svc.audit() == [] and hub.svc.pending_events() == 0
+    assert hub.broker.get(hub.queue, timeout=0.2) is None  # no event
+
 
 def test_a_steward_override_is_set_validated_audited_and_removed_over_http(hub):
     seed(hub.svc)

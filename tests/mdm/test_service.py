@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from esbhub.mdm.match import Matcher
 from esbhub.mdm.service import Conflict, MdmService
-from esbhub.mdm.store import Golden, GoldenHistory, Link, SourceVersion, Xref
+from esbhub.mdm.store import Audit, Constraint, Golden, GoldenHistory, Link, Outbox, SourceVersion, Task, Xref
 from mdm.fakes import db_fixture_url, party, review_pair, uscc
 
 U1, U2 = uscc(1), uscc(2)
@@ -43,6 +43,12 @@ def bill1(**kw):
 
 def other_company():
     return party("crm", "9", "广州市远洋物流有限公司", uscc=U2, phones=["020-33334444"], city="广州")
+
+
+def unregistered_company():
+    """Another customer, without a USCC: no cannot-link rule keeps a steward from merging it with
+    crm1() (a steward may know better than the engine that two names are one customer)."""
+    return party("crm", "9", "广州市远洋物流有限公司", phones=["020-33334444"], city="广州")
 
 
 def kinds(events):
@@ -115,7 +121,7 @@ def test_branch_stays_its_own_golden_record_linked_to_its_head_office(svc):
 @BOTH
 def test_merge_keeps_the_oldest_id_and_unmerge_restores_the_prior_state_exactly(svc, url):
     svc.ingest(crm1(), "e1")
-    svc.ingest(other_company(), "e2")
+    svc.ingest(unregistered_company(), "e2")
     before = svc.snapshot()
     ev = svc.merge("G0000000002", "G0000000001", by="alice", reason="same customer per contract")
     assert sorted((e.payload["golden_id"], e.payload["change"], e.payload["status"]) for e in ev) == [
@@ -149,14 +155,71 @@ def test_unmerge_of_an_engine_merge_sticks_across_rematch(svc):
         svc.merge("crm:1", "billing:A1", by="dave")
 
 
-def test_a_merge_that_would_split_a_third_record_off_is_refused_and_changes_nothing(svc):
+def test_a_merge_is_checked_against_every_member_not_only_the_two_records_named(svc):
     svc.ingest(crm1(), "e1")
     svc.ingest(bill1(), "e2")
     svc.ingest(other_company(), "e3")
     before = svc.snapshot()
-    with pytest.raises(Conflict, match="billing:A1.*uscc_conflict"):
+    with pytest.raises(Conflict, match="billing:A1 and crm:9 .*uscc_conflict"):
         svc.merge("G0000000001", "crm:9", by="dave")
     assert svc.snapshot() == before
+
+
+def stored(svc: MdmService) -> dict:
+    """Everything a steward action writes: golden records and xref, their history, constraints,
+    tasks, the audit trail and the outbox of events."""
+    out = svc.snapshot()
+    with svc.Session() as s:
+        for model in (GoldenHistory, Constraint, Audit, Outbox):
+            out[model.__tablename__] = s.execute(sa.select(sa.func.count()).select_from(model)).scalar()
+        out["tasks"] = s.execute(sa.select(Task.id, Task.status, Task.decision).order_by(Task.id)).all()
+    return out
+
+
+@BOTH
+def test_a_steward_merge_of_two_different_valid_usccs_is_refused_naming_the_rule_and_changes_nothing(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(other_company(), "e2")
+    before = stored(svc)
+    with pytest.raises(Conflict) as exc:
+        svc.merge("G0000000001", "G0000000002", by="alice", reason="same group")
+    assert exc.value.message.startswith("merging G0000000001 and G0000000002 is refused: crm:1 and crm:9 ")
+    assert "cannot_link:uscc_conflict: two different valid USCCs are two legal entities" in exc.value.message
+    assert stored(svc) == before and svc.pending_events() == 0
+
+
+def test_a_branch_is_never_merged_into_its_head_office_by_a_steward(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(party("res", "R2", "深圳市华信科技有限公司南山分公司", uscc=U1, city="深圳"), "e2")
+    branch = svc.xref("res", "R2")["golden_id"]
+    before = stored(svc)
+    with pytest.raises(Conflict, match=r"crm:1 and res:R2 can never be one customer \(cannot_link:branch_vs_head: "
+                                       "a branch is its own entity"):
+        svc.merge("G0000000001", branch, by="alice")
+    assert stored(svc) == before
+
+
+def test_a_steward_same_on_a_task_whose_golden_records_hold_two_legal_entities_is_refused_and_the_task_stays_open(svc):
+    t = review_task(svc)  # crm:1 and res:R1, neither with a USCC
+    svc.ingest(party("crm", "20", "北京市星河贸易有限公司", uscc=uscc(20), city="北京"), "e3")
+    svc.ingest(party("crm", "21", "上海市蓝海贸易有限公司", uscc=uscc(21), city="上海"), "e4")
+    svc.merge("crm:1", "crm:20", by="alice")
+    svc.merge("res:R1", "crm:21", by="alice")
+    before = stored(svc)
+    with pytest.raises(Conflict, match=f"deciding task {t['id']} 'same' is refused: crm:20 and crm:21 .*uscc_conflict"):
+        svc.decide(t["id"], same=True, by="erin")
+    assert stored(svc) == before and svc.task(t["id"])["status"] == "open"
+    svc.decide(t["id"], same=False, by="erin")  # what the steward can answer
+
+
+def test_a_record_whose_source_now_carries_another_valid_uscc_leaves_the_golden_record_a_steward_made(svc):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(unregistered_company(), "e2")
+    svc.merge("G0000000001", "G0000000002", by="alice")
+    ev = svc.ingest(other_company(), "e3")  # crm:9's source now gives it its (valid, other) USCC
+    assert svc.partition_now() == {frozenset({"crm:1"}), frozenset({"crm:9"})}
+    assert {e.payload["golden_id"]: e.payload["change"] for e in ev} == {"G0000000001": "unmerged",
+                                                                         "G0000000002": "unmerged"}
 
 
 @BOTH
@@ -323,7 +386,7 @@ def test_search_finds_customers_by_fuzzy_name_uscc_phone_and_source_key(svc):
 
 def test_items_linked_by_source_key_or_golden_id_show_in_the_360_view_after_a_merge(svc):
     svc.ingest(crm1(), "e1")
-    svc.ingest(other_company(), "e2")
+    svc.ingest(unregistered_company(), "e2")
     svc.link("bill", "BILL-1", {"amount": "10.00"}, source=("crm", "9"))
     svc.link("alarm", "ALM-1", {"circuit": "C1"}, golden_id="G0000000002")
     svc.merge("G0000000001", "G0000000002", by="x")
