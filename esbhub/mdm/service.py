@@ -29,9 +29,13 @@ Pipeline of one source record (:meth:`MdmService.ingest`), in one database trans
 
 All mutating calls are serialized: in a process by a lock, across processes (API steward
 calls, workers, ``esbhub mdm``) because every writing transaction starts by bumping the
-``writer`` counter row (row lock on PostgreSQL, write lock on SQLite). The in-memory matcher
-index mirrors the committed database: it is rolled back with a failed transaction, and each
-writing transaction first indexes the source versions other processes committed since (so a
+``writer`` counter row (row lock on PostgreSQL, write lock on SQLite). Writers that make events
+take the publication lock (:mod:`esbhub.mdm.publication`) before that and hold it until their
+events are on the bus or in the outbox, so events are published in commit order per golden id
+(:mod:`esbhub.mdm.events`): steward actions and rematch write theirs to the outbox;
+``ingest_many(publish=…)`` publishes its own right after the commit, after what the outbox
+holds. The in-memory matcher index mirrors the committed database: it is rolled back with a
+failed transaction, and each writing transaction first indexes the source versions other processes committed since (so a
 bulk ``esbhub mdm load`` beside a running worker is seen by it). One ingesting consumer per
 process (subscription concurrency 1).
 
@@ -47,10 +51,11 @@ matcher index is frozen out of the cyclic GC (:meth:`MdmService._freeze_index`).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +71,7 @@ from esbhub.bus.envelope import Envelope
 from esbhub.errors import ErrorDetail, InvalidMessage, PermanentError
 from esbhub.mdm import hierarchy
 from esbhub.mdm.events import GoldenEvent, golden_event
+from esbhub.mdm.publication import PublicationLock
 from esbhub.mdm.settings import MdmSettings, mdm_settings_of
 from esbhub.mdm.store import (
     Audit,
@@ -96,6 +102,7 @@ from esbhub.mdm.store import (
     stored,
     utcnow,
 )
+from esbhub.mdm.store import Sequence as Counter
 from esbhub.mdm.survivorship import (
     Member,
     override_problem,
@@ -572,11 +579,38 @@ def _has_override(attributes: Mapping[str, Any] | None) -> bool:
     return False
 
 
-def _bump_writer(s: Session) -> None:
+Publish = Callable[[list[Envelope]], Any]
+"""Puts events on the bus durably, in the order given, or raises (e.g. ``broker.publish_many``)."""
+
+_WRITER = Counter.__table__
+_PENDING = sa.select(Outbox.id).where(Outbox.published_at.is_(None)).exists()
+_BUMP_WRITER = (
+    sa.update(_WRITER).where(_WRITER.c.name == "writer").values(value=_WRITER.c.value + 1)
+    .returning(_WRITER.c.value, _PENDING)
+)
+
+
+def _bump_writer(s: Session, *, outbox: bool = False) -> bool:
     """Take the cross-process MDM writer lock (see the module doc): one UPDATE of the ``writer``
     counter row — its row lock on PostgreSQL, the write lock on SQLite — held to commit (the
-    first writer ever creates the row, race-safe: :func:`esbhub.mdm.store.next_value`)."""
-    next_value(s, "writer")
+    first writer ever creates the row, race-safe: :func:`esbhub.mdm.store.next_value`).
+
+    ``outbox=True`` (a writer that publishes its own events, under the publication lock): the
+    same statement also says whether the outbox holds events not yet published — they were
+    committed before this transaction and go out before its events. Nothing can add to the
+    outbox meanwhile (whoever writes it holds the publication lock), so the answer stands to
+    the publish; and it costs no statement of its own (an index probe in the UPDATE's RETURNING).
+    """
+    if not outbox:
+        next_value(s, "writer")
+        return False
+    conn = s.connection()
+    if conn.dialect.update_returning:
+        row = conn.execute(_BUMP_WRITER).first()
+        if row is not None:
+            return bool(row[1])
+    next_value(s, "writer")  # no row yet (the first writer ever), or no UPDATE … RETURNING
+    return bool(conn.execute(sa.select(_PENDING)).scalar())
 
 
 SQLITE_CACHE_KIB = 131_072
@@ -689,6 +723,7 @@ class MdmService:
         self._can_link = can_link or _default_can_link()
         self.matcher = matcher if matcher is not None else _default_matcher(self.settings)
         self._lock = threading.RLock()
+        self._publication = PublicationLock(url)  # commit → publish, across processes (publication.py)
         self._hier_keys: set[str] | None = None
         self._history_buf: dict[str, Any] = {"ids": set(), "close": {}, "rows": []}
         self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
@@ -787,25 +822,34 @@ class MdmService:
         return std_json(std)
 
     # ----------------------------------------------------------------- ingest
-    def ingest(self, party: Party, envelope_id: str, *, envelope: Envelope | None = None) -> list[Envelope]:
-        """Take one source record; return the ``party.golden.*`` events it caused (maybe none)."""
-        return self.ingest_many([(party, envelope_id, envelope)])
+    def ingest(self, party: Party, envelope_id: str, *, envelope: Envelope | None = None,
+               publish: Publish | None = None) -> list[Envelope]:
+        """Take one source record; return the ``party.golden.*`` events it caused (maybe none),
+        published first if ``publish`` is given (:meth:`ingest_many`)."""
+        return self.ingest_many([(party, envelope_id, envelope)], publish=publish)
 
     def ingest_many(self, items: Sequence[tuple[Party, str, Envelope | None]], *,
-                    std: Mapping[str, Any] | None = None) -> list[Envelope]:
+                    std: Mapping[str, Any] | None = None, publish: Publish | None = None) -> list[Envelope]:
         """Ingest a batch in ONE transaction (bulk load); all or nothing.
 
         ``std`` optionally maps envelope ids to the record's standardized form computed ahead
         (e.g. by :func:`esbhub.mdm.loader.load` in another process, while the previous batch is
         being ingested) or to a :class:`Prepared`; it must be what this service's
         ``standardize`` returns for the record.
+
+        ``publish``: put the events on the bus before returning, in commit order with every
+        other MDM writer's (:meth:`_publish_in_order`); raises when they could not be published
+        — committed all the same, and kept in the outbox to go out in order later. Without it
+        the caller gets the events and publishes them as it sees fit (no ordering promised).
         """
         undo: list[tuple[str, Any]] = []
         self._ensure_index()
-        with self._lock:
+        with self._lock, (self._publication if publish is not None else contextlib.nullcontext()):
+            fresh: list[Envelope] = []  # events of versions this call commits (not a redelivery's)
             try:
                 with self.Session.begin() as s:
-                    _bump_writer(s)  # serializes MDM writers across processes (see module doc)
+                    # serializes MDM writers across processes (see module doc)
+                    pending = _bump_writer(s, outbox=publish is not None)
                     _tune_sqlite(s)
                     self._catch_up(s)
                     events: list[Envelope] = []
@@ -829,7 +873,8 @@ class MdmService:
                             staged.append((envelope_id, envelope, out))
                     rows.flush(s)
                     if staged:
-                        events += self._finish(s, staged, seeds, reviews, rows)
+                        fresh = self._finish(s, staged, seeds, reviews, rows)
+                        events += fresh
                     rows.flush(s)
                     _insert_rows(s, Xref, s.info.pop("mdm_new_xrefs", []))
                     s.flush()
@@ -843,8 +888,63 @@ class MdmService:
                 raise
             self._hier_keys = None
             self._own.update(pre["written"])
+            if publish is not None:
+                self._publish_in_order(publish, events, fresh, pending)
         self._freeze_index()
         return events
+
+    # ------------------------------------------------------------ publication
+    def _publish_in_order(self, publish: Publish, events: list[Envelope], fresh: list[Envelope],
+                          pending: bool) -> None:
+        """Publish a transaction's events right after its commit, the publication lock still held
+        (:mod:`esbhub.mdm.publication`): first what the outbox holds from before (``pending``),
+        then these. If that fails, the events of the versions this transaction made (``fresh``)
+        go to the outbox behind what is there, so whoever publishes next sends them first, and
+        the error is raised (the bus redelivers the messages; their events come back from the
+        inbox with the same ids). A redelivery's events are not kept again: they were published,
+        or kept, the first time."""
+        try:
+            if pending:
+                self._drain(publish)
+            if events:
+                publish(events)
+        except Exception:
+            if fresh:
+                try:
+                    self._keep(fresh)
+                except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
+                    log.error("mdm_events_not_kept", events=len(fresh), error_type=type(exc).__name__,
+                              error=str(exc)[:300])
+            raise
+
+    def _drain(self, publish: Publish, limit: int = 1000) -> int:
+        """Publish the outbox's pending events in order (the publication lock held); how many."""
+        n = 0
+        while True:
+            with self.Session.begin() as s:
+                rows = s.execute(
+                    sa.select(Outbox).where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)
+                ).scalars().all()
+                if not rows:
+                    return n
+                publish([Envelope.model_validate(r.envelope) for r in rows])
+                now = utcnow()
+                for r in rows:
+                    r.published_at = now
+            n += len(rows)
+
+    def _keep(self, events: list[Envelope]) -> None:
+        """Put committed events that could not be published in the outbox (the lock held)."""
+        with self.Session.begin() as s:
+            now = utcnow()
+            s.add_all([Outbox(envelope=e.model_dump(mode="json"), created_at=now) for e in events])
+
+    @contextlib.contextmanager
+    def publication(self) -> Iterator[None]:
+        """Hold this service's writers and the publication lock — from before a transaction to
+        the end of its publish (e.g. a bulk load, :func:`esbhub.mdm.loader.load`)."""
+        with self._lock, self._publication:
+            yield
 
     def _finish(self, s: Session, staged: list[tuple[str, Envelope | None, str]], seeds: set[str],
                 reviews: list[tuple[str, str, Any]], rows: _Rows) -> list[Envelope]:
@@ -1435,7 +1535,9 @@ class MdmService:
         s.add(Audit(at=now, actor=actor, action=action, target=target, reason=reason, detail=detail))
 
     def _steward(self, fn: Callable[[Session, datetime], list[_Change]], actor: str, reason: str | None, op: str) -> list[Envelope]:
-        with self._lock, self.Session.begin() as s:
+        # the events go to the outbox under the publication lock: every later publisher sends
+        # them before its own (:meth:`_publish_in_order`), the API right away (:meth:`publish_pending`)
+        with self._lock, self._publication, self.Session.begin() as s:
             _bump_writer(s)
             now = utcnow()
             changes = fn(s, now)
@@ -1445,21 +1547,13 @@ class MdmService:
             return events
 
     def publish_pending(self, broker: Any, limit: int = 1000) -> int:
-        """Publish events of steward actions not yet on the bus (in order); returns how many.
+        """Publish the events waiting in the outbox (steward actions, rematch, events whose
+        publish failed), in commit order, under the publication lock; returns how many.
 
         Raises the broker's error when it cannot publish; the events then stay pending.
         """
-        with self._lock, self.Session.begin() as s:
-            rows = s.execute(
-                sa.select(Outbox).where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)
-            ).scalars().all()
-            if not rows:
-                return 0
-            broker.publish_many([Envelope.model_validate(r.envelope) for r in rows])
-            now = utcnow()
-            for r in rows:
-                r.published_at = now
-            return len(rows)
+        with self._lock, self._publication:
+            return self._drain(broker.publish_many, limit)
 
     def pending_events(self) -> int:
         with self.Session() as s:
@@ -1660,7 +1754,7 @@ class MdmService:
                     matcher = type(self.matcher)(getattr(self.matcher, "model", None)) if hasattr(self.matcher, "model") else None
             if matcher is None:
                 raise InvalidMessage("rematch needs a model or a matcher")
-            with self.Session.begin() as s:
+            with self._publication, self.Session.begin() as s:  # its events go to the outbox
                 _bump_writer(s)
                 now = utcnow()
                 rows = s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars().all()

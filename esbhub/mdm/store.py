@@ -24,7 +24,8 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 * ``mdm_inbox`` — processed envelope ids with the events they produced (idempotent redelivery);
   an event is kept without its golden attributes and member keys, which the history row
   ``(golden_id, seq)`` holds (``esbhub.mdm.service._compact_event``).
-* ``mdm_outbox`` — events of steward actions until they are published.
+* ``mdm_outbox`` — events of steward actions and rematch, and engine events whose publish failed,
+  until they are published (in ``id`` order: commit order, :mod:`esbhub.mdm.publication`).
 * ``mdm_sequence`` — named counters (golden id sequence, change counter).
 """
 
@@ -447,8 +448,11 @@ class Inbox(Base):
 
 
 class Outbox(Base):
-    """Events of steward actions, written in the action's transaction, published afterwards
-    (``MdmService.publish_pending``) — so a broker outage delays them but never loses them."""
+    """Events of steward actions and rematch, written in the action's transaction, published
+    afterwards (``MdmService.publish_pending``) — so a broker outage delays them but never loses
+    them; and events of an ingest whose publish failed after its commit. Written and published
+    under the publication lock, so ``id`` order is commit order; every publisher sends what is
+    pending before its own events (``MdmService._publish_in_order``)."""
 
     __tablename__ = "mdm_outbox"
 
