@@ -15,11 +15,17 @@ Per message, the guarantees of the per-message path hold:
 * if the batch transaction fails (a record the pipeline cannot take, the database), the worker
   runs each message alone through ``ingest`` (a batch of one), so the poison record takes the
   retry → dead-letter path and its neighbours are ingested;
-* the events of a batch are published in the order :meth:`MdmService.ingest_many` returned them
-  (in ``seq`` order per golden id), each through the context of the message that caused it, so
-  their ids are stable across redelivery (a redelivered message's events come back from the MDM
-  inbox with the same ids); the ``party.golden.*`` events are durably on the bus before any
-  message of the batch is acked;
+* the events of a batch are published by :meth:`MdmService.ingest_many` itself, inside the
+  handler, right after the batch's commit and under the MDM's publication lock
+  (:mod:`esbhub.mdm.publication`): events committed before — steward actions' events still in
+  the outbox, in this process or another — go out first, and nobody publishes events committed
+  after until these are out. So the bus sees each golden id's versions in commit order
+  (:mod:`esbhub.mdm.events`, "Ordering contract");
+* the ``party.golden.*`` events are durably on the bus (``publish_many``) before the handler
+  returns, so before any message of the batch is acked. If they cannot be published the
+  handler raises (the batch is committed; its events wait in the MDM outbox, in order) and the
+  messages take the worker's failure path; a redelivered message's events come back from the
+  MDM inbox with the same ids, so a re-publish is a duplicate consumers drop;
 * idempotency is the MDM's own (its inbox of envelope ids), so the subscription does not use
   the bus dedup table (``dedup=False``), as before.
 
@@ -28,30 +34,18 @@ Throughput and latency at 1M golden records: ``bench/mdm_realtime.py`` and docs/
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
-
-import structlog
 
 from esbhub.bus.envelope import Envelope
 from esbhub.bus.worker import HandlerContext, Subscription
 from esbhub.errors import InvalidMessage
-from esbhub.mdm.service import MdmService, service_for
+from esbhub.mdm.service import service_for
 from esbhub.schemas.party import Party
-
-log = structlog.get_logger("esbhub.mdm.realtime")
 
 BATCH_MAX = 200
 """Most records per MDM transaction. ``ingest_many`` of 200 records costs ~1/5 of 200 single
 transactions on this machine and keeps one batch well under a second at 1M golden records."""
-
-
-OUTBOX_SWEEP_S = 2.0
-"""At most how often the consumer publishes steward events left in the MDM outbox. The API
-publishes a steward action's events right after it commits; the outbox keeps them only when the
-broker was down then. Looking after every batch cost a transaction per batch — at low load one
-per record (~0.3 ms on SQLite, ~0.6 ms on PostgreSQL)."""
 
 
 def _party(env: Envelope) -> Party:
@@ -61,38 +55,26 @@ def _party(env: Envelope) -> Party:
         raise InvalidMessage(f"party.v1 payload invalid: {exc}") from exc
 
 
-def _publish_pending(svc: MdmService, broker: Any) -> None:
-    try:
-        svc.publish_pending(broker)  # steward events whose publish failed earlier
-    except Exception as exc:  # noqa: BLE001 - they stay in the outbox; the next batch retries
-        log.warning("mdm_outbox_publish_failed", error_type=type(exc).__name__, error=str(exc))
-
-
-def subscriptions(settings: Any, broker: Any, *, batch_max: int = BATCH_MAX,
-                  outbox_sweep_s: float = OUTBOX_SWEEP_S) -> list[Subscription]:
+def subscriptions(settings: Any, broker: Any, *, batch_max: int = BATCH_MAX) -> list[Subscription]:
     """The MDM's subscription. ``batch_max=1`` turns batching off (one transaction per record).
-    After a batch, steward events left in the outbox are published if the last look was
-    ``outbox_sweep_s`` or longer ago (the first batch always looks)."""
-    swept = [float("-inf")]
+    Events left in the MDM outbox (a steward action's when the broker was down) go out with the
+    next batch, before its own: the transaction's writer-row update says whether there are any,
+    so a batch without them costs nothing more."""
+    timeout = getattr(settings, "publish_timeout", None)
+
+    def publish(events: list[Envelope]) -> None:
+        broker.publish_many(events, timeout=timeout)
 
     def handle_batch(items: Sequence[tuple[Envelope, HandlerContext]]) -> None:
         svc = service_for(settings)
-        good: list[tuple[Party, Envelope, HandlerContext]] = []
+        good: list[tuple[Party, Envelope]] = []
         for env, ctx in items:
             try:
-                good.append((_party(env), env, ctx))
+                good.append((_party(env), env))
             except InvalidMessage as exc:
                 ctx.fail(exc)
-        if good:
-            events = svc.ingest_many([(p, env.id, env) for p, env, _ctx in good])
-            by_id = {env.id: ctx for _p, env, ctx in good}
-            first = good[0][2]
-            for ev in events:
-                by_id.get(ev.causation_id or "", first).publish(ev)
-        now = time.monotonic()
-        if now - swept[0] >= outbox_sweep_s:
-            swept[0] = now
-            _publish_pending(svc, broker)
+        if good:  # published here, in commit order, not through ctx.publish after the handler
+            svc.ingest_many([(p, env.id, env) for p, env in good], publish=publish)
 
     def handle(env: Envelope, ctx: HandlerContext) -> None:
         handle_batch([(env, ctx)])  # a batch of one = MdmService.ingest; a failure raises or is ctx.error
