@@ -33,7 +33,8 @@ work), and nothing is read back from the database.
 The load is ONE transaction: a failure leaves the store empty (and the matcher index as it
 was), never half loaded. It holds the MDM writer lock (:func:`esbhub.mdm.service._bump_writer`)
 meanwhile — other MDM writers wait, as for any transaction. Events are published after the
-commit; each founder's inbox row keeps its golden record's ``created`` event, so loading the
+commit (:func:`esbhub.mdm.loader.load_parties` holds the publication lock from before the
+transaction to the last of them, :mod:`esbhub.mdm.publication`); each founder's inbox row keeps its golden record's ``created`` event, so loading the
 same file again returns them (and changes nothing). ``bench/mdm_load.py`` compares this path
 with the per-batch one on the same records (same partition, golden attributes, links, look-up
 keys and hierarchy).

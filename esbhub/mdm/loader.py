@@ -570,7 +570,10 @@ def load_parties(svc: Any, records: Iterable[Party], *, batch: int = 500, publis
     at the end, ``mode`` "bulk" in the result. Otherwise (``mode`` "batches") it goes in batches of
     ``batch`` records, one :meth:`~esbhub.mdm.service.MdmService.ingest_many` transaction each.
 
-    ``publish(events)`` gets each batch's ``party.golden.*`` events (e.g. ``broker.publish_many``).
+    ``publish(events)`` gets each batch's ``party.golden.*`` events (e.g. ``broker.publish_many``),
+    in commit order with every other MDM writer's (a worker beside the load, a steward): each
+    batch publishes under the MDM's publication lock (:mod:`esbhub.mdm.publication`), a bulk
+    load holds it from before its transaction to its last event.
     Each record's raw JSON and content hash are computed once here (its envelope id is derived
     from the hash, as :func:`envelope_id_for`). With ``workers`` > 0 (default:
     :func:`default_workers`), batch k+1 is standardized in worker processes while batch k is
@@ -625,18 +628,16 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
                    lambda p, msg: errors.append(RowError(f"{p.source_system}:{p.source_id}", msg)))
             return
         items = [(it.party, it.envelope_id, None) for it in buf]
-        try:
-            evs = svc.ingest_many(items, std=ahead)
+        try:  # published by the service, right after each commit and in commit order
+            evs = svc.ingest_many(items, std=ahead, publish=publish)
         except InvalidMessage:  # one bad record must not sink its batch: find it, load the rest
             evs = []
             for item in items:
                 try:
-                    evs += svc.ingest_many([item], std=ahead)
+                    evs += svc.ingest_many([item], std=ahead, publish=publish)
                 except InvalidMessage as exc:
                     errors.append(RowError(f"{item[0].source_system}:{item[0].source_id}", exc.message))
         events += len(evs)
-        if publish is not None and evs:
-            publish(evs)
 
     def standardized(buf: list[_Item]) -> Any:
         nonlocal pool, workers
@@ -686,8 +687,14 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
     # left them idle, and every one that took less left this process waiting)
     pending: collections.deque[tuple[list[Any], Any]] = collections.deque()
     buf: list[Any] = []
-    with contextlib.ExitStack() as stack:
-        bl = stack.enter_context(BulkLoad.open(svc)) if bulk is not False and isinstance(svc, MdmService) else None
+    ordered = contextlib.ExitStack()  # a bulk load that publishes: the publication lock to its last event
+    with ordered, contextlib.ExitStack() as stack:
+        maybe_bulk = bulk is not False and isinstance(svc, MdmService)
+        if maybe_bulk and publish is not None:  # taken before the load's writer lock, as every writer does
+            ordered.enter_context(svc.publication())
+        bl = stack.enter_context(BulkLoad.open(svc)) if maybe_bulk else None
+        if bl is None:
+            ordered.close()  # batch by batch: each batch's publish is ordered on its own
         rows_mode = as_rows and bl is not None
         if as_rows and not rows_mode:  # batch by batch: rows become records here
             source = parties(iter(source), default_system, errors)
@@ -713,8 +720,9 @@ def _run(svc: Any, source: Iterable[Any], default_system: str | None, *, batch: 
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-    if bl is not None and publish is not None:  # committed: its events go out now (a batch's after its commit)
-        bl.publish(publish, batch)
+        stack.close()  # commits the bulk load
+        if bl is not None and publish is not None:  # committed: its events go out now, the lock still held
+            bl.publish(publish, batch)
     out = {"records": n, "events": events, "errors": [e.__dict__ for e in errors],
            "mode": "bulk" if bl is not None else "batches"}
     if bl is not None:

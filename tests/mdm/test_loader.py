@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from esbhub.mdm import loader
+from esbhub.mdm.publication import PublicationLock
 from esbhub.mdm.service import MdmService
 from esbhub.mdm.standardize import standardize
 from esbhub.mdm.store import SourceVersion
@@ -25,9 +27,9 @@ def test_loading_with_standardizing_workers_gives_the_same_golden_records_as_wit
     ahead: list[int] = []
     ingest_many = pooled.ingest_many
 
-    def spy(items, *, std=None):
+    def spy(items, *, std=None, **kw):
         ahead.append(sum(1 for v in (std or {}).values() if v.std is not None))  # standardized ahead
-        return ingest_many(items, std=std)
+        return ingest_many(items, std=std, **kw)
 
     pooled.ingest_many = spy  # type: ignore[method-assign]
     a = loader.load(here, rows(records), batch=30, workers=0, bulk=False)  # batch by batch (see test_bulk.py)
@@ -70,3 +72,24 @@ def test_bulk_load_gives_the_same_store_as_ingesting_the_records_batch_by_batch(
     with plain.Session() as a, loaded.Session() as b:
         raw = sa.select(SourceVersion.envelope_id, SourceVersion.content_hash, SourceVersion.raw, SourceVersion.std)
         assert sorted(a.execute(raw).all()) == sorted(b.execute(raw).all())
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "batches"])
+def test_a_load_publishes_its_events_under_the_publication_lock_in_commit_order_with_other_writers(tmp_path, bulk):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    svc = MdmService(url)
+    other = PublicationLock(url)  # what a worker or the API beside the load takes before it writes
+    free_while_publishing: list[bool] = []
+
+    def publish(evs):
+        got = other.acquire(blocking=False)
+        if got:
+            other.release()
+        free_while_publishing.append(got)
+
+    out = loader.load_parties(svc, generate(30, seed=2).records, batch=20, workers=0, publish=publish,
+                              bulk=None if bulk else False)
+    assert out["mode"] == ("bulk" if bulk else "batches")
+    assert free_while_publishing and not any(free_while_publishing)
+    assert other.acquire(blocking=False)  # and released at the end
+    other.release()
