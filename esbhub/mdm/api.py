@@ -6,7 +6,8 @@ cannot-link rule (two different valid USCCs, a branch and its head office, …) 
 message names the rule and the two records; nothing is changed. Every steward action is audited twice: in the MDM's own ``mdm_audit`` table (who,
 when, why, what it changed) and through :func:`esbhub.auth.audit`. Events of steward actions
 go through the MDM outbox and are published to the bus right after the action commits; if the
-broker is down they stay pending (``events_pending`` in the answer) and go out later.
+broker is down they stay pending (``events_pending`` in the answer) and go out later — before
+any later event of the MDM, whoever publishes it (:mod:`esbhub.mdm.events`, ordering).
 """
 
 from __future__ import annotations

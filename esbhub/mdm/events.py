@@ -16,7 +16,29 @@ Every event carries the complete golden snapshot, so a consumer keeps, per golde
 highest ``seq`` it applied and ignores an event with a lower or equal ``seq`` (a redelivery
 or an overtaken message); a jump of more than 1 means it missed versions, which is harmless
 for state (the snapshot is complete) and visible through ``GET /v1/customers/{id}/history``.
-Events of one ingest are published in one batch, in ``seq`` order per golden id.
+
+What the MDM guarantees on its side: each golden id's events are *published* in commit order —
+the first publication of ``seq`` n+1 never comes before that of ``seq`` n — whoever wrote
+them (the real-time consumer, a steward action through the API, ``esbhub mdm load`` /
+``rematch``), in one process or several, on SQLite or PostgreSQL. Every MDM writer that makes
+events holds the MDM publication lock (:mod:`esbhub.mdm.publication`) from before its
+transaction until its events are on the bus; events that cannot go out then (broker down) wait
+in the MDM outbox, in commit order, and whoever publishes next sends them before its own
+(steward actions and rematch always go through the outbox). The events of one transaction go
+out in ``seq`` order per golden id.
+
+What a consumer can still see, and the rule above absorbs:
+
+* a duplicate — the same event id and ``seq`` again, possibly after later versions: a
+  redelivered ``party.v1`` message's events are published again (they come back from the MDM
+  inbox), and an outbox row whose publish was confirmed but not yet recorded goes out again;
+* a late first publication: if the process dies between a batch's commit and its publish (or
+  neither the broker nor the database can take the batch's events then), that batch's events
+  reach the bus only when the bus redelivers its messages — after any later version another
+  writer published meanwhile. The lock cannot cover this case: a batch's events are kept in
+  the inbox, not the outbox, so the real-time path writes no extra row per transaction;
+* reordering after the bus: several consumer threads, prefetch and redelivery reorder what one
+  queue received in order.
 """
 
 from __future__ import annotations
