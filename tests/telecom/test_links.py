@@ -44,7 +44,8 @@ def huaxin(system: str = "crm", sid: str = "K1") -> Any:
 
 
 def yuanyang(system: str = "billing", sid: str = "C1") -> Any:
-    return party(system, sid, "广州市远洋物流有限公司", uscc=uscc(2), city="广州")
+    """Another company, without a USCC: a steward may merge it with huaxin (no hard rule against it)."""
+    return party(system, sid, "广州市远洋物流有限公司", city="广州")
 
 
 def linked(svc: MdmService, system: str, sid: str) -> dict[str, list[dict[str, Any]]]:
