@@ -81,6 +81,7 @@ from esbhub.mdm.store import (
     Golden,
     GoldenHistory,
     GoldenLink,
+    Hierarchy,
     Inbox,
     KeyIndex,
     Link,
@@ -1822,14 +1823,17 @@ class MdmService:
             return {frozenset(v) for v in out.values()}
 
     def snapshot(self) -> dict[str, Any]:
-        """Golden records and xref as they are now (ids, status, members, attributes): the 'state'."""
+        """Golden records, xref and hierarchy edges as they are now (ids, status, members,
+        attributes; the current edges between golden records): the 'state'."""
         with self.Session() as s:
             goldens = {
                 g.golden_id: (g.status, g.merged_into, tuple(g.members or []), _canon(g.attributes), g.tier)
                 for g in s.execute(sa.select(Golden)).scalars()
             }
             xref = {x.key: x.golden_id for x in s.execute(sa.select(Xref)).scalars()}
-            return {"goldens": goldens, "xref": xref}
+            edges = sorted(tuple(r) for r in s.execute(
+                sa.select(Hierarchy.parent_golden, Hierarchy.child_golden, Hierarchy.kind).where(Hierarchy.active.is_(True))))
+            return {"goldens": goldens, "xref": xref, "hierarchy": edges}
 
     def get_customer(self, golden_id: str) -> dict[str, Any]:
         """The 360 view: golden values with lineage, source records, linked items, hierarchy, tier."""
