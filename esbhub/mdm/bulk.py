@@ -419,16 +419,16 @@ class BulkLoad:
         for k in p:
             self.touching.setdefault(k, []).append(p)
 
-    def _rescore_shared(self, key: str, phones: list[str], now: datetime) -> None:
+    def _rescore_shared(self, key: str, values: list[tuple[str, str]], now: datetime) -> None:
         """What :meth:`MdmService._rescore_shared <esbhub.mdm.service.MdmService._rescore_shared>`
         does in the per-batch path, on the load's links in memory: the pairs of other records
-        holding a number that staging ``key`` made generic or specific again are scored again;
+        holding a number or address that staging ``key`` made generic or specific again are scored again;
         a link whose weight changed is superseded by the new score (or none)."""
         from esbhub.mdm.service import _KEPT
 
         matcher = self.svc.matcher
-        for phone in phones:
-            hs = [k for k in matcher.holders(phone) if k != key]  # sorted
+        for kind, value in values:
+            hs = [k for k in matcher.holders(kind, value) if k != key]  # sorted
             fresh = {(r.a, r.b): r for r in matcher.score_pairs_among(hs, decisions=_KEPT)}
             for i, a in enumerate(hs):
                 for b in hs[i + 1 :]:

@@ -398,7 +398,7 @@ class _LinkRow:
             setattr(self, k, v)
 
 
-def _take_flipped(matcher: Any) -> list[str]:
+def _take_flipped(matcher: Any) -> list[tuple[str, str]]:
     """:meth:`Matcher.take_flipped <esbhub.mdm.match.Matcher.take_flipped>` of the engine's
     matcher; nothing for a matcher of another kind (tests plug their own in)."""
     take = getattr(matcher, "take_flipped", None)
@@ -1126,20 +1126,21 @@ class MdmService:
             self._rescore_shared(s, key, flipped, seeds, reviews, rows, now)
         return "new" if version == 1 else ("deleted" if party.deleted else "changed")
 
-    def _rescore_shared(self, s: Session, key: str, phones: list[str], seeds: set[str],
+    def _rescore_shared(self, s: Session, key: str, values: list[tuple[str, str]], seeds: set[str],
                         reviews: list[tuple[str, str, Any]], rows: _Rows, now: datetime) -> None:
-        """Staging ``key`` made these phone numbers generic (held by more than
-        ``generic_phone_records`` records) or specific again: the links between the other records
+        """Staging ``key`` made these phone numbers or organization addresses (``(kind, value)``,
+        :meth:`Matcher.take_flipped <esbhub.mdm.match.Matcher.take_flipped>`) generic (held by more
+        records than the model's limit) or specific again: the links between the other records
         holding one were scored on the other side of that line. Each such pair is scored again; a
         link whose weight changed is superseded by the new score (or by none, if the pair no longer
         reaches review), a pair that now does gets its link — so the outcome depends on how many
-        records share a number, not on the order they came in. ``key``'s own pairs were scored
+        records share a number or an address, not on the order they came in. ``key``'s own pairs were scored
         with it counted in (:meth:`Matcher._phone_probe <esbhub.mdm.match.Matcher._phone_probe>`)."""
         holders: set[str] = set()
-        within: set[tuple[str, str]] = set()  # the pairs sharing one of the numbers
+        within: set[tuple[str, str]] = set()  # the pairs sharing one of the values
         fresh: dict[tuple[str, str], Any] = {}
-        for phone in phones:
-            hs = [k for k in self.matcher.holders(phone) if k != key]  # sorted
+        for kind, value in values:
+            hs = [k for k in self.matcher.holders(kind, value) if k != key]  # sorted
             holders.update(hs)
             within.update((a, b) for i, a in enumerate(hs) for b in hs[i + 1 :])
             for r in self.matcher.score_pairs_among(hs, decisions=_KEPT):

@@ -249,7 +249,7 @@ def pool_matcher():
 
     rng = random.Random(12)
     recs = dict(_pool_record(i, lambda f, vals: rng.choice(vals)) for i in range(150))
-    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, report_threshold=1e-6,
+    m = Matcher(MatchModel(tf_min_records=5, generic_phone_records=3, generic_address_records=12, report_threshold=1e-6,
                            term_frequencies=TermFrequencies.of(recs.values())))
     for k, r in recs.items():
         m.add(k, r)
@@ -433,15 +433,15 @@ def test_take_flipped_names_the_numbers_that_crossed_the_generic_limit_either_wa
         m.add(k, recs[k])
     assert m.take_flipped() == []  # two records: still specific
     m.add("crm:2", recs["crm:2"])
-    assert m.take_flipped() == ["+8675586001234"]  # a third: generic
+    assert m.take_flipped() == [("phone", "+8675586001234")]  # a third: generic
     m.remove("crm:2")
     m.add("crm:2", recs["crm:2"])  # a new version with the same number: back where it was
     assert m.take_flipped() == []
     m.add("crm:3", recs["crm:3"])
     m.remove("crm:3")
     m.remove("crm:0")
-    assert m.take_flipped() == ["+8675586001234"]  # two left: specific again
-    assert m.holders("+8675586001234") == ["crm:1", "crm:2"]
+    assert m.take_flipped() == [("phone", "+8675586001234")]  # two left: specific again
+    assert m.holders("phone", "+8675586001234") == ["crm:1", "crm:2"]
 
 
 def test_a_record_counts_itself_among_the_holders_of_its_number_before_it_is_indexed():
@@ -456,7 +456,7 @@ def test_a_record_counts_itself_among_the_holders_of_its_number_before_it_is_ind
     before = {r.b: r for r in m.match("crm:3", c)}  # not indexed yet: three records hold the number with it
     assert set(before) == {"crm:1", "crm:2"}
     m.add("crm:3", c)
-    assert m.take_flipped() == ["+8675586001234"]
+    assert m.take_flipped() == [("phone", "+8675586001234")]
     after = {(r.a, r.b): r for r in m.score_pairs_among(["crm:3", "crm:1", "crm:2"])}
     assert {k: (r.weight, r.decision) for k, r in before.items()} == {
         a_: (r.weight, r.decision) for (a_, b_), r in after.items() if b_ == "crm:3"} | {
@@ -488,3 +488,25 @@ def test_train_em_takes_the_term_frequencies_of_its_records_when_asked(synth):
     assert tf is not None and tf.records == len(rs)
     assert tf.core == {v: c for v, c in collections.Counter(r.core_name for r in rs if r.kind == "organization").items()
                        if c > 1}
+
+
+CENTRE = "广东省深圳市南山区科技园路1号"  # a business centre: the registered address of many companies
+
+
+def test_an_exact_match_on_an_address_many_companies_share_weighs_as_none_and_says_generic():
+    m = Matcher(MatchModel(generic_address_records=3))
+    a = org("深圳市宏达电子有限公司", "1", addresses=[{"text": CENTRE}], phones=[{"number": "0755-26001111"}])
+    b = org("深圳市宏大电子有限公司", "2", addresses=[{"text": CENTRE}], phones=[{"number": "0755-26002222"}])
+    m.add("crm:1", a)
+    assert {r.b: r.decision for r in m.match("crm:2", b)} == {"crm:1": "match"}  # names one apart, one address
+    for i, n in enumerate(["远景物流", "金石建材"]):
+        m.add(f"crm:{10 + i}", org(f"深圳市{n}有限公司", str(10 + i), addresses=[{"text": CENTRE}]))
+    assert m.take_flipped() == []  # three records at the centre: not yet generic
+    [r] = [r for r in m.match("crm:2", b) if r.b == "crm:1"]  # with b: four
+    ev = {e.field: e for e in r.evidence}
+    assert (ev["address"].level, ev["address"].weight) == ("generic", 0.0)
+    assert r.decision == "no_match"  # a name one character off and nothing else
+    m.add("crm:2", b)
+    assert m.take_flipped() == [("address", "深圳|" + b.street)]
+    assert m.holders("address", "深圳|" + b.street) == ["crm:1", "crm:10", "crm:11", "crm:2"]
+    assert [e.level for e in m.score(a, b).evidence if e.field == "address"] == ["generic"]  # the plain path too

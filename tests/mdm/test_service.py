@@ -687,3 +687,24 @@ def test_the_match_model_is_the_configured_one_else_the_one_in_the_data_dir(tmp_
     assert service_for(Settings(data_dir=tmp_path)).settings.model_path == tmp_path / "mdm_model.json"
     mine = Settings(data_dir=tmp_path, mdm={"model_path": str(tmp_path / "models" / "v2.json")})
     assert service_for(mine).settings.model_path == tmp_path / "models" / "v2.json"
+
+
+CENTRE = "广东省深圳市南山区科技园路1号"  # a business centre: the registered address of many companies
+
+
+def centre_tenants() -> list:
+    """Two companies one character apart and eight others, all registered at one business centre."""
+    names = ["深圳市宏达电子有限公司", "深圳市宏大电子有限公司", *_AGENT_CLIENTS]
+    return [party("crm", str(i), n, city="深圳", address=CENTRE, phones=[f"0755-2600{i:04d}"]) for i, n in enumerate(names)]
+
+
+def test_an_address_many_companies_share_says_nothing_whatever_the_arrival_order(tmp_path):
+    tenants = centre_tenants()
+    early = MdmService(f"sqlite:///{tmp_path / 'early.db'}")
+    for p in tenants:  # the look-alike pair is scored while the centre still looks like one address
+        early.ingest(p, f"{p.source_system}-{p.source_id}")
+    late = MdmService(f"sqlite:///{tmp_path / 'late.db'}")
+    for p in [*tenants[2:], *tenants[:2]]:
+        late.ingest(p, f"{p.source_system}-{p.source_id}")
+    assert store_state(early) == store_state(late)
+    assert frozenset({"crm:0", "crm:1"}) not in early.partition_now()

@@ -27,12 +27,15 @@
   48 of ~4,400 differed). Off by default: counting records counts each company's own duplicates,
   and on the synthetic set of 20,000 companies the adjustment cost recall (0.995 → 0.979) and
   quadrupled the steward reviews, at the same precision (docs/benchmarks.md).
-* **Generic phones**: a phone held by more than ``generic_phone_records`` records (a shared
-  400/800 number, an agent's phone) is demoted to the weak ``shared_generic`` level. Here the
-  count is the index's (an agent's number must be recognised as it spreads), the scored record
-  counted in; when a number crosses the limit either way, :meth:`Matcher.take_flipped` names it
-  and the MDM service scores the pairs of its holders again (:meth:`Matcher.score_pairs_among`),
-  so whether it counts as generic depends on how many records hold it, not on arrival order.
+* **Generic values**: a phone held by more than ``generic_phone_records`` records (a shared
+  400/800 number, an agent's phone) is demoted to the weak ``shared_generic`` level; an
+  organization address (street and number in one city, :func:`address_key`) held by more than
+  ``generic_address_records`` records — a business centre, a registration agent's address — says
+  nothing: an exact match on it weighs 0 and shows as ``generic``. Here the counts are the index's
+  (an agent's number must be recognised as it spreads), the scored record counted in; when a
+  value crosses its limit either way, :meth:`Matcher.take_flipped` names it and the MDM service
+  scores the pairs of its holders again (:meth:`Matcher.score_pairs_among`), so whether it counts
+  as generic depends on how many records hold it, not on arrival order.
 * **Decision**: ``match`` at probability ≥ ``merge_threshold``, ``review`` at ≥ ``review_threshold``,
   else ``no_match``; any cannot-link reason (:func:`esbhub.mdm.cluster.can_link`) forces
   ``no_match`` and is reported in ``hard``.
@@ -204,6 +207,9 @@ class MatchModel(BaseModel):
     generic_phone_records: int = Field(
         default=8, description="A phone on more records than this (different names) counts as generic."
     )
+    generic_address_records: int = Field(
+        default=8, description="An organization's address (street and number in one city) on more records than "
+        "this — a business centre, a registration agent's address — says nothing: an exact match on it weighs 0.")
     max_block_size: int = Field(default=500, description="Blocks larger than this are skipped for candidates.")
     max_weak_block_size: int = Field(
         default=200, description="Blocks of weak keys (city + name prefix, street, pinyin) larger than this are skipped."
@@ -349,6 +355,22 @@ def blocking_keys(rec: StdParty | MatchView) -> list[str]:
     return keys
 
 
+def address_key(rec: StdParty | MatchView) -> str | None:
+    """An organization's address as the generic-address count reads it — place (city, else
+    province) and street with its number — or None (a person, no street)."""
+    if rec.kind != "organization" or not rec.street:
+        return None
+    return (rec.city or rec.province or "") + "|" + rec.street
+
+
+def _level_name(comp: Comparison, level: int, a: StdParty | MatchView, b: StdParty | MatchView) -> str:
+    """The level a steward reads in the evidence: an exact address match on a generic address
+    weighs as none (level 0) and says so."""
+    if level == 0 and comp.tf == "address" and a.street and b.street:
+        return "generic"
+    return comp.levels[level]
+
+
 # ------------------------------------------------------------------ matcher
 
 
@@ -409,9 +431,10 @@ class Matcher:
         self.records: dict[str, MatchView] = {}
         self.blocks: dict[int, list[str]] = {}  # a block past the hard cap is _OVERFLOWED
         self.phone_count: Counter[str] = Counter()
-        # phones whose count crossed ``generic_phone_records`` since :meth:`take_flipped`: → whether
-        # the number was generic ("hot") before the first crossing
-        self._hot_was: dict[str, bool] = {}
+        self.address_count: Counter[str] = Counter()  # organizations, by :func:`address_key`
+        # (kind, value) whose count crossed its generic limit since :meth:`take_flipped` → whether
+        # the value was generic ("hot") before the first crossing; kind "phone" or "address"
+        self._hot_was: dict[tuple[str, str], bool] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -440,7 +463,12 @@ class Matcher:
         for p in view.phones:
             self.phone_count[p] += 1
             if self.phone_count[p] == g + 1:  # now on more records than a specific number is
-                self._hot_was.setdefault(p, False)
+                self._hot_was.setdefault(("phone", p), False)
+        ak = address_key(view)
+        if ak is not None:
+            self.address_count[ak] += 1
+            if self.address_count[ak] == self.model.generic_address_records + 1:
+                self._hot_was.setdefault(("address", ak), False)
 
     def remove(self, key: str) -> None:
         rec = self.records.pop(key, None)
@@ -460,26 +488,43 @@ class Matcher:
         for p in rec.phones:
             _dec(self.phone_count, p)
             if self.phone_count.get(p, 0) == g:  # specific again
-                self._hot_was.setdefault(p, True)
+                self._hot_was.setdefault(("phone", p), True)
+        ak = address_key(rec)
+        if ak is not None:
+            _dec(self.address_count, ak)
+            if self.address_count.get(ak, 0) == self.model.generic_address_records:
+                self._hot_was.setdefault(("address", ak), True)
 
-    def take_flipped(self) -> list[str]:
-        """The phone numbers that became generic, or stopped being generic, through the
-        :meth:`add` / :meth:`remove` calls since the last call (sorted). The pairs of records sharing
-        such a number were scored on the other side of the threshold: the caller re-scores them
-        (:meth:`score_pairs_among` the number's :meth:`holders`), so whether a shared number counts
+    def _hot(self, kind: str, value: str) -> bool:
+        if kind == "phone":
+            return self.phone_count.get(value, 0) > self.model.generic_phone_records
+        return self.address_count.get(value, 0) > self.model.generic_address_records
+
+    def take_flipped(self) -> list[tuple[str, str]]:
+        """The phone numbers (``("phone", number)``) and organization addresses (``("address",
+        address_key)``) that became generic, or stopped being generic, through the :meth:`add` /
+        :meth:`remove` calls since the last call (sorted). The pairs of records sharing such a
+        value were scored on the other side of the limit: the caller re-scores them
+        (:meth:`score_pairs_among` the value's :meth:`holders`), so whether a shared value counts
         as generic depends on how many records hold it, not on when each pair was scored."""
-        g = self.model.generic_phone_records
-        out = sorted(p for p, was in self._hot_was.items() if (self.phone_count.get(p, 0) > g) != was)
+        out = sorted(kv for kv, was in self._hot_was.items() if self._hot(*kv) != was)
         self._hot_was.clear()
         return out
 
-    def holders(self, phone: str) -> list[str]:
-        """Keys of the indexed records holding this specific phone number (sorted)."""
-        lst = self.blocks.get(hash("T" + phone))
-        if lst is _OVERFLOWED:  # a number on thousands of records once: look at every record
-            lst = list(self.records)
+    def holders(self, kind: str, value: str) -> list[str]:
+        """Keys of the indexed records holding this specific phone number (``kind`` "phone") or
+        this organization address (``kind`` "address", an :func:`address_key`), sorted."""
         records = self.records
-        return sorted(k for k in lst or () if phone in records[k].phones)
+        if kind == "phone":
+            lst = self.blocks.get(hash("T" + value))
+            ok = lambda k: value in records[k].phones  # noqa: E731
+        else:
+            place, _, street = value.partition("|")
+            lst = self.blocks.get(hash("S" + place + "|" + street[:6]))
+            ok = lambda k: address_key(records[k]) == value  # noqa: E731
+        if lst is _OVERFLOWED:  # a value on thousands of records once: look at every record
+            lst = list(records)
+        return sorted(k for k in lst or () if ok(k))
 
     def score_pairs_among(self, keys: Iterable[str], decisions: Container[str] | None = None) -> list[MatchResult]:
         """Every pair of these indexed records scored as :meth:`match` scores it, from the side of the
@@ -546,6 +591,11 @@ class Matcher:
 
     def _tf_adjust(self, comp: Comparison, level: int, a: StdParty, b: StdParty, base_u: float) -> tuple[float, int]:
         """(extra bits, possibly demoted level) for a TF-adjusted comparison."""
+        if comp.tf == "address":  # an exact match on a generic address: as if there were none
+            ak = address_key(a)
+            if ak is not None and ak == address_key(b) and self._hot("address", ak):
+                return 0.0, 0
+            return 0.0, level
         if comp.tf == "phone":
             common = set(a.phones) & set(b.phones)
             if common and max(self.phone_count.get(p, 0) for p in common) > self.model.generic_phone_records:
@@ -577,7 +627,7 @@ class Matcher:
         ev = []
         for comp, level, w in zip(self._scorer.kinds[a.kind][1], levels, weights, strict=True):
             _, va, vb = comp.fn(a, b)
-            ev.append(_field_evidence(comp.name, comp.levels[level], round(w, 3), va, vb))
+            ev.append(_field_evidence(comp.name, _level_name(comp, level, a, b), round(w, 3), va, vb))
         return ev
 
     def _decide(self, p: float, hard: str | None) -> Literal["match", "review", "no_match"]:
@@ -670,6 +720,9 @@ class Matcher:
         a_nn, a_core, a_py = a.name_norm, a.core_name, a.pinyin_key
         a_long = len(a_core) >= 4
         a_city, a_prov, a_street, a_div = a.city, a.province, a.street, a.division_code
+        a_addr = address_key(a)  # generic (a counted in): an exact match on it weighs as none
+        a_addr_hot = a_addr is not None and (self.address_count.get(a_addr, 0) + (key not in self.records)
+                                             > self.model.generic_address_records)
         phones = self._phone_probe(key, a)
         a_mails = frozenset(a.emails)
         a_domains = {e.rsplit("@", 1)[-1] for e in a.emails} - PUBLIC_MAIL_DOMAINS if a_mails else a_mails
@@ -725,7 +778,7 @@ class Matcher:
             elif other_district(a_div, b.division_code):
                 la = 4
             elif a_street == sb:
-                la = 1
+                la = 0 if a_addr_hot and address_key(b) == a_addr else 1
             else:
                 s = jw(a_street, sb)
                 la = 2 if s >= 0.92 else 3 if s >= 0.8 else 4
@@ -803,7 +856,7 @@ class Matcher:
             _field_evidence(cn.name, cn.levels[ln], round(name_weight, 3), a.name_norm, b.name_norm),
             _field_evidence(cc.name, cc.levels[lc], sc[lc], ca_, cb_),
             _field_evidence(cp.name, cp.levels[lp], sp[lp], pa, pb),
-            _field_evidence(ca.name, ca.levels[la], sa[la], a.address, b.address),
+            _field_evidence(ca.name, _level_name(ca, la, a, b), sa[la], a.address, b.address),
             _field_evidence(ce.name, ce.levels[le], se[le], ea, eb),
         ]
 

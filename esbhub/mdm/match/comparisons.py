@@ -145,7 +145,7 @@ ORG_COMPARISONS: tuple[Comparison, ...] = (
                cmp_name, tf="core", tf_levels=(1, 2)),
     Comparison("city", ("null", "same_city", "same_province", "else"), cmp_city),
     Comparison("phone", ("null", "shared", "shared_generic", "else"), cmp_phone, tf="phone", tf_levels=(1,)),
-    Comparison("address", ("null", "exact", "jw_0.92", "jw_0.80", "else"), cmp_address),
+    Comparison("address", ("null", "exact", "jw_0.92", "jw_0.80", "else"), cmp_address, tf="address", tf_levels=(1,)),
     Comparison("email", ("null", "exact", "domain", "else"), cmp_email),
 )
 
