@@ -194,14 +194,14 @@ class BulkLoad:
         """A bulk load in one transaction if the store holds no source record yet, else None
         (load batch by batch: nothing is held then). Commits when the block ends normally
         (after :meth:`finish`); rolls back — store and matcher index — when it raises."""
-        from esbhub.mdm.service import SQLITE_CACHE_KIB, _bump_writer, _take_flipped, _tune_sqlite
+        from esbhub.mdm.service import SQLITE_CACHE_KIB, _take_flipped, _tune_sqlite
 
         svc._ensure_index()
         svc._lock.acquire()  # held to the end of the load: the service's other writers wait
         s = svc.Session()
         try:
             s.begin()
-            _bump_writer(s)
+            svc._begin_write(s)  # the writer lock; scores with the store's model or not at all
             _tune_sqlite(s)
             svc._catch_up(s)
             empty = s.execute(sa.select(SourceVersion.id).limit(1)).first() is None and len(svc.matcher) == 0

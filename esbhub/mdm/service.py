@@ -39,6 +39,17 @@ failed transaction, and each writing transaction first indexes the source versio
 bulk ``esbhub mdm load`` beside a running worker is seen by it). One ingesting consumer per
 process (subscription concurrency 1).
 
+The match model is the store's, not each process's: ``mdm_model`` records the one its links
+were scored with (its fingerprint, :meth:`MatchModel.fingerprint
+<esbhub.mdm.match.MatchModel.fingerprint>`). :meth:`MdmService.rematch` applies a model — re-scores
+every pair with it, records it and saves it at ``mdm.model_path``, in one transaction — and every
+writer reads the store's model in the statement that takes the writer lock; one whose model is
+not that reloads ``mdm.model_path`` before it scores anything (the index stays), or refuses
+(:class:`ModelMismatch`) if the file there holds another model (:meth:`MdmService._begin_write`).
+So a worker or the API scores its next records with the model a rematch in another process
+applied, without a restart, and a process started later loads it. ``esbhub mdm train`` only
+writes a candidate, which a rematch applies.
+
 Cost (``bench/mdm_load.py``): a batch is one transaction whatever its size — append-only rows
 (source versions, key index, links, inbox, golden history) go in with one ``executemany`` per
 table, hierarchy edges are recomputed with a handful of ``IN`` queries for the whole batch, and
@@ -54,12 +65,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import os
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -68,12 +81,13 @@ from sqlalchemy.orm import Session
 
 from esbhub import db
 from esbhub.bus.envelope import Envelope
-from esbhub.errors import ErrorDetail, InvalidMessage, PermanentError
+from esbhub.errors import CircuitOpen, ConfigError, ErrorDetail, InvalidMessage, PermanentError
 from esbhub.mdm import hierarchy
 from esbhub.mdm.events import GoldenEvent, golden_event
 from esbhub.mdm.publication import PublicationLock
 from esbhub.mdm.settings import MdmSettings, mdm_settings_of
 from esbhub.mdm.store import (
+    AppliedModel,
     Audit,
     CompressedJSON,
     Constraint,
@@ -585,33 +599,146 @@ Publish = Callable[[list[Envelope]], Any]
 
 _WRITER = Counter.__table__
 _PENDING = sa.select(Outbox.id).where(Outbox.published_at.is_(None)).exists()
-_BUMP_WRITER = (
-    sa.update(_WRITER).where(_WRITER.c.name == "writer").values(value=_WRITER.c.value + 1)
-    .returning(_WRITER.c.value, _PENDING)
-)
+_MODEL = AppliedModel.__table__
+_STORE_MODEL = sa.select(_MODEL.c.fingerprint).order_by(_MODEL.c.id.desc()).limit(1).scalar_subquery()
+_BUMP = sa.update(_WRITER).where(_WRITER.c.name == "writer").values(value=_WRITER.c.value + 1)
+_BUMP_WRITER = _BUMP.returning(_WRITER.c.value, _STORE_MODEL)
+_BUMP_WRITER_PENDING = _BUMP.returning(_WRITER.c.value, _STORE_MODEL, _PENDING)
 
 
-def _bump_writer(s: Session, *, outbox: bool = False) -> bool:
+class _Writer(NamedTuple):
+    """What the statement taking the writer lock says (:func:`_bump_writer`)."""
+
+    pending: bool  # the outbox holds events not yet published (asked for only: else False)
+    model: str | None  # fingerprint of the model the store's links were scored with; None: none recorded
+
+
+def _bump_writer(s: Session, *, outbox: bool = False) -> _Writer:
     """Take the cross-process MDM writer lock (see the module doc): one UPDATE of the ``writer``
     counter row — its row lock on PostgreSQL, the write lock on SQLite — held to commit (the
     first writer ever creates the row, race-safe: :func:`esbhub.mdm.store.next_value`).
 
-    ``outbox=True`` (a writer that publishes its own events, under the publication lock): the
-    same statement also says whether the outbox holds events not yet published — they were
-    committed before this transaction and go out before its events. Nothing can add to the
-    outbox meanwhile (whoever writes it holds the publication lock), so the answer stands to
-    the publish; and it costs no statement of its own (an index probe in the UPDATE's RETURNING).
+    The same statement says which match model the store's links were scored with (the newest
+    ``mdm_model`` row: a primary-key probe in its ``RETURNING``), read under the lock, so no
+    rematch can apply another before this transaction ends; and, with ``outbox=True`` (a writer
+    that publishes its own events, under the publication lock), whether the outbox holds events
+    not yet published — they were committed before this transaction and go out before its
+    events. Nothing can add to the outbox meanwhile (whoever writes it holds the publication
+    lock), so that answer stands to the publish. Neither costs a statement of its own: the
+    real-time path runs ~25 per transaction, each ~0.1 ms.
     """
-    if not outbox:
-        next_value(s, "writer")
-        return False
     conn = s.connection()
     if conn.dialect.update_returning:
-        row = conn.execute(_BUMP_WRITER).first()
+        row = conn.execute(_BUMP_WRITER_PENDING if outbox else _BUMP_WRITER).first()
         if row is not None:
-            return bool(row[1])
+            return _Writer(bool(row[2]) if outbox else False, row[1])
     next_value(s, "writer")  # no row yet (the first writer ever), or no UPDATE … RETURNING
-    return bool(conn.execute(sa.select(_PENDING)).scalar())
+    pending = bool(conn.execute(sa.select(_PENDING)).scalar()) if outbox else False
+    return _Writer(pending, conn.execute(sa.select(_STORE_MODEL)).scalar())
+
+
+class ModelMismatch(CircuitOpen):
+    """This process cannot score with the match model the store's links were scored with: the
+    file at ``mdm.model_path`` holds another model (or none, or a broken one). Nothing is scored
+    — mixing two models' links would make golden records depend on which process took a record.
+
+    A :class:`~esbhub.errors.CircuitOpen` (so a :class:`~esbhub.errors.TransientError`): the
+    condition is the process's, not the message's — a bus worker holds its MDM subscription and
+    tries again after ``retry_after`` without using up the messages' attempts or dead-lettering
+    them, the API answers 503; every writer re-reads the file on its next transaction, so putting
+    the right file back (or a rematch applying the file's model) is all it takes."""
+
+    code = "mdm_model_mismatch"
+
+    def __init__(self, message: str, *, details: list[ErrorDetail] | None = None, retry_after: float = 30.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.details = list(details or [])
+
+
+def _fingerprint_of(matcher: Any) -> str | None:
+    """The fingerprint of the model a matcher scores with (:meth:`MatchModel.fingerprint
+    <esbhub.mdm.match.MatchModel.fingerprint>`); None for a matcher without one (tests plug their
+    own in): its model is not followed."""
+    fingerprint = getattr(getattr(matcher, "model", None), "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
+def _short(fingerprint: str | None) -> str:
+    return fingerprint[:12] if fingerprint else "(none)"
+
+
+class _ModelFile:
+    """The model a rematch applies, saved at ``mdm.model_path`` atomically and with the rematch:
+    :meth:`stage` writes it to a temporary file beside the path before the rematch does any work
+    (a path that cannot be written stops it there), :meth:`install` renames that over the path
+    just before the commit, and :meth:`undo` puts the file that was there back if the commit
+    fails — a reader sees the old file or the new one, never half of one, and the file matches
+    the store's record but for the moment between the rename and the commit (under the writer
+    lock: no writer checks it meanwhile)."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.tmp: Path | None = None
+        self.old: bytes | None = None
+        self.installed = False
+
+    def _write(self, data: bytes) -> Path:
+        """``data`` in a new file beside the path, on disk; created as any file (the umask's
+        permissions, not ``mkstemp``'s owner-only ones: other processes read the model)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _replace(self, tmp: Path) -> None:
+        os.replace(tmp, self.path)
+        with contextlib.suppress(OSError):  # the rename on disk too, where a directory can be synced
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def stage(self) -> None:
+        try:
+            self.tmp = self._write(self.text.encode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write the match model to {self.path} (mdm.model_path): {exc.strerror}",
+                              details=[ErrorDetail(
+                                  loc="mdm.model_path", msg=str(exc.strerror), file=str(self.path))]) from None
+
+    def install(self) -> None:
+        assert self.tmp is not None
+        try:
+            self.old = self.path.read_bytes()
+        except FileNotFoundError:
+            self.old = None
+        self._replace(self.tmp)
+        self.tmp, self.installed = None, True
+
+    def undo(self) -> None:
+        """The rematch did not commit: the file that was there goes back (none: none)."""
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+        if not self.installed:
+            return
+        try:
+            if self.old is None:
+                self.path.unlink(missing_ok=True)
+            else:
+                self._replace(self._write(self.old))
+        except OSError as exc:
+            log.error("mdm_model_file_not_restored", path=str(self.path), error=str(exc))
 
 
 SQLITE_CACHE_KIB = 131_072
@@ -681,6 +808,12 @@ def _default_matcher(settings: MdmSettings) -> Any:
     return Matcher(model)
 
 
+def _record_model(s: Session, fingerprint: str, applied_by: str, path: Path | str | None) -> None:
+    """Record that the store's links are scored with this model from now on (``mdm_model``)."""
+    s.connection().execute(sa.insert(_MODEL).values(
+        fingerprint=fingerprint, applied_at=utcnow(), applied_by=applied_by, path=str(path) if path else None))
+
+
 def _check_unmerge(golden_id: str, source_keys: list[str], members: set[str]) -> None:
     """:class:`InvalidMessage` unless ``source_keys`` are some, not all, members of ``golden_id``;
     its details name each key that is not (``source_keys.<index>``)."""
@@ -723,6 +856,7 @@ class MdmService:
         self._load_std = std_loader or _default_loader()
         self._can_link = can_link or _default_can_link()
         self.matcher = matcher if matcher is not None else _default_matcher(self.settings)
+        self._model_fp = _fingerprint_of(self.matcher)  # the model this service scores with (_begin_write)
         self._lock = threading.RLock()
         self._publication = PublicationLock(url)  # commit → publish, across processes (publication.py)
         self._hier_keys: set[str] | None = None
@@ -808,6 +942,110 @@ class MdmService:
         if rows:
             self._seen_max = rows[-1][0]
 
+    # ------------------------------------------------------------------ model
+    def _begin_write(self, s: Session, *, outbox: bool = False) -> bool:
+        """Start an MDM write transaction: take the writer lock (:func:`_bump_writer`) and make
+        sure this service scores with the model the store's links were scored with — before
+        anything is scored. Returns whether the outbox holds events not yet published (asked
+        for with ``outbox``).
+
+        The store's model is read in the statement that takes the lock, so keeping up costs
+        nothing while it is this service's. When it is not (another process's rematch applied
+        one since), the model is read again from ``mdm.model_path`` — where that rematch saved
+        it — and scored with from this transaction on (:meth:`Matcher.set_model
+        <esbhub.mdm.match.Matcher.set_model>`: the index stays); a file that does not hold that
+        model is :class:`ModelMismatch`, and nothing is scored. A store that records no model
+        yet (a new one, or one older than ``mdm_model``) records this service's."""
+        w = _bump_writer(s, outbox=outbox)
+        if w.model != self._model_fp and self._model_fp is not None:
+            self._follow_model(s, w.model)
+        return w.pending
+
+    def _follow_model(self, s: Session, stored: str | None) -> None:
+        """Score with the store's model ``stored`` from now on (:meth:`_begin_write`); with none
+        recorded, record this service's."""
+        if stored is None:
+            path = self.settings.model_path
+            _record_model(s, self._model_fp, "first write",  # type: ignore[arg-type]
+                          path if path is not None and Path(path).exists() else None)
+            return
+        model, fingerprint = self._saved_model(s, stored)
+        self.matcher.set_model(model)
+        log.info("mdm_model_followed", model=_short(fingerprint), was=_short(self._model_fp),
+                 path=str(self.settings.model_path))
+        self._model_fp = fingerprint
+
+    def _saved_model(self, s: Session, stored: str) -> tuple[Any, str]:
+        """The model at ``mdm.model_path`` (the engine's defaults if there is no file) and its
+        fingerprint, if it is the store's (``stored``); else :class:`ModelMismatch` saying which
+        model the store has (when and by what it was applied, where it was saved), what this
+        process has instead, and the ways out."""
+        from esbhub.mdm.match import MatchModel
+
+        path = Path(self.settings.model_path) if self.settings.model_path is not None else None
+        model: Any = None
+        unreadable: ConfigError | None = None
+        if path is None or not path.exists():
+            model = MatchModel()  # what a process without a model file scores with
+        else:
+            try:
+                model = MatchModel.from_file(path)
+            except ConfigError as exc:
+                unreadable = exc
+        fingerprint = model.fingerprint() if model is not None else None
+        if fingerprint == stored:
+            return model, fingerprint
+        if path is None:
+            holds = f"this service has no mdm.model_path (it would score with the engine's defaults, {_short(fingerprint)})"
+            fix = "give it the mdm.model_path the other MDM processes use"
+        elif unreadable is not None:
+            holds = f"mdm.model_path {path} is not a model it can read ({unreadable.message}: " \
+                + "; ".join(str(d) for d in unreadable.details) + ")"
+            fix = f"put the store's model back at {path}"
+        elif not path.exists():
+            holds = f"there is no file at mdm.model_path {path} (it would score with the engine's defaults, " \
+                f"{_short(fingerprint)})"
+            fix = f"put the store's model back at {path}"
+        else:
+            holds = f"mdm.model_path {path} holds another model, {_short(fingerprint)}"
+            fix = (f"put the store's model back at {path}, or apply the one there to every record with "
+                   f"'esbhub mdm rematch --model {path}'")
+        row = s.execute(sa.select(AppliedModel).order_by(AppliedModel.id.desc()).limit(1)).scalar_one()
+        applied = f"applied by {row.applied_by} at {aware(row.applied_at).isoformat()}, " + (  # type: ignore[union-attr]
+            f"saved to {row.path}" if row.path else "saved to no file")
+        raise ModelMismatch(
+            f"the MDM store's links were scored with match model {_short(stored)} ({applied}), but {holds}; "
+            f"nothing is scored with another model than the store's: {fix}",
+            details=[ErrorDetail(loc="mdm.model_path", file=str(path) if path is not None else None,
+                                 type="model_mismatch",
+                                 msg=f"holds model {_short(fingerprint)}, not the store's {_short(stored)}"
+                                 if unreadable is None else "not a match model this process can read")])
+
+    def _read_model(self, s: Session) -> None:
+        """Before a read that scores (:meth:`explain`): the store's model, as a writer follows it
+        (:meth:`_begin_write`), without taking the writer lock or recording anything."""
+        if self._model_fp is None:
+            return
+        stored = s.execute(sa.select(_STORE_MODEL)).scalar()
+        if stored is not None and stored != self._model_fp:
+            with self._lock:
+                self._follow_model(s, stored)
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        """The fingerprint of the model this service scores with (None: a matcher of another kind)."""
+        return self._model_fp
+
+    def store_model(self) -> dict[str, Any] | None:
+        """The model the store's links were scored with: fingerprint, when and by what it was
+        applied, where it was saved (None: no MDM write recorded one yet)."""
+        with self.Session() as s:
+            row = s.execute(sa.select(AppliedModel).order_by(AppliedModel.id.desc()).limit(1)).scalar_one_or_none()
+            if row is None:
+                return None
+            return {"fingerprint": row.fingerprint, "applied_by": row.applied_by,
+                    "applied_at": aware(row.applied_at).isoformat(), "path": row.path}  # type: ignore[union-attr]
+
     @property
     def standardizer(self) -> Callable[[Party], Any] | None:
         """The standardize function if it is the engine's default (importable in a worker process)."""
@@ -850,7 +1088,7 @@ class MdmService:
             try:
                 with self.Session.begin() as s:
                     # serializes MDM writers across processes (see module doc)
-                    pending = _bump_writer(s, outbox=publish is not None)
+                    pending = self._begin_write(s, outbox=publish is not None)
                     _tune_sqlite(s)
                     self._catch_up(s)
                     events: list[Envelope] = []
@@ -1540,7 +1778,7 @@ class MdmService:
         # the events go to the outbox under the publication lock: every later publisher sends
         # them before its own (:meth:`_publish_in_order`), the API right away (:meth:`publish_pending`)
         with self._lock, self._publication, self.Session.begin() as s:
-            _bump_writer(s)
+            self._begin_write(s)
             now = utcnow()
             changes = fn(s, now)
             events = self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
@@ -1742,62 +1980,106 @@ class MdmService:
         return self._steward(run, by, reason, "override")
 
     def rematch(self, model: Any = None, *, matcher: Any = None, batch: int = 2000) -> list[Envelope]:
-        """Re-run matching over all current records (e.g. after retraining) and re-cluster everything.
+        """Re-run matching over all current records with ``model`` (e.g. after retraining) and
+        re-cluster everything; the model is then the store's, for every process.
 
-        Steward decisions (constraints) and overrides stand; golden ids stay with their founders.
+        Without ``model`` (or ``matcher``), the hub's: the model at ``mdm.model_path`` — what a
+        process starting now would load — or, without a file there, this service's. Steward
+        decisions (constraints) and overrides stand; golden ids stay with their founders.
+
+        The model becomes the store's in the same transaction: it is recorded in ``mdm_model``
+        and saved at ``mdm.model_path`` (:class:`_ModelFile`: written before any work, renamed
+        into place just before the commit, put back if the commit fails), so every other
+        process's next write transaction scores with it (:meth:`_begin_write`) and a process
+        started later loads it. ``batch``: links written per ``executemany``.
         """
         with self._lock:
             if matcher is None:
-                if model is not None:
-                    from esbhub.mdm.match import Matcher
+                from esbhub.mdm.match import Matcher, MatchModel
 
-                    matcher = Matcher(model)
-                else:
-                    matcher = type(self.matcher)(getattr(self.matcher, "model", None)) if hasattr(self.matcher, "model") else None
-            if matcher is None:
-                raise InvalidMessage("rematch needs a model or a matcher")
-            with self._publication, self.Session.begin() as s:  # its events go to the outbox
-                _bump_writer(s)
-                now = utcnow()
-                rows = s.execute(sa.select(Xref).where(Xref.deleted.is_(False)).order_by(Xref.first_seen)).scalars().all()
-                stds = {x.key: self._load_std(x.std) for x in rows}
-                for k, v in stds.items():
-                    matcher.add(k, v)
-                _take_flipped(matcher)  # every pair is scored below, all records indexed
-                s.execute(sa.update(Link).where(Link.active.is_(True)).values(active=False, superseded_at=now))
-                seen: set[tuple[str, str]] = set()
-                reviews = []
-                for k, v in stds.items():
-                    for r in matcher.match(k, v):
-                        if r.decision not in ("match", "review"):
-                            continue
-                        other = r.b if r.a == k else r.a
-                        if other == k:
-                            continue
-                        p = pair(k, other)
-                        if p in seen:
-                            continue
-                        seen.add(p)
-                        s.add(Link(
-                            a_key=p[0], b_key=p[1], weight=float(r.weight), probability=float(r.probability),
-                            decision=r.decision, hard=r.hard, evidence=_evidence_json(r.evidence),
-                            actor="engine", created_at=now, active=True,
-                        ))
-                        if r.decision == "review" or r.hard:
-                            reviews.append((p[0], p[1], r))
-                s.flush()
-                all_keys = {source_key(a, b) for a, b in s.execute(sa.select(Xref.source_system, Xref.source_id)).all()}
-                changes = self._recluster(s, all_keys, now, actor="engine", reason="rematch", cause="rematch")
-                self._open_tasks(s, reviews, now)
-                self._audit(s, now, "engine", "rematch", "*", None, links=len(seen), changes=len(changes))
-                events = self._events(s, changes, now, actor="engine", reason="rematch", cause=None, cause_id="rematch")
-                for e in events:
-                    s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
-                newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
+                if model is None:
+                    path = self.settings.model_path
+                    if path is not None and Path(path).exists():
+                        model = MatchModel.from_file(Path(path))
+                    else:
+                        model = getattr(self.matcher, "model", None)
+                if model is None:
+                    raise InvalidMessage("rematch needs a model or a matcher")
+                matcher = Matcher(model)
+            fingerprint = _fingerprint_of(matcher)
+            saving = None
+            if fingerprint is not None and self.settings.model_path is not None:
+                saving = _ModelFile(Path(self.settings.model_path), matcher.model.to_json())
+                saving.stage()
+            try:
+                events, newest = self._rematch(matcher, fingerprint, saving, max(1, batch))
+            except BaseException:
+                if saving is not None:
+                    saving.undo()
+                raise
             self.matcher = matcher
+            self._model_fp = fingerprint
             self._seen_max = int(newest or 0)
             self._indexed = True
             return events
+
+    def _rematch(self, matcher: Any, fingerprint: str | None, saving: _ModelFile | None,
+                 batch: int) -> tuple[list[Envelope], int | None]:
+        from esbhub.mdm.match import Matcher
+
+        with self._publication, self.Session.begin() as s:  # its events go to the outbox
+            _bump_writer(s)  # the model is this transaction's to set, not to follow
+            now = utcnow()
+            conn = s.connection()
+            stds = {source_key(a, b): self._load_std(std) for a, b, std in conn.execute(
+                sa.select(Xref.source_system, Xref.source_id, Xref.std).where(Xref.deleted.is_(False))
+                .order_by(Xref.first_seen))}
+            for k, v in stds.items():
+                matcher.add(k, v)
+            _take_flipped(matcher)  # every pair is scored below, all records indexed
+            s.execute(sa.update(Link).where(Link.active.is_(True)).values(active=False, superseded_at=now))
+            engine = isinstance(matcher, Matcher)
+            seen: set[tuple[str, str]] = set()
+            reviews = []
+            rows = _Rows()
+            pending = 0
+            for k, v in stds.items():
+                results = matcher.match(k, v, decisions=_KEPT) if engine else matcher.match(k, v)
+                for r in results:
+                    if r.decision not in _KEPT:
+                        continue
+                    other = r.b if r.a == k else r.a
+                    if other == k:
+                        continue
+                    p = pair(k, other)
+                    if p in seen:
+                        continue
+                    seen.add(p)
+                    rows.add(Link, a_key=p[0], b_key=p[1], weight=float(r.weight), probability=float(r.probability),
+                             decision=r.decision, hard=r.hard, evidence=_evidence_json(r.evidence), actor="engine",
+                             created_at=now, active=True, superseded_at=None)
+                    pending += 1
+                    if r.decision == "review" or r.hard:
+                        reviews.append((p[0], p[1], r))
+                if pending >= batch:
+                    rows.flush(s)
+                    pending = 0
+            rows.flush(s)
+            all_keys = {source_key(a, b) for a, b in conn.execute(sa.select(Xref.source_system, Xref.source_id))}
+            changes = self._recluster(s, all_keys, now, actor="engine", reason="rematch", cause="rematch")
+            self._open_tasks(s, reviews, now)
+            self._audit(s, now, "engine", "rematch", "*", None, links=len(seen), changes=len(changes),
+                        model=fingerprint)
+            events = self._events(s, changes, now, actor="engine", reason="rematch", cause=None, cause_id="rematch")
+            for e in events:
+                s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
+            newest = s.execute(sa.select(sa.func.max(SourceVersion.id))).scalar()
+            if fingerprint is not None:
+                _record_model(s, fingerprint, "rematch", saving.path if saving is not None else None)
+                s.flush()
+                if saving is not None:
+                    saving.install()  # last before the commit: the file and the record change together
+        return events, newest
 
     # ------------------------------------------------------------------ reads
     def golden(self, golden_id: str) -> dict[str, Any]:
@@ -1999,6 +2281,7 @@ class MdmService:
         """Per-field evidence for two source keys or golden ids (best-scoring member pair)."""
         self._ensure_index()  # term frequencies come from the index
         with self.Session() as s:
+            self._read_model(s)
             def keys(ref: str, field: str) -> list[str]:
                 if s.get(Golden, ref) is not None:
                     return list(self.resolve(s, ref, field).members or [])

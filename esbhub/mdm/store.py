@@ -27,6 +27,8 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 * ``mdm_outbox`` — events of steward actions and rematch, and engine events whose publish failed,
   until they are published (in ``id`` order: commit order, :mod:`esbhub.mdm.publication`).
 * ``mdm_sequence`` — named counters (golden id sequence, change counter).
+* ``mdm_model`` — the match models the links were scored with, one row each time one was
+  applied (the newest is the store's): its fingerprint, when, by what, where it was saved.
 """
 
 from __future__ import annotations
@@ -469,6 +471,23 @@ class Sequence(Base):
     value: Mapped[int] = mapped_column(BigId)
 
 
+class AppliedModel(Base):
+    """The match model the store's links were scored with: one row each time one was applied,
+    the newest (highest ``id``) is the store's. ``esbhub mdm rematch`` adds one for the model it
+    re-scored every pair with (and saved at ``mdm.model_path``); the first MDM write into a store
+    without one adds one for the model it scores with. Every MDM writer reads the newest
+    fingerprint in the statement that takes the writer lock and scores with that model or not at
+    all (:meth:`esbhub.mdm.service.MdmService._begin_write`)."""
+
+    __tablename__ = "mdm_model"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # MatchModel.fingerprint(): sha256 hex
+    applied_at: Mapped[datetime] = mapped_column(Ts)
+    applied_by: Mapped[str] = mapped_column(String(32))  # "rematch" | "first write"
+    path: Mapped[str | None] = mapped_column(String(1000), nullable=True)  # where it was saved; None: nowhere
+
+
 _BUMP = (sa.update(Sequence.__table__).where(Sequence.__table__.c.name == sa.bindparam("name_"))
          .values(value=Sequence.__table__.c.value + sa.bindparam("n", type_=BigInteger)))
 _BUMP_RETURNING = _BUMP.returning(Sequence.__table__.c.value)
@@ -525,6 +544,7 @@ ALL_TABLES = [
     Inbox.__tablename__,
     Outbox.__tablename__,
     Sequence.__tablename__,
+    AppliedModel.__tablename__,
 ]
 
 

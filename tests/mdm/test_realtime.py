@@ -210,3 +210,27 @@ def test_the_consumer_takes_its_queue_and_the_tiers_it_gives_from_the_hub_settin
         assert [svc.golden(svc.resolve_id(k))["tier"] for k in ("billing:1", "billing:2")] == ["gold", "std"]
     finally:
         r.close()
+
+
+def test_the_running_consumer_scores_its_next_batch_with_the_model_a_rematch_elsewhere_applied(settings, unique):
+    from esbhub.mdm.match import MatchModel
+    from esbhub.mdm.settings import mdm_settings_of
+
+    r = Run(settings, unique, hold=0)
+    try:
+        crm1 = party("crm", "1", "深圳市华信科技有限公司", phones=["0755-88886666"], city="深圳")
+        crm2 = party("crm", "2", "深圳华信科技有限公司", phones=["0755-88886666"], city="深圳")
+        crm3 = party("crm", "3", "华信科技(深圳)有限公司", phones=["0755-88886666"], city="深圳")
+        r.publish([_envelope(crm1), _envelope(crm2)])
+        r.worker.start()
+        r.settle(2)
+        worker = service_for(r.settings)
+        assert worker.partition_now() == {frozenset({"crm:1", "crm:2"})}  # the engine's defaults merge them
+        strict = MatchModel(merge_threshold=1.0, review_threshold=1.0)  # links nothing
+        MdmService(r.url, settings=mdm_settings_of(r.settings)).rematch(strict)  # `esbhub mdm rematch` elsewhere
+        r.publish([_envelope(crm3)])
+        r.settle(3)
+        assert worker.matcher.model == strict
+        assert worker.partition_now() == {frozenset({"crm:1"}), frozenset({"crm:2"}), frozenset({"crm:3"})}
+    finally:
+        r.close()

@@ -28,7 +28,7 @@ def test_upgrade_creates_every_mdm_table_and_the_migration_matches_the_models(ur
     assert set(ALL_TABLES) <= set(sa.inspect(eng).get_table_names())
     with eng.connect() as c:
         heads = {r[0] for r in c.execute(sa.text("SELECT version_num FROM alembic_version"))}
-        assert "mdm_0005" in heads
+        assert "mdm_0006" in heads
         md = sa.MetaData()
         for t in ALL_TABLES:
             Base.metadata.tables[t].to_metadata(md)

@@ -47,6 +47,7 @@ is this in-process scorer.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import Counter
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 
@@ -220,6 +222,13 @@ class MatchModel(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+    def fingerprint(self) -> str:
+        """The model's identity: sha256 (hex) of its JSON with sorted keys and no spaces — what the
+        model says, not how its file is laid out (indentation, key order). The MDM store records
+        the fingerprint of the model its links were scored with (``mdm_model``), and every writer
+        checks its own against it (:meth:`esbhub.mdm.service.MdmService._begin_write`)."""
+        return hashlib.sha256(orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     @classmethod
     def from_json(cls, text: str) -> MatchModel:
@@ -440,8 +449,19 @@ class Matcher:
         return len(self.records)
 
     def set_model(self, model: MatchModel) -> None:
+        """Score with ``model`` from now on, keeping the index (another process applied it to the
+        store: :meth:`esbhub.mdm.service.MdmService._begin_write`). The index depends on the model
+        through one value, the hard cap of a block (4 × ``max_block_size``): when that changes the
+        blocks are rebuilt from the records indexed, as a new process would build them."""
+        rebuild = model.max_block_size != self.model.max_block_size
         self.model = model
         self._scorer = _Scorer(model)
+        if rebuild:
+            records = list(self.records.items())
+            self.records, self.blocks, self.phone_count = {}, {}, Counter()
+            for key, view in records:
+                self.add(key, view)
+            self._hot_was.clear()  # the counts are as they were: no number crossed the line
 
     # ---- index
     def add(self, key: str, rec: StdParty | MatchView) -> None:
