@@ -191,17 +191,24 @@ def _load_via_bus(rows: Any, default_system: str | None, batch: int) -> dict[str
 
 @mdm.command("rematch")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="MatchModel JSON to match with (default: the hub's current model).")
+              help="MatchModel JSON to match with, e.g. what 'esbhub mdm train' wrote (default: the hub's model, "
+              "at mdm.model_path).")
 def rematch_cmd(model_path: Path | None) -> None:
     """Re-run matching over all records and re-cluster (steward decisions and golden ids stand).
+
+    The model it matched with becomes the hub's: saved at mdm.model_path (default
+    DATA_DIR/mdm_model.json) and recorded in the store, in the rematch's transaction. Running MDM
+    processes (workers, the API) score their next records with it, without a restart; one whose
+    mdm.model_path does not hold it refuses to score and says so.
 
     The changed golden records' events are written to the MDM outbox with the rematch and then
     published; if the broker is down the rematch stands, the events stay in the outbox and
     `esbhub mdm publish-pending` (or an MDM worker) sends them later.
     """
+    from esbhub.errors import ConfigError
+
     model = None
     if model_path:
-        from esbhub.errors import ConfigError
         from esbhub.mdm.match import MatchModel
 
         try:
@@ -210,10 +217,14 @@ def rematch_cmd(model_path: Path | None) -> None:
             raise click.ClickException("\n".join([f"--model: {exc.message}; nothing was re-matched",
                                                   *(f"  - {d}" for d in exc.details)])) from None
     svc = _service()
-    events = svc.rematch(model)
+    try:
+        events = svc.rematch(model)
+    except ConfigError as exc:  # the hub's model file unreadable, or mdm.model_path not writable
+        raise click.ClickException("\n".join([f"{exc.message}; nothing was re-matched",
+                                              *(f"  - {d}" for d in exc.details)])) from None
     published, pending, failure = _publish_outbox(svc)
     click.echo(json.dumps({"changed_golden_records": len(events), "events_published": published,
-                           "events_pending": pending}))
+                           "events_pending": pending, "model": svc.store_model()}))
     if failure:
         raise click.ClickException(
             f"the rematch committed ({len(events)} golden records changed), but publishing its events failed: "
@@ -295,7 +306,8 @@ def export_xref_cmd(out: Path | None) -> None:
 
 @mdm.command("train")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the model [mdm.model_path, default DATA_DIR/mdm_model.json: the one the hub uses].")
+              help="Where to write the candidate model [beside mdm.model_path: DATA_DIR/mdm_model.candidate.json by "
+              "default]; not mdm.model_path itself, which only a rematch changes.")
 @click.option("--max-records", default=200_000, show_default=True, type=click.IntRange(10),
               help="Train on at most this many current source records.")
 @click.option("--term-frequencies", is_flag=True,
@@ -303,7 +315,11 @@ def export_xref_cmd(out: Path | None) -> None:
               "common one weighs less (off: record counts include each company's own duplicates, which "
               "cost recall on the synthetic set — docs/benchmarks.md).")
 def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> None:
-    """Learn m/u by EM from the stored records (no labels); refine with steward decisions if any."""
+    """Learn m/u by EM from the stored records (no labels); refine with steward decisions if any.
+
+    Writes a candidate model and changes nothing the hub scores with: apply it to every record
+    with `esbhub mdm rematch --model FILE`, which also makes it the hub's model (mdm.model_path).
+    """
     import sqlalchemy as sa
 
     from esbhub.mdm import match
@@ -311,6 +327,13 @@ def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> Non
     from esbhub.mdm.store import Constraint, Xref
 
     svc = _service()
+    applied = Path(svc.settings.model_path)  # mdm.model_path, by default DATA_DIR/mdm_model.json
+    path = Path(out) if out else candidate_path(applied)
+    if path.resolve() == applied.resolve():
+        raise click.BadParameter(
+            f"'{path}' is mdm.model_path, the model the hub scores with: a trained model is a candidate until "
+            f"'esbhub mdm rematch --model FILE' applies it to every record (and saves it there); write it elsewhere "
+            f"(default {candidate_path(applied)})", param_hint="'--out'")
     with svc.Session() as s:
         rows = s.execute(sa.select(Xref.source_system, Xref.source_id, Xref.std)
                          .where(Xref.deleted.is_(False)).limit(max_records)).all()
@@ -325,7 +348,6 @@ def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> Non
     model = match.train_em(list(stds.values()), term_frequencies=term_frequencies)
     if labels:
         model = match.refine_with_labels(model, labels)
-    path = Path(out or svc.settings.model_path)  # mdm.model_path, by default DATA_DIR/mdm_model.json
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(model.model_dump_json(indent=2), encoding="utf-8")
@@ -333,4 +355,10 @@ def train_cmd(out: Path | None, max_records: int, term_frequencies: bool) -> Non
         raise click.ClickException(f"{'--out: ' if out else ''}cannot write the model to '{path}': "
                                    f"{exc.strerror}; the training is lost") from None
     click.echo(json.dumps({"records": len(stds), "labels": len(labels), "model": str(path),
-                           "next": "esbhub mdm rematch"}))
+                           "next": f"esbhub mdm rematch --model {path}"}))
+
+
+def candidate_path(applied: Path) -> Path:
+    """Where ``esbhub mdm train`` writes by default: beside the hub's model (``mdm_model.json`` →
+    ``mdm_model.candidate.json``), never over it."""
+    return applied.with_name(f"{applied.stem}.candidate{applied.suffix or '.json'}")

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from esbhub.cli import main
 from esbhub.config import Settings
-from esbhub.mdm.service import service_for
+from esbhub.mdm.service import MdmService, service_for
+from esbhub.mdm.settings import MdmSettings
 from esbhub.mdm.store import Xref
 from mdm.fakes import uscc
 
@@ -136,7 +137,7 @@ def test_load_reads_party_json_lines_with_nested_fields_and_reports_bad_lines(tm
     assert svc.partition_now() == other.partition_now()
 
 
-def test_train_writes_the_model_the_hub_uses_with_term_frequencies_only_when_asked(tmp_path):
+def test_train_writes_a_candidate_beside_the_hub_model_with_term_frequencies_only_when_asked(tmp_path):
     from esbhub.mdm.match import MatchModel
     from esbhub.mdm.synth import generate
 
@@ -149,9 +150,35 @@ def test_train_writes_the_model_the_hub_uses_with_term_frequencies_only_when_ask
     assert MatchModel.from_json((tmp_path / "plain.json").read_text(encoding="utf-8")).term_frequencies is None
     tf = run(tmp_path, "train", "--term-frequencies")
     assert tf.exit_code == 0, tf.output
-    model = MatchModel.from_json((tmp_path / "var" / "mdm_model.json").read_text(encoding="utf-8"))
-    assert model.term_frequencies is not None
-    assert model.term_frequencies.records == json.loads(tf.stdout.strip().splitlines()[-1])["records"]
+    candidate = tmp_path / "var" / "mdm_model.candidate.json"
+    out = json.loads(tf.stdout)
+    assert (out["model"], out["next"]) == (str(candidate), f"esbhub mdm rematch --model {candidate}")
+    model = MatchModel.from_json(candidate.read_text(encoding="utf-8"))
+    assert model.term_frequencies is not None and model.term_frequencies.records == out["records"]
+    assert not (tmp_path / "var" / "mdm_model.json").exists()  # what the hub scores with is unchanged
+
+
+def test_train_then_rematch_makes_the_candidate_the_model_every_process_scores_with(tmp_path):
+    from esbhub.mdm.match import MatchModel
+    from esbhub.mdm.synth import generate
+
+    f = tmp_path / "synth.jsonl"
+    f.write_text("".join(p.model_dump_json(exclude_none=True) + "\n" for p in generate(40, seed=3).records),
+                 encoding="utf-8")
+    assert run(tmp_path, "load", str(f)).exit_code == 0
+    hub = tmp_path / "var" / "mdm_model.json"
+    r = fails(tmp_path, "train", "--out", str(hub), code=2)  # never over the hub's model
+    assert f"Invalid value for '--out': '{hub}' is mdm.model_path, the model the hub scores with" in r.stderr
+    assert not hub.exists()
+    candidate = json.loads(run(tmp_path, "train").stdout)["model"]
+    r = run(tmp_path, "rematch", "--model", candidate)
+    assert r.exit_code == 0, r.output
+    applied = MatchModel.from_file(Path(candidate))
+    assert MatchModel.from_file(hub) == applied
+    assert json.loads(r.stdout)["model"]["fingerprint"] == applied.fingerprint()
+    assert json.loads(r.stdout)["model"]["path"] == str(hub)
+    fresh = MdmService(Settings(data_dir=tmp_path / "var").effective_database_url, settings=MdmSettings(model_path=hub))
+    assert fresh.model_fingerprint == applied.fingerprint()
 
 
 def test_load_and_train_use_the_mdm_section_of_the_config_file(tmp_path):
@@ -171,7 +198,8 @@ def test_load_and_train_use_the_mdm_section_of_the_config_file(tmp_path):
     assert svc.golden(svc.resolve_id("crm:9"))["tier"] == "rest"
     r = CliRunner().invoke(main, ["--config", str(cfg), "mdm", "train"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["model"] == str(tmp_path / "models" / "m.json") and (tmp_path / "models" / "m.json").exists()
+    assert json.loads(r.stdout)["model"] == str(tmp_path / "models" / "m.candidate.json")
+    assert (tmp_path / "models" / "m.candidate.json").exists() and not (tmp_path / "models" / "m.json").exists()
 
 
 def fails(tmp_path: Path, *args: str, code: int = 1):
@@ -301,7 +329,9 @@ def test_a_rematch_whose_events_cannot_be_published_says_it_committed_and_they_w
 
     monkeypatch.setattr(mdm_cli, "_broker", down)
     r = fails(tmp_path, "rematch", "--model", str(tmp_path / "m.json"))
-    assert json.loads(r.stdout) == {"changed_golden_records": 2, "events_published": 0, "events_pending": 2}
+    out = json.loads(r.stdout)
+    assert {k: out[k] for k in ("changed_golden_records", "events_published", "events_pending")} == {
+        "changed_golden_records": 2, "events_published": 0, "events_pending": 2}
     assert ("the rematch committed (2 golden records changed), but publishing its events failed: BrokerUnavailable: "
             "RabbitMQ unavailable") in r.stderr
     assert "They stay in the MDM outbox (2 pending) and go out with 'esbhub mdm publish-pending'" in r.stderr
