@@ -76,8 +76,10 @@ class MdmSettings(BaseModel):
     )
     tiering: TieringConfig = Field(default_factory=TieringConfig, description="Key-account tiers.")
     model_path: Path | None = Field(
-        default=None, description="Trained MatchModel JSON; default: DATA_DIR/mdm_model.json (what "
-        "'esbhub mdm train' writes) when it exists, else the engine's defaults.")
+        default=None, description="The MatchModel JSON the hub scores with: the model 'esbhub mdm rematch' last "
+        "applied to the store is saved here (default: DATA_DIR/mdm_model.json; no file: the engine's defaults). Every "
+        "MDM process of one store must read the same file: a writer that finds another model here than the one the "
+        "store's links were scored with refuses to score. 'esbhub mdm train' writes a candidate beside it.")
     search_limit: int = Field(default=20, ge=1, le=500, description="Most results a search returns.")
     queue: str = Field(default="mdm", pattern=r"^[a-z][a-z0-9_-]{0,62}$",
                        description="Subscription name (queue 'route.<name>') consuming party.v1.")
