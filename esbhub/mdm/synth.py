@@ -12,13 +12,19 @@ What it makes:
 * **Hard negatives** (separate entities that look alike): the same 字号 + industry in another
   city; a name one character apart in the same city; branches (…分公司, …营业部) that carry
   their head office's USCC; companies of a group sharing the group's 400 number.
+* **Named groups** (opt-in, ``named_group_rate``): a 集团 and member companies of the same 字号 in
+  other cities — what a same-字号 company in another city looks like, except for the group
+  structure some of their records carry: the member's billing account under the group's
+  (``parent_billing_account``), the group's record as ``parent_source_id``, the group's e-mail
+  domain.
 * **Records** — each entity is held by 1–4 of ``billing``, ``crm``, ``resource``, ``bank`` with
   system-specific attributes and realistic noise: traditional characters, full-width forms,
   bracketed place vs place prefix vs no place, 有限责任公司 vs 有限公司, homophone / one-character
   typos, missing USCC, wrong check character, phone formats (with/without area code, +86,
   brackets), agents' mobile numbers shared across many customers, address abbreviations and
   missing addresses.
-* **Ground truth** — entity id for every ``source_system:source_id``; branch → head links.
+* **Ground truth** — entity id for every ``source_system:source_id``; branch → head links; group
+  member → group links (``group_of``).
 """
 
 from __future__ import annotations
@@ -80,7 +86,8 @@ class Company:
     revenue: Decimal
     head_entity_id: str | None = None
     branch_label: str | None = None  # e.g. 南山分公司
-    kind_of_negative: str | None = None  # twin_city / one_char / branch
+    kind_of_negative: str | None = None  # twin_city / one_char / branch / group_member (a named group's)
+    group_entity_id: str | None = None  # the group this company belongs to
     name_city: Division | None = None  # a branch's name carries its head office's city
 
     @property
@@ -106,6 +113,7 @@ class SynthDataset:
     records: list[Party]
     truth: dict[str, str]  # "system:id" -> entity_id
     branch_of: dict[str, str] = field(default_factory=dict)  # branch entity -> head entity
+    group_of: dict[str, str] = field(default_factory=dict)  # group member entity -> group entity
 
     def key(self, p: Party) -> str:
         return f"{p.source_system}:{p.source_id}"
@@ -324,6 +332,12 @@ def _records_for(g: _Gen, co: Company, noise: float, counters: dict[str, int], h
                      "bank_name": rng.choice(("中国工商银行", "中国建设银行", "招商银行", "中国银行")) + co.city.short
                      + "分行"}
         parent = head_ids.get((sys, co.head_entity_id)) if co.head_entity_id else None
+        if co.kind_of_negative == "group_member":  # a named group's member: the structure its records carry
+            group = co.group_entity_id
+            if sys == "billing" and ("billing", group) in head_ids and rng.random() < 0.5:
+                attrs["parent_billing_account"] = f"BA{int(head_ids[('billing', group)][3:]):09d}"
+            if (sys, group) in head_ids and rng.random() < 0.3:
+                parent = head_ids[(sys, group)]
         party = Party(
             kind="organization", source_system=sys, source_id=sid, name=name[:500], uscc=uscc,
             province=co.province.short if rng.random() < 0.3 else None,
@@ -335,19 +349,23 @@ def _records_for(g: _Gen, co: Company, noise: float, counters: dict[str, int], h
 
 
 def generate(n_companies: int = 1000, seed: int = 0, *, noise: float = 0.5, twin_city_rate: float = 0.08,
-             one_char_rate: float = 0.06, branch_rate: float = 0.08, group_rate: float = 0.03) -> SynthDataset:
+             one_char_rate: float = 0.06, branch_rate: float = 0.08, group_rate: float = 0.03,
+             named_group_rate: float = 0.0) -> SynthDataset:
     """Generate ``n_companies`` base companies plus hard-negative look-alikes, and their records.
 
     ``noise`` (0..1) scales every kind of record noise. Deterministic for a given seed and arguments.
+    ``named_group_rate`` is off by default: a set made without it is the set made before it existed.
     """
     companies, branch_of, recs = _plan(n_companies, seed, noise=noise, twin_city_rate=twin_city_rate,
-                                       one_char_rate=one_char_rate, branch_rate=branch_rate, group_rate=group_rate)
+                                       one_char_rate=one_char_rate, branch_rate=branch_rate, group_rate=group_rate,
+                                       named_group_rate=named_group_rate)
     records: list[Party] = []
     truth: dict[str, str] = {}
     for party, eid in recs:
         records.append(party)
         truth[f"{party.source_system}:{party.source_id}"] = eid
-    return SynthDataset(companies=companies, records=records, truth=truth, branch_of=branch_of)
+    group_of = {c.entity_id: c.group_entity_id for c in companies if c.group_entity_id}
+    return SynthDataset(companies=companies, records=records, truth=truth, branch_of=branch_of, group_of=group_of)
 
 
 def iter_records(n_companies: int = 1000, seed: int = 0, **kw: float) -> Iterator[tuple[Party, str]]:
@@ -359,7 +377,7 @@ def iter_records(n_companies: int = 1000, seed: int = 0, **kw: float) -> Iterato
 
 def _plan(n_companies: int, seed: int, *, noise: float = 0.5, twin_city_rate: float = 0.08,
           one_char_rate: float = 0.06, branch_rate: float = 0.08, group_rate: float = 0.03,
-          ) -> tuple[list[Company], dict[str, str], Iterator[tuple[Party, str]]]:
+          named_group_rate: float = 0.0) -> tuple[list[Company], dict[str, str], Iterator[tuple[Party, str]]]:
     """The companies (made now) and a generator of their records (made when taken)."""
     g = _Gen(seed)
     rng = g.rng
@@ -407,6 +425,18 @@ def _plan(n_companies: int, seed: int, *, noise: float = 0.5, twin_city_rate: fl
             for _m in range(rng.randint(2, 4)):
                 member = g.company()
                 group_phone[member.entity_id] = gp
+                member.group_entity_id = co.entity_id
+                companies.append(member)
+        elif r < twin_city_rate + one_char_rate + branch_rate + group_rate + named_group_rate:
+            co.legal_form = "集团有限公司"
+            for _m in range(rng.randint(1, 3)):
+                member = g.company(trade=co.trade, industry=co.industry, city=g.city(), kind_of_negative="group_member")
+                if member.core != co.core or member.city.code == co.city.code:
+                    continue  # the 字号 is taken in that city: no member there
+                member.legal_form = rng.choice(("有限公司", "有限公司", "股份有限公司"))
+                member.group_entity_id = co.entity_id
+                if rng.random() < 0.5:
+                    member.email_domain = co.email_domain
                 companies.append(member)
 
     def records() -> Iterator[tuple[Party, str]]:

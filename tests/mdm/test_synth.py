@@ -49,3 +49,18 @@ def test_records_made_one_at_a_time_are_the_records_generate_makes():
     streamed = list(iter_records(150, seed=12))
     assert [p for p, _e in streamed] == ds.records
     assert {f"{p.source_system}:{p.source_id}": e for p, e in streamed} == ds.truth
+
+
+def test_group_truth_names_each_member_s_group_and_named_groups_share_the_core_name_in_other_cities():
+    ds = generate(400, seed=2, named_group_rate=0.05)
+    cos = {c.entity_id: c for c in ds.companies}
+    named = {m: g for m, g in ds.group_of.items() if cos[m].kind_of_negative == "group_member"}
+    assert named and len(named) < len(ds.group_of)  # named groups and the 400-number ones
+    for m, g in named.items():
+        assert cos[g].legal_form == "集团有限公司" and cos[m].core == cos[g].core and cos[m].city.code != cos[g].city.code
+    # some members' records carry the group structure, pointing at the group's own records
+    group_keys = {ds.key(p) for p in ds.records if ds.truth[ds.key(p)] in named.values()}
+    assert any(f"{p.source_system}:{p.parent_source_id}" in group_keys for p in ds.records if ds.truth[ds.key(p)] in named)
+    assert any(p.attributes.parent_billing_account for p in ds.records if ds.truth[ds.key(p)] in named)
+    plain = generate(200, seed=2)  # off by default
+    assert plain.group_of and not any(c.kind_of_negative == "group_member" for c in plain.companies)
