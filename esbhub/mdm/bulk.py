@@ -119,14 +119,15 @@ class _HierRec:
     """A record as :func:`esbhub.mdm.hierarchy.compute_edges` reads an xref row."""
 
     __slots__ = ("billing_account", "deleted", "golden_id", "key", "name_norm", "parent_billing_account", "raw",
-                 "source_id", "source_system", "std")
+                 "rec", "source_id", "source_system", "std")
 
     def __init__(self, key: str, r: _Rec, std: dict[str, Any], raw: dict[str, Any]) -> None:
-        """``std`` / ``raw``: the record's :data:`_HIER_STD` fields and its ``parent_source_id``."""
+        """``std`` / ``raw``: the record's :data:`_HIER_STD` fields and its ``parent_source_id``;
+        the rest of its standardized fields stay serialized in ``r`` (:meth:`_Lookup.std_of`)."""
         self.key, self.source_system, self.source_id = key, r.system, r.sid
         self.golden_id, self.deleted, self.name_norm = r.golden_id, r.deleted, r.name_norm
         self.billing_account, self.parent_billing_account = r.billing_account, r.parent_billing_account
-        self.std, self.raw = std, raw
+        self.std, self.raw, self.rec = std, raw, r
 
 
 class _Lookup(hierarchy.Lookup):
@@ -147,6 +148,13 @@ class _Lookup(hierarchy.Lookup):
             for lst in by.values():
                 lst.sort(key=lambda x: (x.source_system, x.source_id))
         self._index = index
+        self.heads_named: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+
+    def std_of(self, x: Any) -> dict[str, Any]:
+        """All of a record's standardized fields, parsed from the JSON its :class:`_Rec` keeps: a
+        hierarchy view keeps only :data:`_HIER_STD` (a million of them are held at once), and
+        few records need more (group ties, :func:`esbhub.mdm.hierarchy._group_support`)."""
+        return orjson.loads(x.rec.std)  # type: ignore[no-any-return]
 
     def xrefs_by(self, col: str, values: Iterable[str]) -> list[Any]:
         by = self._col[col]

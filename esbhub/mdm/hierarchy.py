@@ -3,18 +3,33 @@
 A branch (分公司, 分行, 支行, 营业部, 办事处) is its own golden record, never merged into its
 head office; it is *linked* to it by an edge in ``mdm_hierarchy``:
 
-``branch``          the branch's name minus its branch suffix is the head office's normalized
-                    name (``head_office_name_norm``), or — failing that — the branch carries the
-                    USCC of a non-branch golden record (branches often quote the head office's code)
+``branch``          the branch's name minus its branch suffix names the head office: the same 字号,
+                    legal form (or none) and place (rule ``branch_suffix``); a name with a place
+                    and one without also fit — 华信科技有限公司北京办事处 names 深圳市华信科技有限公司 —
+                    but only if that is the one head office of the name (``branch_suffix_sole_head``:
+                    with two 华信科技有限公司 in two cities the branch could be either's). Failing
+                    that, the branch carries the USCC of a non-branch golden record (branches often
+                    quote the head office's code: ``shared_uscc``)
 ``billing_parent``  the record's ``parent_billing_account`` is another golden's billing account
 ``parent``          the source system names the parent (``parent_source_id``)
 ``group_member``    a group (集团) golden and a non-group, non-branch golden share the core name
-                    (字号) — group customers spanning provinces
+                    (字号) *and* their records with that 字号 show a tie (``support`` in the
+                    evidence): the member's billing account under the group's, the member naming
+                    the group's record as its parent, two USCCs of one registration area (a
+                    registration authority does not give one 字号 to two unrelated companies), or
+                    the same street in one district. The 字号 alone is no tie: the same 字号 in
+                    another city is often another company (``bench/mdm_hierarchy.py``)
 
-Edges are recomputed for every golden record a change touches (both directions); edges of
-retired golden records are ended, never deleted. Tiering: the sum of the monthly revenue of a
-golden record's distinct billing accounts against thresholds in :class:`TieringConfig`; the
-360 view also reports the group tier (revenue of the whole subtree).
+Groups whose name says no 集团 are found by their structure alone: ``billing_parent`` and
+``parent`` edges put a member under its group whatever the names, and the group revenue and
+tier of the 360 view add up every edge below a golden record.
+
+Edges are recomputed for every golden record a change touches (both directions), and for the
+branches whose head office by name it is or was (whether a head office is the sole one of its
+name depends on the others: :func:`_name_dependents`); edges of retired golden records are
+ended, never deleted. Tiering: the sum of the monthly revenue of a golden record's distinct
+billing accounts against thresholds in :class:`TieringConfig`; the 360 view also reports the
+group tier (revenue of the whole subtree).
 """
 
 from __future__ import annotations
@@ -29,6 +44,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from esbhub.mdm.settings import TieringConfig  # noqa: F401 - re-exported: it lives with the MDM settings
+from esbhub.mdm.standardize.codes import uscc_valid
+from esbhub.mdm.standardize.names import OrgName, _org_name
 from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, any_of, session_xrefs, source_key
 
 
@@ -145,9 +162,41 @@ def read_xrefs_of(s: Session, golden_ids: list[str]) -> list[Any]:
     return out
 
 
-def _heads(head_office_name: str | None, name_norm: str | None) -> bool:
-    """``name_norm`` is the head office a branch names (exactly, or with the legal form the branch left out)."""
-    return bool(head_office_name and name_norm and name_norm.startswith(head_office_name))
+def _fits(named: OrgName, head: OrgName) -> str | None:
+    """How a non-branch record's name (``head``) fits the head office a branch names (``named``):
+    ``"exact"`` — the same 字号, legal form (or the branch left it out, 集团 or not) and place;
+    ``"unplaced"`` — the same but one of the two names no place (a head office registered as
+    深圳市华信科技有限公司 and named 华信科技有限公司 by its branch); None — another name."""
+    if named.core != head.core:
+        return None
+    if named.legal_form is not None:
+        if named.legal_form != head.legal_form or named.is_group != head.is_group:
+            return None
+    elif named.is_group and not head.is_group:
+        return None
+    if named.place is None or head.place is None:
+        return "exact" if named.place is head.place else "unplaced"
+    return "exact" if named.place.code == head.place.code else None
+
+
+def _head_candidates(lk: Lookup, branch: Xref) -> tuple[set[str], set[str]]:
+    """Golden ids of the non-branch records whose names fit the head office ``branch`` names:
+    (exactly, without a place on one side) — see :func:`_fits`; never the branch's own."""
+    std = branch.std or {}
+    ho, core = std.get("head_office_name_norm"), std.get("core_name")
+    if not ho or not core:
+        return set(), set()
+    found = lk.heads_named.get((core, ho))
+    if found is None:  # once per head office name and refresh: a 字号's branches name few
+        named = _org_name(ho)
+        found = lk.heads_named[(core, ho)] = ([], [])
+        for y in lk.xrefs_by("core_name", [core]):
+            if not (y.std or {}).get("branch") and y.name_norm:
+                fit = _fits(named, _org_name(y.name_norm))
+                if fit is not None:
+                    found[fit != "exact"].append(y.golden_id)
+    exact = set(found[0]) - {branch.golden_id}
+    return exact, set(found[1]) - exact - {branch.golden_id}
 
 
 class _Q:
@@ -190,6 +239,7 @@ class Lookup:
         self._by: dict[str, dict[str, list[Xref]]] = {"core_name": {}, "uscc": {}, "billing_account": {}}
         self._idx: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._xref: dict[tuple[str, str], Xref | None] = {}
+        self.heads_named: dict[tuple[str, str], tuple[list[str], list[str]]] = {}  # see _head_candidates
 
     def _fill(self, col: str, values: Iterable[str]) -> dict[str, list[Xref]]:
         cache = self._by[col]
@@ -242,6 +292,11 @@ class Lookup:
             self._xref[(x.source_system, x.source_id)] = known[x.key] = x
         return {k: x for k in wanted if (x := self._xref.get(k)) is not None}
 
+    def std_of(self, x: Xref) -> dict[str, Any]:
+        """A record's standardized fields, all of them (the bulk path keeps the few the edges read
+        of every record, and parses the rest for the few records that need it)."""
+        return x.std or {}
+
     def xrefs_for_keys(self, keys: list[tuple[str, str]]) -> list[Xref]:
         got = self.get_many(keys)
         return [got[k] for k in keys if k in got]
@@ -269,17 +324,88 @@ def _goldens_by_core(lk: Lookup, cores: list[str]) -> dict[str, list[Xref]]:
     return out
 
 
-def _name_parents(lk: Lookup, branch: Xref) -> set[str]:
-    """Golden ids of non-branch records a branch record names as its head office."""
-    std = branch.std or {}
-    ho = std.get("head_office_name_norm")
-    if not ho or not std.get("core_name"):
-        return set()
-    return {
-        y.golden_id
-        for y in lk.xrefs_by("core_name", [std["core_name"]])
-        if y.golden_id != branch.golden_id and not (y.std or {}).get("branch") and _heads(ho, y.name_norm)
-    }
+def _name_parents(lk: Lookup, branch: Xref) -> dict[str, str]:
+    """Golden ids of non-branch records a branch record names as its head office → the rule: every
+    exact fit, else the one fit without a place (two are two cities' companies: neither is taken)."""
+    exact, unplaced = _head_candidates(lk, branch)
+    if exact:
+        return dict.fromkeys(exact, "branch_suffix")
+    if len(unplaced) == 1:
+        return dict.fromkeys(unplaced, "branch_suffix_sole_head")
+    return {}
+
+
+def _core(x: Xref) -> str | None:
+    return (x.std or {}).get("core_name") or None
+
+
+def _parent_id(x: Xref) -> str | None:
+    return (x.std or {}).get("parent_source_id") or (x.raw or {}).get("parent_source_id")
+
+
+def _registration_area(uscc: str | None) -> str | None:
+    """The prefecture (city) whose authority registered a USCC, as a 6-digit division code — the
+    municipality for 北京, 天津, 上海, 重庆 — or None for a USCC whose check character fails."""
+    if not uscc or not uscc_valid(uscc) or not uscc[2:8].isdigit():
+        return None
+    return uscc[2:4] + "0000" if uscc[2:4] in ("11", "12", "31", "50") else uscc[2:6] + "00"
+
+
+def street_key(std: dict[str, Any]) -> str | None:
+    """``division street`` of a record's address when the district is known (the same street and
+    number in two districts of one city are two places)."""
+    code, street = std.get("division_code"), std.get("street")
+    return f"{code} {street}" if code and street and code[4:] != "00" else None
+
+
+Ties = dict[str, dict[str, set[str]]]
+"""Per other golden record: the structure tying it to the one whose edges are computed, by kind
+(``parent_billing_account``: the accounts; ``parent_source``: the parent records' keys)."""
+
+
+def _group_support(lk: Lookup, group: list[Xref], member: list[Xref], ties: dict[str, set[str]]) -> dict[str, list[str]]:
+    """What ties a member to a group beyond the shared 字号: the billing or source structure
+    between their live records (``ties``), and — between their live records that carry the 字号
+    — two USCCs of one registration area or one street of one district. Each side computes the
+    same from its own view, so the edge and its evidence do not depend on which side is refreshed."""
+    support = {k: sorted(v) for k, v in sorted(ties.items()) if v}
+    g_areas = {(a, u) for g in group if (a := _registration_area(u := (g.std or {}).get("uscc")))}
+    if g_areas:
+        m_areas = {(a, u) for m in member if (a := _registration_area(u := (m.std or {}).get("uscc")))}
+        # two USCCs: one company's code on both sides makes a duplicate, not a member
+        if areas := sorted({a for a, u in g_areas for b, v in m_areas if a == b and u != v}):
+            support["registration_area"] = areas
+    g_streets = {k for g in group if (k := street_key(lk.std_of(g)))}
+    if g_streets and (streets := sorted(g_streets & {k for m in member if (k := street_key(lk.std_of(m)))})):
+        support["address"] = streets
+    return support
+
+
+def _tie(ties: Ties, gid: str, kind: str, value: str) -> None:
+    ties.setdefault(gid, {}).setdefault(kind, set()).add(value)
+
+
+def _names_group(xs: list[Xref]) -> bool:
+    """A live record names 集团, not as a branch: the records can be a group's (a quick test)."""
+    return any(not x.deleted and (d := x.std or {}).get("is_group") and not d.get("branch") for x in xs)
+
+
+def _group_edge(lk: Lookup, group: list[Xref], member: list[Xref], ties: dict[str, set[str]]) -> dict[str, Any] | None:
+    """The evidence of a ``group_member`` edge between two golden records, given the records of
+    each that share a 字号 with the other and the structure between them, or None: the group
+    side names 集团 (not as a branch), the member side neither says 集团 nor is a branch (their
+    live records with the 字号), and :func:`_group_support` finds a tie."""
+    cores = {_core(g) for g in group if not g.deleted} & {_core(m) for m in member if not m.deleted} - {None}
+    if not cores:
+        return None
+    group = [g for g in group if not g.deleted and _core(g) in cores]
+    member = [m for m in member if not m.deleted and _core(m) in cores]
+    if not any((g.std or {}).get("is_group") and not (g.std or {}).get("branch") for g in group):
+        return None
+    if any((m.std or {}).get("is_group") or (m.std or {}).get("branch") for m in member):
+        return None
+    support = _group_support(lk, group, member, ties)
+    return {"core_name": sorted(cores), "support": support} if support else None
 
 
 def compute_edges(s: Session, golden_id: str, members: list[Xref],
@@ -290,69 +416,76 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref],
     live = [x for x in members if not x.deleted] or members
     stds = [x.std or {} for x in live]
     is_branch = any(d.get("branch") for d in stds)
-    is_group = any(d.get("is_group") for d in stds)
     cores = sorted({d.get("core_name") for d in stds if d.get("core_name")})
     # as a child -----------------------------------------------------------
     if is_branch:
         ho_names = sorted({d["head_office_name_norm"] for d in stds if d.get("head_office_name_norm")})
-        parents: set[str] = set()
+        parents: dict[str, str] = {}
         for x in live:
             if (x.std or {}).get("branch"):
-                parents |= _name_parents(lk, x) - {golden_id}
+                for p, rule in _name_parents(lk, x).items():
+                    if p != golden_id and (p not in parents or rule == "branch_suffix"):
+                        parents[p] = rule
         for p in sorted(parents):
-            edges.append((p, golden_id, "branch", {"rule": "branch_suffix", "head_office_name_norm": ho_names}))
+            edges.append((p, golden_id, "branch", {"rule": parents[p], "head_office_name_norm": ho_names}))
         if not parents:
             usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
             if usccs:
-                for x in lk.xrefs_by("uscc", usccs):
-                    if x.golden_id != golden_id and not (x.std or {}).get("branch"):
-                        parents.add(x.golden_id)
-                for p in sorted(parents):
+                by_uscc = {x.golden_id for x in lk.xrefs_by("uscc", usccs)
+                           if x.golden_id != golden_id and not (x.std or {}).get("branch")}
+                for p in sorted(by_uscc):
                     edges.append((p, golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
+    up: Ties = {}  # structure between live records, for group ties (the edges above keep theirs)
     pbas = sorted({x.parent_billing_account for x in live if x.parent_billing_account})
     if pbas:
+        alive = {x.parent_billing_account for x in live if not x.deleted}
         for x in lk.xrefs_by("billing_account", pbas):
             if x.golden_id != golden_id:
                 edges.append((x.golden_id, golden_id, "billing_parent", {"parent_billing_account": x.billing_account}))
-    parent_keys = [
-        (x.source_system, parent) for x in live
-        if (parent := (x.std or {}).get("parent_source_id") or (x.raw or {}).get("parent_source_id"))
-    ]
+                if not x.deleted and x.billing_account in alive:
+                    _tie(up, x.golden_id, "parent_billing_account", x.billing_account)
+    parent_keys = [(x.source_system, parent) for x in live if (parent := _parent_id(x))]
     got = lk.get_many(parent_keys)
-    for k in parent_keys:
-        px = got.get(k)
-        if px is not None and px.golden_id != golden_id:
+    for x in live:
+        if (k := (x.source_system, _parent_id(x))) in got and (px := got[k]).golden_id != golden_id:
             edges.append((px.golden_id, golden_id, "parent", {"source": source_key(*k)}))
-    if not is_group and not is_branch and cores:
-        for gid, xs in _goldens_by_core(lk, cores).items():
-            if gid != golden_id and any((y.std or {}).get("is_group") for y in xs):
-                edges.append((gid, golden_id, "group_member", {"core_name": cores}))
+            if not x.deleted and not px.deleted:
+                _tie(up, px.golden_id, "parent_source", px.key)
+    same_core = _goldens_by_core(lk, cores) if cores else {}
+    for gid, xs in same_core.items():
+        if gid != golden_id and _names_group(xs) and (ev := _group_edge(lk, xs, members, up.get(gid, {}))) is not None:
+            edges.append((gid, golden_id, "group_member", ev))
     # as a parent ----------------------------------------------------------
-    names = sorted({d.get("name_norm") for d in stds if d.get("name_norm")})
+    for gid, xs in same_core.items():
+        for y in xs:
+            if gid != golden_id and (y.std or {}).get("branch") and (rule := _name_parents(lk, y).get(golden_id)):
+                edges.append((golden_id, gid, "branch", {"rule": rule,
+                                                         "head_office_name_norm": [(y.std or {}).get("head_office_name_norm")]}))
     if not is_branch:
-        for gid, xs in _goldens_by_core(lk, cores).items() if cores else []:
-            for y in xs:
-                ys = y.std or {}
-                if gid != golden_id and ys.get("branch") and any(_heads(ys.get("head_office_name_norm"), n) for n in names):
-                    edges.append((golden_id, gid, "branch", {"rule": "branch_suffix",
-                                                             "head_office_name_norm": [ys.get("head_office_name_norm")]}))
         usccs = sorted({d["uscc"] for d in stds if d.get("uscc")})
         if usccs:
             for x in lk.xrefs_by("uscc", usccs):
                 std = x.std or {}
                 if x.golden_id != golden_id and std.get("branch") and not _name_parents(lk, x):
                     edges.append((golden_id, x.golden_id, "branch", {"rule": "shared_uscc", "uscc": usccs}))
+    down: Ties = {}
     bas = sorted({x.billing_account for x in live if x.billing_account})
+    alive_bas = {x.billing_account for x in live if not x.deleted}
     for x in lk.xrefs_for_keys(lk.index_keys("parent_ba", bas)):
         if x.golden_id != golden_id:
             edges.append((golden_id, x.golden_id, "billing_parent", {"parent_billing_account": x.parent_billing_account}))
+            if not x.deleted and x.parent_billing_account in alive_bas:
+                _tie(down, x.golden_id, "parent_billing_account", x.parent_billing_account)  # type: ignore[arg-type]
+    alive_keys = {m.key for m in live if not m.deleted}
     for x in lk.xrefs_for_keys(lk.index_keys("parent_src", [m.key for m in live])):
         if x.golden_id != golden_id:
             edges.append((golden_id, x.golden_id, "parent", {"source": x.key}))
-    if is_group and cores:
-        for gid, xs in _goldens_by_core(lk, cores).items():
-            if gid != golden_id and not any((y.std or {}).get("is_group") or (y.std or {}).get("branch") for y in xs):
-                edges.append((golden_id, gid, "group_member", {"core_name": cores}))
+            if not x.deleted and (parent := source_key(x.source_system, _parent_id(x) or "")) in alive_keys:
+                _tie(down, x.golden_id, "parent_source", parent)
+    if _names_group(members):
+        for gid, xs in same_core.items():
+            if gid != golden_id and (ev := _group_edge(lk, members, xs, down.get(gid, {}))) is not None:
+                edges.append((golden_id, gid, "group_member", ev))
     # one edge per (parent, child, kind)
     seen: dict[tuple[str, str, str], dict[str, Any]] = {}
     for p, c, k, ev in edges:
@@ -360,32 +493,45 @@ def compute_edges(s: Session, golden_id: str, members: list[Xref],
     return [(p, c, k, ev) for (p, c, k), ev in sorted(seen.items())]
 
 
+def _name_dependents(lk: Lookup, golden_id: str, members: list[Xref], current: dict[tuple[str, str, str], Hierarchy],
+                     wanted: dict[tuple[str, str, str], dict[str, Any]], linked: set[str]) -> set[str]:
+    """Golden ids of branches whose other parents may change with ``golden_id`` — a second head
+    office of the name makes a sole one one of two, an exact fit outranks one without a place, a
+    renamed head office leaves the field to another: the branches whose head office by name it is
+    (:func:`_head_candidates`) or was (``linked``: its current ``branch`` children), unless its
+    edge to them stays as it was (by the same rule: then so does the rest of their parents)."""
+    cores = sorted({c for x in members if (c := _core(x))})
+    out = set(linked)
+    for y in lk.xrefs_by("core_name", cores) if cores else ():
+        if y.golden_id != golden_id and (y.std or {}).get("branch"):
+            exact, unplaced = _head_candidates(lk, y)
+            if golden_id in exact or golden_id in unplaced:
+                out.add(y.golden_id)
+    keep = set()
+    for b in out:
+        before, after = current.get((golden_id, b, "branch")), wanted.get((golden_id, b, "branch"))
+        if before is not None and after is not None and (before.evidence or {}).get("rule") == after.get("rule"):
+            keep.add(b)
+    return out - keep
+
+
 def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
-    """Recompute the hierarchy edges touching ``golden_ids`` (ended edges are kept).
+    """Recompute the hierarchy edges touching ``golden_ids`` (ended edges are kept), and those of
+    the branches whose head office by name one of them is or was (:func:`_name_dependents`).
 
     Reads are batched over all ``golden_ids`` (:class:`Lookup`): a bulk batch costs a handful
-    of queries instead of several per golden record.
+    of queries instead of several per golden record; the branches depending on them, if any, a
+    handful more.
     """
     ids = sorted(set(golden_ids))
     if not ids:
         return
     current: dict[tuple[str, str, str], Hierarchy] = {}
-    members: dict[str, list[Xref]] = {}
-    active: set[str] = set()
-    lk = Lookup(s)
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        for h in s.execute(_Q.edges, {"a": chunk, "b": chunk}).scalars():
-            current[(h.parent_golden, h.child_golden, h.kind)] = h
-        for gid, xs in _goldens_of(lk, chunk).items():
-            members.setdefault(gid, []).extend(xs)
-        active |= set(s.connection().execute(_Q.active, {"ids": chunk}).scalars())
-    lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
     wanted: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for gid in ids:
-        if gid in active and gid in members:
-            for p, c, k, ev in compute_edges(s, gid, members[gid], lk):
-                wanted[(p, c, k)] = ev
+    lk = Lookup(s)
+    dependents = _recompute(s, lk, ids, current, wanted)
+    if more := sorted(dependents - set(ids)):
+        _recompute(s, lk, more, current, wanted)
     for key, h in current.items():
         if key not in wanted:
             h.active = False
@@ -396,6 +542,35 @@ def refresh(s: Session, golden_ids: Iterable[str], now: datetime) -> None:
             {"parent_golden": p, "child_golden": c, "kind": k, "evidence": ev, "created_at": now, "active": True}
             for p, c, k, ev in new
         ])
+
+
+def _recompute(s: Session, lk: Lookup, ids: list[str], current: dict[tuple[str, str, str], Hierarchy],
+               wanted: dict[tuple[str, str, str], dict[str, Any]]) -> set[str]:
+    """Add the active edges touching ``ids`` to ``current`` and the edges they should have to
+    ``wanted``; return the branches depending on them by name (:func:`_name_dependents`)."""
+    members: dict[str, list[Xref]] = {}
+    active: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        for h in s.execute(_Q.edges, {"a": chunk, "b": chunk}).scalars():
+            current[(h.parent_golden, h.child_golden, h.kind)] = h
+        for gid, xs in _goldens_of(lk, chunk).items():
+            members.setdefault(gid, []).extend(xs)
+        active |= set(s.connection().execute(_Q.active, {"ids": chunk}).scalars())
+    lk.prefetch(x for gid in ids if gid in active for x in members.get(gid, []))
+    branches: dict[str, set[str]] = {}
+    for p, c, k in current:
+        if k == "branch":
+            branches.setdefault(p, set()).add(c)
+    dependents: set[str] = set()
+    for gid in ids:
+        if gid in active and gid in members:
+            for p, c, k, ev in compute_edges(s, gid, members[gid], lk):
+                wanted[(p, c, k)] = ev
+    for gid in ids:
+        if gid in active and gid in members:
+            dependents |= _name_dependents(lk, gid, members[gid], current, wanted, branches.get(gid, set()))
+    return dependents
 
 
 def edges_of(s: Session, golden_id: str) -> dict[str, list[dict[str, Any]]]:

@@ -214,7 +214,8 @@ def _hier_signature(x: Xref) -> tuple[Any, ...]:
     d = x.std or {}
     return (x.name_norm, x.core_name, x.uscc, x.billing_account, x.parent_billing_account, x.deleted,
             d.get("branch"), d.get("is_group"), d.get("head_office_name_norm"),
-            d.get("parent_source_id") or (x.raw or {}).get("parent_source_id"))
+            d.get("parent_source_id") or (x.raw or {}).get("parent_source_id"),
+            hierarchy.street_key(d))  # the address: a group tie (hierarchy._group_support)
 
 
 class _UnionFind:

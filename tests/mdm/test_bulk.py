@@ -14,7 +14,7 @@ from esbhub.mdm.standardize import standardize
 from esbhub.mdm.store import Golden, Hierarchy, Inbox, KeyIndex, Link, SourceVersion, Task, Xref
 from esbhub.mdm.survivorship import values
 from esbhub.mdm.synth import generate
-from mdm.fakes import fresh_pg_db
+from mdm.fakes import fresh_pg_db, party, uscc
 
 
 def with_versions(records):
@@ -91,6 +91,30 @@ def test_initial_load_set_at_a_time_gives_the_store_that_loading_batch_by_batch_
     assert b["events"] == len(sb["partition"]) < a["events"]
     with bulk.Session() as s:
         assert set(s.execute(sa.select(Golden.status)).scalars()) <= {"active", "inactive"}
+
+
+def test_group_and_branch_edges_of_the_bulk_load_are_those_batches_make_and_need_a_tie_beyond_the_name(two_stores):
+    street = "广东省深圳市南山区科技园路1号"
+    records = [  # members and branches before their group / head office, in batches of two
+        party("billing", "M1", "上海华信科技有限公司", uscc=uscc(3, "310100"),
+              attributes={"billing_account": "MA", "parent_billing_account": "GA"}),
+        party("crm", "M2", "华信科技(天津)有限公司", uscc=uscc(4, "120100"), address=street),
+        party("billing", "T", "广州市华信科技有限公司", uscc=uscc(2, "440100"), address="广州市天河区体育西路2号"),
+        party("res", "B", "远洋物流有限公司上海办事处", city="上海"),
+        party("billing", "G", "深圳市华信科技集团有限公司", uscc=uscc(1), address=street,
+              attributes={"billing_account": "GA"}),
+        party("crm", "H", "杭州市远洋物流有限公司", uscc=uscc(5, "330100")),
+    ]
+    batches = MdmService(two_stores[0])
+    loader.load_parties(batches, records, batch=2, workers=0, bulk=False)
+    bulk = MdmService(two_stores[1])
+    assert loader.load_parties(bulk, records, workers=0)["mode"] == "bulk"
+    one = {k: frozenset({k}) for k in ("billing:M1", "crm:M2", "billing:G", "res:B", "crm:H")}
+    assert state(batches)["hierarchy"] == state(bulk)["hierarchy"] == {
+        (one["billing:G"], one["billing:M1"], "billing_parent"), (one["billing:G"], one["billing:M1"], "group_member"),
+        (one["billing:G"], one["crm:M2"], "group_member"),  # the group's street
+        (one["crm:H"], one["res:B"], "branch"),  # the one 远洋物流有限公司, registered in 杭州
+    }  # not billing:T, the same 字号 in another city
 
 
 def test_the_bulk_load_publishes_one_created_event_per_golden_record_after_it_committed(tmp_path):
