@@ -510,3 +510,17 @@ def test_an_exact_match_on_an_address_many_companies_share_weighs_as_none_and_sa
     assert m.take_flipped() == [("address", "深圳|" + b.street)]
     assert m.holders("address", "深圳|" + b.street) == ["crm:1", "crm:10", "crm:11", "crm:2"]
     assert [e.level for e in m.score(a, b).evidence if e.field == "address"] == ["generic"]  # the plain path too
+
+
+def test_a_model_with_another_block_cap_rebuilds_the_index_as_a_new_process_would(pool_matcher):
+    m0, recs = pool_matcher
+    m = Matcher(m0.model)
+    for k, r in recs.items():
+        m.add(k, r)
+    other = m0.model.model_copy(update={"max_block_size": 7})
+    m.set_model(other)
+    fresh = Matcher(other)
+    for k, r in recs.items():
+        fresh.add(k, r)
+    assert (m.phone_count, m.address_count, m.blocks) == (fresh.phone_count, fresh.address_count, fresh.blocks)
+    assert m.take_flipped() == []

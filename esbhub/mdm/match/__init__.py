@@ -458,7 +458,7 @@ class Matcher:
         self._scorer = _Scorer(model)
         if rebuild:
             records = list(self.records.items())
-            self.records, self.blocks, self.phone_count = {}, {}, Counter()
+            self.records, self.blocks, self.phone_count, self.address_count = {}, {}, Counter(), Counter()
             for key, view in records:
                 self.add(key, view)
             self._hot_was.clear()  # the counts are as they were: no number crossed the line
