@@ -72,7 +72,11 @@ class Party(Strict):
     org_code: str | None = Field(
         default=None, description="Organization code (组织机构代码, GB 11714), 9 characters, with or without '-'."
     )
-    id_number: str | None = Field(default=None, max_length=18, description="Resident ID number (persons only).")
+    id_number: str | None = Field(
+        default=None, max_length=18,
+        description="Resident ID number (persons only): 18 characters, or a first-generation 15-digit one, which the "
+                    "MDM matches as its 18-digit form.",
+    )
     parent_source_id: str | None = Field(
         default=None, max_length=64, description="Source key of the head office / parent in the same system."
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stdnum.cn import ric as stdnum_ric
 from stdnum.cn import uscc as stdnum_uscc
 
 from esbhub.mdm.standardize import codes, fold, parse_address, standardize
@@ -193,6 +196,61 @@ def test_person_name_id_and_birth_date():
     assert bad.id_number_valid is False and "id_number_check_failed" in bad.flags
 
 
+def person(sid: str, id_number: str, **kw) -> Party:
+    return Party(kind="person", source_system=kw.pop("source_system", "crm"), source_id=sid, name="王伟",
+                 id_number=id_number, **kw)
+
+
+def test_first_generation_id_converts_to_its_18_digit_form_with_the_gb11643_check_character():
+    # GB 11643-1999's own example: the 1949-12-31 number 002 of 110105, old and new card
+    assert codes.id_number_from_15("110105491231002") == "11010519491231002X"
+    assert codes.id_number_from_15("130503670401001") == "130503196704010016"
+    new = codes.id_number_from_15("130503670401001")
+    assert new[-1] == stdnum_ric.calc_check_digit(new)  # python-stdnum's own ISO 7064 sum (it takes the whole number)
+
+
+@given(st.from_regex(r"[1-8][0-9]{5}", fullmatch=True), st.dates(date(1900, 1, 1), date(1999, 12, 31)),
+       st.from_regex(r"[0-9]{3}", fullmatch=True))
+@settings(max_examples=200, deadline=None)
+def test_a_converted_id_keeps_division_birth_date_and_sequence_and_passes_the_check(division, born, seq):
+    old = f"{division}{born:%y%m%d}{seq}"
+    new = codes.id_number_from_15(old)
+    assert new is not None and codes.id_number_valid(new) and new[-1] == stdnum_ric.calc_check_digit(new)
+    assert (new[:6], new[6:14], new[14:17]) == (division, f"{born:%Y%m%d}", seq)
+
+
+def test_a_15_digit_id_is_standardized_as_its_18_digit_form_and_flagged_converted():
+    s = standardize(person("p1", "110105 491231 002"))
+    assert s.id_number == "11010519491231002X" and s.birth_date == "19491231"
+    assert "id_number_from_15" in s.flags
+    # no check character vouched for the old number: trusted less than a checked one, never a hard rule
+    assert s.id_number_valid is None
+    kept = standardize(person("p2", "110105491231002", attributes={"extra": {"birth_date": "1949-12-30"}}))
+    assert kept.birth_date == "19491230"  # a birth date the source gives wins, as for an 18-digit number
+
+
+@pytest.mark.parametrize("bad", ["110105490231002", "110105491301002", "11010549123100X"])
+def test_a_15_character_id_that_is_not_a_valid_first_generation_number_stays_as_given_and_is_flagged(bad):
+    s = standardize(person("p1", bad))
+    assert s.id_number == bad and s.birth_date is None
+    assert s.id_number_valid is False and "id_number_15_invalid" in s.flags
+    assert codes.id_number_from_15(bad) is None
+
+
+def test_old_and_new_id_of_one_person_block_together_and_match_exactly():
+    from esbhub.mdm.match import Matcher
+
+    old = standardize(person("1", "110105491231002", phones=[{"number": "13800138000"}]))
+    new = standardize(person("2", "11010519491231002X", source_system="billing"))
+    m = Matcher()
+    m.add("crm:1", old)
+    (hit,) = [r for r in m.match("billing:2", new) if "crm:1" in (r.a, r.b)]
+    ev = {e.field: e for e in hit.evidence}
+    assert ev["id_number"].level == "exact" and ev["id_number"].weight > 0
+    assert ev["birth_date"].level == "exact"
+    assert {e.field: e.level for e in m.score(old, new).evidence}["id_number"] == "exact"
+
+
 def test_latin_person_names_split_into_given_and_family():
     s = standardize(Party(kind="person", source_system="a", source_id="1", name="  john  SMITH "))
     assert (s.given_name, s.family_name) == ("JOHN", "SMITH")
@@ -210,6 +268,7 @@ def test_standardized_record_equals_a_validated_std_party():
         Party(kind="person", source_system="crm", source_id="p1", name="欧阳娜娜", id_number="11010519491231002X",
               attributes={"extra": {"birth_date": "1949-12-31"}}),
         Party(kind="person", source_system="a", source_id="2", name="john smith", addresses=[{"text": "5th Ave"}]),
+        Party(kind="person", source_system="crm", source_id="p3", name="王伟", id_number="110105491231002"),
     ]
     for p in records:
         s = standardize(p)

@@ -17,7 +17,9 @@ everything the matcher, the cannot-link rules and the hierarchy builder need.
 * Addresses: province / city / district with GB/T 2260 codes from a compact shipped table
   (see :mod:`divisions` for its coverage) and consistency with the USCC's division code.
 * Persons: family / given name, resident ID check (GB 11643), birth date (from the ID or
-  ``attributes.extra['birth_date']``).
+  ``attributes.extra['birth_date']``). A first-generation 15-digit ID becomes its 18-digit form
+  (flag ``id_number_from_15``), so the same person's old and new cards match; 15 characters that
+  are not a valid one stay as given, flagged ``id_number_15_invalid``.
 """
 
 from __future__ import annotations
@@ -91,8 +93,13 @@ class StdParty(BaseModel):
     given_name: str | None = Field(default=None, description="Person: given name (normalized).")
     family_name: str | None = Field(default=None, description="Person: family name (normalized).")
     birth_date: str | None = Field(default=None, description="Person: birth date YYYY-MM-DD or YYYYMMDD.")
-    id_number: str | None = Field(default=None, description="Person: ID number (digits / X).")
-    id_number_valid: bool | None = Field(default=None, description="Person: GB 11643 check digit passes.")
+    id_number: str | None = Field(
+        default=None, description="Person: ID number (digits / X); a first-generation 15-digit one in its 18-digit form."
+    )
+    id_number_valid: bool | None = Field(
+        default=None, description="Person: GB 11643 check digit passes (False: it fails, or 15 digits without a valid "
+                                  "birth date; None: no number, or one converted from 15 digits, which had no check digit)."
+    )
     postcode: str | None = Field(default=None, description="Postcode of the main address.")
     flags: list[str] = Field(default_factory=list, description="Quality flags, e.g. 'uscc_check_failed'.")
 
@@ -153,6 +160,26 @@ def _birth_date(raw: str | None) -> str | None:
         return None
     d = _NOT_DIGIT.sub("", raw)
     return d or None
+
+
+def _first_generation_id(number: str, birth: str | None, flags: list[str]) -> tuple[str, bool | None, str | None]:
+    """(id_number, id_number_valid, birth_date) of a 15-character ID number, flags added.
+
+    A first-generation number becomes its 18-digit form (:func:`codes.id_number_from_15`), so
+    the person's old and new numbers are equal — one exact match, one blocking key — and gives
+    the birth date as an 18-digit one does; ``id_number_from_15`` records the conversion. Its
+    validity stays None: it had no check character, so a mistyped digit cannot be told, and a
+    number no check vouches for must not become a hard cannot-link rule
+    (:func:`esbhub.mdm.cluster.can_link` takes valid numbers only). Fifteen characters that are
+    not one (a letter, no such birth date) stay as given, flagged ``id_number_15_invalid`` with
+    validity False: like a failed check digit, they lower trust in the number, never reject the record.
+    """
+    converted = codes.id_number_from_15(number)
+    if converted is None:
+        flags.append("id_number_15_invalid")
+        return number, False, birth
+    flags.append("id_number_from_15")
+    return converted, None, birth if birth is not None else converted[6:14]
 
 
 def standardize(party: Party) -> StdParty:
@@ -253,7 +280,9 @@ def standardize(party: Party) -> StdParty:
     id_ok: bool | None = None
     birth = _birth_date(str(party.attributes.extra.get("birth_date") or party.attributes.extra.get("date_of_birth") or "")
                         or None)
-    if id_number and len(id_number) == 18:
+    if id_number and len(id_number) == 15:
+        id_number, id_ok, birth = _first_generation_id(id_number, birth, flags)
+    elif id_number and len(id_number) == 18:
         id_ok = codes.id_number_valid(id_number)
         if not id_ok:
             flags.append("id_number_check_failed")

@@ -10,7 +10,10 @@
 * Organization code (组织机构代码, GB 11714-1997): 8 body characters (digits / upper letters)
   and a check character modulo 11 (``X`` for 10, ``0`` for 11).
 * Resident identity number (公民身份号码, GB 11643-1999): 17 digits and an ISO 7064 MOD 11-2
-  check character (``X`` for 10).
+  check character (``X`` for 10). The first-generation number (1985–1999) has 15 digits: the
+  6-digit division, the birth date ``YYMMDD`` of a year 19YY, a 3-digit sequence and no check
+  character; :func:`id_number_from_15` gives its 18-digit form, which the same person's second
+  card carries.
 
 A failed check is a *flag that lowers trust* in the code, never a rejection of the record.
 """
@@ -18,6 +21,7 @@ A failed check is a *flag that lowers trust* in the code, never a rejection of t
 from __future__ import annotations
 
 import re
+from datetime import date
 from functools import lru_cache
 from operator import mul
 
@@ -31,6 +35,7 @@ _ID_CHECK = "10X98765432"
 _USCC_SHAPE = re.compile(r"^[0-9A-HJ-NP-RTUWXY]{2}[0-9]{6}[0-9A-HJ-NP-RTUWXY]{10}$")
 _ORG_SHAPE = re.compile(r"^[0-9A-Z]{8}[0-9X]$")
 _ID_SHAPE = re.compile(r"^[0-9]{17}[0-9X]$")
+_ID15_SHAPE = re.compile(r"^[0-9]{15}$")
 _CODE_NOISE = re.compile(r"[\s\-\.·_/]")
 _CACHE = 8192  # the checks are memoized: a company's records from several systems carry the same codes
 
@@ -103,3 +108,21 @@ def id_number_valid(number: str) -> bool:
 def id_check_char(first17: str) -> str:
     total = sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS, strict=True))
     return _ID_CHECK[total % 11]
+
+
+@lru_cache(maxsize=_CACHE)
+def id_number_from_15(number: str) -> str | None:
+    """The 18-digit form of a first-generation (15-digit) resident ID number, as GB 11643-1999
+    converts it: ``19`` inserted before the 2-digit birth year, then the check character over
+    the 17 digits. None when ``number`` is not one: not 15 digits, or its ``YYMMDD`` is no
+    date of 19YY (a 15-digit number has no check character, so the date is all there is to
+    check)."""
+    if not _ID15_SHAPE.match(number):
+        return None
+    year, month, day = 1900 + int(number[6:8]), int(number[8:10]), int(number[10:12])
+    try:
+        date(year, month, day)
+    except ValueError:
+        return None
+    first17 = f"{number[:6]}19{number[6:]}"
+    return first17 + id_check_char(first17)
