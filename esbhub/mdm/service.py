@@ -89,6 +89,7 @@ from esbhub.mdm.settings import MdmSettings, mdm_settings_of
 from esbhub.mdm.store import (
     AppliedModel,
     Audit,
+    AuditSubject,
     CompressedJSON,
     Constraint,
     FastJSON,
@@ -106,6 +107,7 @@ from esbhub.mdm.store import (
     Task,
     Xref,
     any_of,
+    as_utc,
     aware,
     golden_id_for,
     insert_rows,
@@ -1772,8 +1774,31 @@ class MdmService:
         with self.Session() as s:
             return self.resolve(s, ref).golden_id
 
-    def _audit(self, s: Session, now: datetime, actor: str, action: str, target: str, reason: str | None, **detail: Any) -> None:
-        s.add(Audit(at=now, actor=actor, action=action, target=target, reason=reason, detail=detail))
+    def _audit(self, s: Session, now: datetime, actor: str, action: str, target: str, reason: str | None, *,
+               touched: Iterable[str | None] = (), **detail: Any) -> None:
+        """Write the audit entry of this transaction's action. ``touched``: the golden ids, source
+        keys and tasks it is about; :meth:`_audit_subjects` lists them, with the golden records the
+        action changed, once it has run."""
+        entry = Audit(at=now, actor=actor, action=action, target=target, reason=reason, detail=detail)
+        s.add(entry)
+        s.info["mdm_audit"] = (entry, {t for t in touched if t})
+
+    def _audit_subjects(self, s: Session, changes: Sequence[_Change]) -> None:
+        """List what the audit entry of this transaction touched (``mdm_audit_subject``): what
+        :meth:`_audit` was told, and every golden record ``changes`` changed with its members — so
+        an unmerge is found by the golden id it gave the records it split off, a merge by every
+        source key of both records. Nothing when the action wrote no entry (it had nothing to do)."""
+        pending = s.info.pop("mdm_audit", None)
+        if pending is None:
+            return
+        entry, touched = pending
+        for ch in changes:
+            g = ch.golden if ch.golden is not None else s.get(Golden, ch.golden_id)
+            touched.update([ch.golden_id, *ch.merged_ids, *ch.split_into, *(g.members or [] if g is not None else [])])
+            if ch.unmerged_from:
+                touched.add(ch.unmerged_from)
+        s.flush()  # the entry's id
+        s.execute(sa.insert(AuditSubject), [{"subject": t, "audit_id": entry.id} for t in sorted(touched)])
 
     def _steward(self, fn: Callable[[Session, datetime], list[_Change]], actor: str, reason: str | None, op: str) -> list[Envelope]:
         # the events go to the outbox under the publication lock: every later publisher sends
@@ -1782,6 +1807,7 @@ class MdmService:
             self._begin_write(s)
             now = utcnow()
             changes = fn(s, now)
+            self._audit_subjects(s, changes)
             events = self._events(s, changes, now, actor=actor, reason=reason, cause=None, cause_id=op)
             for e in events:
                 s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
@@ -1839,7 +1865,8 @@ class MdmService:
             self._refuse_hard_conflict(s, ma, mb, f"merging {ga.golden_id} and {gb.golden_id}")
             self._set_constraint(s, ga.founder, gb.founder, "must", by, reason, now)
             self._audit(s, now, by, "merge", f"{ga.golden_id}+{gb.golden_id}", reason, a=a, b=b,
-                        before={ga.golden_id: list(ma), gb.golden_id: list(mb)})
+                        before={ga.golden_id: list(ma), gb.golden_id: list(mb)},
+                        touched=[a, b, ga.golden_id, gb.golden_id, *ma, *mb])
             s.flush()
             changes = self._recluster(s, ma | mb, now, actor=by, reason=reason, cause="merge")
             s.flush()
@@ -1915,7 +1942,8 @@ class MdmService:
             for x in sorted(split):
                 for y in sorted(rest):
                     self._set_constraint(s, x, y, "cannot", by, reason, now)
-            self._audit(s, now, by, "unmerge", g.golden_id, reason, split=sorted(split), rest=sorted(rest))
+            self._audit(s, now, by, "unmerge", g.golden_id, reason, split=sorted(split), rest=sorted(rest),
+                        touched=[golden_id, g.golden_id, *members])
             s.flush()
             return self._recluster(s, members, now, actor=by, reason=reason, cause="unmerge")
 
@@ -1951,7 +1979,9 @@ class MdmService:
                         for y in sorted(self._members(s, [gb])):
                             if pair(x, y) != pair(t.a_key, t.b_key):
                                 self._set_constraint(s, x, y, "cannot", by, reason, now, task_id=t.id)
-            self._audit(s, now, by, "decide", f"task:{t.id}", reason, same=same, a=t.a_key, b=t.b_key)
+            self._audit(s, now, by, "decide", f"task:{t.id}", reason, same=same, a=t.a_key, b=t.b_key,
+                        touched=[f"task:{t.id}", t.a_key, t.b_key, self._golden_of_key(s, t.a_key),
+                                 self._golden_of_key(s, t.b_key)])
             s.flush()
             seeds = {t.a_key, t.b_key} | self._members(s, [self._golden_of_key(s, t.a_key) or "", self._golden_of_key(s, t.b_key) or ""])
             return self._recluster(s, seeds, now, actor=by, reason=reason, cause=f"task:{t.id}")
@@ -1974,7 +2004,8 @@ class MdmService:
                 o.active = False
             if value is not None:
                 s.add(Override(golden_id=g.golden_id, attribute=attribute, value=value, actor=by, reason=reason, at=now))
-            self._audit(s, now, by, "override", f"{g.golden_id}.{attribute}", reason, value=value)
+            self._audit(s, now, by, "override", f"{g.golden_id}.{attribute}", reason, value=value,
+                        touched=[golden_id, g.golden_id, *(g.members or [])])
             s.flush()
             return self._recluster(s, set(g.members or []), now, actor=by, reason=reason, cause="override")
 
@@ -2070,7 +2101,8 @@ class MdmService:
             changes = self._recluster(s, all_keys, now, actor="engine", reason="rematch", cause="rematch")
             self._open_tasks(s, reviews, now)
             self._audit(s, now, "engine", "rematch", "*", None, links=len(seen), changes=len(changes),
-                        model=fingerprint)
+                        model=fingerprint, touched=["*"])
+            self._audit_subjects(s, [])  # "*": every record; which golden records changed, their history says
             events = self._events(s, changes, now, actor="engine", reason="rematch", cause=None, cause_id="rematch")
             for e in events:
                 s.add(Outbox(envelope=e.model_dump(mode="json"), created_at=now))
@@ -2270,12 +2302,38 @@ class MdmService:
             }
         return d
 
-    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+    def audit(
+        self, limit: int = 100, *, target: str | None = None, actor: str | None = None, action: str | None = None,
+        since: datetime | None = None, until: datetime | None = None, before: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The audit trail, newest first (by ``id``, which is commit order): ``limit`` entries with an
+        ``id`` below ``before``, of ``actor`` (as recorded, e.g. ``key:<key id>:<name>``, ``engine``),
+        of ``action`` (decide, merge, unmerge, override, rematch), at or after ``since`` and before
+        ``until`` (naive times are UTC), that touched ``target`` — a golden id (retired ones too:
+        the merge that retired it), a source key, ``task:<id>``, or ``*`` for a rematch. Each filter
+        is answered through an index (``mdm_audit_subject``'s key, ``(actor, id)``, ``(action, id)``,
+        ``at``)."""
+        q = sa.select(Audit)
+        if target is not None:  # the record's entries newest first straight from the subject key
+            key = AuditSubject.audit_id
+            q = q.join(AuditSubject, AuditSubject.audit_id == Audit.id).where(AuditSubject.subject == target)
+        else:
+            key = Audit.id
+        if actor is not None:
+            q = q.where(Audit.actor == actor)
+        if action is not None:
+            q = q.where(Audit.action == action)
+        if since is not None:
+            q = q.where(Audit.at >= as_utc(since))
+        if until is not None:
+            q = q.where(Audit.at < as_utc(until))
+        if before is not None:
+            q = q.where(key < before)
         with self.Session() as s:
             return [
-                {"at": aware(a.at).isoformat(), "actor": a.actor, "action": a.action, "target": a.target,  # type: ignore[union-attr]
-                 "reason": a.reason, "detail": a.detail}
-                for a in s.execute(sa.select(Audit).order_by(Audit.id.desc()).limit(limit)).scalars()
+                {"id": a.id, "at": aware(a.at).isoformat(), "actor": a.actor, "action": a.action,  # type: ignore[union-attr]
+                 "target": a.target, "reason": a.reason, "detail": a.detail}
+                for a in s.execute(q.order_by(key.desc()).limit(limit)).scalars()
             ]
 
     def explain(self, a: str, b: str) -> dict[str, Any]:

@@ -16,7 +16,9 @@ Nothing is ever deleted, so merge and unmerge lose nothing:
 * ``mdm_link`` — scored pairs with per-field evidence (engine) — superseded links are kept
   inactive, never deleted.
 * ``mdm_constraint`` — steward decisions as pair constraints (``must`` / ``cannot``).
-* ``mdm_task`` — the steward review queue; ``mdm_audit`` — who did what, when, why.
+* ``mdm_task`` — the steward review queue; ``mdm_audit`` — who did what, when, why;
+  ``mdm_audit_subject`` — the golden ids, source keys and tasks each audit entry touched
+  (what ``GET /v1/steward/audit?target=`` finds it by).
 * ``mdm_override`` — manual attribute overrides by a steward.
 * ``mdm_hierarchy`` — head office ↔ branch, group ↔ member, billing parent edges.
 * ``mdm_golden_link`` — accounts, services, bills, payments, alarms that routes attach to a
@@ -167,6 +169,12 @@ def aware(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def as_utc(ts: datetime) -> datetime:
+    """``ts`` in UTC (naive: taken as UTC), to compare with a stored time: SQLite compares the
+    stored UTC wall-clock text, so a bound in another zone must be converted, not just labelled."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def source_key(system: str, source_id: str) -> str:
@@ -384,7 +392,16 @@ class Task(Base):
 
 
 class Audit(Base):
+    """One steward action or rematch. ``id`` is commit order: an entry is written by a transaction
+    that holds the MDM writer lock from its start to its commit (:mod:`esbhub.mdm.service`), so the
+    audit trail reads newest first by id."""
+
     __tablename__ = "mdm_audit"
+    __table_args__ = (
+        # one actor's / one action's entries, newest first, a page at a time (mdm_0007)
+        sa.Index("ix_mdm_audit_actor", "actor", "id"),
+        sa.Index("ix_mdm_audit_action", "action", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(Ts, index=True)
@@ -393,6 +410,18 @@ class Audit(Base):
     target: Mapped[str] = mapped_column(String(300))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(FastJSON)
+
+
+class AuditSubject(Base):
+    """A golden id, source key or ``task:<id>`` an audit entry touched (mdm_0007). An entry's
+    ``target`` names one thing ("G1+G2" for a merge, "task:7" for a decision); a reviewer asks
+    about one record — every entry that touched ``crm:9`` — so each is listed here, and the key
+    ``(subject, audit_id)`` gives a record's entries newest first."""
+
+    __tablename__ = "mdm_audit_subject"
+
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    audit_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
 
 
 class Override(Base):
@@ -538,6 +567,7 @@ ALL_TABLES = [
     Constraint.__tablename__,
     Task.__tablename__,
     Audit.__tablename__,
+    AuditSubject.__tablename__,
     Override.__tablename__,
     Hierarchy.__tablename__,
     GoldenLink.__tablename__,

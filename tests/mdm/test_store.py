@@ -28,13 +28,50 @@ def test_upgrade_creates_every_mdm_table_and_the_migration_matches_the_models(ur
     assert set(ALL_TABLES) <= set(sa.inspect(eng).get_table_names())
     with eng.connect() as c:
         heads = {r[0] for r in c.execute(sa.text("SELECT version_num FROM alembic_version"))}
-        assert "mdm_0006" in heads
+        assert "mdm_0007" in heads
         md = sa.MetaData()
         for t in ALL_TABLES:
             Base.metadata.tables[t].to_metadata(md)
         diff = [d for d in compare_metadata(MigrationContext.configure(c), md)
                 if not (d[0] == "remove_table" or (isinstance(d, tuple) and d[0].startswith("remove_")))]
     assert diff == []
+
+
+def test_audit_entries_written_before_mdm_0007_are_found_by_the_records_they_name(url):
+    """mdm_0007 lists what each existing audit entry touched, from its target and detail."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+
+    from esbhub.db import alembic_config
+    from esbhub.mdm.store import Audit
+    from mdm.fakes import make_service
+
+    cfg = alembic_config(url)
+    entries = [
+        ("merge", "G0000000001+G0000000002",
+         {"a": "G0000000001", "b": "crm:9", "before": {"G0000000001": ["crm:1"], "G0000000002": ["crm:9"]}}),
+        ("unmerge", "G0000000001", {"split": ["crm:9"], "rest": ["crm:1"]}),
+        ("decide", "task:3", {"same": False, "a": "crm:1", "b": "res:R1"}),
+        ("override", "G0000000002.industry", {"value": "物流"}),
+        ("rematch", "*", {"links": 3, "changes": 1, "model": None}),
+    ]
+    with engine_for(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "mdm_0006")
+        conn.execute(sa.insert(Audit.__table__), [
+            {"at": datetime(2026, 3, 1, i, tzinfo=UTC), "actor": "alice", "action": action, "target": target,
+             "reason": None, "detail": detail} for i, (action, target, detail) in enumerate(entries)])
+    svc = make_service(url)  # upgrades to the newest revision
+
+    def found(target: str) -> list[str]:
+        return [e["action"] for e in svc.audit(target=target)]
+
+    assert found("crm:9") == ["unmerge", "merge"]
+    assert found("crm:1") == ["decide", "unmerge", "merge"]
+    assert found("G0000000002") == ["override", "merge"]
+    assert found("res:R1") == found("task:3") == ["decide"]
+    assert found("*") == ["rematch"]
 
 
 def test_golden_id_sequence_hands_out_each_value_once_under_concurrency(url):
