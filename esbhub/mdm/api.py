@@ -1,7 +1,10 @@
-"""HTTP API of the MDM: the 360° customer view, search, xref, history and the steward queue.
+"""HTTP API of the MDM: the 360° customer view, search, xref, history, the steward queue and the audit trail.
 
-Read calls need the ``read`` scope, steward actions (decide, merge, unmerge, override) the ``steward`` scope (``admin`` implies
-both). A merge or a "same" decision that contradicts a standing "not the same" or a hard
+Read calls need the ``read`` scope, steward actions (decide, merge, unmerge, override) and the
+review queue the ``steward`` scope (``admin`` implies both). The audit trail
+(``GET /v1/steward/audit``) is a read: an auditor must be able to review the stewards' actions
+without the power to merge or unmerge, and it shows no more than a record's history, which ``read``
+already shows (each version's actor, reason and attributes, overrides included). A merge or a "same" decision that contradicts a standing "not the same" or a hard
 cannot-link rule (two different valid USCCs, a branch and its head office, …) is a 409 whose
 message names the rule and the two records; nothing is changed. Every steward action is audited twice: in the MDM's own ``mdm_audit`` table (who,
 when, why, what it changed) and through :func:`esbhub.auth.audit`. Events of steward actions
@@ -13,7 +16,7 @@ any later event of the MDM, whoever publishes it (:mod:`esbhub.mdm.events`, orde
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -25,7 +28,7 @@ from esbhub.bus.envelope import Envelope
 from esbhub.errors import ErrorDetail, InvalidMessage
 from esbhub.logging import get_logger
 from esbhub.mdm.service import Conflict, InvalidOverride, MdmService, NotFound, service_for
-from esbhub.mdm.store import check_source_key
+from esbhub.mdm.store import as_utc, check_source_key
 
 log = get_logger("esbhub.mdm.api")
 router = APIRouter(tags=["customers (MDM)"])
@@ -182,6 +185,48 @@ def tasks(
     _p: Principal = Depends(require("steward")),
 ) -> dict[str, Any]:
     return {"tasks": svc.tasks(None if status == "all" else status, limit=limit, offset=offset)}
+
+
+AUDIT_PAGE_MAX = 500
+
+AuditAction = Literal["decide", "merge", "unmerge", "override", "rematch"]
+
+
+def _blank(value: str | None, field: str) -> None:
+    if value is not None and not value.strip():
+        raise ApiError(422, "invalid_request", "the request is not valid", [ErrorDetail(
+            loc=f"query.{field}", msg="only spaces: leave it out, or give a value", type="string_too_short")])
+
+
+@router.get("/v1/steward/audit", summary="The MDM audit trail: steward actions and rematches, newest first")
+def audit_trail(
+    target: str | None = Query(default=None, min_length=1, max_length=300,
+                               description="Entries that touched this golden id (a retired one too), source key "
+                                           "'system:id', 'task:<id>', or '*' (a rematch)."),
+    actor: str | None = Query(default=None, min_length=1, max_length=100,
+                              description="Entries of this actor, as the entries show it: 'key:<key id>:<name>' for an "
+                                          "API key, 'engine' for a rematch."),
+    action: AuditAction | None = Query(default=None, description="Entries of this action."),
+    since: datetime | None = Query(default=None, description="At or after this time (ISO 8601; without a zone: UTC)."),
+    until: datetime | None = Query(default=None, description="Before this time (ISO 8601; without a zone: UTC)."),
+    limit: int = Query(default=100, ge=1, le=AUDIT_PAGE_MAX),
+    cursor: int | None = Query(default=None, ge=1, description="The next_cursor of the previous page."),
+    svc: MdmService = Depends(mdm),
+    _p: Principal = Depends(require("read")),
+) -> dict[str, Any]:
+    """Pages by ``cursor`` — the id of the last entry of the previous page — not by offset: entries
+    written while a reviewer pages (newest first) would shift an offset, showing entries twice;
+    the page after an id is the same whatever is written meanwhile."""
+    _blank(target, "target")
+    _blank(actor, "actor")
+    if since is not None and until is not None and as_utc(until) <= as_utc(since):
+        msg = f"{until.isoformat()} is not after since ({since.isoformat()}): no entry could be in that range"
+        raise ApiError(422, "invalid_request", "the request is not valid",
+                       [ErrorDetail(loc="query.until", msg=msg, type="value_error")])
+    entries = svc.audit(limit + 1, target=target, actor=actor, action=action, since=since, until=until, before=cursor)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    return {"entries": entries, "limit": limit, "next_cursor": entries[-1]["id"] if more else None}
 
 
 @router.get("/v1/steward/tasks/{task_id}", summary="One review task: per-field evidence and both records side by side")
