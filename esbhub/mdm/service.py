@@ -579,6 +579,21 @@ class _Q:
         .where(any_of(GoldenHistory.golden_id, "ids"), GoldenHistory.valid_to.is_(None))
         .values(valid_to=sa.bindparam("at"))
     )
+    # search (:meth:`MdmService.search`): each an index probe — xref by primary key, USCC or billing
+    # account, look-up keys by (kind, value), the key index's leading columns
+    golden_of_source = sa.select(Xref.golden_id).where(
+        Xref.source_system == sa.bindparam("sys_"), Xref.source_id == sa.bindparam("sid"))
+    golden_of_uscc = sa.select(Xref.golden_id).where(Xref.uscc == sa.bindparam("uscc")).order_by(Xref.golden_id)
+    golden_of_account = (sa.select(Xref.golden_id).where(Xref.billing_account == sa.bindparam("ba"))
+                         .order_by(Xref.golden_id))
+    golden_of_phone = (
+        sa.select(Xref.golden_id)
+        .join(KeyIndex, sa.and_(KeyIndex.source_system == Xref.source_system, KeyIndex.source_id == Xref.source_id))
+        .where(KeyIndex.kind == "phone", any_of(KeyIndex.value, "phones")).order_by(Xref.golden_id)
+    )
+    golden_status = sa.select(Golden.golden_id, Golden.status, Golden.merged_into).where(any_of(Golden.golden_id, "ids"))
+    golden_shown = sa.select(Golden.golden_id, Golden.name, Golden.uscc, Golden.tier, Golden.members).where(
+        any_of(Golden.golden_id, "ids"))
 
 
 def _link_item(ref: str, via: str | None) -> str:
@@ -864,7 +879,8 @@ class MdmService:
         self._publication = PublicationLock(url)  # commit → publish, across processes (publication.py)
         self._hier_keys: set[str] | None = None
         self._history_buf: dict[str, Any] = {"ids": set(), "close": {}, "rows": []}
-        self._search_cache: tuple[int, list[tuple[str, str, str]]] | None = None
+        self._names: Any = None  # the fuzzy name index (esbhub.mdm.search), built at the first search
+        self._search_lock = threading.Lock()
         self._indexed = False  # the matcher index is loaded on first use (API processes may never need it)
         self._overrides_shown = overrides_always_win(self.settings.survivorship)
         self._seen_max = 0
@@ -2369,71 +2385,98 @@ class MdmService:
             return out
 
     # ----------------------------------------------------------------- search
-    def _name_index(self, s: Session) -> list[tuple[str, str, str]]:
-        ver = int(s.execute(sa.select(sa.func.max(GoldenHistory.id))).scalar() or 0)
-        if self._search_cache is None or self._search_cache[0] != ver:
-            rows = s.execute(
-                sa.select(Golden.golden_id, Golden.name, Golden.core_name).where(Golden.status == "active")
-            ).all()
-            self._search_cache = (ver, [(gid, name or "", core or "") for gid, name, core in rows])
-        return self._search_cache[1]
+    def _name_index(self, s: Session) -> Any:
+        """The fuzzy name index (:class:`esbhub.mdm.search.NameIndex`), brought up to what the store
+        has committed: loaded whole once, then only the golden records changed since (by anyone)."""
+        from esbhub.mdm.search import NameIndex
+        from esbhub.mdm.standardize import fold
+
+        with self._search_lock:
+            if self._names is None:
+                self._names = NameIndex(fold)
+        with self._names.lock:
+            self._names.refresh(s.connection())
+        return self._names
+
+    def _current_ids(self, s: Session, golden_ids: Iterable[str]) -> dict[str, str]:
+        """Golden id → the golden record it is now, merge pointers followed as :meth:`resolve`
+        does, for many ids in one statement per hop; unknown ids are left out."""
+        out: dict[str, str] = {}
+        todo = {g: g for g in golden_ids if g}  # id asked for → where its pointers lead so far
+        came: dict[str, str] = {}  # id asked for → the retired record whose pointer led there
+        for _hop in range(101):
+            if not todo:
+                break
+            rows = {gid: (status, merged) for gid, status, merged in
+                    s.connection().execute(_Q.golden_status, {"ids": sorted(set(todo.values()))})}
+            step: dict[str, str] = {}
+            for asked, at in todo.items():
+                if at not in rows:  # unknown; or a pointer to nowhere: the record it came from
+                    if at != asked:
+                        out[asked] = came[asked]
+                    continue
+                status, merged = rows[at]
+                if status == "retired" and merged and _hop < 100:
+                    step[asked] = merged
+                    came[asked] = at
+                else:
+                    out[asked] = at
+            todo = step
+        return out
 
     def search(self, q: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Find customers by name (fuzzy, over core names), USCC, phone or source key."""
+        """Find customers by source key, USCC, phone (in any written form) or billing account —
+        exact hits, score 100, by golden id — or, when none, by name: fuzzy over core names and
+        names, best first (:mod:`esbhub.mdm.search`). Every look-up is an index probe; the fuzzy
+        one scores only candidates of an in-memory index that follows the store's commits."""
         import unicodedata
 
-        from rapidfuzz import fuzz, process
+        from esbhub.mdm.standardize import fold, phone_forms
+        from esbhub.mdm.standardize.codes import clean_code
 
         limit = limit or self.settings.search_limit
         q = unicodedata.normalize("NFKC", (q or "").strip())
         if not q:
             return []
-        hits: dict[str, tuple[float, str]] = {}
-
-        def hit(gid: str, score: float, on: str) -> None:
-            if gid and (gid not in hits or hits[gid][0] < score):
-                hits[gid] = (score, on)
-
         with self.Session() as s:
+            conn = s.connection()
+            exact: dict[str, str] = {}  # golden id as found → the look-up that found it first
+
+            def found(stmt: Any, params: dict[str, Any], on: str) -> None:
+                for (gid,) in conn.execute(stmt, params):
+                    exact.setdefault(gid, on)
+
             if ":" in q:
-                gid = self._golden_of_key(s, q)
-                if gid:
-                    hit(self.resolve(s, gid).golden_id, 100.0, "source_key")
-            up = q.upper()
-            if len(up) == 18 and up.isalnum():
-                for x in s.execute(sa.select(Xref).where(Xref.uscc == up)).scalars():
-                    hit(self.resolve(s, x.golden_id).golden_id, 100.0, "uscc")
-            digits = "".join(ch for ch in q if ch.isdigit())
-            if len(digits) >= 7 and len(digits) >= len(q.replace(" ", "").replace("-", "").replace("+", "")) - 1:
-                for r in s.execute(
-                    sa.select(KeyIndex).where(KeyIndex.kind == "phone", KeyIndex.value.like(f"%{digits[-11:]}"))
-                ).scalars():
-                    gid = self._golden_of_key(s, source_key(r.source_system, r.source_id))
-                    if gid:
-                        hit(self.resolve(s, gid).golden_id, 100.0, "phone")
-            for acct in s.execute(sa.select(Xref).where(Xref.billing_account == q)).scalars():
-                hit(self.resolve(s, acct.golden_id).golden_id, 100.0, "billing_account")
-            index = self._name_index(s)
-            if index and not hits:
-                core_q = q
+                sys_, sid = split_key(q)
+                found(_Q.golden_of_source, {"sys_": sys_, "sid": sid}, "source_key")
+            code = clean_code(q) or ""
+            if len(code) == 18 and code.isalnum():
+                found(_Q.golden_of_uscc, {"uscc": code}, "uscc")
+            phones = phone_forms(q)
+            if phones:
+                found(_Q.golden_of_phone, {"phones": phones}, "phone")
+            found(_Q.golden_of_account, {"ba": q}, "billing_account")
+            ranked: list[tuple[str, float, str]] = []
+            if exact:
+                now = self._current_ids(s, exact)
+                hits: dict[str, str] = {}
+                for gid, on in exact.items():
+                    if gid in now:
+                        hits.setdefault(now[gid], on)
+                ranked = [(gid, 100.0, hits[gid]) for gid in sorted(hits)[:limit]]
+            else:
                 try:
                     core_q = self._standardize(Party(source_system="search", source_id="q", name=q)).core_name or q
                 except Exception:  # noqa: BLE001 - a query that does not standardize is searched verbatim
                     core_q = q
-                cores = [c or n for _g, n, c in index]
-                names = [n for _g, n, _c in index]
-                for _c, score, i in process.extract(core_q, cores, scorer=fuzz.WRatio, limit=limit * 2, score_cutoff=60):
-                    hit(index[i][0], float(score), "core_name")
-                for _c, score, i in process.extract(q, names, scorer=fuzz.WRatio, limit=limit * 2, score_cutoff=60):
-                    hit(index[i][0], float(score), "name")
-            ranked = sorted(hits.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
-            out = []
-            for gid, (score, on) in ranked:
-                g = s.get(Golden, gid)
-                if g is not None:
-                    out.append({"golden_id": gid, "name": g.name, "uscc": g.uscc, "tier": g.tier, "score": round(score, 1),
-                                "matched_on": on, "source_keys": list(g.members or [])})
-            return out
+                index = self._name_index(s)
+                with index.lock:
+                    ranked = [(h.golden_id, h.score, h.on) for h in index.search(fold(core_q), fold(q), limit)]
+            shown = {r.golden_id: r for r in conn.execute(_Q.golden_shown, {"ids": [g for g, _s, _o in ranked]})} \
+                if ranked else {}
+            return [{"golden_id": gid, "name": g.name, "uscc": g.uscc, "tier": g.tier, "score": round(score, 1),
+                     "matched_on": on, "source_keys": list(g.members or [])}
+                    for gid, score, on in ranked if (g := shown.get(gid)) is not None]
 
 
 # --------------------------------------------------------------------- bus wiring

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -382,6 +384,119 @@ def test_search_finds_customers_by_fuzzy_name_uscc_phone_and_source_key(svc):
     assert svc.search(U2)[0]["golden_id"] == "G0000000002"
     assert svc.search("0755 8888 6666")[0]["golden_id"] == "G0000000001"
     assert svc.search("crm:9")[0]["golden_id"] == "G0000000002"
+
+
+@contextlib.contextmanager
+def _whole_golden_reads(url: str) -> Iterator[list[str]]:
+    """Statements run meanwhile that read ``mdm_golden`` other than by golden id or by what changed
+    (golden history ids): reads of every golden record."""
+    import re
+
+    from esbhub.db import engine_for
+
+    whole: list[str] = []
+    keyed = ("mdm_golden.golden_id =", "mdm_golden.golden_id in", "mdm_golden_history.id >")
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        text = " ".join(statement.lower().split())
+        if re.search(r"\bmdm_golden\b(?!_)", text) and not any(k in text for k in keyed):
+            whole.append(statement)
+
+    eng = engine_for(url)
+    sa.event.listen(eng, "before_cursor_execute", seen)
+    try:
+        yield whole
+    finally:
+        sa.event.remove(eng, "before_cursor_execute", seen)
+
+
+@BOTH
+def test_a_search_after_a_change_sees_it_without_reloading_every_golden_record(svc, url):
+    svc.ingest(crm1(), "e1")
+    svc.ingest(other_company(), "e2")
+    assert svc.search("远洋物流")[0]["golden_id"] == "G0000000002"
+    svc.ingest(party("crm", "9", "广州市远航物流有限公司", uscc=U2, phones=["020-33334444"], city="广州"), "e3")  # renamed
+    svc.ingest(party("erp", "5", "杭州市青松餐饮管理有限公司", phones=["0571-66667777"], city="杭州"), "e4")  # new
+    with _whole_golden_reads(url) as whole:
+        assert [(r["golden_id"], r["matched_on"], r["score"]) for r in svc.search("远航物流")][:1] == [
+            ("G0000000002", "core_name", 100.0)]
+        assert svc.search("广州市远洋物流有限公司")[0]["score"] < 100  # its old name is gone
+        assert svc.search("青松餐饮")[0]["source_keys"] == ["erp:5"]
+    assert whole == []
+
+
+@BOTH
+def test_search_by_phone_finds_the_record_whatever_way_the_number_is_written(svc):
+    svc.ingest(crm1(), "e1")  # 0755-88886666, in 深圳
+    svc.ingest(party("crm", "2", "杭州市青松餐饮管理有限公司", phones=["139 1234 5678"], city="杭州"), "e2")
+    for written in ("0755-88886666", "(0755) 8888-6666", "+86 755 8888 6666", "0086 755 88886666", "075588886666",
+                    "8888 6666", "88886666"):
+        got = svc.search(written)
+        assert [(r["golden_id"], r["matched_on"]) for r in got] == [("G0000000001", "phone")], written
+    for written in ("13912345678", "+86-139-1234-5678", "139.1234.5678", "(+86) 139 1234 5678"):
+        assert [r["source_keys"] for r in svc.search(written)] == [["crm:2"]], written
+    assert svc.search("0755-88886667") == []
+
+
+_SAME_NAME_CITIES = ["深圳", "广州", "北京", "上海", "杭州", "南京", "武汉", "成都", "西安", "重庆", "天津", "苏州"]
+
+
+def _same_name_in_twelve_cities(svc) -> None:
+    """Twelve companies of one 字号 (distinct USCCs: never merged), then the first four changed: on
+    PostgreSQL their golden rows move behind the others in the table."""
+    for i, city in enumerate(_SAME_NAME_CITIES):
+        svc.ingest(party("crm", str(i), f"{city}市华信科技有限公司", uscc=uscc(100 + i), phones=[f"0755-8000{i:04d}"],
+                         city=city), f"e{i}")
+    for i in range(4):
+        svc.ingest(party("crm", str(i), f"{_SAME_NAME_CITIES[i]}市华信科技有限公司", uscc=uscc(100 + i),
+                         phones=[f"0755-9000{i:04d}"], city=_SAME_NAME_CITIES[i]), f"u{i}")
+
+
+@pytest.mark.postgres
+def test_search_answers_the_same_on_sqlite_and_postgresql(tmp_path, pg_url, unique):
+    """Ties (one 字号 in twelve cities) are broken by golden id on both, whatever order the
+    database hands the rows back in."""
+    from mdm.fakes import fresh_pg_db
+
+    pg, drop = fresh_pg_db(pg_url, "mdm_" + unique)
+    try:
+        answers = []
+        for url in (f"sqlite:///{tmp_path / 'mdm.db'}", pg):
+            svc = MdmService(url)
+            _same_name_in_twelve_cities(svc)
+            answers.append([svc.search(q, limit=limit) for q in ("华信科技", "华信科枝", "深圳华信", "杭州市华信科技有限公司",
+                                                                 "0755-80000005", uscc(107), "crm:3")
+                            for limit in (3, 20)])
+        assert answers[0] == answers[1]
+        assert [r["golden_id"] for r in answers[0][0]] == ["G0000000001", "G0000000002", "G0000000003"]
+    finally:
+        drop()
+
+
+_OTHER_PROCESS = """
+import sys
+from esbhub.mdm.service import MdmService
+from esbhub.schemas.party import Party
+
+svc = MdmService(sys.argv[1], migrate=False)
+svc.ingest(Party(source_system="erp", source_id="77", name="杭州市远景物流有限公司", city="杭州",
+                 phones=[{"number": "0571-66667777"}]), "other-process-1")
+"""
+
+
+@BOTH
+def test_a_search_finds_what_another_process_committed(svc, url):
+    import os
+    import subprocess
+    import sys
+
+    svc.ingest(crm1(), "e1")
+    assert svc.search("远景物流") == []
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS, url], check=True, env=dict(os.environ), timeout=120)
+    with _whole_golden_reads(url) as whole:
+        assert [r["source_keys"] for r in svc.search("远景物流")][:1] == [["erp:77"]]
+        assert [r["source_keys"] for r in svc.search("0571 6666 7777")] == [["erp:77"]]
+    assert whole == []
 
 
 def test_items_linked_by_source_key_or_golden_id_show_in_the_360_view_after_a_merge(svc):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from stdnum.cn import ric as stdnum_ric
 from stdnum.cn import uscc as stdnum_uscc
 
-from esbhub.mdm.standardize import codes, fold, parse_address, standardize
+from esbhub.mdm.standardize import codes, fold, parse_address, phone_forms, standardize
 from esbhub.mdm.standardize.divisions import table
 from esbhub.schemas.party import Party
 
@@ -151,6 +151,18 @@ def test_phones_become_e164_and_service_numbers_are_generic():
 def test_local_number_without_area_code_takes_the_city_area_code():
     s = standardize(org("华信科技有限公司", phones=[{"number": "26001234"}], addresses=[{"text": "深圳市南山区科技园路1号"}]))
     assert s.phones == ["+8675526001234"]
+
+
+@pytest.mark.parametrize("written", ["0755-26001234", "(0755)2600 1234", "+86 755 2600 1234", "0086-755-26001234",
+                                     "26001234", "2600-1234"])
+def test_phone_forms_of_a_search_include_what_standardization_stored(written):
+    stored = standardize(org("华信科技有限公司", phones=[{"number": "0755-26001234"}], city="深圳")).phones
+    assert set(stored) <= set(phone_forms(written))
+
+
+@pytest.mark.parametrize("text", ["华信科技", "crm:26001234", "BA-26001234", "260012", "+86 755 2600 12a4", "1+2600123"])
+def test_phone_forms_of_text_not_written_as_a_number_are_none(text):
+    assert phone_forms(text) == []
 
 
 @pytest.mark.parametrize("text", ["广东省深圳市南山区科技园路1号", "深圳市南山区科技园路1号", "深圳南山科技园路1号",

@@ -47,7 +47,7 @@ from esbhub.mdm.standardize.names import (
 )
 from esbhub.schemas.party import Party
 
-__all__ = ["StdParty", "standardize", "fold", "parse_org_name", "parse_address", "pinyin_key"]
+__all__ = ["StdParty", "standardize", "fold", "parse_org_name", "parse_address", "phone_forms", "pinyin_key"]
 
 
 class StdParty(BaseModel):
@@ -153,6 +153,35 @@ def _parse_phone(digits: str) -> tuple[str | None, bool]:
     e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
     nat = str(num.national_number)
     return e164, num.country_code == 86 and len(nat) == 10 and nat[:3] in ("400", "800")
+
+
+_PHONE_SEPARATORS = frozenset(" -./()（）\u3000")
+
+
+def phone_forms(text: str) -> list[str]:
+    """The E.164 forms :func:`standardize` may have stored for a phone number written as
+    ``text`` — for a search by phone: equality on the look-up keys (``mdm_key_index``), whatever
+    the spacing, dashes, brackets or prefix (``+86``, ``0086``) on either side.
+
+    ``text`` counts as a number when it holds 7 digits or more and nothing but digits, one '+'
+    before them and separators (spaces, '-', '.', '/', brackets); else the answer is empty. A local
+    number without area code (7–8 digits) was stored with the area code of its record's city,
+    which the query does not know: every area code's form is given, and the form without one."""
+    digits = plus = 0
+    for ch in text:
+        if "0" <= ch <= "9":
+            digits += 1
+        elif ch == "+" and not digits and not plus:
+            plus = 1
+        elif ch not in _PHONE_SEPARATORS:
+            return []
+    if digits < 7:
+        return []
+    forms = {_phone(text, "fixed", None)[0]}
+    local = _NOT_PHONE.sub("", text)
+    if len(local) in (7, 8) and not local.startswith(("400", "800", "95", "96")):
+        forms.update(_phone(text, "fixed", city)[0] for city in table().area_codes.values())
+    return sorted(f for f in forms if f)
 
 
 def _birth_date(raw: str | None) -> str | None:
