@@ -32,8 +32,9 @@ import heapq
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -51,6 +52,9 @@ more to count than the few extra candidates let through."""
 STALE_SHARE = 0.2
 """Postings left behind by names that changed (they only over-count) are dropped by rebuilding
 the inverted index from the names once they are this share of all postings."""
+
+Row = Sequence[Any]
+"""A golden record as the index reads it: (golden id, status, name, core name)."""
 
 _CHUNK = 512  # candidates scored in the first round; ×4 each round after
 _OCC = 1 << 16  # token = code point × _OCC + occurrence (0 for a character's first in the string)
@@ -93,32 +97,45 @@ def _tokens(s: str) -> set[int]:
 
 
 class _Field:
-    """One folded string per slot (the core name, or the name) with its inverted index: a base
-    built from every string at once (numpy), and per-token lists of slots added since.
+    """One folded string per slot (the core name, or the name) with its inverted index.
 
-    A slot whose string changes is added to the tokens it did not hold; it stays listed under
-    those it no longer holds, which only over-counts what it shares (the bound stays a bound)
-    until :meth:`rebuild` drops them."""
+    Compact, for a long-lived API process: the strings of the last (re)build are one ``str``
+    with offsets (``blob``, ``off``; hundreds of thousands of small ``str`` objects took ~3 × the
+    memory, and their churn at load left the heap fragmented), the strings set since in
+    ``over``. The inverted index likewise: a base built from every string at once (numpy) and
+    per-token lists of slots added since (``extra``). A slot whose string changes is added to
+    the tokens it did not hold; it stays listed under those it no longer holds, which only
+    over-counts what it shares (the bound stays a bound) until :meth:`rebuild` drops them."""
 
     def __init__(self) -> None:
-        self.text: list[str] = []
+        self.blob = ""
+        self.off = np.zeros(1, dtype=np.int64)
+        self.over: dict[int, str] = {}
         self.length = np.zeros(0, dtype=np.int32)
         self.base: dict[int, tuple[int, int]] = {}  # token → its range in base_slots
         self.base_slots = np.zeros(0, dtype=np.int32)
         self.extra: dict[int, array[int]] = {}
         self.postings = 0
         self.stale = 0
+        self.n = 0  # slots
+
+    def text(self, slot: int) -> str:
+        s = self.over.get(slot)
+        if s is not None:
+            return s
+        if slot + 1 < len(self.off):
+            return self.blob[self.off[slot] : self.off[slot + 1]]
+        return ""
 
     def grow(self, n: int) -> None:
-        if n > len(self.text):
-            self.text.extend([""] * (n - len(self.text)))
+        self.n = max(self.n, n)
         if n > len(self.length):
             bigger = np.zeros(max(n, 2 * len(self.length), 1024), dtype=np.int32)
             bigger[: len(self.length)] = self.length
             self.length = bigger
 
     def set(self, slot: int, text: str) -> None:
-        old = self.text[slot]
+        old = self.text(slot)
         if old == text:
             return
         held, now = _tokens(old), _tokens(text)
@@ -129,33 +146,45 @@ class _Field:
             lst.append(slot)
         self.postings += len(now - held)
         self.stale += len(held - now)
-        self.text[slot] = text
+        self.over[slot] = text
         self.length[slot] = len(text)
         if self.stale > 1000 and self.stale > STALE_SHARE * self.postings:
             self.rebuild()
 
     def rebuild(self) -> None:
-        """The inverted index of the strings as they are now, built at once: every character
-        with its slot, sorted by (character, slot); a character's later occurrences in one
-        string (rare) are tokens of their own."""
-        texts = self.text
-        lens = np.fromiter((len(s) for s in texts), dtype=np.int64, count=len(texts))
-        self.length[: len(texts)] = lens
-        cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        slots = np.repeat(np.arange(len(texts), dtype=np.int64), lens)
-        order = np.argsort(cps * (1 << 32) + slots)  # unique but for repeated characters in a string
+        """Strings and inverted index as they are now, built afresh."""
+        texts = [self.text(i) for i in range(self.n)]
+        self.build([np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))], ["".join(texts)])
+
+    def build(self, lens: list[np.ndarray], blobs: list[str]) -> None:
+        """Take slots ``0 …`` with the strings of ``blobs`` (cut by ``lens``), in slot order, and
+        build the inverted index at once: every character with its slot, sorted by (character,
+        slot) — a stable radix sort on dense character numbers, the slots being in order
+        already; a character's later occurrences in one string (rare) are tokens of their own."""
+        ls = np.concatenate(lens) if lens else np.zeros(0, dtype=np.int64)
+        self.blob = "".join(blobs)
+        self.off = np.r_[0, np.cumsum(ls)].astype(np.int64)
+        self.over = {}
+        self.grow(len(ls))
+        self.length[: len(ls)] = ls
+        cps = np.frombuffer(self.blob.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        slots = np.repeat(np.arange(len(ls), dtype=np.int32), ls)
+        present = np.bincount(cps, minlength=1) > 0
+        dense = np.cumsum(present) - 1  # code point → its rank among the characters present
+        ranks = dense[cps]
+        order = np.argsort(ranks.astype(np.uint16) if present.sum() <= 1 << 16 else ranks, kind="stable")
         cps, slots = cps[order], slots[order]
-        same = np.r_[False, (cps[1:] == cps[:-1]) & (slots[1:] == slots[:-1])]
         at = np.arange(len(cps))
+        same = np.r_[False, (cps[1:] == cps[:-1]) & (slots[1:] == slots[:-1])]
         occ = at - np.maximum.accumulate(np.where(same, 0, at))  # rank in its run of one character in one string
         toks = cps * _OCC + occ
-        if same.any():  # later occurrences out of the (character, slot) order: sort once more
+        if same.any():  # later occurrences sit among the first ones: in (token, slot) order
             order = np.argsort(toks, kind="stable")
             toks, slots = toks[order], slots[order]
-        keys, first = np.unique(toks, return_index=True)
-        ends = np.r_[first[1:], len(toks)]
-        self.base = dict(zip(keys.tolist(), zip(first.tolist(), ends.tolist(), strict=True), strict=True))
-        self.base_slots = slots.astype(np.int32)
+        first = np.flatnonzero(np.r_[True, toks[1:] != toks[:-1]]) if len(toks) else np.zeros(0, dtype=np.int64)
+        ends = np.r_[first[1:], len(toks)].astype(np.int64)
+        self.base = dict(zip(toks[first].tolist(), zip(first.tolist(), ends.tolist(), strict=True), strict=True))
+        self.base_slots = slots
         self.extra = {}
         self.postings = len(toks)
         self.stale = 0
@@ -196,8 +225,8 @@ class NameIndex:
     grow with the golden sequence, and a transaction's new ids all come after the ones committed
     before it) — so slot order is golden-id order, which breaks score ties."""
 
-    def __init__(self, fold: Callable[[str], str]) -> None:
-        self._fold = fold
+    def __init__(self, fold_many: Callable[[Sequence[str]], list[str]]) -> None:
+        self._fold_many = fold_many  # esbhub.mdm.standardize.fold_many: fold over many strings
         self.lock = threading.Lock()
         self.loaded = False
         self.seen = 0  # the newest golden history id read
@@ -222,33 +251,54 @@ class NameIndex:
         n = 0
         while True:
             rows = conn.execute(_CHANGED, {"since": self.seen, "n": batch}).all()
-            latest: dict[str, tuple[str, str | None, str | None]] = {}
-            for _hid, gid, status, name, core in rows:
-                latest[gid] = (status, name, core)  # the golden row as it is now
+            latest = {row[1]: tuple(row[1:]) for row in rows}  # the golden row as it is now, once per record
             if latest:
-                self._apply(sorted(latest.items()))
+                self._apply([latest[gid] for gid in sorted(latest)])
                 self.seen = rows[-1][0]
                 n += len(latest)
             if len(rows) < batch:
                 self.reread += n
                 return n
 
-    def _load(self, conn: sa.Connection) -> int:
+    def _load(self, conn: sa.Connection, chunk: int = 20_000) -> int:
         # the newest history id first: a change committed while the rows are read is read again
         self.seen = int(conn.execute(_NEWEST).scalar() or 0)
-        rows = [(gid, (status, name, core)) for gid, status, name, core in conn.execute(_ALL)]
-        self._apply(rows, whole=True)
+        return self.load(conn.execution_options(yield_per=chunk).execute(_ALL).partitions())
+
+    def load(self, chunks: Iterable[Sequence[Row]]) -> int:
+        """Take every golden record (rows (golden id, status, name, core name), sorted by golden
+        id, in chunks): each chunk is folded as it comes — only the folded strings outlive it —,
+        then the inverted indexes are built at once."""
+        gids: list[str] = []
+        active: list[np.ndarray] = []
+        parts: dict[str, tuple[list[np.ndarray], list[str]]] = {"name": ([], []), "core": ([], [])}
+        for rows in chunks:
+            gids += [r[0] for r in rows]
+            active.append(np.fromiter((r[1] == "active" for r in rows), dtype=bool, count=len(rows)))
+            names = self._fold_many([(r[2] or "") if r[1] == "active" else "" for r in rows])
+            cores = self._fold_many([(r[3] or r[2] or "") if r[1] == "active" else "" for r in rows])
+            for key, texts in (("name", names), ("core", cores)):
+                parts[key][0].append(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)))
+                parts[key][1].append("".join(texts))
+        self.gids = gids
+        self.slot = dict(zip(gids, range(len(gids)), strict=True))
+        on = np.concatenate(active) if active else np.zeros(0, dtype=bool)
+        self.active = np.zeros(max(len(on), 1024), dtype=bool)
+        self.active[: len(on)] = on
+        self.name.build(*parts["name"])
+        self.core.build(*parts["core"])
         self.loaded = True
         self.loads += 1
-        return len(rows)
+        return len(gids)
 
-    def _apply(self, rows: Sequence[tuple[str, tuple[str, str | None, str | None]]], *, whole: bool = False) -> None:
-        """Take golden rows (sorted by golden id): new ones get the next slots; an inactive or
-        retired record is masked out, its strings kept until it is active again."""
-        for gid, _v in rows:
-            if gid not in self.slot:
-                self.slot[gid] = len(self.gids)
-                self.gids.append(gid)
+    def _apply(self, rows: Sequence[Row]) -> None:
+        """Take changed golden records (rows as :meth:`load` takes them, sorted by golden id): new
+        ones get the next slots; an inactive or retired record is masked out, its strings kept
+        until it is active again."""
+        for r in rows:
+            if r[0] not in self.slot:
+                self.slot[r[0]] = len(self.gids)
+                self.gids.append(r[0])
         n = len(self.gids)
         for f in (self.core, self.name):
             f.grow(n)
@@ -256,22 +306,13 @@ class NameIndex:
             bigger = np.zeros(max(n, 2 * len(self.active), 1024), dtype=bool)
             bigger[: len(self.active)] = self.active
             self.active = bigger
-        fold = self._fold
-        for gid, (status, name, core) in rows:
-            i = self.slot[gid]
-            on = status == "active"
-            self.active[i] = on
-            if not on:
-                continue
-            folded_name, folded_core = fold(name or ""), fold(core or name or "")
-            if whole:
-                self.name.text[i], self.core.text[i] = folded_name, folded_core
-            else:
-                self.name.set(i, folded_name)
-                self.core.set(i, folded_core)
-        if whole:
-            self.name.rebuild()
-            self.core.rebuild()
+        slots = [self.slot[r[0]] for r in rows]
+        self.active[slots] = np.fromiter((r[1] == "active" for r in rows), dtype=bool, count=len(rows))
+        live = [(i, r) for i, r in zip(slots, rows, strict=True) if r[1] == "active"]
+        folded = self._fold_many([r[2] or "" for _i, r in live] + [r[3] or r[2] or "" for _i, r in live])
+        for (i, _r), name, core in zip(live, folded[: len(live)], folded[len(live) :], strict=True):
+            self.name.set(i, name)
+            self.core.set(i, core)
 
     # ------------------------------------------------------------------- searching
     def search(self, core_q: str, name_q: str, limit: int) -> list[Hit]:
@@ -321,7 +362,7 @@ class NameIndex:
             else:
                 slots = cand.tolist()
                 cand, cb = cand[:0], cb[:0]
-            scores = process.cdist([q], [text[i] for i in slots], scorer=fuzz.WRatio, score_cutoff=CUTOFF,
+            scores = process.cdist([q], [text(i) for i in slots], scorer=fuzz.WRatio, score_cutoff=CUTOFF,
                                    dtype=np.float64)[0].tolist()
             for i, sc in zip(slots, scores, strict=True):
                 sc = round(sc, 6)

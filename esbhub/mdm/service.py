@@ -2389,11 +2389,11 @@ class MdmService:
         """The fuzzy name index (:class:`esbhub.mdm.search.NameIndex`), brought up to what the store
         has committed: loaded whole once, then only the golden records changed since (by anyone)."""
         from esbhub.mdm.search import NameIndex
-        from esbhub.mdm.standardize import fold
+        from esbhub.mdm.standardize import fold_many
 
         with self._search_lock:
             if self._names is None:
-                self._names = NameIndex(fold)
+                self._names = NameIndex(fold_many)
         with self._names.lock:
             self._names.refresh(s.connection())
         return self._names

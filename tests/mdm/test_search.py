@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rapidfuzz import fuzz
 
 from esbhub.mdm.search import CUTOFF, NameIndex, max_wratio
-from esbhub.mdm.standardize import fold
+from esbhub.mdm.standardize import fold, fold_many
 
 # few characters, so that strings share some, repeat some and come in all length ratios
 _TEXT = st.text(alphabet="华信科技深圳市有限公司AB", min_size=0, max_size=40)
@@ -24,9 +24,9 @@ def test_wratio_never_exceeds_the_bound_from_shared_characters(q, s):
     assert fuzz.WRatio(q, s) <= bound + 1e-6
 
 
-def _rows(names):
-    """Golden rows as the store gives them: (golden id, (status, name, core name)), by golden id."""
-    return [(f"G{i:010d}", ("active", n, c)) for i, (n, c) in enumerate(names, start=1)]
+def _rows(names, status="active", start=1):
+    """Golden rows as the store gives them: (golden id, status, name, core name), by golden id."""
+    return [(f"G{i:010d}", status, n, c) for i, (n, c) in enumerate(names, start=start)]
 
 
 def _everything(index: NameIndex, core_q: str, name_q: str, limit: int):
@@ -37,7 +37,7 @@ def _everything(index: NameIndex, core_q: str, name_q: str, limit: int):
         for gid, i in index.slot.items():
             if not index.active[i] or not q:
                 continue
-            sc = round(fuzz.WRatio(q, field.text[i]), 6)
+            sc = round(fuzz.WRatio(q, field.text(i)), 6)
             if sc >= CUTOFF and (gid not in best or best[gid][0] < sc):
                 best[gid] = (sc, on)
     ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
@@ -63,8 +63,8 @@ def _queries(names: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def test_index_answers_as_scoring_every_name_would(names):
-    index = NameIndex(fold)
-    index._apply(_rows(names), whole=True)
+    index = NameIndex(fold_many)
+    index.load([_rows(names)])
     for core_q, name_q in _queries(names):
         for limit in (1, 5, 20):
             got = [(h.golden_id, h.score, h.on) for h in index.search(core_q, name_q, limit)]
@@ -74,16 +74,14 @@ def test_index_answers_as_scoring_every_name_would(names):
 def test_index_answers_as_scoring_every_name_would_after_renames_retirements_and_new_records(names):
     """Names changed in place leave postings behind (they only over-count), new records land in
     the per-token lists, retired ones are masked: the answers stay those of scoring everything."""
-    index = NameIndex(fold)
+    index = NameIndex(fold_many)
     rows = _rows(names[:200])
-    index._apply(rows, whole=True)
-    changed = [(gid, ("active", names[-1 - i][0], names[-1 - i][1])) for i, (gid, _v) in enumerate(rows[:40])]
-    retired = [(gid, ("retired", v[1], v[2])) for gid, v in rows[40:60]]
-    new = [(f"G{i:010d}", ("active", n, c)) for i, (n, c) in enumerate(names[200:260], start=1000)]
+    index.load([rows[:70], rows[70:]])
+    changed = [(gid, "active", *names[-1 - i]) for i, (gid, *_r) in enumerate(rows[:40])]
+    retired = [(gid, "retired", n, c) for gid, _s, n, c in rows[40:60]]
     index._apply(sorted(changed + retired))
-    index._apply(new)
-    back = [(gid, ("active", v[1], v[2])) for gid, v in rows[40:45]]  # an unmerge brings a retired id back
-    index._apply(back)
+    index._apply(_rows(names[200:260], start=1000))
+    index._apply(rows[40:45])  # an unmerge brings a retired id back
     assert len(index) == 200 - 20 + 60 + 5
     assert index.name.stale > 0  # old names' postings are still there
     for core_q, name_q in _queries(names):
@@ -93,8 +91,8 @@ def test_index_answers_as_scoring_every_name_would_after_renames_retirements_and
 
 
 def test_index_drops_postings_of_old_names_once_they_are_many():
-    index = NameIndex(fold)
-    index._apply(_rows([(f"甲乙丙丁{i}有限公司", f"甲乙丙丁{i}") for i in range(100)]), whole=True)
+    index = NameIndex(fold_many)
+    index.load([_rows([(f"甲乙丙丁{i}有限公司", f"甲乙丙丁{i}") for i in range(100)])])
     for round_ in range(40):
         index._apply(_rows([(f"戊己庚{round_}{i}有限公司", f"戊己庚{round_}{i}") for i in range(100)]))
     assert index.name.stale <= 0.2 * index.name.postings + 1000
@@ -103,8 +101,8 @@ def test_index_drops_postings_of_old_names_once_they_are_many():
 
 
 def test_traditional_full_width_and_spaced_names_are_found_by_their_simplified_form():
-    index = NameIndex(fold)
-    index._apply(_rows([("華信科技（深圳）有限公司", "华信科技"), ("广州 远洋 物流有限公司", "远洋物流")]), whole=True)
+    index = NameIndex(fold_many)
+    index.load([_rows([("華信科技（深圳）有限公司", "华信科技"), ("广州 远洋 物流有限公司", "远洋物流")])])
     assert index.search(fold("华信"), fold("华信科技(深圳)有限公司"), 5)[0].golden_id == "G0000000001"
     hit = index.search("", fold("广州远洋物流有限公司"), 5)[0]
     assert (hit.golden_id, hit.score, hit.on) == ("G0000000002", 100.0, "name")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from stdnum.cn import ric as stdnum_ric
 from stdnum.cn import uscc as stdnum_uscc
 
-from esbhub.mdm.standardize import codes, fold, parse_address, phone_forms, standardize
+from esbhub.mdm.standardize import codes, fold, fold_many, parse_address, phone_forms, standardize
 from esbhub.mdm.standardize.divisions import table
 from esbhub.schemas.party import Party
 
@@ -118,6 +118,13 @@ def test_full_width_forms_are_folded():
 @settings(max_examples=150, deadline=None)
 def test_fold_is_idempotent(text):
     assert fold(fold(text)) == fold(text)
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from(list("華信科技深圳（）()【】 　有限責任公司ＡＢab12-·,分行ß①\u0301\ue000")),
+                        max_size=12), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_folding_many_texts_at_once_folds_each_as_alone(texts):
+    assert fold_many(texts) == [fold(t) for t in texts]
 
 
 PLACES = ["深圳", "深圳市", "北京市", "广东省", "杭州", "", "上海"]

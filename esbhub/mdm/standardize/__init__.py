@@ -39,6 +39,7 @@ from esbhub.mdm.standardize.names import (
     _address,
     _org_name,
     fold,
+    fold_many,
     fold_spaced,
     parse_address,
     parse_org_name,
@@ -47,7 +48,7 @@ from esbhub.mdm.standardize.names import (
 )
 from esbhub.schemas.party import Party
 
-__all__ = ["StdParty", "standardize", "fold", "parse_org_name", "parse_address", "phone_forms", "pinyin_key"]
+__all__ = ["StdParty", "standardize", "fold", "fold_many", "parse_org_name", "parse_address", "phone_forms", "pinyin_key"]
 
 
 class StdParty(BaseModel):
