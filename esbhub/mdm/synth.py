@@ -5,8 +5,8 @@ simulators, which need the same customers to appear across systems with the grou
 
 What it makes:
 
-* **Companies** — 字号 (trade name) + industry, city and district (from the shipped division
-  table), legal form, a *valid* USCC (GB 32100, with a valid embedded GB 11714 organization code,
+* **Companies** — 字号 (trade name) + industry, city and district (171 cities and 56 districts of
+  the shipped division table: the places it had when the generator was written), legal form, a *valid* USCC (GB 32100, with a valid embedded GB 11714 organization code,
   old all-digit and new ``MA…`` style), main fixed-line number with the city's area code,
   sometimes a 400 number, a registered address, an e-mail domain, monthly revenue.
 * **Hard negatives** (separate entities that look alike): the same 字号 + industry in another
@@ -61,6 +61,49 @@ HOMOPHONES = {"信": "新心欣", "华": "化骅", "达": "大", "通": "同桐"
 DISTRICT_FILL = ("高新区", "开发区", "新城区", "老城区", "经开区", "滨江区", "城南区", "城北区")
 FAMILY = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国文斌宇浩凯鹏飞俊峰"
+
+
+# The generator's places: the 171 cities and 56 districts of the division table it was written against,
+# before that table covered the whole country, in that table's order — a seed makes the same companies
+# and records (and the quality bench the same numbers) as before the table grew. Names, short names and
+# area codes come from the table, which has them unchanged.
+_CITY_CODES = (
+    "110100", "120100", "310100", "500100", "130100", "130200", "130300", "130400", "130500", "130600", "130700",
+    "130800", "130900", "131000", "131100", "140100", "140200", "140400", "140700", "140800", "141000", "150100",
+    "150200", "150400", "150600", "210100", "210200", "210300", "210400", "210600", "210700", "210800", "220100",
+    "220200", "230100", "230200", "230600", "231000", "320100", "320200", "320300", "320400", "320500", "320600",
+    "320700", "320800", "320900", "321000", "321100", "321200", "321300", "330100", "330200", "330300", "330400",
+    "330500", "330600", "330700", "330800", "330900", "331000", "331100", "340100", "340200", "340300", "340500",
+    "340800", "341000", "341200", "350100", "350200", "350300", "350500", "350600", "350800", "350900", "360100",
+    "360200", "360400", "360700", "361100", "370100", "370200", "370300", "370400", "370500", "370600", "370700",
+    "370800", "370900", "371000", "371100", "371300", "371400", "371500", "371600", "371700", "410100", "410200",
+    "410300", "410400", "410500", "410700", "410800", "411000", "411300", "411400", "411500", "420100", "420200",
+    "420300", "420500", "420600", "420800", "420900", "421000", "430100", "430200", "430300", "430400", "430600",
+    "430700", "431000", "440100", "440200", "440300", "440400", "440500", "440600", "440700", "440800", "440900",
+    "441200", "441300", "441400", "441900", "442000", "445100", "445200", "450100", "450200", "450300", "450500",
+    "460100", "460200", "510100", "510300", "510400", "510500", "510600", "510700", "511100", "511300", "511500",
+    "520100", "520300", "530100", "530300", "530400", "540100", "610100", "610300", "610400", "610600", "610800",
+    "620100", "620500", "630100", "640100", "650100", "650200",
+)
+_DISTRICT_CODES = (
+    "110101", "110102", "110105", "110106", "110108", "110114", "110115", "120101", "120116", "310101", "310104",
+    "310105", "310106", "310107", "310110", "310112", "310115", "500103", "500112", "440103", "440104", "440105",
+    "440106", "440111", "440112", "440113", "440303", "440304", "440305", "440306", "440307", "440309", "330102",
+    "330105", "330106", "330108", "330110", "320102", "320104", "320105", "320106", "320505", "320506", "320508",
+    "510104", "510105", "510107", "510108", "420102", "420106", "420111", "610102", "610113", "370102", "370202",
+    "370212",
+)
+
+
+@lru_cache(maxsize=256)
+def _district_choices(city_code: str) -> tuple[Division, ...]:
+    """The districts the generator picks from in a city: each once per written form (full, short), longest
+    form first, as the old table listed them."""
+    t = table()
+    pairs = [(form, d) for d in (t.by_code[c] for c in _DISTRICT_CODES) if d.city_code == city_code
+             for form in dict.fromkeys((d.name, d.short))]
+    pairs.sort(key=lambda p: -len(p[0]))
+    return tuple(d for _, d in pairs)
 
 
 @lru_cache(maxsize=1)
@@ -135,7 +178,7 @@ class _Gen:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         t = table()
-        self.cities = [d for d in t.by_code.values() if d.level == "city"]
+        self.cities = [t.by_code[c] for c in _CITY_CODES]
         big = {"北京", "上海", "广州", "深圳", "杭州", "南京", "成都", "武汉", "苏州", "重庆", "天津", "西安"}
         self.city_weights = [8 if c.short in big else 1 for c in self.cities]
         self.used: set[tuple[str, str]] = set()
@@ -156,7 +199,7 @@ class _Gen:
         return self.rng.choices(self.cities, weights=self.city_weights)[0]
 
     def district(self, city: Division) -> tuple[str, str]:
-        forms = [d for _, d in table().districts.get(city.code, [])]
+        forms = _district_choices(city.code)
         if forms and self.rng.random() < 0.85:
             d = self.rng.choice(forms)
             return d.name, d.code

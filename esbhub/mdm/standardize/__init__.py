@@ -14,8 +14,10 @@ everything the matcher, the cannot-link rules and the hierarchy builder need.
   :mod:`codes`; a failed check adds a flag, it never rejects the record.
 * Phones: E.164 through ``phonenumbers`` (region CN; a local number without area code gets the
   area code of the record's city when known); 400/800 and 95xxx service numbers are *generic*.
-* Addresses: province / city / district with GB/T 2260 codes from a compact shipped table
-  (see :mod:`divisions` for its coverage) and consistency with the USCC's division code.
+* Addresses: province / city / district with GB/T 2260 codes from the shipped table of every current
+  division down to county level (:mod:`divisions`: source, licence, how ambiguous short names are
+  resolved), and consistency with the USCC's division code — an old code (a county since merged or
+  re-coded) is first mapped to the division that covers it now.
 * Persons: family / given name, resident ID check (GB 11643), birth date (from the ID or
   ``attributes.extra['birth_date']``). A first-generation 15-digit ID becomes its 18-digit form
   (flag ``id_number_from_15``), so the same person's old and new cards match; 15 characters that
@@ -212,6 +214,23 @@ def _first_generation_id(number: str, birth: str | None, flags: list[str]) -> tu
     return converted, None, birth if birth is not None else converted[6:14]
 
 
+def _city_part(code: str) -> str:
+    """The part of a division code that names its city: ``XXYY`` — or all six digits for a county-level
+    division directly under its province (仙桃 429004 and 天门 429006 are two places, not one ``4290``)."""
+    return code if code[2:4] == "90" else code[:4]
+
+
+def _division_consistent(uscc_division: str, address_division: str) -> bool:
+    """The USCC's division (already mapped to its current code) agrees with the address: same province
+    and, where both name a city, the same city (a company may move between districts of its city and
+    keep its code; a municipality's districts all count as one city)."""
+    if uscc_division[:2] != address_division[:2]:
+        return False
+    if uscc_division[2:4] != "00" and address_division[2:4] != "00" and uscc_division[:2] not in ("11", "12", "31", "50"):
+        return _city_part(uscc_division) == _city_part(address_division)
+    return True
+
+
 def standardize(party: Party) -> StdParty:
     """Standardize one source record for matching (pure function of the record)."""
     flags: list[str] = []
@@ -285,12 +304,7 @@ def standardize(party: Party) -> StdParty:
     division = (pa.division_code if pa else None) or (city.code if city else None) or (prov.code if prov else None)
     consistent: bool | None = None
     if uscc_division and division and uscc_ok:
-        if uscc_division[:2] != division[:2]:
-            consistent = False
-        elif uscc_division[2:4] != "00" and division[2:4] != "00" and uscc_division[:2] not in ("11", "12", "31", "50"):
-            consistent = uscc_division[:4] == division[:4]
-        else:
-            consistent = True
+        consistent = _division_consistent(t.current(uscc_division), division)
         if consistent is False:
             flags.append("address_division_mismatch")
     # ---- phones, e-mails

@@ -13,7 +13,14 @@ from pypinyin import Style
 from pypinyin.converter import UltimateConverter
 from pypinyin.core import Pinyin
 
-from esbhub.mdm.standardize.divisions import Division, longest_prefix, longest_suffix, table
+from esbhub.mdm.standardize.divisions import (
+    Division,
+    FormIndex,
+    longest_prefix,
+    longest_suffix,
+    prefix_length,
+    table,
+)
 
 _BRACKETS = str.maketrans({"【": "(", "】": ")", "[": "(", "]": ")", "〔": "(", "〕": ")", "{": "(", "}": ")",
                            "〈": "(", "〉": ")", "《": "(", "》": ")", "（": "(", "）": ")"})
@@ -123,7 +130,11 @@ class OrgName:
     flags: list[str] = field(default_factory=list)
 
 
-def _match_place_prefix(s: str, min_rest_full: int = 2, min_rest_short: int = 3) -> tuple[Division, int] | None:
+def _match_place_prefix(s: str, known: Division | None = None, min_rest_full: int = 2,
+                        min_rest_short: int = 3) -> tuple[Division, int] | None:
+    """The province or city that ``s`` starts with, and its length. Once a place is known, only a
+    place that contains it or lies in it counts (广东省深圳市…; 华信科技(南山区) written 深圳市华信科技):
+    in 深圳市东方信息技术 东方 is a city of Hainan, not a place of Shenzhen, so it stays in the name."""
     t = table()
     first2 = s[:2]
     for forms in (t.province_forms, t.city_forms):
@@ -133,7 +144,7 @@ def _match_place_prefix(s: str, min_rest_full: int = 2, min_rest_short: int = 3)
             if n > len(s):
                 continue
             d = forms.get(s[:n])
-            if d is None:
+            if d is None or (known is not None and not _related(d, known)):
                 continue
             full = s[:n] == d.name
             if len(s) - n >= (min_rest_full if full else min_rest_short):
@@ -141,18 +152,29 @@ def _match_place_prefix(s: str, min_rest_full: int = 2, min_rest_short: int = 3)
     return None
 
 
+def _city_key(d: Division) -> str:
+    return d.code if d.level == "city" or d.stands_for_city else d.city_code
+
+
+def _related(a: Division, b: Division) -> bool:
+    """One of the two divisions contains the other (or they are the same)."""
+    if a.code[:2] != b.code[:2]:
+        return False
+    return a.level == "province" or b.level == "province" or _city_key(a) == _city_key(b)
+
+
 @lru_cache(maxsize=4096)
 def place_of(text: str) -> Division | None:
-    """The division named exactly by ``text`` (full or short form, province, city or known district)."""
+    """The division named exactly by ``text`` (full or short form, province, city or a district
+    that no other district shares the form with)."""
     t = table()
-    d = t.city_forms.get(text) or t.province_forms.get(text)
-    if d is not None:
-        return d
-    for forms in t.districts.values():
-        for form, dd in forms:
-            if form == text:
-                return dd
-    return None
+    return t.city_forms.get(text) or t.province_forms.get(text) or _all_district_forms().get(text)
+
+
+@lru_cache(maxsize=1)
+def _all_district_forms() -> FormIndex:
+    """Every form of every district / county; the ones two of them share are ambiguous."""
+    return FormIndex([p for forms in table().districts.values() for p in forms])
 
 
 def _more_specific(a: Division | None, b: Division | None) -> Division | None:
@@ -169,10 +191,9 @@ def _normalize_branch(label: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _district_forms_flat() -> tuple[tuple[str, ...], list[tuple[str, Division]]]:
-    """All district forms in table order (city by city), and the same forms as a tuple for ``endswith``."""
-    pairs = [(form, d) for forms in table().districts.values() for form, d in forms]
-    return tuple(form for form, _ in pairs), pairs
+def _all_district_forms_plain() -> dict[str, Division]:
+    """Every form of every district / county (which of two sharing a form does not matter: only its length is used)."""
+    return {form: d for forms in table().districts.values() for form, d in forms}
 
 
 def _split_branch(s: str) -> tuple[str, str | None]:
@@ -193,12 +214,7 @@ def _split_branch(s: str) -> tuple[str, str | None]:
         t = table()
         m = longest_suffix(body, t.city_forms)
         if m is None:
-            all_forms, pairs = _district_forms_flat()
-            if body.endswith(all_forms):
-                for form, d in pairs:
-                    if body.endswith(form):
-                        m = (form, d)
-                        break
+            m = longest_suffix(body, _all_district_forms_plain())
         if m is not None and len(body) - len(m[0]) >= 2:
             return body[: -len(m[0])], _normalize_branch(s[len(body) - len(m[0]):])
         return body, suffix
@@ -272,7 +288,7 @@ def _parse_folded_org_name(s: str) -> OrgName:
         core = core[:-2]
         is_group = True
     for _ in range(3):
-        m = _match_place_prefix(core)
+        m = _match_place_prefix(core, place)
         if m is None:
             if place is not None and place.level != "province":
                 # district of the known city written after it, e.g. 深圳市南山区华信科技
@@ -330,46 +346,112 @@ def parse_address(text: str, province_hint: str | None = None, city_hint: str | 
 
 def _address(text: str, province_hint: str | None = None, city_hint: str | None = None) -> ParsedAddress:
     """:func:`parse_address`, memoized: the result is shared, callers must not change it."""
-    prov, city, s = _address_head(fold(text, keep_brackets=False))
+    prov, city, district, s = _address_head(fold(text, keep_brackets=False))
     if city is None and city_hint:
         city = place_of(fold(city_hint, keep_brackets=False))
-        city = city if city is not None and city.level == "city" else None
+        city = city if city is not None and (city.level == "city" or city.stands_for_city) else None
     if prov is None and province_hint:
         p = place_of(fold(province_hint, keep_brackets=False))
         prov = p if p is not None and p.level == "province" else None
     if prov is None and city is not None:
         prov = table().by_code.get(city.province_code)
-    return _address_tail(s, prov, city)
+    return _address_tail(s, prov, city, district)
+
+
+_NOT_A_PLACE_AFTER = frozenset("路街道巷弄里村镇乡门桥")
+_NOT_A_PLACE_AFTER2 = frozenset({"大道", "大街", "广场", "公园", "花园", "小区"})
+
+
+def _names_place(s: str, hit: tuple[str, Division] | None,
+                 children: FormIndex | None = None) -> tuple[str, Division] | None:
+    """``hit`` if the form at the start of ``s`` names the place: a short form (or a name of two
+    characters) followed by 路, 街, 大道, 镇, … is the start of a street or town name — 中山路, 解放路
+    (焦作 has a 解放区), 南山大道, 城关镇 — not the division; unless what follows is one of the
+    ``children`` of the place (唐山路南区: 唐山, then its district 路南)."""
+    if hit is None:
+        return None
+    form, d = hit
+    if form != d.name or len(form) <= 2:
+        n = len(form)
+        if s[n:n + 1] in _NOT_A_PLACE_AFTER or s[n:n + 2] in _NOT_A_PLACE_AFTER2:
+            if children is None or prefix_length(s[n:], children) == 0:
+                return None
+    return hit
+
+
+def _city_then_district(s: str, hit: tuple[str, Division] | None) -> tuple[str, Division] | None:
+    """济南市中区…: the city is 济南, then 市中区 — not 济南市, then 中区. The short form wins when only it is
+    followed by a district of the city."""
+    if hit is None:
+        return None
+    form, d = hit
+    if form == d.name and d.short and form == d.short + "市":
+        forms = table().district_forms(d.code)
+        if prefix_length(s[len(form):], forms) == 0 and prefix_length(s[len(d.short):], forms) > 0:
+            return d.short, d
+    return hit
 
 
 @lru_cache(maxsize=_CACHE)
-def _address_head(s: str) -> tuple[Division | None, Division | None, str]:
-    """Province and city written at the start of the folded address, and the rest of it."""
+def _address_head(s: str) -> tuple[Division | None, Division | None, Division | None, str]:
+    """Province, city and (when the address starts with one) district at the start of the folded
+    address, and the rest of it.
+
+    At the start the longest of a province, a city and a district's full name wins, the higher level
+    on a tie: 吉林市… is the city, 吉林长春… the province, 海南区… Wuhai's district, 朝阳县… the county of
+    Chaoyang (not the city 朝阳 and a rest 县…). A district's full name is looked up nationwide only
+    when no other district has it (朝阳区 alone resolves nothing). Below a province, only its cities —
+    and a county of it whose name is longer than a city's (辽宁省朝阳县…) — are looked up.
+    """
     t = table()
     prov: Division | None = None
     city: Division | None = None
-    hit = longest_prefix(s, t.province_forms)
-    if hit is not None:
-        prov, s = hit[1], s[len(hit[0]):]
-    hit = longest_prefix(s, t.city_forms)
-    if hit is not None and (prov is None or hit[1].code[:2] == prov.code[:2]):
-        city, s = hit[1], s[len(hit[0]):]
+    p = longest_prefix(s, t.province_forms)
+    p = _names_place(s, p, t.city_forms_in(p[1].code)) if p is not None else None
+    p = _names_place(s, p, t.district_forms_in(p[1].code)) if p is not None else None
+    c = _city_then_district(s, longest_prefix(s, t.city_forms))
+    c = _names_place(s, c, t.district_forms(c[1].code)) if c is not None else None
+    n_p, n_c = (len(p[0]) if p else 0), (len(c[0]) if c else 0)
+    n_d = prefix_length(s, t.district_names)
+    if n_d > max(n_p, n_c):
+        d = longest_prefix(s, t.district_names)
+        if d is None or len(d[0]) != n_d:  # the longest district name here is ambiguous
+            return None, None, None, s
+        district = d[1]
+        return t.province_of(district.code), t.city_of(district.code), district, s[n_d:]
+    if p is not None and n_p >= n_c:
+        prov, s = p[1], s[n_p:]
+        c = _city_then_district(s, longest_prefix(s, t.city_forms_in(prov.code)))
+        c = _names_place(s, c, t.district_forms(c[1].code)) if c is not None else None
+        if c is not None and prefix_length(s, t.district_forms_in(prov.code)) <= len(c[0]):
+            city, s = c[1], s[len(c[0]):]
+    elif c is not None:
+        city, s = c[1], s[n_c:]
     if city is None and prov is not None and prov.code[:2] in ("11", "12", "31", "50"):
         city = t.by_code.get(prov.code[:2] + "0100")
-    return prov, city, s
+    return prov, city, None, s
 
 
 @lru_cache(maxsize=_CACHE)
-def _address_tail(s: str, prov: Division | None, city: Division | None) -> ParsedAddress:
-    """District and street of the rest ``s`` of an address whose province and city are known."""
+def _address_tail(s: str, prov: Division | None, city: Division | None,
+                  ddiv: Division | None = None) -> ParsedAddress:
+    """District and street of the rest ``s`` of an address whose province and city are known.
+
+    The district is looked up among the districts of the city, or, with only the province known,
+    among those of the province (广东南山… is Shenzhen's 南山; a form two districts of the province
+    share resolves nothing) — never nationwide by a short name."""
     t = table()
     district: str | None = None
-    ddiv: Division | None = None
-    if city is not None:
-        hit = longest_prefix(s, t.district_forms(city.code))
+    if ddiv is None and (city is not None or prov is not None):
+        forms = t.district_forms(city.code) if city is not None else t.district_forms_in(prov.code)  # type: ignore[union-attr]
+        hit = _names_place(s, longest_prefix(s, forms))
         if hit is not None:
-            district, ddiv, s = hit[1].short, hit[1], s[len(hit[0]):]
-    if district is None:
+            ddiv, s = hit[1], s[len(hit[0]):]
+            if city is None:
+                city = t.city_of(ddiv.code)
+    if ddiv is not None:
+        district = ddiv.short or ddiv.name
+    else:
         m = _DISTRICT_RE.match(s)
         if m and (city is not None or prov is not None):
             district = m.group(1)
