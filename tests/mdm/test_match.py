@@ -96,6 +96,21 @@ def test_the_same_street_and_number_in_another_district_is_not_the_same_address(
     assert {e.field: e.level for e in Matcher().score(a, c).evidence}["address"] == "exact"
 
 
+def test_the_same_street_in_two_districts_outside_the_old_division_table_is_not_the_same_address():
+    # Urumqi was in the table, its districts were not: both addresses had the city's code and were "exact"
+    a = org("乌鲁木齐鑫仁光电有限公司", phones=[{"number": "0991-22142241"}],
+            addresses=[{"text": "新疆乌鲁木齐市天山区新华北路515号"}])
+    b = org("乌鲁木齐仁仁光电有限责任公司", "2", phones=[{"number": "0991-53923028"}],
+            addresses=[{"text": "新疆乌鲁木齐市沙依巴克区新华北路515号"}])
+    m = Matcher()
+    r = m.score(a, b)
+    assert {e.field: e.level for e in r.evidence}["address"] == "else"
+    assert r.decision == "no_match"
+    assert (a.division_code, b.division_code) == ("650102", "650103")
+    c = org("乌鲁木齐鑫仁光电有限公司", "3", addresses=[{"text": "乌鲁木齐天山区新华北路515号"}])
+    assert {e.field: e.level for e in m.score(a, c).evidence}["address"] == "exact"
+
+
 def test_shared_400_number_weighs_less_than_a_specific_phone():
     a = org("深圳市华信科技有限公司", phones=[{"number": "400-800-1234"}, {"number": "0755-26001234"}])
     b = org("深圳市华信贸易有限公司", "2", phones=[{"number": "400-800-1234"}])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from datetime import date
 
 import pytest
@@ -10,7 +11,15 @@ from hypothesis import strategies as st
 from stdnum.cn import ric as stdnum_ric
 from stdnum.cn import uscc as stdnum_uscc
 
-from esbhub.mdm.standardize import codes, fold, fold_many, parse_address, phone_forms, standardize
+from esbhub.mdm.standardize import (
+    codes,
+    fold,
+    fold_many,
+    parse_address,
+    parse_org_name,
+    phone_forms,
+    standardize,
+)
 from esbhub.mdm.standardize.divisions import table
 from esbhub.schemas.party import Party
 
@@ -202,6 +211,83 @@ def test_uscc_division_is_checked_against_the_address():
     bad = standardize(org("华信科技有限公司", uscc=codes.make_uscc("9", "1", "110108", "MA5DC9X1"),
                           addresses=[{"text": "深圳市南山区科技园路1号"}]))
     assert bad.address_division_consistent is False and "address_division_mismatch" in bad.flags
+
+
+def test_division_table_holds_every_current_county_level_division():
+    t = table()
+    levels = collections.Counter(d.level for d in t.by_code.values() if d.short)
+    assert levels["province"] == 34
+    assert levels["city"] == 333 + 4  # prefecture level, and the four municipalities' one city-level entry each
+    # 2,846 county-level divisions, of which 32 stand directly under their province (仙桃, 济源, 石河子 …)
+    assert sum(1 for d in t.by_code.values() if d.level == "district") == 2846
+    assert all(d.parent in t.by_code for d in t.by_code.values() if d.parent)
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("云南省怒江傈僳族自治州兰坪白族普米族自治县金顶镇文兴街1号", "533325"),  # a county of an 自治州
+    ("怒江州兰坪县金顶镇文兴街1号", "533325"),  # the same, as people write it
+    ("广西壮族自治区南宁市青秀区民族大道100号", "450103"),  # a district in an 自治区
+    ("新疆乌鲁木齐天山区新华北路5号", "650102"),
+    ("内蒙古呼伦贝尔市鄂伦春旗阿里河镇1号", "150723"),  # a banner (自治旗) by its short form
+    ("湖北省仙桃市钱沟路1号", "429004"),  # a county-level city directly under its province
+    ("山东省济南市莱芜区鹏泉街道1号", "370116"),
+    ("济南市中区经七路1号", "370103"),  # 济南 + 市中区, not 济南市 + 中区
+    ("吉林省吉林市船营区北京路1号", "220204"),  # the province and the city share a short name
+    ("海淀区中关村大街1号", "110108"),  # no city written: the district's full name is unique in the country
+    ("陕西省咸阳市乾县城关街道1号", "610424"),  # 乾 is folded to 干 like the text
+])
+def test_districts_outside_the_old_table_resolve_to_their_code(text, code):
+    a = parse_address(text)
+    assert a.division_code == code
+    assert a.city is not None and a.province is not None and a.province.code == code[:2] + "0000"
+
+
+def test_an_ambiguous_district_name_resolves_only_within_its_city_or_province():
+    # 朝阳区 is a district of Beijing and of Changchun; 南山区 one of Shenzhen and of Hegang
+    assert parse_address("北京朝阳区建国路1号").division_code == "110105"
+    assert parse_address("长春市朝阳区人民大街1号").division_code == "220104"
+    assert parse_address("吉林省朝阳区人民大街1号").division_code == "220104"  # the only one in Jilin
+    assert parse_address("黑龙江鹤岗南山区鹤大路1号").division_code == "230404"
+    assert parse_address("广东南山科技园路1号").division_code == "440305"
+    nowhere = parse_address("朝阳区建国路1号")
+    assert nowhere.division_code is None and nowhere.city is None and nowhere.district_div is None
+
+
+def test_a_short_place_name_followed_by_a_road_is_a_street_not_the_place():
+    a = parse_address("中山路100号")  # 中山 is a city, 中山路 a street in most of them
+    assert a.city is None and a.street == "中山路100号"
+    b = parse_address("深圳南山大道1001号")  # 南山大道, not 南山 + 大道1001号
+    assert b.division_code == "440300" and b.street == "南山大道1001号"
+
+
+def test_uscc_division_is_checked_against_a_newly_covered_district():
+    address = [{"text": "云南省怒江州兰坪县金顶镇文兴街1号"}]
+    kunming = standardize(org("兰坪华信矿业有限公司", uscc=codes.make_uscc("9", "1", "530102", "MA5DC9X1"),
+                              addresses=address))
+    assert kunming.address_division_consistent is False and "address_division_mismatch" in kunming.flags
+    same = standardize(org("兰坪华信矿业有限公司", uscc=codes.make_uscc("9", "1", "533325", "MA5DC9X1"), addresses=address))
+    assert same.division_code == "533325" and same.address_division_consistent is True
+    # 仙桃 and 天门 are two county-level cities directly under Hubei, not one city "4290"
+    tianmen = standardize(org("华信科技有限公司", uscc=codes.make_uscc("9", "1", "429006", "MA5DC9X1"),
+                              addresses=[{"text": "湖北省仙桃市钱沟路1号"}]))
+    assert tianmen.address_division_consistent is False
+
+
+def test_an_old_uscc_division_code_is_checked_as_the_division_that_covers_it_now():
+    s = standardize(org("山东华信科技有限公司", uscc=codes.make_uscc("9", "1", "371202", "MA5DC9X1"),
+                        addresses=[{"text": "山东省济南市莱芜区鹏泉街道1号"}]))
+    assert s.uscc_division == "371202" and s.address_division_consistent is True
+    t = table()
+    assert t.current("371202") == "370116"  # 莱芜市莱城区 → 济南市莱芜区 (2019)
+    assert t.current("440305") == "440305" and t.current("999999") == "999999"
+
+
+def test_a_place_after_the_first_one_in_a_name_must_lie_inside_it():
+    # 中山 is a city of Guangdong: in a Shenzhen company's name it is part of the trade name
+    on = parse_org_name("深圳市中山信息技术有限公司")
+    assert on.core == "中山信息技术" and on.place is not None and on.place.code == "440300"
+    assert parse_org_name("广东省深圳市华信科技有限公司").place.code == "440300"  # (a place inside the first)
+    assert parse_org_name("深圳市华信信息技术(南山区)有限公司").core == "华信信息技术"  # (one containing it)
 
 
 # ------------------------------------------------------------------ persons
