@@ -31,7 +31,7 @@ into several others has no single successor, and the source does not say which p
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -46,6 +46,9 @@ class Division:
     area_code: str | None
     parent: str | None = None  # code this division resolves under (None for a province)
     aliases: tuple[str, ...] = ()  # other written forms, e.g. 红河州, 兰坪县
+
+    def __hash__(self) -> int:  # the code identifies it (the parser's caches hash divisions on every miss)
+        return hash(self.code)
 
     @property
     def level(self) -> str:
@@ -118,32 +121,40 @@ class DivisionTable:
     districts: dict[str, list[tuple[str, Division]]]  # city code -> forms of its districts, longest first
     area_codes: dict[str, Division]  # area code -> city
     history: dict[str, str]  # a code the current table does not have -> the current code covering it
+    # the indexes the parser looks up, built once with the table (the parser runs on every record)
+    province_forms: FormIndex = field(init=False)
+    city_forms: FormIndex = field(init=False)
+    district_names: FormIndex = field(init=False)
+    """Full names and aliases (not short names) of every district / county in the country; the ones
+    two of them share (朝阳区, 鼓楼区, 城区) are ambiguous."""
+    _district_forms: dict[str, FormIndex] = field(init=False, repr=False)
+    _cities_in: dict[str, FormIndex] = field(init=False, repr=False)
+    _districts_in: dict[str, FormIndex] = field(init=False, repr=False)
 
-    @property
-    def province_forms(self) -> FormIndex:
-        return _forms(self, "provinces")
-
-    @property
-    def city_forms(self) -> FormIndex:
-        return _forms(self, "cities")
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "province_forms", FormIndex(self.provinces))
+        put(self, "city_forms", FormIndex(self.cities))
+        put(self, "district_names", FormIndex([
+            (form, d) for d in self.by_code.values() if d.level == "district" and not d.stands_for_city
+            for form in _folded((d.name, *d.aliases))]))
+        put(self, "_district_forms", {code: FormIndex(forms) for code, forms in self.districts.items()})
+        provinces = {d.code[:2] for d in self.by_code.values() if d.level == "province"}
+        put(self, "_cities_in", {p: FormIndex([(f, d) for f, d in self.cities if d.code[:2] == p]) for p in provinces})
+        put(self, "_districts_in", {p: FormIndex([pair for code, forms in self.districts.items() if code[:2] == p
+                                                  for pair in forms]) for p in provinces})
 
     def district_forms(self, city_code: str) -> FormIndex:
         """Forms of the districts / counties of one city (full, short, aliases)."""
-        return _district_forms(self, city_code)
+        return self._district_forms.get(city_code, _NO_FORMS)
 
     def city_forms_in(self, province_code: str) -> FormIndex:
         """Forms of the cities of one province."""
-        return _scoped(self, "city", province_code[:2])
+        return self._cities_in.get(province_code[:2], _NO_FORMS)
 
     def district_forms_in(self, province_code: str) -> FormIndex:
         """Forms of all districts / counties of one province; the ones two of them share are ambiguous."""
-        return _scoped(self, "district", province_code[:2])
-
-    @property
-    def district_names(self) -> FormIndex:
-        """Full names and aliases (not short names) of every district / county in the country; the
-        ones two of them share (朝阳区, 鼓楼区, 城区) are ambiguous."""
-        return _district_names(self)
+        return self._districts_in.get(province_code[:2], _NO_FORMS)
 
     def province_of(self, code: str) -> Division | None:
         return self.by_code.get(code[:2] + "0000")
@@ -164,6 +175,9 @@ class DivisionTable:
         if code in self.by_code:
             return code
         return self.history.get(code) or code
+
+
+_NO_FORMS = FormIndex([])
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -222,43 +236,6 @@ def _district_forms_of(d: Division, by_code: dict[str, Division]) -> tuple[str, 
 
 def city_by_short(short: str) -> Division | None:
     return table().city_forms.get(short)
-
-
-@lru_cache(maxsize=4)
-def _forms(t: DivisionTable, which: str) -> FormIndex:
-    return FormIndex(getattr(t, which))
-
-
-_DISTRICT_FORMS: dict[str, FormIndex] = {}
-
-
-def _district_forms(t: DivisionTable, city_code: str) -> FormIndex:
-    f = _DISTRICT_FORMS.get(city_code)
-    if f is None:
-        f = FormIndex(t.districts.get(city_code, []))
-        _DISTRICT_FORMS[city_code] = f
-    return f
-
-
-_SCOPED: dict[tuple[str, str], FormIndex] = {}
-
-
-def _scoped(t: DivisionTable, level: str, prov2: str) -> FormIndex:
-    f = _SCOPED.get((level, prov2))
-    if f is None:
-        if level == "city":
-            pairs = [(form, d) for form, d in t.cities if d.code[:2] == prov2]
-        else:
-            pairs = [p for code, forms in t.districts.items() if code[:2] == prov2 for p in forms]
-        f = FormIndex(pairs)
-        _SCOPED[(level, prov2)] = f
-    return f
-
-
-@lru_cache(maxsize=1)
-def _district_names(t: DivisionTable) -> FormIndex:
-    return FormIndex([(form, d) for d in t.by_code.values() if d.level == "district" and not d.stands_for_city
-                      for form in _folded((d.name, *d.aliases))])
 
 
 def longest_prefix(s: str, forms: dict[str, Division]) -> tuple[str, Division] | None:

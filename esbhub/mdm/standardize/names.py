@@ -362,34 +362,51 @@ _NOT_A_PLACE_AFTER = frozenset("路街道巷弄里村镇乡门桥")
 _NOT_A_PLACE_AFTER2 = frozenset({"大道", "大街", "广场", "公园", "花园", "小区"})
 
 
-def _names_place(s: str, hit: tuple[str, Division] | None,
-                 children: FormIndex | None = None) -> tuple[str, Division] | None:
+def _names_place(s: str, hit: tuple[str, Division] | None) -> tuple[str, Division] | None:
     """``hit`` if the form at the start of ``s`` names the place: a short form (or a name of two
     characters) followed by 路, 街, 大道, 镇, … is the start of a street or town name — 中山路, 解放路
-    (焦作 has a 解放区), 南山大道, 城关镇 — not the division; unless what follows is one of the
-    ``children`` of the place (唐山路南区: 唐山, then its district 路南)."""
+    (焦作 has a 解放区), 南山大道, 城关镇 — not the division; unless what follows is a place inside it
+    (唐山路南区: 唐山, then its district 路南; 北京门头沟)."""
     if hit is None:
         return None
     form, d = hit
-    if form != d.name or len(form) <= 2:
-        n = len(form)
-        if s[n:n + 1] in _NOT_A_PLACE_AFTER or s[n:n + 2] in _NOT_A_PLACE_AFTER2:
-            if children is None or prefix_length(s[n:], children) == 0:
-                return None
+    n = len(form)
+    if (form != d.name or n <= 2) and (s[n:n + 1] in _NOT_A_PLACE_AFTER or s[n:n + 2] in _NOT_A_PLACE_AFTER2):
+        t, rest = table(), s[n:]
+        if d.level == "province":
+            inside = prefix_length(rest, t.city_forms_in(d.code)) or prefix_length(rest, t.district_forms_in(d.code))
+        else:
+            inside = prefix_length(rest, t.district_forms(d.code))
+        if not inside:
+            return None
     return hit
+
+
+def _longer_form(s: str, forms: FormIndex, n: int) -> int:
+    """Length of the longest form in ``forms`` (ambiguous or not) that ``s`` starts with, if longer than ``n``; else 0."""
+    lengths = forms.lengths.get(s[:2])
+    if not lengths or lengths[0] <= n:  # (most addresses: no form starts like it, or none is longer)
+        return 0
+    m = prefix_length(s, forms)
+    return m if m > n else 0
 
 
 def _city_then_district(s: str, hit: tuple[str, Division] | None) -> tuple[str, Division] | None:
     """济南市中区…: the city is 济南, then 市中区 — not 济南市, then 中区. The short form wins when only it is
-    followed by a district of the city."""
+    followed by a district of the city (only a few cities have a district whose name starts with 市)."""
     if hit is None:
         return None
     form, d = hit
-    if form == d.name and d.short and form == d.short + "市":
+    if d.code in _CITIES_WITH_SHI_DISTRICTS() and form == d.name and form == d.short + "市":
         forms = table().district_forms(d.code)
         if prefix_length(s[len(form):], forms) == 0 and prefix_length(s[len(d.short):], forms) > 0:
             return d.short, d
     return hit
+
+
+@lru_cache(maxsize=1)
+def _CITIES_WITH_SHI_DISTRICTS() -> frozenset[str]:  # noqa: N802 (a constant, built on first use)
+    return frozenset(code for code, forms in table().districts.items() if any(f.startswith("市") for f, _ in forms))
 
 
 @lru_cache(maxsize=_CACHE)
@@ -406,14 +423,11 @@ def _address_head(s: str) -> tuple[Division | None, Division | None, Division | 
     t = table()
     prov: Division | None = None
     city: Division | None = None
-    p = longest_prefix(s, t.province_forms)
-    p = _names_place(s, p, t.city_forms_in(p[1].code)) if p is not None else None
-    p = _names_place(s, p, t.district_forms_in(p[1].code)) if p is not None else None
-    c = _city_then_district(s, longest_prefix(s, t.city_forms))
-    c = _names_place(s, c, t.district_forms(c[1].code)) if c is not None else None
+    p = _names_place(s, longest_prefix(s, t.province_forms))
+    c = _names_place(s, _city_then_district(s, longest_prefix(s, t.city_forms)))
     n_p, n_c = (len(p[0]) if p else 0), (len(c[0]) if c else 0)
-    n_d = prefix_length(s, t.district_names)
-    if n_d > max(n_p, n_c):
+    n_d = _longer_form(s, t.district_names, max(n_p, n_c))
+    if n_d:
         d = longest_prefix(s, t.district_names)
         if d is None or len(d[0]) != n_d:  # the longest district name here is ambiguous
             return None, None, None, s
@@ -421,9 +435,8 @@ def _address_head(s: str) -> tuple[Division | None, Division | None, Division | 
         return t.province_of(district.code), t.city_of(district.code), district, s[n_d:]
     if p is not None and n_p >= n_c:
         prov, s = p[1], s[n_p:]
-        c = _city_then_district(s, longest_prefix(s, t.city_forms_in(prov.code)))
-        c = _names_place(s, c, t.district_forms(c[1].code)) if c is not None else None
-        if c is not None and prefix_length(s, t.district_forms_in(prov.code)) <= len(c[0]):
+        c = _names_place(s, _city_then_district(s, longest_prefix(s, t.city_forms_in(prov.code))))
+        if c is not None and not _longer_form(s, t.district_forms_in(prov.code), len(c[0])):
             city, s = c[1], s[len(c[0]):]
     elif c is not None:
         city, s = c[1], s[n_c:]
