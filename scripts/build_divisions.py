@@ -64,15 +64,15 @@ def aliases(code: str, name: str, short: str, level: str) -> list[str]:
     return [a for a in dict.fromkeys(out) if a not in (name, short) and len(a) >= 2]
 
 
-def area_codes_from_phonenumbers(cities: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """City code → telephone area code, from the geocoder descriptions ('广东省深圳市', '海南省海口市、三亚市')."""
+def area_codes_from_phonenumbers(divisions: dict[str, dict[str, str]], cities: list[str]) -> dict[str, str]:
+    """City code → telephone area code, from the geocoder descriptions ('广东省深圳市', '内蒙古乌海市',
+    '海南省海口市、三亚市', '新疆吐鲁番地区' for today's 吐鲁番市): the province by its full or short name,
+    then each city by its full name, its short name, or a name starting with its short name."""
     import phonenumbers
     from phonenumbers import geocoder
 
-    by_name: dict[str, list[str]] = defaultdict(list)
-    for code, (name, prov) in cities.items():
-        by_name[prov + name].append(code)
-        by_name[name].append(code)
+    provinces = sorted(((d[k], c[:2]) for c, d in divisions.items() if d["level"] == "province" for k in ("name", "short")),
+                       key=lambda t: -len(t[0]))
     found: dict[str, str] = {}
     candidates = ["10"] + [f"2{i}" for i in range(10)] + [str(n) for n in range(300, 1000)]
     for ac in candidates:
@@ -86,16 +86,16 @@ def area_codes_from_phonenumbers(cities: dict[str, tuple[str, str]]) -> dict[str
                 desc = geocoder.description_for_number(num, "zh")
                 if desc:
                     break
-        if not desc:
+        prov = next(((name, p2) for name, p2 in provinces if desc.startswith(name)), None)
+        if prov is None:
             continue
-        prov = ""
-        for p in ("省", "自治区"):
-            if p in desc:
-                prov, desc = desc[: desc.index(p) + len(p)], desc[desc.index(p) + len(p):]
-                break
-        for part in desc.split("、"):
-            for code in by_name.get(prov + part, []) or by_name.get(part, []):
-                found.setdefault(code, "0" + ac)
+        rest = desc[len(prov[0]):] or prov[0]
+        in_prov = [c for c in cities if c[:2] == prov[1]]
+        for part in rest.split("、"):
+            for code in in_prov:
+                d = divisions[code]
+                if part in (d["name"], d["short"]) or (d["short"] and len(d["short"]) >= 2 and part.startswith(d["short"])):
+                    found.setdefault(code, "0" + ac)
     return found
 
 
@@ -140,13 +140,9 @@ def build(src: Path) -> None:
                                           "parent": m + "0000", "level": "city"})
 
     # telephone area codes: kept, then filled for the cities (and county-level cities under a province) without one
-    cityish = {c: (d["name"], divisions[c[:2] + "0000"]["name"]) for c, d in divisions.items()
-               if d["level"] == "city" and d["short"]
-               or d["level"] == "county" and c[2:4] == "90"}
-    for c in cityish:
-        if c[:2] in MUNICIPALITIES:
-            cityish[c] = (divisions[c[:2] + "0000"]["name"], "")
-    found = area_codes_from_phonenumbers(cityish)
+    cityish = [c for c, d in divisions.items() if d["level"] == "city" and d["short"]
+               or d["level"] == "county" and c[2:4] == "90"]
+    found = area_codes_from_phonenumbers(divisions, cityish)
     for code, d in divisions.items():
         d["area_code"] = old_area.get(code) or found.get(code, "")
         if code[:2] in MUNICIPALITIES and d["level"] != "county":
