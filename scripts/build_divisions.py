@@ -48,9 +48,11 @@ def level_of(r: dict[str, str]) -> str:
 
 
 def aliases(code: str, name: str, short: str, level: str) -> list[str]:
-    """Written forms people use besides the full and the short name: 红河州 (自治州), 兰坪县 / 鄂伦春旗
-    (autonomous county / banner without the ethnic names)."""
+    """Written forms people use besides the full and the short name: 广西自治区, 红河州 (自治州),
+    兰坪县 / 鄂伦春旗 (autonomous county / banner without the ethnic names)."""
     out: list[str] = []
+    if level == "province" and name.endswith("自治区"):
+        out.append(short + "自治区")  # 广西自治区, 新疆自治区
     if level == "city" and name.endswith("自治州") and short != name:
         out.append(short + "州")
     if level == "county":

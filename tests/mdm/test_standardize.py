@@ -227,6 +227,7 @@ def test_division_table_holds_every_current_county_level_division():
     ("云南省怒江傈僳族自治州兰坪白族普米族自治县金顶镇文兴街1号", "533325"),  # a county of an 自治州
     ("怒江州兰坪县金顶镇文兴街1号", "533325"),  # the same, as people write it
     ("广西壮族自治区南宁市青秀区民族大道100号", "450103"),  # a district in an 自治区
+    ("广西自治区南宁青秀区民族大道100号", "450103"),
     ("新疆乌鲁木齐天山区新华北路5号", "650102"),
     ("内蒙古呼伦贝尔市鄂伦春旗阿里河镇1号", "150723"),  # a banner (自治旗) by its short form
     ("湖北省仙桃市钱沟路1号", "429004"),  # a county-level city directly under its province
