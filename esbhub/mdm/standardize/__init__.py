@@ -85,7 +85,8 @@ class StdParty(BaseModel):
     street: str | None = Field(default=None, description="Main address without province / city / district.")
     province: str | None = Field(default=None, description="Province (short name, e.g. '广东').")
     city: str | None = Field(default=None, description="Prefecture-level city (short name, e.g. '深圳').")
-    district: str | None = Field(default=None, description="District / county as written in the address.")
+    district: str | None = Field(
+        default=None, description="District / county: its short name when the table resolves it (南山), else as written.")
     division_code: str | None = Field(default=None, description="Most specific 6-digit division code known.")
     address_division_consistent: bool | None = Field(
         default=None, description="USCC division agrees with the address (None: cannot tell)."
