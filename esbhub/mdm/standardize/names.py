@@ -362,24 +362,59 @@ _NOT_A_PLACE_AFTER = frozenset("路街道巷弄里村镇乡门桥")
 _NOT_A_PLACE_AFTER2 = frozenset({"大道", "大街", "广场", "公园", "花园", "小区"})
 
 
-def _names_place(s: str, hit: tuple[str, Division] | None) -> tuple[str, Division] | None:
-    """``hit`` if the form at the start of ``s`` names the place: a short form (or a name of two
-    characters) followed by 路, 街, 大道, 镇, … is the start of a street or town name — 中山路, 解放路
-    (焦作 has a 解放区), 南山大道, 城关镇 — not the division; unless what follows is a place inside it
-    (唐山路南区: 唐山, then its district 路南; 北京门头沟)."""
-    if hit is None:
+def _place_at(s: str, forms: FormIndex) -> tuple[str, Division] | None:
+    """The place of ``forms`` that ``s`` starts with: the longest form (none if that one is ambiguous),
+    with two corrections:
+
+    * 济南市中区…: the city is 济南, then 市中区 — not 济南市, then 中区. A city's short form wins when
+      only it is followed by one of its districts (a few cities have a district named 市…).
+    * A short form (or a name of two characters) followed by 路, 街, 大道, 镇, … is the start of a
+      street or town name — 中山路, 解放路 (焦作 has a 解放区), 南山大道, 城关镇 — not the division;
+      unless what follows is a place inside it (唐山路南区: 唐山, then its district 路南; 北京门头沟).
+
+    One function, not three: it runs for every address the caches have not seen."""
+    lengths = forms.lengths.get(s[:2])
+    if not lengths:
         return None
-    form, d = hit
-    n = len(form)
-    if (form != d.name or n <= 2) and (s[n:n + 1] in _NOT_A_PLACE_AFTER or s[n:n + 2] in _NOT_A_PLACE_AFTER2):
-        t, rest = table(), s[n:]
+    for n in lengths:
+        if n <= len(s):
+            d = forms.get(s[:n])
+            if d is not None:
+                break
+            if s[:n] in forms.ambiguous:
+                return None
+    else:
+        return None
+    form = s[:n]
+    t = table()
+    if form == d.name and n > 2:
+        if d.code in _cities_with_shi_districts() and d.short and form == d.short + "市":
+            districts = t.district_forms(d.code)
+            if prefix_length(s[n:], districts) == 0 and prefix_length(s[n - 1:], districts) > 0:
+                return d.short, d
+        return form, d
+    if s[n:n + 1] in _NOT_A_PLACE_AFTER or s[n:n + 2] in _NOT_A_PLACE_AFTER2:
+        rest = s[n:]
         if d.level == "province":
             inside = prefix_length(rest, t.city_forms_in(d.code)) or prefix_length(rest, t.district_forms_in(d.code))
-        else:
+        elif d.level == "city":
             inside = prefix_length(rest, t.district_forms(d.code))
+        else:
+            inside = 0
         if not inside:
             return None
-    return hit
+    return form, d
+
+
+_SHI_CITIES: list[frozenset[str]] = []
+
+
+def _cities_with_shi_districts() -> frozenset[str]:
+    """Codes of the cities that have a district whose name starts with 市 (济南, 青岛, 枣庄, 内江, 乐山)."""
+    if not _SHI_CITIES:
+        _SHI_CITIES.append(frozenset(code for code, forms in table().districts.items()
+                                     if any(f.startswith("市") for f, _ in forms)))
+    return _SHI_CITIES[0]
 
 
 def _longer_form(s: str, forms: FormIndex, n: int) -> int:
@@ -389,24 +424,6 @@ def _longer_form(s: str, forms: FormIndex, n: int) -> int:
         return 0
     m = prefix_length(s, forms)
     return m if m > n else 0
-
-
-def _city_then_district(s: str, hit: tuple[str, Division] | None) -> tuple[str, Division] | None:
-    """济南市中区…: the city is 济南, then 市中区 — not 济南市, then 中区. The short form wins when only it is
-    followed by a district of the city (only a few cities have a district whose name starts with 市)."""
-    if hit is None:
-        return None
-    form, d = hit
-    if d.code in _CITIES_WITH_SHI_DISTRICTS() and form == d.name and form == d.short + "市":
-        forms = table().district_forms(d.code)
-        if prefix_length(s[len(form):], forms) == 0 and prefix_length(s[len(d.short):], forms) > 0:
-            return d.short, d
-    return hit
-
-
-@lru_cache(maxsize=1)
-def _CITIES_WITH_SHI_DISTRICTS() -> frozenset[str]:  # noqa: N802 (a constant, built on first use)
-    return frozenset(code for code, forms in table().districts.items() if any(f.startswith("市") for f, _ in forms))
 
 
 @lru_cache(maxsize=_CACHE)
@@ -423,8 +440,8 @@ def _address_head(s: str) -> tuple[Division | None, Division | None, Division | 
     t = table()
     prov: Division | None = None
     city: Division | None = None
-    p = _names_place(s, longest_prefix(s, t.province_forms))
-    c = _names_place(s, _city_then_district(s, longest_prefix(s, t.city_forms)))
+    p = _place_at(s, t.province_forms)
+    c = _place_at(s, t.city_forms)
     n_p, n_c = (len(p[0]) if p else 0), (len(c[0]) if c else 0)
     n_d = _longer_form(s, t.district_names, max(n_p, n_c))
     if n_d:
@@ -435,7 +452,7 @@ def _address_head(s: str) -> tuple[Division | None, Division | None, Division | 
         return t.province_of(district.code), t.city_of(district.code), district, s[n_d:]
     if p is not None and n_p >= n_c:
         prov, s = p[1], s[n_p:]
-        c = _names_place(s, _city_then_district(s, longest_prefix(s, t.city_forms_in(prov.code))))
+        c = _place_at(s, t.city_forms_in(prov.code))
         if c is not None and not _longer_form(s, t.district_forms_in(prov.code), len(c[0])):
             city, s = c[1], s[len(c[0]):]
     elif c is not None:
@@ -457,7 +474,7 @@ def _address_tail(s: str, prov: Division | None, city: Division | None,
     district: str | None = None
     if ddiv is None and (city is not None or prov is not None):
         forms = t.district_forms(city.code) if city is not None else t.district_forms_in(prov.code)  # type: ignore[union-attr]
-        hit = _names_place(s, longest_prefix(s, forms))
+        hit = _place_at(s, forms)
         if hit is not None:
             ddiv, s = hit[1], s[len(hit[0]):]
             if city is None:
