@@ -432,25 +432,20 @@ class BulkLoad:
         does in the per-batch path, on the load's links in memory: the pairs of other records
         holding a number or address that staging ``key`` made generic or specific again are scored again;
         a link whose weight changed is superseded by the new score (or none)."""
-        from esbhub.mdm.service import _KEPT
+        from esbhub.mdm.service import _shared_pairs
 
-        matcher = self.svc.matcher
-        for kind, value in values:
-            hs = [k for k in matcher.holders(kind, value) if k != key]  # sorted
-            fresh = {(r.a, r.b): r for r in matcher.score_pairs_among(hs, decisions=_KEPT)}
-            for i, a in enumerate(hs):
-                for b in hs[i + 1 :]:
-                    p = (a, b)
-                    old = self.edges.get(p)
-                    if old is None and p in self.reviews:
-                        old = self.reviews[p][0]
-                    r = fresh.get(p)
-                    if (old is None and r is None) or (old is not None and r is not None and old == float(r.weight)):
-                        continue
-                    if old is not None:
-                        self._supersede_pair(p, now)
-                    if r is not None:
-                        self._link(p, r, now)
+        within, fresh = _shared_pairs(self.svc.matcher, key, values)
+        for p in within:
+            old = self.edges.get(p)
+            if old is None and p in self.reviews:
+                old = self.reviews[p][0]
+            r = fresh.get(p)
+            if (old is None and r is None) or (old is not None and r is not None and old == float(r.weight)):
+                continue
+            if old is not None:
+                self._supersede_pair(p, now)
+            if r is not None:
+                self._link(p, r, now)
 
     def _supersede_pair(self, p: tuple[str, str], now: datetime) -> None:
         """The link of pair ``p`` stops being current (kept, inactive)."""
