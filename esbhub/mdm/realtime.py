@@ -65,8 +65,12 @@ def subscriptions(settings: Any, broker: Any, *, batch_max: int = BATCH_MAX) -> 
     def publish(events: list[Envelope]) -> None:
         broker.publish_many(events, timeout=timeout)
 
+    services: list[Any] = []  # the process's MDM service, looked up at the first batch (not per message)
+
     def handle_batch(items: Sequence[tuple[Envelope, HandlerContext]]) -> None:
-        svc = service_for(settings)
+        if not services:
+            services.append(service_for(settings))
+        svc = services[0]
         good: list[tuple[Party, Envelope]] = []
         for env, ctx in items:
             try:

@@ -22,10 +22,9 @@ def _service() -> Any:
     with _lock:
         if _svc is None:
             from esbhub.config import process_settings
-            from esbhub.mdm.service import MdmService, mdm_settings_of
+            from esbhub.mdm.service import service_for
 
-            settings = process_settings()
-            _svc = MdmService(settings.effective_database_url, settings=mdm_settings_of(settings), migrate=False)
+            _svc = service_for(process_settings())  # the process's one service (its matcher index, its locks)
         return _svc
 
 
