@@ -233,21 +233,21 @@ def rematch_cmd(model_path: Path | None) -> None:
 
 
 def _publish_outbox(svc: Any) -> tuple[int, int, str | None]:
-    """Publish every event in the MDM outbox: (published, still pending, why publishing failed or None).
-    The outbox is published up to 1000 events at a time, so this goes on until it is empty; an
-    empty outbox needs no broker."""
-    published = 0
-    if not svc.pending_events():
+    """Publish every event in the MDM outbox (:meth:`MdmService.publish_pending` goes on until
+    it is empty): (published, still pending, why publishing failed or None). An empty outbox
+    needs no broker."""
+    before = svc.pending_events()
+    if not before:
         return 0, 0, None
     try:
         broker = _broker()
         try:
-            while n := svc.publish_pending(broker):
-                published += n
+            published = svc.publish_pending(broker)
         finally:
             broker.close()
     except Exception as exc:  # noqa: BLE001 - whatever the broker raises, the events stay in the outbox
-        return published, svc.pending_events(), f"{type(exc).__name__}: {exc}"
+        pending = svc.pending_events()  # the pages published before the failure are marked published
+        return max(0, before - pending), pending, f"{type(exc).__name__}: {exc}"
     return published, svc.pending_events(), None
 
 
@@ -266,15 +266,12 @@ def publish_pending_cmd() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def explain_cmd(a: str, b: str, as_json: bool) -> None:
     """Per-field match evidence for A and B (source keys 'system:id' or golden ids)."""
-    from esbhub.errors import InvalidMessage
     from esbhub.mdm.service import NotFound
 
     try:
         r = _service().explain(a, b)
     except NotFound as exc:
         raise click.ClickException(f"{exc.field.upper() + ': ' if exc.field else ''}{exc}") from None
-    except InvalidMessage as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(r, ensure_ascii=False, indent=2))
         return
