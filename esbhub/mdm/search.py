@@ -235,7 +235,6 @@ class NameIndex:
         self.active = np.zeros(0, dtype=bool)
         self.core = _Field()
         self.name = _Field()
-        self.loads = 0  # whole loads (tests, benchmarks)
         self.reread = 0  # golden records read again since (tests, benchmarks)
 
     def __len__(self) -> int:
@@ -288,7 +287,6 @@ class NameIndex:
         self.name.build(*parts["name"])
         self.core.build(*parts["core"])
         self.loaded = True
-        self.loads += 1
         return len(gids)
 
     def _apply(self, rows: Sequence[Row]) -> None:

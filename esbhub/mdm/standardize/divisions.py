@@ -234,10 +234,6 @@ def _district_forms_of(d: Division, by_code: dict[str, Division]) -> tuple[str, 
     return d.forms
 
 
-def city_by_short(short: str) -> Division | None:
-    return table().city_forms.get(short)
-
-
 def longest_prefix(s: str, forms: dict[str, Division]) -> tuple[str, Division] | None:
     """The longest form that ``s`` starts with (dictionary look-ups, not a scan). With a
     :class:`FormIndex`, None when the longest form ``s`` starts with is ambiguous."""

@@ -373,19 +373,11 @@ def _place_at(s: str, forms: FormIndex) -> tuple[str, Division] | None:
       unless what follows is a place inside it (唐山路南区: 唐山, then its district 路南; 北京门头沟).
 
     One function, not three: it runs for every address the caches have not seen."""
-    lengths = forms.lengths.get(s[:2])
-    if not lengths:
+    hit = longest_prefix(s, forms)
+    if hit is None:
         return None
-    for n in lengths:
-        if n <= len(s):
-            d = forms.get(s[:n])
-            if d is not None:
-                break
-            if s[:n] in forms.ambiguous:
-                return None
-    else:
-        return None
-    form = s[:n]
+    form, d = hit
+    n = len(form)
     t = table()
     if form == d.name and n > 2:
         if d.code in _cities_with_shi_districts() and d.short and form == d.short + "市":
