@@ -40,20 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-
-def loadavg() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return float(psutil.Process().memory_info().rss / 1e6)
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
+from mdm_load import rss_mb  # the sibling benches' helpers (bench/ is this script's directory)
+from mdm_realtime import loadavg, pct
 
 
 # --------------------------------------------------------------------------- the old search
