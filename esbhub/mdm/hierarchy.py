@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from esbhub.mdm.settings import TieringConfig  # noqa: F401 - re-exported: it lives with the MDM settings
 from esbhub.mdm.standardize.codes import uscc_valid
+from esbhub.mdm.standardize.divisions import MUNICIPALITIES
 from esbhub.mdm.standardize.names import OrgName, _org_name
 from esbhub.mdm.store import Golden, Hierarchy, KeyIndex, NewXref, Xref, any_of, session_xrefs, source_key
 
@@ -297,6 +298,15 @@ class Lookup:
         of every record, and parses the rest for the few records that need it)."""
         return x.std or {}
 
+    def street_of(self, x: Any) -> str | None:
+        """:func:`street_key` of a record, worked out once per record and look-up (a group's
+        records are compared with every same-字号 candidate's; in the bulk path :meth:`std_of`
+        parses the whole record)."""
+        memo: dict[str, str | None] = self.__dict__.setdefault("_streets", {})
+        if x.key not in memo:
+            memo[x.key] = street_key(self.std_of(x))
+        return memo[x.key]
+
     def xrefs_for_keys(self, keys: list[tuple[str, str]]) -> list[Xref]:
         got = self.get_many(keys)
         return [got[k] for k in keys if k in got]
@@ -348,7 +358,7 @@ def _registration_area(uscc: str | None) -> str | None:
     municipality for 北京, 天津, 上海, 重庆 — or None for a USCC whose check character fails."""
     if not uscc or not uscc_valid(uscc) or not uscc[2:8].isdigit():
         return None
-    return uscc[2:4] + "0000" if uscc[2:4] in ("11", "12", "31", "50") else uscc[2:6] + "00"
+    return uscc[2:4] + "0000" if uscc[2:4] in MUNICIPALITIES else uscc[2:6] + "00"
 
 
 def street_key(std: dict[str, Any]) -> str | None:
@@ -375,8 +385,8 @@ def _group_support(lk: Lookup, group: list[Xref], member: list[Xref], ties: dict
         # two USCCs: one company's code on both sides makes a duplicate, not a member
         if areas := sorted({a for a, u in g_areas for b, v in m_areas if a == b and u != v}):
             support["registration_area"] = areas
-    g_streets = {k for g in group if (k := street_key(lk.std_of(g)))}
-    if g_streets and (streets := sorted(g_streets & {k for m in member if (k := street_key(lk.std_of(m)))})):
+    g_streets = {k for g in group if (k := lk.street_of(g))}
+    if g_streets and (streets := sorted(g_streets & {k for m in member if (k := lk.street_of(m))})):
         support["address"] = streets
     return support
 

@@ -34,7 +34,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field
 
 from esbhub.mdm.standardize import codes
-from esbhub.mdm.standardize.divisions import Division, table
+from esbhub.mdm.standardize.divisions import MUNICIPALITIES, Division, table
 from esbhub.mdm.standardize.names import (
     _CACHE,
     _CJK,
@@ -227,7 +227,7 @@ def _division_consistent(uscc_division: str, address_division: str) -> bool:
     keep its code; a municipality's districts all count as one city)."""
     if uscc_division[:2] != address_division[:2]:
         return False
-    if uscc_division[2:4] != "00" and address_division[2:4] != "00" and uscc_division[:2] not in ("11", "12", "31", "50"):
+    if uscc_division[2:4] != "00" and address_division[2:4] != "00" and uscc_division[:2] not in MUNICIPALITIES:
         return _city_part(uscc_division) == _city_part(address_division)
     return True
 

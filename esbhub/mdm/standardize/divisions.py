@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
-_MUNICIPALITIES = frozenset({"11", "12", "31", "50"})
+MUNICIPALITIES = frozenset({"11", "12", "31", "50"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Division:
     @property
     def city_code(self) -> str:
         """The city-level code this division is under (for a municipality's district: ``XX0100``)."""
-        if self.code[:2] in _MUNICIPALITIES:
+        if self.code[:2] in MUNICIPALITIES:
             return self.code[:2] + "0100"
         return self.code[:4] + "00"
 
@@ -165,7 +165,7 @@ class DivisionTable:
         if d is not None and d.stands_for_city:
             return d
         d = self.by_code.get(code[:4] + "00")
-        if d is None and code[:2] in _MUNICIPALITIES:
+        if d is None and code[:2] in MUNICIPALITIES:
             d = self.by_code.get(code[:2] + "0100")
         return d if d is not None and d.short else None
 

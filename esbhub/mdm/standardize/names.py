@@ -14,6 +14,7 @@ from pypinyin.converter import UltimateConverter
 from pypinyin.core import Pinyin
 
 from esbhub.mdm.standardize.divisions import (
+    MUNICIPALITIES,
     Division,
     FormIndex,
     longest_prefix,
@@ -449,7 +450,7 @@ def _address_head(s: str) -> tuple[Division | None, Division | None, Division | 
             city, s = c[1], s[len(c[0]):]
     elif c is not None:
         city, s = c[1], s[n_c:]
-    if city is None and prov is not None and prov.code[:2] in ("11", "12", "31", "50"):
+    if city is None and prov is not None and prov.code[:2] in MUNICIPALITIES:
         city = t.by_code.get(prov.code[:2] + "0100")
     return prov, city, None, s
 
