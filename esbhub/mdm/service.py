@@ -2237,17 +2237,28 @@ class MdmService:
     def link(self, kind: str, ref: str, data: dict[str, Any] | None = None, *, golden_id: str | None = None,
              source: tuple[str, str] | None = None) -> None:
         """Attach an account / service / bill / payment / alarm to a customer (idempotent on kind+ref)."""
-        if not golden_id and not source:
-            raise InvalidMessage("link needs golden_id or source")
+        self.link_many(kind, [(ref, {"golden_id": golden_id, "source": source})], data)
+
+    def link_many(self, kind: str, links: Sequence[tuple[str, Mapping[str, Any]]],
+                  data: dict[str, Any] | None = None) -> None:
+        """:meth:`link` of several refs — ``(ref, {"golden_id": …} or {"source": (system, id)})`` —
+        with the same data, in one transaction: a message's items (a customer's circuits) all or none."""
+        for _ref, whose in links:
+            if not whose.get("golden_id") and not whose.get("source"):
+                raise InvalidMessage("link needs golden_id or source")
         with self.Session.begin() as s:
-            gl = s.execute(sa.select(GoldenLink).where(GoldenLink.kind == kind, GoldenLink.ref == ref)).scalar_one_or_none()
-            if gl is None:
-                gl = GoldenLink(kind=kind, ref=ref)
-                s.add(gl)
-            gl.golden_id = golden_id
-            gl.source_system, gl.source_id = source if source else (None, None)
-            gl.data = data or {}
-            gl.at = utcnow()
+            now = utcnow()
+            for ref, whose in links:
+                gl = s.execute(sa.select(GoldenLink).where(GoldenLink.kind == kind, GoldenLink.ref == ref)
+                               ).scalar_one_or_none()
+                if gl is None:
+                    gl = GoldenLink(kind=kind, ref=ref)
+                    s.add(gl)
+                source = whose.get("source")
+                gl.golden_id = whose.get("golden_id")
+                gl.source_system, gl.source_id = source if source else (None, None)
+                gl.data = data or {}
+                gl.at = now
 
     def xref(self, system: str, source_id: str) -> dict[str, Any]:
         with self.Session() as s:

@@ -255,9 +255,7 @@ class MdmLinkSink(Sink[MdmLinkConfig]):
                 links.append((full, whose))
         data = self._data(p)
         try:
-            svc = self._service()
-            for full, whose in links:
-                svc.link(self.config.kind, full, data, **whose)
+            self._service().link_many(self.config.kind, links, data)  # one transaction for the message
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise TransientError(f"mdm_link: MDM database unavailable: {type(exc.orig).__name__}") from exc
         return {"linked": [full for full, _ in links]}
