@@ -133,10 +133,8 @@ def search(
     svc: MdmService = Depends(mdm),
     _p: Principal = Depends(require("read")),
 ) -> dict[str, Any]:
-    if not q.strip():  # would find nothing: say why rather than answer an empty list
-        raise ApiError(422, "invalid_request", "the request is not valid", [ErrorDetail(
-            loc="query.q", msg="only spaces: give a name, USCC, phone, billing account or 'system:id'",
-            type="string_too_short")])
+    # would find nothing: say why rather than answer an empty list
+    _blank(q, "q", "only spaces: give a name, USCC, phone, billing account or 'system:id'")
     return {"q": q, "results": svc.search(q, limit=limit)}
 
 
@@ -192,10 +190,11 @@ AUDIT_PAGE_MAX = 500
 AuditAction = Literal["decide", "merge", "unmerge", "override", "rematch"]
 
 
-def _blank(value: str | None, field: str) -> None:
+def _blank(value: str | None, field: str, msg: str = "only spaces: leave it out, or give a value") -> None:
+    """422 naming ``query.<field>`` when a query value is nothing but spaces."""
     if value is not None and not value.strip():
         raise ApiError(422, "invalid_request", "the request is not valid", [ErrorDetail(
-            loc=f"query.{field}", msg="only spaces: leave it out, or give a value", type="string_too_short")])
+            loc=f"query.{field}", msg=msg, type="string_too_short")])
 
 
 @router.get("/v1/steward/audit", summary="The MDM audit trail: steward actions and rematches, newest first")
