@@ -214,14 +214,12 @@ def rematch_cmd(model_path: Path | None) -> None:
         try:
             model = MatchModel.from_file(model_path)
         except ConfigError as exc:
-            raise click.ClickException("\n".join([f"--model: {exc.message}; nothing was re-matched",
-                                                  *(f"  - {d}" for d in exc.details)])) from None
+            raise _not_rematched(exc, "--model: ") from None
     svc = _service()
     try:
         events = svc.rematch(model)
     except ConfigError as exc:  # the hub's model file unreadable, or mdm.model_path not writable
-        raise click.ClickException("\n".join([f"{exc.message}; nothing was re-matched",
-                                              *(f"  - {d}" for d in exc.details)])) from None
+        raise _not_rematched(exc) from None
     published, pending, failure = _publish_outbox(svc)
     click.echo(json.dumps({"changed_golden_records": len(events), "events_published": published,
                            "events_pending": pending, "model": svc.store_model()}))
@@ -230,6 +228,14 @@ def rematch_cmd(model_path: Path | None) -> None:
             f"the rematch committed ({len(events)} golden records changed), but publishing its events failed: "
             f"{failure}. They stay in the MDM outbox ({pending} pending) and go out with "
             "'esbhub mdm publish-pending' once the broker is back (an MDM worker also sends them).")
+
+
+def _not_rematched(exc: Any, prefix: str = "") -> click.ClickException:
+    """A model error that stopped a rematch before any work, as the hub's errors print (details
+    indented below)."""
+    from esbhub.errors import ConfigError
+
+    return click.ClickException(str(ConfigError(f"{prefix}{exc.message}; nothing was re-matched", details=exc.details)))
 
 
 def _publish_outbox(svc: Any) -> tuple[int, int, str | None]:
