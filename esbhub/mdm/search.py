@@ -96,6 +96,15 @@ def _tokens(s: str) -> set[int]:
     return {ord(ch) * _OCC + i for ch, n in Counter(s).items() for i in range(n)}
 
 
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with room for ``n`` entries: itself, or a copy doubled (at least 1,024), zero-filled."""
+    if n <= len(a):
+        return a
+    bigger = np.zeros(max(n, 2 * len(a), 1024), dtype=a.dtype)
+    bigger[: len(a)] = a
+    return bigger
+
+
 class _Field:
     """One folded string per slot (the core name, or the name) with its inverted index.
 
@@ -129,10 +138,7 @@ class _Field:
 
     def grow(self, n: int) -> None:
         self.n = max(self.n, n)
-        if n > len(self.length):
-            bigger = np.zeros(max(n, 2 * len(self.length), 1024), dtype=np.int32)
-            bigger[: len(self.length)] = self.length
-            self.length = bigger
+        self.length = _grown(self.length, n)
 
     def set(self, slot: int, text: str) -> None:
         old = self.text(slot)
@@ -300,10 +306,7 @@ class NameIndex:
         n = len(self.gids)
         for f in (self.core, self.name):
             f.grow(n)
-        if n > len(self.active):
-            bigger = np.zeros(max(n, 2 * len(self.active), 1024), dtype=bool)
-            bigger[: len(self.active)] = self.active
-            self.active = bigger
+        self.active = _grown(self.active, n)
         slots = [self.slot[r[0]] for r in rows]
         self.active[slots] = np.fromiter((r[1] == "active" for r in rows), dtype=bool, count=len(rows))
         live = [(i, r) for i, r in zip(slots, rows, strict=True) if r[1] == "active"]
