@@ -545,8 +545,7 @@ def _publish_batches(publish: Publish, envs: list[Envelope], size: int = 200) ->
         publish(envs[i:i + size])
 
 
-def wait_idle(store: Any, broker: Any, *, timeout: float = 120.0, settle: int = 3,
-              queues: Sequence[str] = (*ROUTE_QUEUES, "route.mdm")) -> None:
+def wait_idle(store: Any, broker: Any, *, queues: Sequence[str], timeout: float = 120.0, settle: int = 3) -> None:
     """Return once nothing is queued (in ``queues``), in flight or waiting for a retry (``settle``
     checks in a row)."""
     deadline = time.monotonic() + timeout
