@@ -183,8 +183,11 @@ def phone_forms(text: str) -> list[str]:
         return []
     forms = {_phone(text, "fixed", None)[0]}
     local = _NOT_PHONE.sub("", text)
-    if len(local) in (7, 8) and not local.startswith(("400", "800", "95", "96")):
-        forms.update(_phone(text, "fixed", city)[0] for city in table().area_codes.values())
+    if len(local) in (7, 8) and not local.startswith(("+", "0086", "400", "800", "95", "96")):
+        # what _phone does with each city's area code, without _parse_phone's memo: ~330 numbers
+        # a search will not ask for again would push out the ones ingestion keeps asking for
+        parse = _parse_phone.__wrapped__
+        forms.update(parse(code + local)[0] for code in {c.area_code for c in table().area_codes.values() if c.area_code})
     return sorted(f for f in forms if f)
 
 
